@@ -1,0 +1,286 @@
+//! API keys: the `gw_<publicId>_<secret>` format, minting, and verification. A key's first
+//! use costs one indexed lookup and one bcrypt verify; after that the key cache answers
+//! with a SHA-256 comparison, so bcrypt never sits on the hot path.
+
+use crate::error::{Error, Result};
+use crate::server::{App, Ctx};
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+use subtle::ConstantTimeEq;
+
+/// Length of the public lookup id (base62): 62^12 ≈ 2^71, so ids never collide in practice
+/// and reveal nothing secret.
+const PUBLIC_ID_LEN: usize = 12;
+/// Length of the secret (base62): 62^32 ≈ 2^190 bits, well over the 128 required.
+const SECRET_LEN: usize = 32;
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// What a verified key may do; everything the later stages need without touching the DB.
+#[derive(Clone, Debug)]
+pub struct KeyInfo {
+    pub id: i64,
+    pub user_id: i64,
+    pub rate_limit: i32,
+    pub write: bool,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked: bool,
+}
+
+/// A request's verified key, plus which header carried it (never forwarded upstream).
+pub struct Authed {
+    pub id: i64,
+    pub user_id: i64,
+    pub rate_limit: i32,
+    write: bool,
+    pub credential_header: &'static str,
+}
+
+impl Authed {
+    /// `read` allows the safe methods only (RFC 9110 §9.2.1); `write` allows everything.
+    pub fn allows(&self, method: &str) -> bool {
+        self.write || matches!(method, "GET" | "HEAD" | "OPTIONS")
+    }
+}
+
+struct Cached {
+    /// SHA-256 of the secret that bcrypt accepted; later requests compare against this.
+    digest: [u8; 32],
+    info: KeyInfo,
+}
+
+/// Verified keys by public id. Entries are only ever created after a successful bcrypt
+/// verify; admin changes update them in place and the sync thread refreshes them.
+#[derive(Default)]
+pub struct KeyCache {
+    map: RwLock<HashMap<String, Cached>>,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub bcrypt_verifications: AtomicU64,
+}
+
+impl KeyCache {
+    /// Replaces the metadata of a cached key (revoked, limit changed...), if cached.
+    pub fn update(&self, info: KeyInfo) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.values_mut().find(|c| c.info.id == info.id) {
+            c.info = info;
+        }
+    }
+
+    /// Forgets every cached key of a user (the user was deleted).
+    pub fn forget_user(&self, user_id: i64) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, c| c.info.user_id != user_id);
+    }
+
+    pub fn cached_ids(&self) -> Vec<i64> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.values().map(|c| c.info.id).collect()
+    }
+
+    /// Applies a fresh read of the cached keys' rows; ids absent from `fresh` were deleted.
+    pub fn replace_all(&self, fresh: Vec<KeyInfo>) {
+        let by_id: HashMap<i64, KeyInfo> = fresh.into_iter().map(|k| (k.id, k)).collect();
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, c| match by_id.get(&c.info.id) {
+            Some(k) => {
+                c.info = k.clone();
+                true
+            }
+            None => false,
+        });
+    }
+
+    fn lookup(&self, public_id: &str, digest: &[u8; 32]) -> Option<Option<KeyInfo>> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let c = map.get(public_id)?;
+        // The id is public; the secret's digest is compared in constant time.
+        let same: bool = c.digest.ct_eq(digest).into();
+        Some(same.then(|| c.info.clone()))
+    }
+
+    fn insert(&self, public_id: &str, digest: [u8; 32], info: KeyInfo) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.insert(public_id.to_string(), Cached { digest, info });
+    }
+}
+
+/// Finds, verifies and checks the request's key.
+pub fn authenticate(app: &App, ctx: &Ctx) -> Result<Authed> {
+    let (raw, credential_header) = presented_key(ctx)?;
+    let (public_id, secret) = parse_key(raw).ok_or(Error::InvalidApiKey)?;
+    let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+    let cache = &app.keys;
+    let info = match cache.lookup(public_id, &digest) {
+        Some(Some(info)) => {
+            cache.hits.fetch_add(1, Ordering::Relaxed);
+            info
+        }
+        // Cached id, other secret: certainly wrong, and no bcrypt needed to say so.
+        Some(None) => return Err(Error::InvalidApiKey),
+        None => {
+            cache.misses.fetch_add(1, Ordering::Relaxed);
+            let info = verify_from_db(app, public_id, secret)?;
+            cache.insert(public_id, digest, info.clone());
+            info
+        }
+    };
+    if info.revoked {
+        return Err(Error::RevokedApiKey);
+    }
+    if info.expires_at.is_some_and(|t| t <= Utc::now()) {
+        return Err(Error::ExpiredApiKey);
+    }
+    Ok(Authed {
+        id: info.id,
+        user_id: info.user_id,
+        rate_limit: info.rate_limit,
+        write: info.write,
+        credential_header,
+    })
+}
+
+fn verify_from_db(app: &App, public_id: &str, secret: &str) -> Result<KeyInfo> {
+    let mut conn = app.pool.get()?;
+    let row = conn
+        .query_opt(
+            "SELECT key_hash, id, user_id, rate_limit, scopes, expires_at, revoked_at
+               FROM api_keys WHERE public_id = $1",
+            &[&public_id],
+        )?
+        .ok_or(Error::InvalidApiKey)?;
+    drop(conn);
+    let hash: String = row.get(0);
+    app.keys
+        .bcrypt_verifications
+        .fetch_add(1, Ordering::Relaxed);
+    if !bcrypt::verify(secret, &hash).unwrap_or(false) {
+        return Err(Error::InvalidApiKey);
+    }
+    Ok(key_info(&row, 1))
+}
+
+/// Reads `id, user_id, rate_limit, scopes, expires_at, revoked_at` starting at column `at`.
+pub fn key_info(row: &postgres::Row, at: usize) -> KeyInfo {
+    let scopes: Vec<String> = row.get(at + 3);
+    let revoked_at: Option<DateTime<Utc>> = row.get(at + 5);
+    KeyInfo {
+        id: row.get(at),
+        user_id: row.get(at + 1),
+        rate_limit: row.get(at + 2),
+        write: scopes.iter().any(|s| s == "write"),
+        expires_at: row.get(at + 4),
+        revoked: revoked_at.is_some(),
+    }
+}
+
+/// The key from `x-api-key`, else from `Authorization: Bearer`, with the header's name.
+fn presented_key(ctx: &Ctx) -> Result<(&str, &'static str)> {
+    if let Some(v) = ctx.header("x-api-key") {
+        return Ok((v.trim(), "x-api-key"));
+    }
+    if let Some(v) = ctx.header("Authorization") {
+        let v = v.trim();
+        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+            return Ok((v[7..].trim(), "Authorization"));
+        }
+    }
+    Err(Error::MissingApiKey)
+}
+
+/// Splits `gw_<publicId>_<secret>`; `None` for anything else, before any DB work.
+pub fn parse_key(raw: &str) -> Option<(&str, &str)> {
+    let rest = raw.strip_prefix("gw_")?;
+    let (id, secret) = rest.split_once('_')?;
+    let base62 = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_alphanumeric());
+    (base62(id, PUBLIC_ID_LEN) && base62(secret, SECRET_LEN)).then_some((id, secret))
+}
+
+/// A new key: `(public_id, secret, raw key)`. The caller stores bcrypt(secret) only.
+pub fn mint_key() -> Result<(String, String, String)> {
+    let public_id = random_base62(PUBLIC_ID_LEN)?;
+    let secret = random_base62(SECRET_LEN)?;
+    let raw = format!("gw_{public_id}_{secret}");
+    Ok((public_id, secret, raw))
+}
+
+fn random_base62(n: usize) -> Result<String> {
+    let mut out = String::with_capacity(n);
+    let mut buf = [0u8; 64];
+    while out.len() < n {
+        getrandom::fill(&mut buf).map_err(|e| Error::Internal(format!("getrandom: {e}")))?;
+        // Rejection sampling: 248 = 4 * 62, so accepted bytes are uniform over base62.
+        for b in buf.iter().filter(|b| **b < 248) {
+            if out.len() == n {
+                break;
+            }
+            out.push(BASE62[usize::from(*b % 62)] as char);
+        }
+    }
+    Ok(out)
+}
+
+/// 128 random bits as 32 hex digits, for request ids.
+pub fn random_hex_id() -> String {
+    let mut b = [0u8; 16];
+    if getrandom::fill(&mut b).is_err() {
+        // Request ids need uniqueness, not secrecy: fall back to time and a counter.
+        static N: AtomicU64 = AtomicU64::new(0);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        b[..8].copy_from_slice(&t.to_be_bytes());
+        b[8..].copy_from_slice(&N.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_keys_parse_back() {
+        let (id, secret, raw) = mint_key().unwrap();
+        assert_eq!(parse_key(&raw), Some((id.as_str(), secret.as_str())));
+        assert!(raw.starts_with("gw_"));
+    }
+
+    #[test]
+    fn malformed_keys_are_rejected_before_any_lookup() {
+        for bad in [
+            "",
+            "gw_",
+            "gw_abc_def",
+            "xx_AAAAAAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB",
+            "gw_AAAAAAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB!",
+            "gw_AAAAAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB",
+            "gw_AAAAAAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB_",
+        ] {
+            assert_eq!(parse_key(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn read_scope_allows_only_safe_methods() {
+        let k = Authed {
+            id: 1,
+            user_id: 1,
+            rate_limit: 1,
+            write: false,
+            credential_header: "x-api-key",
+        };
+        assert!(k.allows("GET") && k.allows("HEAD") && k.allows("OPTIONS"));
+        assert!(!k.allows("POST") && !k.allows("DELETE") && !k.allows("PATCH"));
+    }
+
+    #[test]
+    fn request_ids_are_32_hex_digits_and_differ() {
+        let (a, b) = (random_hex_id(), random_hex_id());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,147 @@
+//! Every setting tollgate reads, its environment variable, its default and why.
+//! Read once at start-up by `Config::from_env`; the rest of the program only borrows it.
+
+use std::env;
+use std::time::Duration;
+
+/// Where to listen when `LISTEN_ADDR` is unset: loopback, so a fresh install is not exposed
+/// before its operator puts the edge proxy in front of it.
+pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:3000";
+/// Worker threads. Each request holds one for its whole life (auth, counter, upstream call),
+/// so this is the number of requests in flight; 32 covers a slow upstream without letting a
+/// flood of threads thrash two cores.
+pub const DEFAULT_WORKERS: usize = 32;
+/// Database connections. A request holds one only for its counter statement (~0.2 ms), so
+/// half the workers is plenty and leaves room under Postgres' default `max_connections`.
+pub const DEFAULT_DB_POOL_SIZE: u32 = 16;
+/// How long a request waits for a pooled connection before the gateway answers 503.
+pub const DEFAULT_DB_WAIT_MS: u64 = 2_000;
+/// Upstream connect timeout: a healthy service on the same network accepts in well under a
+/// second; waiting longer only ties up a worker.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// Upstream timeout for the whole exchange up to the response head (then 504). 30 s matches
+/// what nginx and most load balancers use by default.
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
+/// bcrypt cost for new keys. 10 is bcrypt's own default (~85 ms a verify here); verification
+/// happens once per key per process thanks to the key cache, so the cost is affordable.
+pub const DEFAULT_BCRYPT_COST: u32 = 10;
+/// Sliding-window length. The reference design and the `rateLimit` field are per minute.
+pub const DEFAULT_RATE_WINDOW_SECS: u32 = 60;
+/// Requests per window for a key created without `rateLimit` (the reference's default).
+pub const DEFAULT_KEY_RATE_LIMIT: i32 = 100;
+/// Largest request body forwarded (10 MiB, as nginx's common `client_max_body_size` setting).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// Largest unread request body left for tiny_http to drain when a request is answered
+/// without reading it (401, 413, ...). tiny_http allocates the whole remainder at once while
+/// draining, so anything larger is abandoned instead (see `server::abandon`).
+pub const DRAIN_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+/// Log rows that may wait for the logger thread. At ~200 bytes a row this bounds the queue to
+/// ~13 MiB while absorbing several seconds of peak traffic during a slow batch write.
+pub const DEFAULT_LOG_QUEUE: usize = 65_536;
+/// The logger writes at least this often, so analytics lag traffic by at most this much.
+pub const DEFAULT_LOG_FLUSH_MS: u64 = 250;
+/// Rows buffered by the logger while the database refuses writes; beyond this the oldest
+/// are dropped and counted, so an outage cannot exhaust memory.
+pub const DEFAULT_LOG_BUFFER_MAX: usize = 1_000_000;
+/// Safety-net reload of routes and cached key metadata, for changes made by another
+/// replica or directly in SQL. Changes through this process's admin API apply at once.
+pub const DEFAULT_SYNC_SECS: u64 = 5;
+/// Shortest admin secret accepted: 16 characters keeps brute force out of reach.
+pub const MIN_ADMIN_SECRET_LEN: usize = 16;
+/// Largest admin/analytics request body: these are small JSON documents.
+pub const ADMIN_MAX_BODY_BYTES: u64 = 64 * 1024;
+/// Page size cap on list endpoints (the reference's documented maximum).
+pub const MAX_PAGE_LIMIT: i64 = 100;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `DATABASE_URL` (required): libpq key=value string or `postgres://` URL.
+    pub database_url: String,
+    /// `ADMIN_SECRET` (required, at least 16 characters): value of `x-admin-secret`.
+    pub admin_secret: String,
+    /// `LISTEN_ADDR`, default `127.0.0.1:3000`.
+    pub listen_addr: String,
+    /// `TOLLGATE_WORKERS`, default 32.
+    pub workers: usize,
+    /// `TOLLGATE_DB_POOL_SIZE`, default 16.
+    pub db_pool_size: u32,
+    /// `TOLLGATE_DB_WAIT_MS`, default 2000.
+    pub db_wait: Duration,
+    /// `TOLLGATE_CONNECT_TIMEOUT_MS`, default 2000.
+    pub connect_timeout: Duration,
+    /// `TOLLGATE_UPSTREAM_TIMEOUT_MS`, default 30000.
+    pub upstream_timeout: Duration,
+    /// `TOLLGATE_BCRYPT_COST`, default 10 (4..=31; tests use 4).
+    pub bcrypt_cost: u32,
+    /// `TOLLGATE_RATE_WINDOW_SECS`, default 60.
+    pub rate_window_secs: u32,
+    /// `TOLLGATE_MAX_BODY_BYTES`, default 10 MiB.
+    pub max_body_bytes: u64,
+    /// `TOLLGATE_LOG_QUEUE`, default 65536.
+    pub log_queue: usize,
+    /// `TOLLGATE_LOG_FLUSH_MS`, default 250.
+    pub log_flush: Duration,
+    /// `TOLLGATE_LOG_BUFFER_MAX`, default 1,000,000 rows.
+    pub log_buffer_max: usize,
+    /// `TOLLGATE_SYNC_SECS`, default 5.
+    pub sync_interval: Duration,
+}
+
+impl Config {
+    /// Reads the environment; the error names the variable and what is wrong with it.
+    pub fn from_env() -> Result<Config, String> {
+        let database_url = env::var("DATABASE_URL")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .ok_or("DATABASE_URL is not set (e.g. host=/path/to/socket dbname=tollgate)")?;
+        let admin_secret = env::var("ADMIN_SECRET").unwrap_or_default();
+        if admin_secret.chars().count() < MIN_ADMIN_SECRET_LEN {
+            return Err(format!(
+                "ADMIN_SECRET must be set to at least {MIN_ADMIN_SECRET_LEN} characters; \
+                 refusing to start with an open or guessable admin API"
+            ));
+        }
+        let bcrypt_cost = num("TOLLGATE_BCRYPT_COST", DEFAULT_BCRYPT_COST)?;
+        if !(4..=31).contains(&bcrypt_cost) {
+            return Err("TOLLGATE_BCRYPT_COST must be between 4 and 31".into());
+        }
+        let cfg = Config {
+            database_url,
+            admin_secret,
+            listen_addr: env::var("LISTEN_ADDR").unwrap_or_else(|_| DEFAULT_LISTEN_ADDR.into()),
+            workers: num("TOLLGATE_WORKERS", DEFAULT_WORKERS)?,
+            db_pool_size: num("TOLLGATE_DB_POOL_SIZE", DEFAULT_DB_POOL_SIZE)?,
+            db_wait: ms("TOLLGATE_DB_WAIT_MS", DEFAULT_DB_WAIT_MS)?,
+            connect_timeout: ms("TOLLGATE_CONNECT_TIMEOUT_MS", DEFAULT_CONNECT_TIMEOUT_MS)?,
+            upstream_timeout: ms("TOLLGATE_UPSTREAM_TIMEOUT_MS", DEFAULT_UPSTREAM_TIMEOUT_MS)?,
+            bcrypt_cost,
+            rate_window_secs: num("TOLLGATE_RATE_WINDOW_SECS", DEFAULT_RATE_WINDOW_SECS)?,
+            max_body_bytes: num("TOLLGATE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
+            log_queue: num("TOLLGATE_LOG_QUEUE", DEFAULT_LOG_QUEUE)?,
+            log_flush: ms("TOLLGATE_LOG_FLUSH_MS", DEFAULT_LOG_FLUSH_MS)?,
+            log_buffer_max: num("TOLLGATE_LOG_BUFFER_MAX", DEFAULT_LOG_BUFFER_MAX)?,
+            sync_interval: Duration::from_secs(num("TOLLGATE_SYNC_SECS", DEFAULT_SYNC_SECS)?),
+        };
+        if cfg.workers == 0 || cfg.db_pool_size == 0 || cfg.rate_window_secs == 0 {
+            return Err(
+                "TOLLGATE_WORKERS, TOLLGATE_DB_POOL_SIZE and TOLLGATE_RATE_WINDOW_SECS must be > 0"
+                    .into(),
+            );
+        }
+        Ok(cfg)
+    }
+}
+
+fn num<T: std::str::FromStr>(var: &str, default: T) -> Result<T, String> {
+    match env::var(var) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{var} must be a non-negative whole number, got {v:?}")),
+        _ => Ok(default),
+    }
+}
+
+fn ms(var: &str, default: u64) -> Result<Duration, String> {
+    num(var, default).map(Duration::from_millis)
+}

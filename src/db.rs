@@ -1,0 +1,104 @@
+//! The connection pool, the migrations embedded from `sql/`, and small helpers shared by
+//! the stages that talk to Postgres (auth, ratelimit, logger, admin, analytics).
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use chrono::{DateTime, SecondsFormat, Utc};
+use postgres::NoTls;
+use r2d2_postgres::PostgresConnectionManager;
+use std::time::{Duration, Instant};
+
+pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+/// `sql/NNN_*.sql` in order. A file is applied once, in its own transaction, and recorded in
+/// `schema_migrations`; landed files are never edited.
+const MIGRATIONS: &[(&str, &str)] = &[("001_init", include_str!("../sql/001_init.sql"))];
+
+pub fn pg_config(cfg: &Config) -> Result<postgres::Config> {
+    let mut pg: postgres::Config = cfg
+        .database_url
+        .parse()
+        .map_err(|e| Error::Internal(format!("DATABASE_URL: {e}")))?;
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(Duration::from_secs(5));
+    }
+    if pg.get_application_name().is_none() {
+        pg.application_name("tollgate");
+    }
+    Ok(pg)
+}
+
+/// A pool that starts even while the database is down (`build_unchecked`): requests that
+/// need it get 503 until it returns, everything else keeps working.
+pub fn pool(cfg: &Config) -> Result<Pool> {
+    let manager = PostgresConnectionManager::new(pg_config(cfg)?, NoTls);
+    Ok(r2d2::Pool::builder()
+        .max_size(cfg.db_pool_size)
+        .min_idle(Some(cfg.db_pool_size.min(4)))
+        .connection_timeout(cfg.db_wait)
+        .test_on_check_out(false)
+        .build_unchecked(manager))
+}
+
+/// Applies pending migrations, retrying the first connection for up to `wait` so that a
+/// gateway started together with its database does not race it.
+pub fn migrate(cfg: &Config, wait: Duration) -> Result<Vec<&'static str>> {
+    let pg = pg_config(cfg)?;
+    let deadline = Instant::now() + wait;
+    let mut client = loop {
+        match pg.connect(NoTls) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                log::info!("waiting for the database: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(Error::Internal(format!("cannot connect to database: {e}"))),
+        }
+    };
+    let mut applied = Vec::new();
+    let mut tx = client.transaction()?;
+    // Replicas starting together must not apply the same file twice.
+    tx.execute("SELECT pg_advisory_xact_lock(7316002871)", &[])?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    )?;
+    for (version, sql) in MIGRATIONS {
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM schema_migrations WHERE version = $1",
+                &[version],
+            )?
+            .is_some();
+        if done {
+            continue;
+        }
+        tx.batch_execute(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[version],
+        )?;
+        applied.push(*version);
+    }
+    tx.commit()?;
+    Ok(applied)
+}
+
+/// RFC 3339 in UTC with milliseconds, the form every JSON timestamp of the API uses.
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub fn ts_opt(t: Option<DateTime<Utc>>) -> serde_json::Value {
+    t.map_or(serde_json::Value::Null, |t| ts(t).into())
+}
+
+/// True when a database error is a unique-constraint violation (mapped to 409 by callers).
+pub fn is_unique_violation(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
+/// True when a database error is a foreign-key violation (the referenced row is gone).
+pub fn is_fk_violation(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
+}

@@ -1,0 +1,162 @@
+//! The gateway's one error type. Every failure a client can see is a variant here, and
+//! `Error::status`/`Error::code` are the single place it is mapped to HTTP.
+
+use serde_json::json;
+use std::fmt;
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A field of the request is missing or wrong; the message names it.
+    InvalidField {
+        field: &'static str,
+        message: String,
+    },
+    /// The request itself cannot be understood (framing, JSON syntax, path).
+    BadRequest(String),
+    /// No admin secret, or the wrong one.
+    Unauthorized,
+    MissingApiKey,
+    InvalidApiKey,
+    ExpiredApiKey,
+    RevokedApiKey,
+    InsufficientScope,
+    NotFound(String),
+    RouteNotFound,
+    Conflict(String),
+    MethodNotAllowed,
+    PayloadTooLarge(u64),
+    RateLimited {
+        retry_after: u64,
+    },
+    UpstreamUnreachable(String),
+    UpstreamTimeout,
+    /// The database cannot be reached or no pooled connection came free in time.
+    DatabaseUnavailable,
+    /// A bug or an unexpected database answer; details go to the log, not the client.
+    Internal(String),
+}
+
+impl Error {
+    pub fn field(field: &'static str, message: impl Into<String>) -> Error {
+        Error::InvalidField {
+            field,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::InvalidField { .. } | Error::BadRequest(_) => 400,
+            Error::Unauthorized
+            | Error::MissingApiKey
+            | Error::InvalidApiKey
+            | Error::ExpiredApiKey
+            | Error::RevokedApiKey => 401,
+            Error::InsufficientScope => 403,
+            Error::NotFound(_) | Error::RouteNotFound => 404,
+            Error::MethodNotAllowed => 405,
+            Error::Conflict(_) => 409,
+            Error::PayloadTooLarge(_) => 413,
+            Error::RateLimited { .. } => 429,
+            Error::Internal(_) => 500,
+            Error::UpstreamUnreachable(_) => 502,
+            Error::DatabaseUnavailable => 503,
+            Error::UpstreamTimeout => 504,
+        }
+    }
+
+    /// Stable machine-readable code: clients branch on this, never on the message.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidField { .. } => "invalid_field",
+            Error::BadRequest(_) => "bad_request",
+            Error::Unauthorized => "unauthorized",
+            Error::MissingApiKey => "missing_api_key",
+            Error::InvalidApiKey => "invalid_api_key",
+            Error::ExpiredApiKey => "expired_api_key",
+            Error::RevokedApiKey => "revoked_api_key",
+            Error::InsufficientScope => "insufficient_scope",
+            Error::NotFound(_) => "not_found",
+            Error::RouteNotFound => "route_not_found",
+            Error::MethodNotAllowed => "method_not_allowed",
+            Error::Conflict(_) => "conflict",
+            Error::PayloadTooLarge(_) => "payload_too_large",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::UpstreamUnreachable(_) => "upstream_unreachable",
+            Error::UpstreamTimeout => "upstream_timeout",
+            Error::DatabaseUnavailable => "database_unavailable",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// The JSON body: `{"error":{"code":..,"message":..}}`, plus `field` for validation.
+    pub fn body(&self) -> serde_json::Value {
+        let mut err = json!({ "code": self.code(), "message": self.to_string() });
+        if let Error::InvalidField { field, .. } = self {
+            err["field"] = json!(field);
+        }
+        json!({ "error": err })
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidField { field, message } => write!(f, "{field}: {message}"),
+            Error::BadRequest(m) => write!(f, "{m}"),
+            Error::Unauthorized => write!(f, "missing or wrong x-admin-secret"),
+            Error::MissingApiKey => {
+                write!(f, "send an API key in x-api-key or Authorization: Bearer")
+            }
+            Error::InvalidApiKey => write!(f, "invalid API key"),
+            Error::ExpiredApiKey => write!(f, "API key has expired"),
+            Error::RevokedApiKey => write!(f, "API key has been revoked"),
+            Error::InsufficientScope => {
+                write!(f, "this key's scopes do not allow this method")
+            }
+            Error::NotFound(what) => write!(f, "{what} not found"),
+            Error::RouteNotFound => write!(f, "no route matches this path for this key"),
+            Error::MethodNotAllowed => write!(f, "method not allowed on this endpoint"),
+            Error::Conflict(m) => write!(f, "{m}"),
+            Error::PayloadTooLarge(max) => {
+                write!(f, "request body is larger than {max} bytes")
+            }
+            Error::RateLimited { retry_after } => {
+                write!(f, "rate limit exceeded; retry in {retry_after} s")
+            }
+            Error::UpstreamUnreachable(why) => write!(f, "upstream unreachable: {why}"),
+            Error::UpstreamTimeout => write!(f, "upstream did not answer in time"),
+            Error::DatabaseUnavailable => write!(f, "database unavailable, try again"),
+            Error::Internal(_) => write!(f, "internal error"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<postgres::Error> for Error {
+    fn from(e: postgres::Error) -> Error {
+        // A closed connection or a failed connect is an outage, not a bug: 503 lets clients
+        // and load balancers retry elsewhere.
+        let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        // 57P0x: the server is shutting down or starting; 53300: too many connections.
+        let outage = e
+            .code()
+            .is_some_and(|c| c.code().starts_with("57P0") || c.code() == "53300");
+        if e.is_closed() || io || outage {
+            log::warn!("database unavailable: {e}");
+            return Error::DatabaseUnavailable;
+        }
+        Error::Internal(format!("database: {e}"))
+    }
+}
+
+impl From<r2d2::Error> for Error {
+    fn from(e: r2d2::Error) -> Error {
+        log::warn!("no database connection: {e}");
+        Error::DatabaseUnavailable
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

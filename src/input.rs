@@ -1,0 +1,186 @@
+//! Reading what operators send: bounded JSON bodies, query parameters, path ids and typed
+//! fields, each failure a 400 that names the field (used by admin and analytics).
+
+use crate::config::{ADMIN_MAX_BODY_BYTES, MAX_PAGE_LIMIT};
+use crate::error::{Error, Result};
+use crate::server::Ctx;
+use serde_json::{Map, Value};
+use std::io::Read;
+
+/// The request body as a JSON object, at most `ADMIN_MAX_BODY_BYTES`.
+pub fn json_object(body: &mut dyn Read) -> Result<Map<String, Value>> {
+    let mut buf = Vec::new();
+    body.take(ADMIN_MAX_BODY_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::BadRequest(format!("cannot read the request body: {e}")))?;
+    if buf.len() as u64 > ADMIN_MAX_BODY_BYTES {
+        return Err(Error::PayloadTooLarge(ADMIN_MAX_BODY_BYTES));
+    }
+    if buf.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::BadRequest(
+            "request body must be a JSON object".into(),
+        ));
+    }
+    match serde_json::from_slice(&buf) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Error::BadRequest(
+            "request body must be a JSON object".into(),
+        )),
+        Err(e) => Err(Error::BadRequest(format!("invalid JSON: {e}"))),
+    }
+}
+
+/// The first value of query parameter `name`, percent-decoded (`+` is a space).
+pub fn query_param(ctx: &Ctx, name: &'static str) -> Result<Option<String>> {
+    let Some(q) = ctx.query.as_deref() else {
+        return Ok(None);
+    };
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if decode(k).as_deref() == Some(name) {
+            return decode(v)
+                .map(Some)
+                .ok_or_else(|| Error::field(name, "is not valid percent-encoded UTF-8"));
+        }
+    }
+    Ok(None)
+}
+
+/// A positive integer id from a query parameter.
+pub fn query_id(ctx: &Ctx, name: &'static str) -> Result<Option<i64>> {
+    match query_param(ctx, name)? {
+        None => Ok(None),
+        Some(v) => parse_id(&v)
+            .map(Some)
+            .ok_or_else(|| Error::field(name, "must be a positive integer")),
+    }
+}
+
+/// `?limit=` (default and cap `MAX_PAGE_LIMIT`) and `?cursor=` (an id to continue after).
+pub fn page(ctx: &Ctx) -> Result<(i64, i64)> {
+    let limit = match query_param(ctx, "limit")? {
+        None => MAX_PAGE_LIMIT,
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| Error::field("limit", "must be a positive integer"))?
+            .min(MAX_PAGE_LIMIT),
+    };
+    let after = match query_param(ctx, "cursor")? {
+        None => 0,
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| Error::field("cursor", "is not a cursor this API returned"))?,
+    };
+    Ok((limit, after))
+}
+
+pub fn parse_id(s: &str) -> Option<i64> {
+    s.parse::<i64>().ok().filter(|n| *n > 0)
+}
+
+/// A path id (`/admin/users/:id`).
+pub fn path_id(s: &str) -> Result<i64> {
+    parse_id(s).ok_or_else(|| Error::field("id", "must be a positive integer"))
+}
+
+fn decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A required non-empty string field, trimmed, at most `max` characters.
+pub fn string(m: &Map<String, Value>, field: &'static str, max: usize) -> Result<Option<String>> {
+    match m.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            if s.is_empty() {
+                Err(Error::field(field, "must not be empty"))
+            } else if s.chars().count() > max {
+                Err(Error::field(
+                    field,
+                    format!("must be at most {max} characters"),
+                ))
+            } else {
+                Ok(Some(s.to_string()))
+            }
+        }
+        Some(_) => Err(Error::field(field, "must be a string")),
+    }
+}
+
+pub fn required<T>(v: Option<T>, field: &'static str) -> Result<T> {
+    v.ok_or_else(|| Error::field(field, "is required"))
+}
+
+/// An id field given as a JSON number or a numeric string (both forms appear in scripts).
+pub fn id(m: &Map<String, Value>, field: &'static str) -> Result<Option<i64>> {
+    match m.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .filter(|n| *n > 0)
+            .map(Some)
+            .ok_or_else(|| Error::field(field, "must be a positive integer")),
+        Some(Value::String(s)) => parse_id(s.trim())
+            .map(Some)
+            .ok_or_else(|| Error::field(field, "must be a positive integer")),
+        Some(_) => Err(Error::field(field, "must be a positive integer")),
+    }
+}
+
+/// A whole number field within `min..=max`.
+pub fn int(m: &Map<String, Value>, field: &'static str, min: i64, max: i64) -> Result<Option<i64>> {
+    match m.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .filter(|n| (min..=max).contains(n))
+            .map(Some)
+            .ok_or_else(|| {
+                Error::field(field, format!("must be a whole number from {min} to {max}"))
+            }),
+        Some(_) => Err(Error::field(field, "must be a number")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_handles_plus_utf8_and_rejects_garbage() {
+        assert_eq!(decode("a+b%20c").as_deref(), Some("a b c"));
+        assert_eq!(decode("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(decode("%zz"), None);
+        assert_eq!(decode("%C3"), None);
+        assert_eq!(decode("%4"), None);
+    }
+
+    #[test]
+    fn json_body_must_be_an_object() {
+        assert!(json_object(&mut &b"{\"a\":1}"[..]).is_ok());
+        for bad in [&b""[..], b"[1]", b"{", b"  "] {
+            assert_eq!(json_object(&mut &bad[..]).unwrap_err().status(), 400);
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The request log: workers hand rows to a bounded channel and never wait; one logger
+//! thread writes them in batches with binary COPY, at least every flush interval, and in
+//! the same transaction stamps `api_keys.last_used_at`. Rows the database refuses are kept
+//! (up to a bound) and retried, so an outage delays logs instead of losing them.
+
+use crate::db::Pool;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{ToSql, Type};
+use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Rows per COPY: large enough to amortise the round trip, small enough that one batch
+/// never holds the table's locks for long.
+const BATCH_MAX: usize = 5_000;
+/// Pause between retries while the database refuses writes.
+const RETRY_BACKOFF: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    pub request_id: String,
+    pub api_key_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub route_id: Option<i64>,
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub status: i32,
+    pub latency_ms: f64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub client_ip: String,
+    pub user_agent: Option<String>,
+    pub created_at: SystemTime,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub written: AtomicU64,
+    pub dropped: AtomicU64,
+    pub buffered: AtomicU64,
+}
+
+pub struct Logger {
+    tx: Sender<LogRow>,
+    pub counters: Arc<Counters>,
+}
+
+impl Logger {
+    /// Starts the logger thread. It restarts its loop if it ever panics.
+    pub fn start(pool: Pool, queue: usize, flush: Duration, buffer_max: usize) -> Logger {
+        let (tx, rx) = bounded(queue);
+        let counters = Arc::new(Counters::default());
+        let c = counters.clone();
+        let spawned = std::thread::Builder::new()
+            .name("logger".into())
+            .spawn(move || {
+                let mut pending = VecDeque::new();
+                loop {
+                    let run = catch_unwind(AssertUnwindSafe(|| {
+                        run(&pool, &rx, &c, &mut pending, flush, buffer_max)
+                    }));
+                    match run {
+                        Ok(()) => return,
+                        Err(_) => log::error!("logger thread panicked; restarting it"),
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start the logger thread: {e}");
+        }
+        Logger { tx, counters }
+    }
+
+    /// Never blocks: a full queue drops the row and counts it.
+    pub fn send(&self, row: LogRow) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(row) {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.tx.len()
+    }
+}
+
+fn run(
+    pool: &Pool,
+    rx: &Receiver<LogRow>,
+    counters: &Counters,
+    pending: &mut VecDeque<LogRow>,
+    flush: Duration,
+    buffer_max: usize,
+) {
+    let mut last_flush = Instant::now();
+    let mut retry_at = Instant::now();
+    loop {
+        let wait = flush.saturating_sub(last_flush.elapsed());
+        let disconnected = match rx.recv_timeout(wait) {
+            Ok(row) => {
+                pending.push_back(row);
+                // Take whatever else is queued without waiting.
+                while pending.len() < BATCH_MAX * 4 {
+                    match rx.try_recv() {
+                        Ok(row) => pending.push_back(row),
+                        Err(_) => break,
+                    }
+                }
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        while pending.len() > buffer_max {
+            pending.pop_front();
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        counters
+            .buffered
+            .store(pending.len() as u64, Ordering::Relaxed);
+        let due = last_flush.elapsed() >= flush || pending.len() >= BATCH_MAX;
+        if (due || disconnected) && !pending.is_empty() && Instant::now() >= retry_at {
+            last_flush = Instant::now();
+            while !pending.is_empty() {
+                let n = pending.len().min(BATCH_MAX);
+                let batch: Vec<&LogRow> = pending.range(..n).collect();
+                match write_batch(pool, &batch) {
+                    Ok(()) => {
+                        pending.drain(..n);
+                        counters.written.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        log::warn!("log write failed, {} rows kept: {e}", pending.len());
+                        retry_at = Instant::now() + RETRY_BACKOFF;
+                        break;
+                    }
+                }
+            }
+            counters
+                .buffered
+                .store(pending.len() as u64, Ordering::Relaxed);
+        } else if due {
+            last_flush = Instant::now();
+        }
+        if disconnected && (pending.is_empty() || Instant::now() < retry_at) {
+            return;
+        }
+    }
+}
+
+const COPY_SQL: &str = "COPY request_logs (request_id, api_key_id, user_id, route_id, method,
+    path, query, status, latency_ms, bytes_in, bytes_out, client_ip, user_agent, created_at)
+    FROM STDIN BINARY";
+
+const TYPES: &[Type] = &[
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT4,
+    Type::FLOAT8,
+    Type::INT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+];
+
+/// Stamps each key's newest request time; older stamps never overwrite newer ones.
+const LAST_USED_SQL: &str = "UPDATE api_keys k SET last_used_at = v.t
+    FROM unnest($1::int8[], $2::timestamptz[]) AS v(id, t)
+    WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.t)";
+
+fn write_batch(pool: &Pool, batch: &[&LogRow]) -> Result<(), String> {
+    let mut conn = pool.get().map_err(|e| e.to_string())?;
+    let mut tx = conn.transaction().map_err(|e| e.to_string())?;
+    let sink = tx.copy_in(COPY_SQL).map_err(|e| e.to_string())?;
+    let mut w = BinaryCopyInWriter::new(sink, TYPES);
+    for r in batch {
+        let values: [&(dyn ToSql + Sync); 14] = [
+            &r.request_id,
+            &r.api_key_id,
+            &r.user_id,
+            &r.route_id,
+            &r.method,
+            &r.path,
+            &r.query,
+            &r.status,
+            &r.latency_ms,
+            &r.bytes_in,
+            &r.bytes_out,
+            &r.client_ip,
+            &r.user_agent,
+            &r.created_at,
+        ];
+        w.write(&values).map_err(|e| e.to_string())?;
+    }
+    w.finish().map_err(|e| e.to_string())?;
+    let mut newest: HashMap<i64, SystemTime> = HashMap::new();
+    for r in batch {
+        if let Some(k) = r.api_key_id {
+            let t = newest.entry(k).or_insert(r.created_at);
+            *t = (*t).max(r.created_at);
+        }
+    }
+    if !newest.is_empty() {
+        let (ids, times): (Vec<i64>, Vec<SystemTime>) = newest.into_iter().unzip();
+        tx.execute(LAST_USED_SQL, &[&ids, &times])
+            .map_err(|e| e.to_string())?;
+    }
+    tx.commit().map_err(|e| e.to_string())
+}

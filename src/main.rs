@@ -1,0 +1,125 @@
+//! tollgate: a self-hosted API gateway, one synchronous binary plus one PostgreSQL.
+//! `tollgate [serve]` applies migrations and serves; `tollgate migrate` only migrates.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod analytics;
+mod auth;
+mod config;
+mod db;
+mod error;
+mod input;
+mod logger;
+mod proxy;
+mod ratelimit;
+mod server;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long start-up waits for the database before giving up: long enough for a database
+/// started alongside the gateway (systemd, compose, `make run`) to come up.
+const STARTUP_DB_WAIT: Duration = Duration::from_secs(30);
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cmd = std::env::args().nth(1).unwrap_or_else(|| "serve".into());
+    let cfg = match config::Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cmd.as_str() {
+        "serve" => serve(cfg),
+        "migrate" => migrate(&cfg),
+        "-V" | "--version" => {
+            println!("tollgate {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        other => Err(format!(
+            "unknown command {other:?}; use `serve` or `migrate`"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate(cfg: &config::Config) -> Result<(), String> {
+    let applied = db::migrate(cfg, STARTUP_DB_WAIT).map_err(|e| format!("migrate: {e:?}"))?;
+    if applied.is_empty() {
+        log::info!("migrations: schema is up to date");
+    } else {
+        log::info!("migrations applied: {}", applied.join(", "));
+    }
+    Ok(())
+}
+
+fn serve(cfg: config::Config) -> Result<(), String> {
+    migrate(&cfg)?;
+    let pool = db::pool(&cfg).map_err(|e| e.to_string())?;
+    let app = Arc::new(server::App {
+        logger: logger::Logger::start(
+            pool.clone(),
+            cfg.log_queue,
+            cfg.log_flush,
+            cfg.log_buffer_max,
+        ),
+        keys: auth::KeyCache::default(),
+        routes: proxy::RouteTable::default(),
+        agent: proxy::agent(&cfg),
+        abandoned_bodies: Default::default(),
+        pool,
+        cfg,
+    });
+    let n = app
+        .routes
+        .reload(&app.pool)
+        .map_err(|e| format!("loading routes: {e}"))?;
+    log::info!("{n} routes loaded");
+    ratelimit::spawn_purger(app.pool.clone(), app.cfg.rate_window_secs);
+    spawn_sync(app.clone());
+    server::serve(app).map_err(|e| e.to_string())
+}
+
+/// The safety net behind immediate local updates: every `sync_interval`, reload the route
+/// table and refresh cached keys' metadata (revocations, limits, scopes, expiry) so changes
+/// made by another replica or directly in SQL take effect without a restart.
+fn spawn_sync(app: Arc<server::App>) {
+    let spawned = std::thread::Builder::new()
+        .name("sync".into())
+        .spawn(move || loop {
+            std::thread::sleep(app.cfg.sync_interval);
+            if let Err(e) = app.routes.reload(&app.pool) {
+                log::warn!("route reload failed: {e}");
+            }
+            if let Err(e) = refresh_keys(&app) {
+                log::warn!("key refresh failed: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the sync thread: {e}");
+    }
+}
+
+fn refresh_keys(app: &server::App) -> error::Result<()> {
+    let ids = app.keys.cached_ids();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let rows = app.pool.get()?.query(
+        "SELECT id, user_id, rate_limit, scopes, expires_at, revoked_at
+           FROM api_keys WHERE id = ANY($1)",
+        &[&ids],
+    )?;
+    app.keys
+        .replace_all(rows.iter().map(|r| auth::key_info(r, 0)).collect());
+    Ok(())
+}

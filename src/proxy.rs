@@ -1,0 +1,361 @@
+//! The route table (held in memory, reloaded when the admin API changes it), prefix matching
+//! on path-segment boundaries, and forwarding with ureq: method, path, query and body
+//! unchanged, end-to-end headers both ways, the upstream's status and body streamed back.
+
+use crate::error::{Error, Result};
+use crate::server::{App, Body, Ctx, Reply, Trace};
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::sync::{Arc, RwLock};
+use tiny_http::Request;
+use ureq::http;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub id: i64,
+    pub user_id: i64,
+    pub prefix: String,
+    pub target_url: String,
+}
+
+/// Routes by owner, each owner's list longest prefix first, swapped whole on reload so a
+/// request never sees half a change.
+#[derive(Default)]
+pub struct RouteTable {
+    by_user: RwLock<Arc<HashMap<i64, Vec<Arc<Route>>>>>,
+}
+
+impl RouteTable {
+    /// The owner's route whose prefix is the longest match for `path`.
+    pub fn find(&self, user_id: i64, path: &str) -> Option<Arc<Route>> {
+        let table = self
+            .by_user
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        table
+            .get(&user_id)?
+            .iter()
+            .find(|r| prefix_matches(&r.prefix, path))
+            .cloned()
+    }
+
+    pub fn replace(&self, routes: Vec<Route>) {
+        let mut by_user: HashMap<i64, Vec<Arc<Route>>> = HashMap::new();
+        for r in routes {
+            by_user.entry(r.user_id).or_default().push(Arc::new(r));
+        }
+        for list in by_user.values_mut() {
+            list.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        }
+        *self.by_user.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(by_user);
+    }
+
+    /// Re-reads every route from the database.
+    pub fn reload(&self, pool: &crate::db::Pool) -> Result<usize> {
+        let rows = pool
+            .get()?
+            .query("SELECT id, user_id, prefix, target_url FROM routes", &[])?;
+        let n = rows.len();
+        self.replace(
+            rows.iter()
+                .map(|r| Route {
+                    id: r.get(0),
+                    user_id: r.get(1),
+                    prefix: r.get(2),
+                    target_url: r.get(3),
+                })
+                .collect(),
+        );
+        Ok(n)
+    }
+}
+
+/// `/users` matches `/users`, `/users/` and `/users/7`, never `/usersX`; `/` matches all.
+/// Prefixes are stored without a trailing slash (see `admin::normalize_prefix`).
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return path.starts_with('/');
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Connection-specific headers (RFC 9110 §7.6.1) plus those that ureq or tiny_http frame
+/// themselves; none is forwarded in either direction.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "expect",
+];
+
+/// Header names listed in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
+fn connection_listed(headers: &[(String, String)]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// The end-to-end headers of `headers`, minus `also_drop` (lower-case names).
+pub fn end_to_end(headers: &[(String, String)], also_drop: &[&str]) -> Vec<(String, String)> {
+    let listed = connection_listed(headers);
+    headers
+        .iter()
+        .filter(|(k, _)| {
+            let k = k.to_ascii_lowercase();
+            !HOP_BY_HOP.contains(&k.as_str())
+                && !also_drop.contains(&k.as_str())
+                && !listed.contains(&k)
+        })
+        .cloned()
+        .collect()
+}
+
+/// Upstream URL: the target (without trailing `/`) followed by the request target as sent.
+pub fn upstream_url(target: &str, path: &str, query: Option<&str>) -> String {
+    let mut url = String::with_capacity(target.len() + path.len() + 64);
+    url.push_str(target.trim_end_matches('/'));
+    url.push_str(path);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+/// Forwards the request to the route's upstream and returns its answer, body streamed.
+pub fn forward(
+    app: &App,
+    route: &Route,
+    rq: &mut Request,
+    ctx: &Ctx,
+    credential_header: &str,
+    trace: &mut Trace,
+) -> Result<Reply> {
+    let url = upstream_url(&route.target_url, &ctx.path, ctx.query.as_deref());
+    let client_headers: Vec<(String, String)> = ctx
+        .headers
+        .iter()
+        .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
+        .collect();
+    let credential = credential_header.to_ascii_lowercase();
+    let mut builder = http::Request::builder()
+        .method(ctx.method.as_str())
+        .uri(url.as_str());
+    for (k, v) in end_to_end(&client_headers, &[credential.as_str(), "x-request-id"]) {
+        builder = builder.header(k, v);
+    }
+    builder = builder.header("x-request-id", ctx.request_id.as_str());
+    if let Some(n) = ctx.content_length {
+        // Keep the client's framing: a declared length is forwarded as such, not chunked.
+        builder = builder.header("content-length", n.to_string());
+    }
+    let max = app.cfg.max_body_bytes;
+    let mut body = Limited {
+        inner: rq.as_reader(),
+        left: max,
+        max,
+        read: 0,
+    };
+    let unforwardable = |e: http::Error| Error::BadRequest(format!("cannot forward: {e}"));
+    // Two calls rather than one `SendBody` variable: `SendBody` is invariant over its
+    // lifetime, so `none()` and a borrowed reader cannot share a binding.
+    let result = if ctx.content_length.is_some_and(|n| n > 0) || ctx.chunked {
+        let request = builder
+            .body(ureq::SendBody::from_reader(&mut body))
+            .map_err(unforwardable)?;
+        app.agent.run(request)
+    } else {
+        let request = builder
+            .body(ureq::SendBody::none())
+            .map_err(unforwardable)?;
+        app.agent.run(request)
+    };
+    trace.bytes_in = body.read;
+    if body.left == 0 && body.read > max {
+        return Err(Error::PayloadTooLarge(max));
+    }
+    let response = result.map_err(upstream_error)?;
+    let (parts, upstream_body) = response.into_parts();
+    let upstream_headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let len = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let no_body = ctx.method == "HEAD" || matches!(parts.status.as_u16(), 204 | 304);
+    let body = if no_body {
+        Body::Stream {
+            reader: Box::new(io::empty()),
+            len,
+        }
+    } else {
+        Body::Stream {
+            reader: Box::new(upstream_body.into_reader()),
+            len,
+        }
+    };
+    Ok(Reply {
+        status: parts.status.as_u16(),
+        headers: end_to_end(&upstream_headers, &[]),
+        body,
+    })
+}
+
+fn upstream_error(e: ureq::Error) -> Error {
+    match e {
+        ureq::Error::Timeout(_) => Error::UpstreamTimeout,
+        ureq::Error::Io(ref io) if io.kind() == io::ErrorKind::TimedOut => Error::UpstreamTimeout,
+        ureq::Error::Io(ref io) if io.kind() == io::ErrorKind::WouldBlock => Error::UpstreamTimeout,
+        other => Error::UpstreamUnreachable(other.to_string()),
+    }
+}
+
+/// The client's body as read by ureq: counts what passed and stops at the body limit, so
+/// a chunked upload cannot exceed it either.
+struct Limited<'a> {
+    inner: &'a mut dyn Read,
+    left: u64,
+    max: u64,
+    read: u64,
+}
+
+impl Read for Limited<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            // Probe one byte past the limit: a body of exactly `max` bytes is fine.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => {
+                    self.read += 1;
+                    Err(io::Error::other(format!(
+                        "request body over {} bytes",
+                        self.max
+                    )))
+                }
+            };
+        }
+        let cap = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..cap])?;
+        self.left -= n as u64;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// A ureq agent set up for proxying: no redirects followed, 4xx/5xx are answers not
+/// errors, no proxy from the environment, no decompression or default headers added,
+/// pooled keep-alive connections sized to the worker count, timeouts from the config.
+pub fn agent(cfg: &crate::config::Config) -> ureq::Agent {
+    use ureq::config::AutoHeaderValue;
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .user_agent(AutoHeaderValue::None)
+        .accept(AutoHeaderValue::None)
+        .accept_encoding(AutoHeaderValue::None)
+        .allow_non_standard_methods(true)
+        .max_idle_connections(cfg.workers * 2)
+        .max_idle_connections_per_host(cfg.workers)
+        .timeout_connect(Some(cfg.connect_timeout))
+        .timeout_recv_response(Some(cfg.upstream_timeout))
+        .timeout_per_read(Some(cfg.upstream_timeout))
+        .build();
+    config.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn prefix_matches_only_on_segment_boundaries() {
+        assert!(prefix_matches("/users", "/users"));
+        assert!(prefix_matches("/users", "/users/"));
+        assert!(prefix_matches("/users", "/users/7"));
+        assert!(!prefix_matches("/users", "/usersX"));
+        assert!(!prefix_matches("/users", "/user"));
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/api/v2", "/api/v2/x"));
+        assert!(!prefix_matches("/api/v2", "/api/v20"));
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_owners_are_separate() {
+        let t = RouteTable::default();
+        let r = |id, user_id, prefix: &str| Route {
+            id,
+            user_id,
+            prefix: prefix.into(),
+            target_url: "http://u".into(),
+        };
+        t.replace(vec![r(1, 1, "/api"), r(2, 1, "/api/v2"), r(3, 2, "/other")]);
+        assert_eq!(t.find(1, "/api/v2/x").unwrap().id, 2);
+        assert_eq!(t.find(1, "/api/v1").unwrap().id, 1);
+        assert!(t.find(1, "/other").is_none());
+        assert_eq!(t.find(2, "/other/1").unwrap().id, 3);
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_are_dropped() {
+        let out = end_to_end(
+            &h(&[
+                ("Connection", "keep-alive, X-Private"),
+                ("X-Private", "1"),
+                ("Keep-Alive", "timeout=5"),
+                ("Set-Cookie", "a=1"),
+                ("Set-Cookie", "b=2"),
+                ("X-Api-Key", "secret"),
+                ("Accept", "*/*"),
+            ]),
+            &["x-api-key"],
+        );
+        assert_eq!(
+            out,
+            h(&[
+                ("Set-Cookie", "a=1"),
+                ("Set-Cookie", "b=2"),
+                ("Accept", "*/*")
+            ])
+        );
+    }
+
+    #[test]
+    fn upstream_url_keeps_path_and_query_verbatim() {
+        assert_eq!(
+            upstream_url("http://h:1/", "/a%2Fb/c", Some("x=1&x=2&y=&z=%20+")),
+            "http://h:1/a%2Fb/c?x=1&x=2&y=&z=%20+"
+        );
+        assert_eq!(upstream_url("http://h/base", "/a", None), "http://h/base/a");
+        assert_eq!(upstream_url("http://h", "/a", Some("")), "http://h/a?");
+    }
+}

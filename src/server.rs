@@ -1,0 +1,506 @@
+//! tiny_http, the worker pool and dispatch. A worker takes one request at a time: framing
+//! checks here, then either the gateway path (auth → ratelimit → proxy → logger) or the
+//! operator endpoints (admin, analytics, health). Every answer, error or panic, leaves
+//! through `respond` as JSON or as the upstream's own response.
+
+use crate::auth::{self, KeyCache};
+use crate::config::{self, Config};
+use crate::db::Pool;
+use crate::error::{Error, Result};
+use crate::logger::{LogRow, Logger};
+use crate::proxy::{self, RouteTable};
+use crate::{admin, analytics, ratelimit};
+use serde_json::{json, Value};
+use std::io::{self, Read};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tiny_http::{Header, Request, Server, StatusCode};
+
+/// Everything the stages share. Built once in `main`, borrowed by every worker.
+pub struct App {
+    pub cfg: Config,
+    pub pool: Pool,
+    pub keys: KeyCache,
+    pub routes: RouteTable,
+    pub logger: Logger,
+    pub agent: ureq::Agent,
+    /// Requests answered 413 whose declared body was too large to drain safely (see
+    /// `abandon_oversized`).
+    pub abandoned_bodies: AtomicU64,
+}
+
+/// What a handler answers; `respond` turns it into bytes on the socket.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Body,
+}
+
+pub enum Body {
+    Bytes(Vec<u8>),
+    /// The upstream's body, streamed; `len` is its Content-Length when it sent one.
+    Stream {
+        reader: Box<dyn Read + Send>,
+        len: Option<u64>,
+    },
+}
+
+impl Reply {
+    pub fn json(status: u16, value: &Value) -> Reply {
+        Reply {
+            status,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: Body::Bytes(value.to_string().into_bytes()),
+        }
+    }
+
+    pub fn empty(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Body::Bytes(Vec::new()),
+        }
+    }
+
+    pub fn error(e: &Error) -> Reply {
+        if let Error::Internal(detail) = e {
+            log::error!("internal error: {detail}");
+        }
+        let mut reply = Reply::json(e.status(), &e.body());
+        if let Error::RateLimited { retry_after } = e {
+            reply.header("Retry-After", retry_after.to_string());
+        }
+        reply
+    }
+
+    pub fn header(&mut self, name: &str, value: impl Into<String>) {
+        self.headers.push((name.to_string(), value.into()));
+    }
+}
+
+/// The parts of a request every stage reads; the body stays in the tiny_http request.
+pub struct Ctx {
+    pub method: String,
+    /// The request target's path, exactly as the client sent it.
+    pub path: String,
+    /// The query string without `?`, exactly as sent; `None` when there was no `?`.
+    pub query: Option<String>,
+    pub headers: Vec<Header>,
+    pub client_ip: String,
+    pub request_id: String,
+    /// Declared `Content-Length`, after `check_framing` accepted it.
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    pub started: Instant,
+}
+
+impl Ctx {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
+    }
+}
+
+/// Who a gateway request turned out to be, filled in stage by stage for its log row.
+#[derive(Default)]
+pub struct Trace {
+    pub api_key_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub route_id: Option<i64>,
+    pub bytes_in: u64,
+}
+
+pub fn serve(app: Arc<App>) -> io::Result<()> {
+    let server = Server::http(&app.cfg.listen_addr)
+        .map_err(|e| io::Error::other(format!("cannot listen on {}: {e}", app.cfg.listen_addr)))?;
+    let server = Arc::new(server);
+    log::info!(
+        "listening on {} with {} workers",
+        app.cfg.listen_addr,
+        app.cfg.workers
+    );
+    let mut handles = Vec::new();
+    for i in 0..app.cfg.workers {
+        let (server, app) = (server.clone(), app.clone());
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || worker(&server, &app))?,
+        );
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+fn worker(server: &Server, app: &App) {
+    loop {
+        let request = match server.recv() {
+            Ok(rq) => rq,
+            Err(e) => {
+                log::error!("accept failed: {e}");
+                continue;
+            }
+        };
+        // A panic in respond or logging must not take the worker with it either.
+        if catch_unwind(AssertUnwindSafe(|| handle(app, request))).is_err() {
+            log::error!("panic while answering a request; worker continues");
+        }
+    }
+}
+
+fn handle(app: &App, mut request: Request) {
+    let ctx = context(&request);
+    let mut trace = Trace::default();
+    let gateway = !is_operator_path(&ctx.path);
+    let reply = catch_unwind(AssertUnwindSafe(|| {
+        dispatch(app, &mut request, &ctx, &mut trace, gateway)
+    }))
+    .unwrap_or_else(|_| {
+        log::error!("handler panicked on {} {}", ctx.method, ctx.path);
+        Reply::error(&Error::Internal("handler panicked".into()))
+    });
+    let status = reply.status;
+    let bytes_out = if body_is_safe_to_drop(app, &mut request, &ctx, &trace) {
+        respond(request, reply, &ctx)
+    } else {
+        abandon(app, request, reply)
+    };
+    if gateway {
+        app.logger.send(LogRow {
+            request_id: ctx.request_id.clone(),
+            api_key_id: trace.api_key_id,
+            user_id: trace.user_id,
+            route_id: trace.route_id,
+            method: ctx.method.clone(),
+            path: ctx.path.clone(),
+            query: ctx.query.clone(),
+            status: i32::from(status),
+            latency_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            bytes_in: trace.bytes_in as i64,
+            bytes_out: bytes_out as i64,
+            client_ip: ctx.client_ip.clone(),
+            user_agent: ctx.header("User-Agent").map(str::to_string),
+            created_at: SystemTime::now(),
+        });
+    }
+}
+
+fn dispatch(app: &App, rq: &mut Request, ctx: &Ctx, trace: &mut Trace, gateway: bool) -> Reply {
+    let result = check_framing(ctx, app.cfg.max_body_bytes).and_then(|()| {
+        if gateway {
+            gateway_path(app, rq, ctx, trace)
+        } else {
+            operator_path(app, rq, ctx)
+        }
+    });
+    let mut reply = result.unwrap_or_else(|e| Reply::error(&e));
+    if gateway {
+        reply.header("X-Request-Id", ctx.request_id.clone());
+    }
+    reply
+}
+
+/// The gateway path: auth → rate limit → route → forward. Each stage fills `trace` so the
+/// log row names whatever was known when the request stopped.
+fn gateway_path(app: &App, rq: &mut Request, ctx: &Ctx, trace: &mut Trace) -> Result<Reply> {
+    let key = auth::authenticate(app, ctx)?;
+    trace.api_key_id = Some(key.id);
+    trace.user_id = Some(key.user_id);
+    if !key.allows(&ctx.method) {
+        return Err(Error::InsufficientScope);
+    }
+    let route = app
+        .routes
+        .find(key.user_id, &ctx.path)
+        .ok_or(Error::RouteNotFound)?;
+    trace.route_id = Some(route.id);
+    let limit = ratelimit::check(app, key.id, key.rate_limit)?;
+    if !limit.allowed {
+        let mut reply = Reply::error(&Error::RateLimited {
+            retry_after: limit.retry_after,
+        });
+        limit.add_headers(&mut reply, app.cfg.rate_window_secs);
+        return Ok(reply);
+    }
+    let mut reply = proxy::forward(app, &route, rq, ctx, key.credential_header, trace)
+        .unwrap_or_else(|e| Reply::error(&e));
+    limit.add_headers(&mut reply, app.cfg.rate_window_secs);
+    Ok(reply)
+}
+
+fn operator_path(app: &App, rq: &mut Request, ctx: &Ctx) -> Result<Reply> {
+    let first = ctx.path.split('/').nth(1).unwrap_or("");
+    match (first, ctx.method.as_str()) {
+        ("healthz", "GET" | "HEAD") => Ok(Reply::json(200, &json!({"status": "ok"}))),
+        ("readyz", "GET" | "HEAD") => Ok(readyz(app)),
+        ("healthz" | "readyz", _) => Err(Error::MethodNotAllowed),
+        ("admin", _) => admin::handle(app, rq, ctx),
+        ("analytics", _) => analytics::handle(app, ctx),
+        _ => Err(Error::NotFound("endpoint".into())),
+    }
+}
+
+fn readyz(app: &App) -> Reply {
+    let ok = app
+        .pool
+        .get()
+        .ok()
+        .is_some_and(|mut c| c.simple_query("SELECT 1").is_ok());
+    if ok {
+        Reply::json(200, &json!({"status": "ready", "database": "ok"}))
+    } else {
+        Reply::json(
+            503,
+            &json!({"status": "unavailable", "database": "unreachable"}),
+        )
+    }
+}
+
+/// Paths the gateway answers itself; no route may claim them (checked in admin).
+pub const OPERATOR_PREFIXES: &[&str] = &["/admin", "/analytics", "/healthz", "/readyz"];
+
+pub fn is_operator_path(path: &str) -> bool {
+    OPERATOR_PREFIXES
+        .iter()
+        .any(|p| proxy::prefix_matches(p, path))
+}
+
+fn context(rq: &Request) -> Ctx {
+    let url = rq.url();
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (url.to_string(), None),
+    };
+    let headers = rq.headers().to_vec();
+    let client_ip = rq
+        .remote_addr()
+        .map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
+    let request_id = headers
+        .iter()
+        .find(|h| h.field.equiv("X-Request-Id"))
+        .map(|h| h.value.as_str())
+        .filter(|v| valid_request_id(v))
+        .map_or_else(auth::random_hex_id, str::to_string);
+    let chunked = headers.iter().any(|h| h.field.equiv("Transfer-Encoding"));
+    let content_length = headers
+        .iter()
+        .find(|h| h.field.equiv("Content-Length"))
+        .and_then(|h| h.value.as_str().trim().parse().ok());
+    Ctx {
+        method: rq.method().as_str().to_string(),
+        path,
+        query,
+        headers,
+        client_ip,
+        request_id,
+        content_length,
+        chunked,
+        started: Instant::now(),
+    }
+}
+
+/// A client-supplied request id is kept only if it is short, printable ASCII: it is echoed
+/// in headers and written to the log.
+fn valid_request_id(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Refuses message framing that two HTTP parsers could read differently (RFC 9112 §6.1,
+/// §6.3): tiny_http silently prefers Transfer-Encoding and ignores a bad Content-Length,
+/// which is how request smuggling starts.
+pub fn check_framing(ctx: &Ctx, max_body: u64) -> Result<()> {
+    let cls: Vec<&str> = ctx
+        .headers
+        .iter()
+        .filter(|h| h.field.equiv("Content-Length"))
+        .map(|h| h.value.as_str())
+        .collect();
+    let tes: Vec<&str> = ctx
+        .headers
+        .iter()
+        .filter(|h| h.field.equiv("Transfer-Encoding"))
+        .map(|h| h.value.as_str())
+        .collect();
+    if !cls.is_empty() && !tes.is_empty() {
+        return Err(Error::BadRequest(
+            "both Content-Length and Transfer-Encoding sent".into(),
+        ));
+    }
+    if cls.len() > 1 {
+        return Err(Error::BadRequest("repeated Content-Length".into()));
+    }
+    if let Some(cl) = cls.first() {
+        if cl.is_empty() || !cl.bytes().all(|b| b.is_ascii_digit()) || cl.len() > 19 {
+            return Err(Error::BadRequest("Content-Length is not a number".into()));
+        }
+    }
+    if tes.len() > 1
+        || tes
+            .first()
+            .is_some_and(|te| !te.eq_ignore_ascii_case("chunked"))
+    {
+        return Err(Error::BadRequest(
+            "only Transfer-Encoding: chunked is accepted".into(),
+        ));
+    }
+    if ctx.content_length.is_some_and(|n| n > max_body) {
+        return Err(Error::PayloadTooLarge(max_body));
+    }
+    Ok(())
+}
+
+/// Writes the reply and returns the body bytes sent.
+fn respond(rq: Request, reply: Reply, ctx: &Ctx) -> u64 {
+    let is_head = ctx.method == "HEAD";
+    let headers = reply
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Header::from_bytes(k.as_bytes(), v.as_bytes()).ok())
+        .collect();
+    let sent = Arc::new(AtomicU64::new(0));
+    let (reader, len): (Box<dyn Read + Send>, Option<u64>) = match reply.body {
+        Body::Bytes(b) => {
+            let n = b.len() as u64;
+            (Box::new(io::Cursor::new(b)), Some(n))
+        }
+        Body::Stream { reader, len } => (reader, len),
+    };
+    let reader = Counting {
+        inner: reader,
+        count: sent.clone(),
+    };
+    let response = tiny_http::Response::new(
+        StatusCode(reply.status),
+        headers,
+        reader,
+        len.and_then(|n| usize::try_from(n).ok()),
+        None,
+    )
+    // tiny_http would switch bodies of 32 KiB and more to chunked; keep the length the
+    // upstream declared so clients can show progress and detect truncation.
+    .with_chunked_threshold(usize::MAX);
+    if let Err(e) = rq.respond(response) {
+        log::debug!("client went away during the response: {e}");
+    }
+    if is_head {
+        0
+    } else {
+        sent.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether the request may go back to tiny_http with what is left of its body. tiny_http
+/// does not drain an unread chunked body (its bytes would be read as the next request), so
+/// we drain it here up to the body limit; it drains an unread `Content-Length` body itself,
+/// but by allocating the whole remainder at once, so only a bounded remainder is safe.
+fn body_is_safe_to_drop(app: &App, rq: &mut Request, ctx: &Ctx, trace: &Trace) -> bool {
+    if ctx.chunked {
+        let cap = app.cfg.max_body_bytes + 1;
+        let drained = io::copy(&mut rq.as_reader().take(cap), &mut io::sink()).unwrap_or(cap);
+        return drained < cap;
+    }
+    let remaining = ctx
+        .content_length
+        .unwrap_or(0)
+        .saturating_sub(trace.bytes_in);
+    remaining <= config::DRAIN_LIMIT_BYTES
+}
+
+/// Answers a request whose unread body cannot be dropped safely: the response is written
+/// through `upgrade` and the connection is deliberately leaked (one thread and socket), which
+/// beats aborting the process. Counted in `/admin/stats`; the nginx edge
+/// (`client_max_body_size`) keeps such requests from ever reaching tollgate.
+fn abandon(app: &App, rq: Request, reply: Reply) -> u64 {
+    app.abandoned_bodies.fetch_add(1, Ordering::Relaxed);
+    log::warn!("answered with an oversized unread body; connection abandoned");
+    let body = match reply.body {
+        Body::Bytes(b) => b,
+        Body::Stream { .. } => Vec::new(),
+    };
+    let n = body.len() as u64;
+    let response = tiny_http::Response::from_data(body)
+        .with_status_code(StatusCode(reply.status))
+        .with_header(Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).unwrap());
+    let stream = rq.upgrade("close", response);
+    std::mem::forget(stream);
+    n
+}
+
+struct Counting {
+    inner: Box<dyn Read + Send>,
+    count: Arc<AtomicU64>,
+}
+
+impl Read for Counting {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx_with(headers: &[(&str, &str)]) -> Ctx {
+        let headers: Vec<Header> = headers
+            .iter()
+            .map(|(k, v)| Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap())
+            .collect();
+        let content_length = headers
+            .iter()
+            .find(|h| h.field.equiv("Content-Length"))
+            .and_then(|h| h.value.as_str().parse().ok());
+        Ctx {
+            method: "POST".into(),
+            path: "/x".into(),
+            query: None,
+            headers,
+            client_ip: "127.0.0.1".into(),
+            request_id: "r".into(),
+            content_length,
+            chunked: false,
+            started: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        let max = 100;
+        let bad: &[&[(&str, &str)]] = &[
+            &[("Content-Length", "5"), ("Transfer-Encoding", "chunked")],
+            &[("Content-Length", "5"), ("Content-Length", "5")],
+            &[("Content-Length", "5x")],
+            &[("Content-Length", "-1")],
+            &[("Transfer-Encoding", "gzip, chunked")],
+            &[
+                ("Transfer-Encoding", "chunked"),
+                ("Transfer-Encoding", "chunked"),
+            ],
+        ];
+        for h in bad {
+            let e = check_framing(&ctx_with(h), max).unwrap_err();
+            assert_eq!(e.status(), 400, "{h:?}");
+        }
+        assert!(check_framing(&ctx_with(&[("Content-Length", "5")]), max).is_ok());
+        assert!(check_framing(&ctx_with(&[("Transfer-Encoding", "chunked")]), max).is_ok());
+        let e = check_framing(&ctx_with(&[("Content-Length", "101")]), max).unwrap_err();
+        assert_eq!(e.status(), 413);
+    }
+
+    #[test]
+    fn operator_paths_match_on_segment_boundaries() {
+        assert!(is_operator_path("/admin"));
+        assert!(is_operator_path("/admin/users"));
+        assert!(is_operator_path("/healthz"));
+        assert!(!is_operator_path("/administrator"));
+        assert!(!is_operator_path("/users"));
+    }
+}
