@@ -146,10 +146,10 @@ pub fn authenticate(app: &App, ctx: &Ctx) -> Result<Authed> {
 fn verify_from_db(app: &App, public_id: &str, secret: &str) -> Result<KeyInfo> {
     let mut conn = app.pool.get()?;
     let row = conn
-        .query_opt(
+        .query_typed_opt(
             "SELECT key_hash, id, user_id, rate_limit, scopes, expires_at, revoked_at
                FROM api_keys WHERE public_id = $1",
-            &[&public_id],
+            &[(&public_id, postgres::types::Type::TEXT)],
         )?
         .ok_or(Error::InvalidApiKey)?;
     drop(conn);

@@ -32,9 +32,11 @@ pub const DEFAULT_KEY_RATE_LIMIT: i32 = 100;
 /// Largest request body forwarded (10 MiB, as nginx's common `client_max_body_size` setting).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 /// Largest unread request body left for tiny_http to drain when a request is answered
-/// without reading it (401, 413, ...). tiny_http allocates the whole remainder at once while
-/// draining, so anything larger is abandoned instead (see `server::abandon`).
-pub const DRAIN_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+/// without reading it (401, 413, ...). tiny_http drains by allocating the whole remainder
+/// at once; the allocation is lazy (pages are touched only as data arrives), so 1 GiB is
+/// harmless, while a remainder near the machine's memory aborts the process. Anything
+/// larger is abandoned instead (see `server::abandon`).
+pub const DRAIN_LIMIT_BYTES: u64 = 1024 * 1024 * 1024;
 /// Log rows that may wait for the logger thread. At ~200 bytes a row this bounds the queue to
 /// ~13 MiB while absorbing several seconds of peak traffic during a slow batch write.
 pub const DEFAULT_LOG_QUEUE: usize = 65_536;

@@ -49,10 +49,15 @@ pub fn migrate(cfg: &Config, wait: Duration) -> Result<Vec<&'static str>> {
         match pg.connect(NoTls) {
             Ok(c) => break c,
             Err(e) if Instant::now() < deadline => {
-                log::info!("waiting for the database: {e}");
+                log::info!("waiting for the database: {}", describe(&e));
                 std::thread::sleep(Duration::from_millis(500));
             }
-            Err(e) => return Err(Error::Internal(format!("cannot connect to database: {e}"))),
+            Err(e) => {
+                return Err(Error::Internal(format!(
+                    "cannot connect to database: {}",
+                    describe(&e)
+                )))
+            }
         }
     };
     let mut applied = Vec::new();
@@ -101,4 +106,14 @@ pub fn is_unique_violation(e: &postgres::Error) -> bool {
 /// True when a database error is a foreign-key violation (the referenced row is gone).
 pub fn is_fk_violation(e: &postgres::Error) -> bool {
     e.code() == Some(&postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
+}
+
+/// A database error with its server message or cause; `postgres::Error`'s own `Display`
+/// says only "db error" for errors the server reports.
+pub fn describe(e: &postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
 }

@@ -145,10 +145,10 @@ impl From<postgres::Error> for Error {
             .code()
             .is_some_and(|c| c.code().starts_with("57P0") || c.code() == "53300");
         if e.is_closed() || io || outage {
-            log::warn!("database unavailable: {e}");
+            log::warn!("database unavailable: {}", crate::db::describe(&e));
             return Error::DatabaseUnavailable;
         }
-        Error::Internal(format!("database: {e}"))
+        Error::Internal(format!("database: {}", crate::db::describe(&e)))
     }
 }
 

@@ -178,9 +178,10 @@ const LAST_USED_SQL: &str = "UPDATE api_keys k SET last_used_at = v.t
     WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.t)";
 
 fn write_batch(pool: &Pool, batch: &[&LogRow]) -> Result<(), String> {
+    let pg = |e: postgres::Error| crate::db::describe(&e);
     let mut conn = pool.get().map_err(|e| e.to_string())?;
-    let mut tx = conn.transaction().map_err(|e| e.to_string())?;
-    let sink = tx.copy_in(COPY_SQL).map_err(|e| e.to_string())?;
+    let mut tx = conn.transaction().map_err(pg)?;
+    let sink = tx.copy_in(COPY_SQL).map_err(pg)?;
     let mut w = BinaryCopyInWriter::new(sink, TYPES);
     for r in batch {
         let values: [&(dyn ToSql + Sync); 14] = [
@@ -199,9 +200,9 @@ fn write_batch(pool: &Pool, batch: &[&LogRow]) -> Result<(), String> {
             &r.user_agent,
             &r.created_at,
         ];
-        w.write(&values).map_err(|e| e.to_string())?;
+        w.write(&values).map_err(pg)?;
     }
-    w.finish().map_err(|e| e.to_string())?;
+    w.finish().map_err(pg)?;
     let mut newest: HashMap<i64, SystemTime> = HashMap::new();
     for r in batch {
         if let Some(k) = r.api_key_id {
@@ -211,8 +212,7 @@ fn write_batch(pool: &Pool, batch: &[&LogRow]) -> Result<(), String> {
     }
     if !newest.is_empty() {
         let (ids, times): (Vec<i64>, Vec<SystemTime>) = newest.into_iter().unzip();
-        tx.execute(LAST_USED_SQL, &[&ids, &times])
-            .map_err(|e| e.to_string())?;
+        tx.execute(LAST_USED_SQL, &[&ids, &times]).map_err(pg)?;
     }
-    tx.commit().map_err(|e| e.to_string())
+    tx.commit().map_err(pg)
 }

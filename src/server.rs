@@ -11,7 +11,7 @@ use crate::logger::{LogRow, Logger};
 use crate::proxy::{self, RouteTable};
 use crate::{admin, analytics, ratelimit};
 use serde_json::{json, Value};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,8 +26,7 @@ pub struct App {
     pub routes: RouteTable,
     pub logger: Logger,
     pub agent: ureq::Agent,
-    /// Requests answered 413 whose declared body was too large to drain safely (see
-    /// `abandon_oversized`).
+    /// Requests answered with a declared body too large to drain safely (see `abandon`).
     pub abandoned_bodies: AtomicU64,
 }
 
@@ -397,13 +396,15 @@ fn respond(rq: Request, reply: Reply, ctx: &Ctx) -> u64 {
 
 /// Whether the request may go back to tiny_http with what is left of its body. tiny_http
 /// does not drain an unread chunked body (its bytes would be read as the next request), so
-/// we drain it here up to the body limit; it drains an unread `Content-Length` body itself,
-/// but by allocating the whole remainder at once, so only a bounded remainder is safe.
+/// we drain it here, up to the body limit; whatever follows a broken or oversized chunked
+/// body is parsed as a new request and meets the full auth path like any other. tiny_http
+/// does drain an unread `Content-Length` body, but by allocating the whole remainder at
+/// once, so only a bounded remainder is safe to hand back.
 fn body_is_safe_to_drop(app: &App, rq: &mut Request, ctx: &Ctx, trace: &Trace) -> bool {
     if ctx.chunked {
         let cap = app.cfg.max_body_bytes + 1;
-        let drained = io::copy(&mut rq.as_reader().take(cap), &mut io::sink()).unwrap_or(cap);
-        return drained < cap;
+        let _ = io::copy(&mut rq.as_reader().take(cap), &mut io::sink());
+        return true;
     }
     let remaining = ctx
         .content_length
@@ -423,13 +424,20 @@ fn abandon(app: &App, rq: Request, reply: Reply) -> u64 {
         Body::Bytes(b) => b,
         Body::Stream { .. } => Vec::new(),
     };
-    let n = body.len() as u64;
-    let response = tiny_http::Response::from_data(body)
-        .with_status_code(StatusCode(reply.status))
-        .with_header(Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).unwrap());
-    let stream = rq.upgrade("close", response);
+    // `upgrade` writes the status line and headers but no framing and no body (it expects
+    // the caller to take over the socket), so the JSON follows and the client reads it to
+    // the end of the connection.
+    let mut headers: Vec<Header> = reply
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Header::from_bytes(k.as_bytes(), v.as_bytes()).ok())
+        .collect();
+    headers.retain(|h| !h.field.equiv("Content-Length"));
+    let head = tiny_http::Response::new(StatusCode(reply.status), headers, io::empty(), None, None);
+    let mut stream = rq.upgrade("close", head);
+    let _ = stream.write_all(&body).and_then(|()| stream.flush());
     std::mem::forget(stream);
-    n
+    body.len() as u64
 }
 
 struct Counting {
