@@ -165,7 +165,14 @@ fn handle(app: &App, mut request: Request) {
         Reply::error(&Error::Internal("handler panicked".into()))
     });
     let status = reply.status;
-    let bytes_out = if body_is_safe_to_drop(app, &mut request, &ctx, &trace) {
+    let safe = body_is_safe_to_drop(app, &mut request, &ctx, &trace);
+    // A body answered without being read is still received: drained by us or tiny_http.
+    let bytes_in = if safe {
+        trace.bytes_in.max(ctx.content_length.unwrap_or(0))
+    } else {
+        trace.bytes_in
+    };
+    let bytes_out = if safe {
         respond(request, reply, &ctx)
     } else {
         abandon(app, request, reply)
@@ -181,7 +188,7 @@ fn handle(app: &App, mut request: Request) {
             query: ctx.query.clone(),
             status: i32::from(status),
             latency_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
-            bytes_in: trace.bytes_in as i64,
+            bytes_in: bytes_in as i64,
             bytes_out: bytes_out as i64,
             client_ip: ctx.client_ip.clone(),
             user_agent: ctx.header("User-Agent").map(str::to_string),
