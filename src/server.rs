@@ -375,6 +375,13 @@ fn respond(rq: Request, reply: Reply, ctx: &Ctx) -> u64 {
             let n = b.len() as u64;
             (Box::new(io::Cursor::new(b)), Some(n))
         }
+        Body::Stream { reader, len: None }
+            if !is_head
+                && *rq.http_version() == (1, 1)
+                && !matches!(reply.status, 100..=199 | 204 | 304) =>
+        {
+            return stream_chunked(rq, reply.status, &reply.headers, reader);
+        }
         Body::Stream { reader, len } => (reader, len),
     };
     let reader = Counting {
@@ -399,6 +406,63 @@ fn respond(rq: Request, reply: Reply, ctx: &Ctx) -> u64 {
     } else {
         sent.load(Ordering::Relaxed)
     }
+}
+
+/// A body of unknown length, relayed chunk by chunk as the upstream produces it. tiny_http's
+/// own chunked encoder buffers 8 KiB before writing, which would hold back server-sent events
+/// and slow drips; here each read is framed and flushed at once. Returns body bytes sent.
+fn stream_chunked(
+    rq: Request,
+    status: u16,
+    headers: &[(String, String)],
+    mut body: Box<dyn Read + Send>,
+) -> u64 {
+    let mut out = rq.into_writer();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status,
+        StatusCode(status).default_reason_phrase()
+    );
+    for (k, v) in headers {
+        if valid_header(k, v) {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let result = (|| -> io::Result<()> {
+        out.write_all(head.as_bytes())?;
+        out.flush()?;
+        loop {
+            let n = body.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            write!(out, "{n:x}\r\n")?;
+            out.write_all(&buf[..n])?;
+            out.write_all(b"\r\n")?;
+            out.flush()?;
+            sent += n as u64;
+        }
+        out.write_all(b"0\r\n\r\n")?;
+        out.flush()
+    })();
+    if let Err(e) = result {
+        // The client or the upstream went away mid-body; the truncated chunked stream (no
+        // final 0-chunk) tells the client the response is incomplete.
+        log::debug!("streamed response cut short: {e}");
+    }
+    sent
+}
+
+/// A header tiny_http would accept: a token name and a value without CR, LF or NUL.
+fn valid_header(name: &str, value: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && !value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
 }
 
 /// Whether the request may go back to tiny_http with what is left of its body. tiny_http
