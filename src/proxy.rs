@@ -126,6 +126,40 @@ pub fn end_to_end(headers: &[(String, String)], also_drop: &[&str]) -> Vec<(Stri
         .collect()
 }
 
+/// What a proxy adds about the hop it made: `X-Forwarded-For` with the client appended to
+/// any list it arrived with, `X-Forwarded-Proto` (tollgate itself speaks plain HTTP),
+/// `X-Forwarded-Host` (the Host the client asked for) and `Via` (RFC 9110 §7.6.3).
+pub fn forwarding_headers(client: &[(String, String)], client_ip: &str) -> Vec<(String, String)> {
+    let joined = |name: &str| {
+        let vals: Vec<&str> = client
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty())
+            .collect();
+        vals.join(", ")
+    };
+    let append = |list: String, item: &str| {
+        if list.is_empty() {
+            item.to_string()
+        } else {
+            format!("{list}, {item}")
+        }
+    };
+    let mut out = vec![
+        (
+            "x-forwarded-for".to_string(),
+            append(joined("x-forwarded-for"), client_ip),
+        ),
+        ("x-forwarded-proto".to_string(), "http".to_string()),
+    ];
+    if let Some((_, host)) = client.iter().find(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        out.push(("x-forwarded-host".to_string(), host.clone()));
+    }
+    out.push(("via".to_string(), append(joined("via"), "1.1 tollgate")));
+    out
+}
+
 /// Upstream URL: the target (without trailing `/`) followed by the request target as sent.
 pub fn upstream_url(target: &str, path: &str, query: Option<&str>) -> String {
     let mut url = String::with_capacity(target.len() + path.len() + 64);
@@ -157,7 +191,18 @@ pub fn forward(
     let mut builder = http::Request::builder()
         .method(ctx.method.as_str())
         .uri(url.as_str());
-    for (k, v) in end_to_end(&client_headers, &[credential.as_str(), "x-request-id"]) {
+    let replaced = [
+        credential.as_str(),
+        "x-request-id",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "via",
+    ];
+    for (k, v) in end_to_end(&client_headers, &replaced) {
+        builder = builder.header(k, v);
+    }
+    for (k, v) in forwarding_headers(&client_headers, &ctx.client_ip) {
         builder = builder.header(k, v);
     }
     builder = builder.header("x-request-id", ctx.request_id.as_str());
@@ -347,6 +392,29 @@ mod tests {
                 ("Accept", "*/*")
             ])
         );
+    }
+
+    #[test]
+    fn forwarding_headers_append_to_what_the_client_sent() {
+        let out = forwarding_headers(
+            &h(&[
+                ("Host", "api.example.com"),
+                ("X-Forwarded-For", "10.0.0.1"),
+                ("Via", "1.0 edge"),
+            ]),
+            "127.0.0.1",
+        );
+        assert_eq!(
+            out,
+            h(&[
+                ("x-forwarded-for", "10.0.0.1, 127.0.0.1"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "api.example.com"),
+                ("via", "1.0 edge, 1.1 tollgate"),
+            ])
+        );
+        let bare = forwarding_headers(&[], "::1");
+        assert_eq!(bare[0], ("x-forwarded-for".into(), "::1".into()));
     }
 
     #[test]
