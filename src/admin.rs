@@ -7,6 +7,7 @@ use crate::config::DEFAULT_KEY_RATE_LIMIT;
 use crate::db::{self, ts, ts_opt};
 use crate::error::{Error, Result};
 use crate::input::{self, id, int, path_id, required, string};
+use crate::proxy;
 use crate::server::{self, App, Ctx, Reply};
 use chrono::{DateTime, Utc};
 use postgres::Row;
@@ -329,16 +330,29 @@ fn revoke_key(app: &App, id: i64) -> Result<Reply> {
 
 // ---- routes ----
 
-const ROUTE_COLS: &str = "id, user_id, prefix, target_url, created_at, updated_at";
+/// Route columns as `proxy::Route::from_row` reads them, then the two timestamps.
+fn route_cols() -> String {
+    format!("{}, created_at, updated_at", proxy::ROUTE_SELECT)
+}
 
 fn route_json(r: &Row) -> Value {
+    let route = proxy::Route::from_row(r);
     json!({
-        "id": r.get::<_, i64>(0),
-        "userId": r.get::<_, i64>(1),
-        "prefix": r.get::<_, String>(2),
-        "targetUrl": r.get::<_, String>(3),
-        "createdAt": ts(r.get(4)),
-        "updatedAt": ts(r.get(5)),
+        "id": route.id,
+        "userId": route.user_id,
+        "prefix": route.prefix,
+        "targetUrl": route.target_url,
+        "host": route.host,
+        "stripPrefix": route.strip_prefix,
+        "preserveHost": route.preserve_host,
+        "methods": route.methods,
+        "connectTimeoutMs": route.connect_timeout_ms,
+        "readTimeoutMs": route.read_timeout_ms,
+        "timeoutMs": route.timeout_ms,
+        "maxBodyBytes": route.max_body_bytes,
+        "breakerOn5xx": route.breaker_on_5xx,
+        "createdAt": ts(r.get(13)),
+        "updatedAt": ts(r.get(14)),
     })
 }
 
@@ -403,18 +417,161 @@ pub fn normalize_target(t: &str) -> Result<String> {
     Ok(t.trim_end_matches('/').to_string())
 }
 
+/// A route `host`: a DNS name (letters, digits, `-`, `.`), stored lower-case, no port.
+pub fn normalize_host(h: &str) -> Result<String> {
+    let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(h)
+    } else {
+        Err(Error::field(
+            "host",
+            "must be a DNS name such as acme.example.com",
+        ))
+    }
+}
+
+/// Allowed `methods`: HTTP method tokens, stored upper-case without duplicates.
+fn methods(v: &Value) -> Result<Option<Vec<String>>> {
+    let bad = || Error::field("methods", "must be a non-empty array of HTTP methods");
+    let list = match v {
+        Value::Null => return Ok(None),
+        Value::Array(a) if !a.is_empty() => a,
+        _ => return Err(bad()),
+    };
+    let mut out: Vec<String> = Vec::new();
+    for m in list {
+        let m = m.as_str().ok_or_else(bad)?.trim().to_ascii_uppercase();
+        let token = !m.is_empty() && m.len() <= 32 && m.bytes().all(|b| b.is_ascii_alphabetic());
+        if !token {
+            return Err(bad());
+        }
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    Ok(Some(out))
+}
+
+fn flag(v: &Value, field: &'static str) -> Result<bool> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::Null => Ok(false),
+        _ => Err(Error::field(field, "must be true or false")),
+    }
+}
+
+/// A nullable whole number within `1..=max` (null clears it back to the default).
+fn limit_field(v: &Value, field: &'static str, max: i64) -> Result<Option<i64>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_i64()
+            .filter(|n| (1..=max).contains(n))
+            .map(Some)
+            .ok_or_else(|| Error::field(field, format!("must be a whole number from 1 to {max}"))),
+        _ => Err(Error::field(field, "must be a number or null")),
+    }
+}
+
+/// Longest per-route timeout: an hour covers long polls and big downloads.
+const MAX_ROUTE_TIMEOUT_MS: i64 = 3_600_000;
+/// Largest per-route body limit (64 GiB); bodies are streamed, never held.
+const MAX_ROUTE_BODY_BYTES: i64 = 64 << 30;
+
+/// Applies the fields present in `body` to `route` (a blank one when creating, the stored
+/// one when updating); absent fields keep their value, `null` resets an option.
+fn apply_route_fields(route: &mut proxy::Route, body: &Map<String, Value>) -> Result<()> {
+    if let Some(p) = string(body, "prefix", 512)? {
+        route.prefix = normalize_prefix(&p)?;
+    }
+    if let Some(t) = string(body, "targetUrl", 2048)? {
+        route.target_url = normalize_target(&t)?;
+    }
+    for (field, v) in body {
+        let timeout =
+            |f| Ok::<_, Error>(limit_field(v, f, MAX_ROUTE_TIMEOUT_MS)?.map(|n| n as i32));
+        match field.as_str() {
+            "host" => {
+                route.host = match v {
+                    Value::Null => None,
+                    Value::String(h) => Some(normalize_host(h)?),
+                    _ => return Err(Error::field("host", "must be a string or null")),
+                }
+            }
+            "stripPrefix" => route.strip_prefix = flag(v, "stripPrefix")?,
+            "preserveHost" => route.preserve_host = flag(v, "preserveHost")?,
+            "breakerOn5xx" => route.breaker_on_5xx = flag(v, "breakerOn5xx")?,
+            "methods" => route.methods = methods(v)?,
+            "connectTimeoutMs" => route.connect_timeout_ms = timeout("connectTimeoutMs")?,
+            "readTimeoutMs" => route.read_timeout_ms = timeout("readTimeoutMs")?,
+            "timeoutMs" => route.timeout_ms = timeout("timeoutMs")?,
+            "maxBodyBytes" => {
+                route.max_body_bytes = limit_field(v, "maxBodyBytes", MAX_ROUTE_BODY_BYTES)?
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+const ROUTE_VALUES: &str = "host = $2, strip_prefix = $3, preserve_host = $4, methods = $5, \
+    connect_timeout_ms = $6, read_timeout_ms = $7, timeout_ms = $8, max_body_bytes = $9, \
+    breaker_on_5xx = $10, prefix = $11, target_url = $12";
+
+fn route_params(r: &proxy::Route) -> [&(dyn postgres::types::ToSql + Sync); 12] {
+    [
+        &r.id,
+        &r.host,
+        &r.strip_prefix,
+        &r.preserve_host,
+        &r.methods,
+        &r.connect_timeout_ms,
+        &r.read_timeout_ms,
+        &r.timeout_ms,
+        &r.max_body_bytes,
+        &r.breaker_on_5xx,
+        &r.prefix,
+        &r.target_url,
+    ]
+}
+
 fn create_route(app: &App, body: &Map<String, Value>) -> Result<Reply> {
     let user_id = required(id(body, "userId")?, "userId")?;
-    let prefix = normalize_prefix(&required(string(body, "prefix", 512)?, "prefix")?)?;
-    let target = normalize_target(&required(string(body, "targetUrl", 2048)?, "targetUrl")?)?;
+    required(body.get("prefix").filter(|v| !v.is_null()), "prefix")?;
+    required(body.get("targetUrl").filter(|v| !v.is_null()), "targetUrl")?;
+    let mut route = proxy::Route {
+        user_id,
+        ..proxy::Route::default()
+    };
+    apply_route_fields(&mut route, body)?;
+    let mut conn = app.pool.get()?;
+    let mut tx = conn.transaction()?;
+    let row = route_write(
+        tx.query_one(
+            "INSERT INTO routes (user_id, prefix, target_url) VALUES ($1, $2, $3) RETURNING id",
+            &[&user_id, &route.prefix, &route.target_url],
+        ),
+        &route.prefix,
+    )?;
+    route.id = row.get(0);
     let sql = format!(
-        "INSERT INTO routes (user_id, prefix, target_url) VALUES ($1, $2, $3) RETURNING {ROUTE_COLS}"
+        "UPDATE routes SET {ROUTE_VALUES} WHERE id = $1 RETURNING {}",
+        route_cols()
     );
-    let result = app
-        .pool
-        .get()?
-        .query_one(sql.as_str(), &[&user_id, &prefix, &target]);
-    let row = route_write(result, &prefix)?;
+    let row = route_write(
+        tx.query_one(sql.as_str(), &route_params(&route)),
+        &route.prefix,
+    )?;
+    tx.commit()?;
     app.routes.reload(&app.pool)?;
     Ok(Reply::json(201, &route_json(&row)))
 }
@@ -423,7 +580,7 @@ fn route_write(result: std::result::Result<Row, postgres::Error>, prefix: &str) 
     match result {
         Ok(row) => Ok(row),
         Err(e) if db::is_unique_violation(&e) => Err(Error::Conflict(format!(
-            "this user already has a route with prefix {prefix}"
+            "this user already has a route with prefix {prefix} for this host"
         ))),
         Err(e) if db::is_fk_violation(&e) => Err(Error::field("userId", "no such user")),
         Err(e) => Err(e.into()),
@@ -434,8 +591,9 @@ fn list_routes(app: &App, ctx: &Ctx) -> Result<Reply> {
     let (limit, after) = input::page(ctx)?;
     let user_id = input::query_id(ctx, "userId")?;
     let sql = format!(
-        "SELECT {ROUTE_COLS} FROM routes WHERE id > $1 AND ($2::int8 IS NULL OR user_id = $2)
-         ORDER BY id LIMIT $3"
+        "SELECT {} FROM routes WHERE id > $1 AND ($2::int8 IS NULL OR user_id = $2)
+         ORDER BY id LIMIT $3",
+        route_cols()
     );
     let rows = app
         .pool
@@ -445,31 +603,35 @@ fn list_routes(app: &App, ctx: &Ctx) -> Result<Reply> {
 }
 
 fn get_route(app: &App, id: i64) -> Result<Reply> {
-    let sql = format!("SELECT {ROUTE_COLS} FROM routes WHERE id = $1");
+    let sql = format!("SELECT {} FROM routes WHERE id = $1", route_cols());
     let row = app.pool.get()?.query_opt(sql.as_str(), &[&id])?;
     row.map(|r| Reply::json(200, &route_json(&r)))
         .ok_or_else(|| Error::NotFound("route".into()))
 }
 
+/// Read, merge and write in one transaction, the row locked, so two concurrent edits of
+/// different fields cannot undo each other.
 fn update_route(app: &App, id: i64, body: &Map<String, Value>) -> Result<Reply> {
-    let prefix = string(body, "prefix", 512)?
-        .map(|p| normalize_prefix(&p))
-        .transpose()?;
-    let target = string(body, "targetUrl", 2048)?
-        .map(|t| normalize_target(&t))
-        .transpose()?;
+    let mut conn = app.pool.get()?;
+    let mut tx = conn.transaction()?;
     let sql = format!(
-        "UPDATE routes SET prefix = coalesce($2, prefix), target_url = coalesce($3, target_url),
-                updated_at = now()
-          WHERE id = $1 RETURNING {ROUTE_COLS}"
+        "SELECT {} FROM routes WHERE id = $1 FOR UPDATE",
+        route_cols()
     );
-    let result = app
-        .pool
-        .get()?
-        .query_opt(sql.as_str(), &[&id, &prefix, &target])
-        .transpose()
+    let current = tx
+        .query_opt(sql.as_str(), &[&id])?
         .ok_or_else(|| Error::NotFound("route".into()))?;
-    let row = route_write(result, prefix.as_deref().unwrap_or(""))?;
+    let mut route = proxy::Route::from_row(&current);
+    apply_route_fields(&mut route, body)?;
+    let sql = format!(
+        "UPDATE routes SET {ROUTE_VALUES}, updated_at = now() WHERE id = $1 RETURNING {}",
+        route_cols()
+    );
+    let row = route_write(
+        tx.query_one(sql.as_str(), &route_params(&route)),
+        &route.prefix,
+    )?;
+    tx.commit()?;
     app.routes.reload(&app.pool)?;
     Ok(Reply::json(200, &route_json(&row)))
 }
@@ -542,6 +704,42 @@ mod tests {
             "http://u:p@h",
         ] {
             assert!(normalize_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn route_options_are_validated_and_null_resets_them() {
+        let mut r = proxy::Route::default();
+        let body = |v: Value| v.as_object().unwrap().clone();
+        apply_route_fields(
+            &mut r,
+            &body(
+                json!({"prefix": "/a/", "targetUrl": "http://h:1/", "host": "ACME.example.com",
+                         "stripPrefix": true, "methods": ["get", "POST", "GET"], "timeoutMs": 500,
+                         "maxBodyBytes": 1024}),
+            ),
+        )
+        .unwrap();
+        assert_eq!(r.prefix, "/a");
+        assert_eq!(r.target_url, "http://h:1");
+        assert_eq!(r.host.as_deref(), Some("acme.example.com"));
+        assert!(r.strip_prefix);
+        assert_eq!(r.methods, Some(vec!["GET".to_string(), "POST".to_string()]));
+        assert_eq!((r.timeout_ms, r.max_body_bytes), (Some(500), Some(1024)));
+        apply_route_fields(&mut r, &body(json!({"host": null, "timeoutMs": null}))).unwrap();
+        assert_eq!((r.host.clone(), r.timeout_ms), (None, None));
+        for (bad, field) in [
+            (json!({"host": "a b"}), "host"),
+            (json!({"methods": []}), "methods"),
+            (json!({"methods": ["G T"]}), "methods"),
+            (json!({"timeoutMs": 0}), "timeoutMs"),
+            (json!({"stripPrefix": "yes"}), "stripPrefix"),
+            (json!({"maxBodyBytes": -1}), "maxBodyBytes"),
+        ] {
+            match apply_route_fields(&mut r, &body(bad.clone())) {
+                Err(Error::InvalidField { field: f, .. }) => assert_eq!(f, field, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
         }
     }
 

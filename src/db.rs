@@ -12,7 +12,13 @@ pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
 /// `sql/NNN_*.sql` in order. A file is applied once, in its own transaction, and recorded in
 /// `schema_migrations`; landed files are never edited.
-const MIGRATIONS: &[(&str, &str)] = &[("001_init", include_str!("../sql/001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("001_init", include_str!("../sql/001_init.sql")),
+    (
+        "002_route_options",
+        include_str!("../sql/002_route_options.sql"),
+    ),
+];
 
 pub fn pg_config(cfg: &Config) -> Result<postgres::Config> {
     let mut pg: postgres::Config = cfg

@@ -10,12 +10,70 @@ use std::sync::{Arc, RwLock};
 use tiny_http::Request;
 use ureq::http;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Route {
     pub id: i64,
     pub user_id: i64,
     pub prefix: String,
     pub target_url: String,
+    /// Only requests whose `Host` (lower-case, port removed) is this; `None` for any host.
+    pub host: Option<String>,
+    /// Forward `/users/7` as `/7` for prefix `/users`.
+    pub strip_prefix: bool,
+    /// Send the client's `Host` upstream instead of the target's.
+    pub preserve_host: bool,
+    /// Allowed methods (upper-case); `None` allows all.
+    pub methods: Option<Vec<String>>,
+    pub connect_timeout_ms: Option<i32>,
+    pub read_timeout_ms: Option<i32>,
+    /// Whole exchange, response body included.
+    pub timeout_ms: Option<i32>,
+    pub max_body_bytes: Option<i64>,
+    /// Whether upstream 5xx answers count as failures for the circuit breaker.
+    pub breaker_on_5xx: bool,
+}
+
+/// The columns `Route::from_row` reads, in order.
+pub const ROUTE_SELECT: &str = "id, user_id, prefix, target_url, host, strip_prefix, \
+    preserve_host, methods, connect_timeout_ms, read_timeout_ms, timeout_ms, max_body_bytes, \
+    breaker_on_5xx";
+
+impl Route {
+    pub fn from_row(r: &postgres::Row) -> Route {
+        Route {
+            id: r.get(0),
+            user_id: r.get(1),
+            prefix: r.get(2),
+            target_url: r.get(3),
+            host: r.get(4),
+            strip_prefix: r.get(5),
+            preserve_host: r.get(6),
+            methods: r.get(7),
+            connect_timeout_ms: r.get(8),
+            read_timeout_ms: r.get(9),
+            timeout_ms: r.get(10),
+            max_body_bytes: r.get(11),
+            breaker_on_5xx: r.get(12),
+        }
+    }
+
+    pub fn allows(&self, method: &str) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|x| x == method))
+    }
+
+    /// The path sent upstream: as received, or without the prefix (`/` if nothing is left).
+    pub fn upstream_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
+        if !self.strip_prefix || self.prefix == "/" {
+            return path.into();
+        }
+        match path.strip_prefix(self.prefix.as_str()) {
+            Some("") => "/".into(),
+            Some(rest) => rest.into(),
+            None => path.into(),
+        }
+    }
 }
 
 /// Routes by owner, each owner's list longest prefix first, swapped whole on reload so a
@@ -26,8 +84,9 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// The owner's route whose prefix is the longest match for `path`.
-    pub fn find(&self, user_id: i64, path: &str) -> Option<Arc<Route>> {
+    /// The owner's route for this host whose prefix is the longest match for `path`; routes
+    /// bound to the request's host win over host-less ones.
+    pub fn find(&self, user_id: i64, host: Option<&str>, path: &str) -> Option<Arc<Route>> {
         let table = self
             .by_user
             .read()
@@ -36,7 +95,9 @@ impl RouteTable {
         table
             .get(&user_id)?
             .iter()
-            .find(|r| prefix_matches(&r.prefix, path))
+            .find(|r| {
+                r.host.as_deref().is_none_or(|h| Some(h) == host) && prefix_matches(&r.prefix, path)
+            })
             .cloned()
     }
 
@@ -46,27 +107,17 @@ impl RouteTable {
             by_user.entry(r.user_id).or_default().push(Arc::new(r));
         }
         for list in by_user.values_mut() {
-            list.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+            list.sort_by_key(|r| std::cmp::Reverse((r.host.is_some(), r.prefix.len())));
         }
         *self.by_user.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(by_user);
     }
 
     /// Re-reads every route from the database.
     pub fn reload(&self, pool: &crate::db::Pool) -> Result<usize> {
-        let rows = pool
-            .get()?
-            .query("SELECT id, user_id, prefix, target_url FROM routes", &[])?;
+        let sql = format!("SELECT {ROUTE_SELECT} FROM routes");
+        let rows = pool.get()?.query(sql.as_str(), &[])?;
         let n = rows.len();
-        self.replace(
-            rows.iter()
-                .map(|r| Route {
-                    id: r.get(0),
-                    user_id: r.get(1),
-                    prefix: r.get(2),
-                    target_url: r.get(3),
-                })
-                .collect(),
-        );
+        self.replace(rows.iter().map(Route::from_row).collect());
         Ok(n)
     }
 }
@@ -172,6 +223,24 @@ pub fn upstream_url(target: &str, path: &str, query: Option<&str>) -> String {
     url
 }
 
+/// The request's `Host`, lower-cased and without its port, as route hosts are stored.
+pub fn request_host(ctx: &Ctx) -> Option<String> {
+    let h = ctx.header("Host")?.trim();
+    let name = if h.starts_with('[') {
+        h.split_inclusive(']').next().unwrap_or(h)
+    } else {
+        h.rsplit_once(':').map_or(h, |(name, _)| name)
+    };
+    Some(name.to_ascii_lowercase())
+}
+
+/// The body limit for this route: its own, or the gateway's default.
+pub fn max_body(app: &App, route: &Route) -> u64 {
+    route
+        .max_body_bytes
+        .map_or(app.cfg.max_body_bytes, |n| n as u64)
+}
+
 /// Forwards the request to the route's upstream and returns its answer, body streamed.
 pub fn forward(
     app: &App,
@@ -181,7 +250,11 @@ pub fn forward(
     credential_header: &str,
     trace: &mut Trace,
 ) -> Result<Reply> {
-    let url = upstream_url(&route.target_url, &ctx.path, ctx.query.as_deref());
+    let url = upstream_url(
+        &route.target_url,
+        &route.upstream_path(&ctx.path),
+        ctx.query.as_deref(),
+    );
     let client_headers: Vec<(String, String)> = ctx
         .headers
         .iter()
@@ -206,11 +279,16 @@ pub fn forward(
         builder = builder.header(k, v);
     }
     builder = builder.header("x-request-id", ctx.request_id.as_str());
+    if route.preserve_host {
+        if let Some(host) = ctx.header("Host") {
+            builder = builder.header("host", host);
+        }
+    }
     if let Some(n) = ctx.content_length {
         // Keep the client's framing: a declared length is forwarded as such, not chunked.
         builder = builder.header("content-length", n.to_string());
     }
-    let max = app.cfg.max_body_bytes;
+    let max = max_body(app, route);
     let mut body = Limited {
         inner: rq.as_reader(),
         left: max,
@@ -224,12 +302,12 @@ pub fn forward(
         let request = builder
             .body(ureq::SendBody::from_reader(&mut body))
             .map_err(unforwardable)?;
-        app.agent.run(request)
+        app.agent.run(with_timeouts(app, route, request))
     } else {
         let request = builder
             .body(ureq::SendBody::none())
             .map_err(unforwardable)?;
-        app.agent.run(request)
+        app.agent.run(with_timeouts(app, route, request))
     };
     trace.bytes_in = body.read;
     if body.left == 0 && body.read > max {
@@ -263,6 +341,32 @@ pub fn forward(
         headers: end_to_end(&upstream_headers, &[]),
         body,
     })
+}
+
+/// Applies a route's own timeouts, when it has any, on top of the agent's.
+fn with_timeouts<S: ureq::AsSendBody>(
+    app: &App,
+    route: &Route,
+    request: http::Request<S>,
+) -> http::Request<S> {
+    let ms = |v: Option<i32>| v.map(|n| std::time::Duration::from_millis(n as u64));
+    if route.connect_timeout_ms.is_none()
+        && route.read_timeout_ms.is_none()
+        && route.timeout_ms.is_none()
+    {
+        return request;
+    }
+    let mut cfg = app.agent.configure_request(request);
+    if let Some(d) = ms(route.connect_timeout_ms) {
+        cfg = cfg.timeout_connect(Some(d));
+    }
+    if let Some(d) = ms(route.read_timeout_ms) {
+        cfg = cfg.timeout_recv_response(Some(d)).timeout_per_read(Some(d));
+    }
+    if let Some(d) = ms(route.timeout_ms) {
+        cfg = cfg.timeout_global(Some(d));
+    }
+    cfg.build()
 }
 
 fn upstream_error(e: ureq::Error) -> Error {
@@ -357,17 +461,30 @@ mod tests {
     #[test]
     fn longest_prefix_wins_and_owners_are_separate() {
         let t = RouteTable::default();
-        let r = |id, user_id, prefix: &str| Route {
+        let r = |id, user_id, prefix: &str, host: Option<&str>| Route {
             id,
             user_id,
             prefix: prefix.into(),
             target_url: "http://u".into(),
+            host: host.map(str::to_string),
+            ..Route::default()
         };
-        t.replace(vec![r(1, 1, "/api"), r(2, 1, "/api/v2"), r(3, 2, "/other")]);
-        assert_eq!(t.find(1, "/api/v2/x").unwrap().id, 2);
-        assert_eq!(t.find(1, "/api/v1").unwrap().id, 1);
-        assert!(t.find(1, "/other").is_none());
-        assert_eq!(t.find(2, "/other/1").unwrap().id, 3);
+        t.replace(vec![
+            r(1, 1, "/api", None),
+            r(2, 1, "/api/v2", None),
+            r(3, 2, "/other", None),
+            r(4, 1, "/", Some("acme.example.com")),
+        ]);
+        assert_eq!(t.find(1, None, "/api/v2/x").unwrap().id, 2);
+        assert_eq!(t.find(1, None, "/api/v1").unwrap().id, 1);
+        assert!(t.find(1, None, "/other").is_none());
+        assert_eq!(t.find(2, None, "/other/1").unwrap().id, 3);
+        // The tenant's host route wins over host-less ones, and only on that host.
+        assert_eq!(
+            t.find(1, Some("acme.example.com"), "/api/v2").unwrap().id,
+            4
+        );
+        assert_eq!(t.find(1, Some("other.example.com"), "/api").unwrap().id, 1);
     }
 
     #[test]
@@ -415,6 +532,22 @@ mod tests {
         );
         let bare = forwarding_headers(&[], "::1");
         assert_eq!(bare[0], ("x-forwarded-for".into(), "::1".into()));
+    }
+
+    #[test]
+    fn strip_prefix_forwards_the_rest_of_the_path() {
+        let r = Route {
+            prefix: "/users".into(),
+            strip_prefix: true,
+            ..Route::default()
+        };
+        assert_eq!(r.upstream_path("/users/7"), "/7");
+        assert_eq!(r.upstream_path("/users"), "/");
+        let keep = Route {
+            prefix: "/users".into(),
+            ..Route::default()
+        };
+        assert_eq!(keep.upstream_path("/users/7"), "/users/7");
     }
 
     #[test]

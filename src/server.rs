@@ -198,7 +198,7 @@ fn handle(app: &App, mut request: Request) {
 }
 
 fn dispatch(app: &App, rq: &mut Request, ctx: &Ctx, trace: &mut Trace, gateway: bool) -> Reply {
-    let result = check_framing(ctx, app.cfg.max_body_bytes).and_then(|()| {
+    let result = check_framing(ctx).and_then(|()| {
         if gateway {
             gateway_path(app, rq, ctx, trace)
         } else {
@@ -221,11 +221,26 @@ fn gateway_path(app: &App, rq: &mut Request, ctx: &Ctx, trace: &mut Trace) -> Re
     if !key.allows(&ctx.method) {
         return Err(Error::InsufficientScope);
     }
+    let host = proxy::request_host(ctx);
     let route = app
         .routes
-        .find(key.user_id, &ctx.path)
+        .find(key.user_id, host.as_deref(), &ctx.path)
         .ok_or(Error::RouteNotFound)?;
     trace.route_id = Some(route.id);
+    if !route.allows(&ctx.method) {
+        let mut reply = Reply::error(&Error::MethodNotAllowed);
+        reply.header(
+            "Allow",
+            route.methods.as_deref().unwrap_or_default().join(", "),
+        );
+        return Ok(reply);
+    }
+    // Checked from the declared length before any byte is read (chunked bodies are
+    // checked while they stream).
+    let max = proxy::max_body(app, &route);
+    if ctx.content_length.is_some_and(|n| n > max) {
+        return Err(Error::PayloadTooLarge(max));
+    }
     let limit = ratelimit::check(app, key.id, key.rate_limit)?;
     if !limit.allowed {
         let mut reply = Reply::error(&Error::RateLimited {
@@ -320,7 +335,7 @@ fn valid_request_id(v: &str) -> bool {
 /// Refuses message framing that two HTTP parsers could read differently (RFC 9112 §6.1,
 /// §6.3): tiny_http silently prefers Transfer-Encoding and ignores a bad Content-Length,
 /// which is how request smuggling starts.
-pub fn check_framing(ctx: &Ctx, max_body: u64) -> Result<()> {
+pub fn check_framing(ctx: &Ctx) -> Result<()> {
     let cls: Vec<&str> = ctx
         .headers
         .iter()
@@ -354,9 +369,6 @@ pub fn check_framing(ctx: &Ctx, max_body: u64) -> Result<()> {
         return Err(Error::BadRequest(
             "only Transfer-Encoding: chunked is accepted".into(),
         ));
-    }
-    if ctx.content_length.is_some_and(|n| n > max_body) {
-        return Err(Error::PayloadTooLarge(max_body));
     }
     Ok(())
 }
@@ -552,7 +564,6 @@ mod tests {
 
     #[test]
     fn ambiguous_framing_is_refused() {
-        let max = 100;
         let bad: &[&[(&str, &str)]] = &[
             &[("Content-Length", "5"), ("Transfer-Encoding", "chunked")],
             &[("Content-Length", "5"), ("Content-Length", "5")],
@@ -565,13 +576,11 @@ mod tests {
             ],
         ];
         for h in bad {
-            let e = check_framing(&ctx_with(h), max).unwrap_err();
+            let e = check_framing(&ctx_with(h)).unwrap_err();
             assert_eq!(e.status(), 400, "{h:?}");
         }
-        assert!(check_framing(&ctx_with(&[("Content-Length", "5")]), max).is_ok());
-        assert!(check_framing(&ctx_with(&[("Transfer-Encoding", "chunked")]), max).is_ok());
-        let e = check_framing(&ctx_with(&[("Content-Length", "101")]), max).unwrap_err();
-        assert_eq!(e.status(), 413);
+        assert!(check_framing(&ctx_with(&[("Content-Length", "5")])).is_ok());
+        assert!(check_framing(&ctx_with(&[("Transfer-Encoding", "chunked")])).is_ok());
     }
 
     #[test]
