@@ -48,6 +48,11 @@ pub const DEFAULT_LOG_BUFFER_MAX: usize = 1_000_000;
 /// Safety-net reload of routes and cached key metadata, for changes made by another
 /// replica or directly in SQL. Changes through this process's admin API apply at once.
 pub const DEFAULT_SYNC_SECS: u64 = 5;
+/// Consecutive failures (connect errors, timeouts, 5xx where the route says so) that open
+/// an upstream's circuit: enough to ignore a blip, few enough to stop hammering a dead host.
+pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+/// How long an open circuit refuses before letting one probe through.
+pub const DEFAULT_BREAKER_COOLDOWN_MS: u64 = 10_000;
 /// Shortest admin secret accepted: 16 characters keeps brute force out of reach.
 pub const MIN_ADMIN_SECRET_LEN: usize = 16;
 /// Largest admin/analytics request body: these are small JSON documents.
@@ -87,6 +92,13 @@ pub struct Config {
     pub log_buffer_max: usize,
     /// `TOLLGATE_SYNC_SECS`, default 5.
     pub sync_interval: Duration,
+    /// `TOLLGATE_BREAKER_FAILURES`, default 5.
+    pub breaker_failures: u32,
+    /// `TOLLGATE_BREAKER_COOLDOWN_MS`, default 10000.
+    pub breaker_cooldown: Duration,
+    /// `TOLLGATE_UPSTREAM_MAX_INFLIGHT`, default half the workers: a hung upstream can tie
+    /// up at most this many workers, so the rest keep serving other routes.
+    pub upstream_max_in_flight: usize,
 }
 
 impl Config {
@@ -123,7 +135,13 @@ impl Config {
             log_flush: ms("TOLLGATE_LOG_FLUSH_MS", DEFAULT_LOG_FLUSH_MS)?,
             log_buffer_max: num("TOLLGATE_LOG_BUFFER_MAX", DEFAULT_LOG_BUFFER_MAX)?,
             sync_interval: Duration::from_secs(num("TOLLGATE_SYNC_SECS", DEFAULT_SYNC_SECS)?),
+            breaker_failures: num("TOLLGATE_BREAKER_FAILURES", DEFAULT_BREAKER_FAILURES)?,
+            breaker_cooldown: ms("TOLLGATE_BREAKER_COOLDOWN_MS", DEFAULT_BREAKER_COOLDOWN_MS)?,
+            upstream_max_in_flight: 0,
         };
+        let mut cfg = cfg;
+        cfg.upstream_max_in_flight =
+            num("TOLLGATE_UPSTREAM_MAX_INFLIGHT", (cfg.workers / 2).max(1))?;
         if cfg.workers == 0 || cfg.db_pool_size == 0 || cfg.rate_window_secs == 0 {
             return Err(
                 "TOLLGATE_WORKERS, TOLLGATE_DB_POOL_SIZE and TOLLGATE_RATE_WINDOW_SECS must be > 0"

@@ -31,6 +31,12 @@ pub enum Error {
     },
     UpstreamUnreachable(String),
     UpstreamTimeout,
+    /// The upstream's circuit breaker is open (or probing): refused without trying.
+    CircuitOpen {
+        retry_after: u64,
+    },
+    /// Too many requests already in flight to this upstream.
+    UpstreamBusy,
     /// The database cannot be reached or no pooled connection came free in time.
     DatabaseUnavailable,
     /// A bug or an unexpected database answer; details go to the log, not the client.
@@ -61,7 +67,7 @@ impl Error {
             Error::RateLimited { .. } => 429,
             Error::Internal(_) => 500,
             Error::UpstreamUnreachable(_) => 502,
-            Error::DatabaseUnavailable => 503,
+            Error::DatabaseUnavailable | Error::CircuitOpen { .. } | Error::UpstreamBusy => 503,
             Error::UpstreamTimeout => 504,
         }
     }
@@ -85,12 +91,25 @@ impl Error {
             Error::RateLimited { .. } => "rate_limited",
             Error::UpstreamUnreachable(_) => "upstream_unreachable",
             Error::UpstreamTimeout => "upstream_timeout",
+            Error::CircuitOpen { .. } => "upstream_circuit_open",
+            Error::UpstreamBusy => "upstream_busy",
             Error::DatabaseUnavailable => "database_unavailable",
             Error::Internal(_) => "internal",
         }
     }
 
     /// The JSON body: `{"error":{"code":..,"message":..}}`, plus `field` for validation.
+    /// Seconds a client should wait before trying again, for the `Retry-After` header.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Error::RateLimited { retry_after } | Error::CircuitOpen { retry_after } => {
+                Some(*retry_after)
+            }
+            Error::UpstreamBusy | Error::DatabaseUnavailable => Some(1),
+            _ => None,
+        }
+    }
+
     pub fn body(&self) -> serde_json::Value {
         let mut err = json!({ "code": self.code(), "message": self.to_string() });
         if let Error::InvalidField { field, .. } = self {
@@ -127,6 +146,10 @@ impl fmt::Display for Error {
             }
             Error::UpstreamUnreachable(why) => write!(f, "upstream unreachable: {why}"),
             Error::UpstreamTimeout => write!(f, "upstream did not answer in time"),
+            Error::CircuitOpen { retry_after } => {
+                write!(f, "upstream is failing; not trying it for {retry_after} s")
+            }
+            Error::UpstreamBusy => write!(f, "too many requests in flight to this upstream"),
             Error::DatabaseUnavailable => write!(f, "database unavailable, try again"),
             Error::Internal(_) => write!(f, "internal error"),
         }

@@ -5,6 +5,7 @@
 mod admin;
 mod analytics;
 mod auth;
+mod breaker;
 mod config;
 mod db;
 mod error;
@@ -75,6 +76,11 @@ fn serve(cfg: config::Config) -> Result<(), String> {
         keys: auth::KeyCache::default(),
         routes: proxy::RouteTable::default(),
         agent: proxy::agent(&cfg),
+        breakers: Arc::new(breaker::Breakers::new(
+            cfg.breaker_failures,
+            cfg.breaker_cooldown,
+            cfg.upstream_max_in_flight,
+        )),
         abandoned_bodies: Default::default(),
         pool,
         cfg,

@@ -2,6 +2,7 @@
 //! on path-segment boundaries, and forwarding with ureq: method, path, query and body
 //! unchanged, end-to-end headers both ways, the upstream's status and body streamed back.
 
+use crate::breaker;
 use crate::error::{Error, Result};
 use crate::server::{App, Body, Ctx, Reply, Trace};
 use std::collections::HashMap;
@@ -261,9 +262,6 @@ pub fn forward(
         .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
         .collect();
     let credential = credential_header.to_ascii_lowercase();
-    let mut builder = http::Request::builder()
-        .method(ctx.method.as_str())
-        .uri(url.as_str());
     let replaced = [
         credential.as_str(),
         "x-request-id",
@@ -272,22 +270,28 @@ pub fn forward(
         "x-forwarded-host",
         "via",
     ];
-    for (k, v) in end_to_end(&client_headers, &replaced) {
-        builder = builder.header(k, v);
-    }
-    for (k, v) in forwarding_headers(&client_headers, &ctx.client_ip) {
-        builder = builder.header(k, v);
-    }
-    builder = builder.header("x-request-id", ctx.request_id.as_str());
+    let mut headers = end_to_end(&client_headers, &replaced);
+    headers.extend(forwarding_headers(&client_headers, &ctx.client_ip));
+    headers.push(("x-request-id".into(), ctx.request_id.clone()));
     if route.preserve_host {
         if let Some(host) = ctx.header("Host") {
-            builder = builder.header("host", host);
+            headers.push(("host".into(), host.to_string()));
         }
     }
     if let Some(n) = ctx.content_length {
         // Keep the client's framing: a declared length is forwarded as such, not chunked.
-        builder = builder.header("content-length", n.to_string());
+        headers.push(("content-length".into(), n.to_string()));
     }
+    let builder = || {
+        headers.iter().fold(
+            http::Request::builder()
+                .method(ctx.method.as_str())
+                .uri(url.as_str()),
+            |b, (k, v)| b.header(k, v),
+        )
+    };
+    let upstream = breaker::upstream_of(&route.target_url);
+    let permit = app.breakers.admit(&upstream)?;
     let max = max_body(app, route);
     let mut body = Limited {
         inner: rq.as_reader(),
@@ -296,23 +300,47 @@ pub fn forward(
         read: 0,
     };
     let unforwardable = |e: http::Error| Error::BadRequest(format!("cannot forward: {e}"));
+    let has_body = ctx.content_length.is_some_and(|n| n > 0) || ctx.chunked;
     // Two calls rather than one `SendBody` variable: `SendBody` is invariant over its
     // lifetime, so `none()` and a borrowed reader cannot share a binding.
-    let result = if ctx.content_length.is_some_and(|n| n > 0) || ctx.chunked {
-        let request = builder
+    let result = if has_body {
+        let request = builder()
             .body(ureq::SendBody::from_reader(&mut body))
             .map_err(unforwardable)?;
         app.agent.run(with_timeouts(app, route, request))
     } else {
-        let request = builder
-            .body(ureq::SendBody::none())
-            .map_err(unforwardable)?;
-        app.agent.run(with_timeouts(app, route, request))
+        let send = || -> Result<_> {
+            let request = builder()
+                .body(ureq::SendBody::none())
+                .map_err(unforwardable)?;
+            Ok(app.agent.run(with_timeouts(app, route, request)))
+        };
+        match send()? {
+            // A pooled keep-alive connection the upstream had already closed fails before
+            // any byte of answer; a safe method without a body is retried once (RFC 9110
+            // §9.2.2), and ureq does not pool the dead connection again.
+            Err(e) if is_stale_connection(&e) && is_idempotent(&ctx.method) => {
+                log::debug!(
+                    "retrying {} {} after a dead pooled connection: {e}",
+                    ctx.method,
+                    url
+                );
+                send()?
+            }
+            other => other,
+        }
     };
     trace.bytes_in = body.read;
     if body.left == 0 && body.read > max {
         return Err(Error::PayloadTooLarge(max));
     }
+    let failed = match &result {
+        // An error while sending the client's own body is the client's, not the upstream's.
+        Err(ureq::Error::Io(_)) if has_body => false,
+        Err(_) => true,
+        Ok(r) => route.breaker_on_5xx && r.status().is_server_error(),
+    };
+    app.breakers.finish(&permit, failed);
     let response = result.map_err(upstream_error)?;
     let (parts, upstream_body) = response.into_parts();
     let upstream_headers: Vec<(String, String)> = parts
@@ -332,7 +360,10 @@ pub fn forward(
         }
     } else {
         Body::Stream {
-            reader: Box::new(upstream_body.into_reader()),
+            reader: Box::new(Guarded {
+                inner: upstream_body.into_reader(),
+                _permit: permit,
+            }),
             len,
         }
     };
@@ -367,6 +398,37 @@ fn with_timeouts<S: ureq::AsSendBody>(
         cfg = cfg.timeout_global(Some(d));
     }
     cfg.build()
+}
+
+/// The upstream's body; holds the upstream slot until the response has been relayed.
+struct Guarded {
+    inner: ureq::BodyReader<'static>,
+    _permit: breaker::Permit,
+}
+
+impl Read for Guarded {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+fn is_idempotent(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS")
+}
+
+/// Errors that mean the connection died under us rather than that the upstream refused.
+fn is_stale_connection(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        ),
+        ureq::Error::Protocol(_) => true,
+        _ => false,
+    }
 }
 
 fn upstream_error(e: ureq::Error) -> Error {

@@ -4,6 +4,7 @@
 //! through `respond` as JSON or as the upstream's own response.
 
 use crate::auth::{self, KeyCache};
+use crate::breaker::Breakers;
 use crate::config::{self, Config};
 use crate::db::Pool;
 use crate::error::{Error, Result};
@@ -26,6 +27,7 @@ pub struct App {
     pub routes: RouteTable,
     pub logger: Logger,
     pub agent: ureq::Agent,
+    pub breakers: Arc<Breakers>,
     /// Requests answered with a declared body too large to drain safely (see `abandon`).
     pub abandoned_bodies: AtomicU64,
 }
@@ -68,8 +70,8 @@ impl Reply {
             log::error!("internal error: {detail}");
         }
         let mut reply = Reply::json(e.status(), &e.body());
-        if let Error::RateLimited { retry_after } = e {
-            reply.header("Retry-After", retry_after.to_string());
+        if let Some(secs) = e.retry_after() {
+            reply.header("Retry-After", secs.to_string());
         }
         reply
     }
@@ -273,13 +275,16 @@ fn readyz(app: &App) -> Reply {
         .get()
         .ok()
         .is_some_and(|mut c| c.simple_query("SELECT 1").is_ok());
+    // Upstream circuits are detail, not readiness: one failing service must not take the
+    // gateway out of its load balancer.
+    let upstreams = app.breakers.snapshot();
     if ok {
-        Reply::json(200, &json!({"status": "ready", "database": "ok"}))
+        let body = json!({"status": "ready", "database": "ok", "upstreams": upstreams});
+        Reply::json(200, &body)
     } else {
-        Reply::json(
-            503,
-            &json!({"status": "unavailable", "database": "unreachable"}),
-        )
+        let body =
+            json!({"status": "unavailable", "database": "unreachable", "upstreams": upstreams});
+        Reply::json(503, &body)
     }
 }
 
