@@ -380,31 +380,34 @@ pub fn check_framing(ctx: &Ctx) -> Result<()> {
 
 /// Writes the reply and returns the body bytes sent.
 fn respond(rq: Request, reply: Reply, ctx: &Ctx) -> u64 {
-    let is_head = ctx.method == "HEAD";
-    let headers = reply
-        .headers
-        .iter()
-        .filter_map(|(k, v)| Header::from_bytes(k.as_bytes(), v.as_bytes()).ok())
-        .collect();
-    let sent = Arc::new(AtomicU64::new(0));
+    let no_body = ctx.method == "HEAD" || matches!(reply.status, 100..=199 | 204 | 304);
     let (reader, len): (Box<dyn Read + Send>, Option<u64>) = match reply.body {
         Body::Bytes(b) => {
             let n = b.len() as u64;
             (Box::new(io::Cursor::new(b)), Some(n))
         }
-        Body::Stream { reader, len: None }
-            if !is_head
-                && *rq.http_version() == (1, 1)
-                && !matches!(reply.status, 100..=199 | 204 | 304) =>
-        {
-            return stream_chunked(rq, reply.status, &reply.headers, reader);
-        }
         Body::Stream { reader, len } => (reader, len),
     };
+    if no_body {
+        // tiny_http would add `Content-Length: 0` to a 204 and chunked framing to a 304
+        // without a length; RFC 9110 §8.6 forbids the first, §15.4.5 the second.
+        let declared = len.filter(|_| !matches!(reply.status, 100..=199 | 204));
+        let framing = declared.map_or(Framing::None, Framing::Length);
+        return write_raw(rq, reply.status, &reply.headers, framing);
+    }
+    if len.is_none() && *rq.http_version() == (1, 1) {
+        return write_raw(rq, reply.status, &reply.headers, Framing::Chunked(reader));
+    }
+    let sent = Arc::new(AtomicU64::new(0));
     let reader = Counting {
         inner: reader,
         count: sent.clone(),
     };
+    let headers = reply
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Header::from_bytes(k.as_bytes(), v.as_bytes()).ok())
+        .collect();
     let response = tiny_http::Response::new(
         StatusCode(reply.status),
         headers,
@@ -418,22 +421,22 @@ fn respond(rq: Request, reply: Reply, ctx: &Ctx) -> u64 {
     if let Err(e) = rq.respond(response) {
         log::debug!("client went away during the response: {e}");
     }
-    if is_head {
-        0
-    } else {
-        sent.load(Ordering::Relaxed)
-    }
+    sent.load(Ordering::Relaxed)
 }
 
-/// A body of unknown length, relayed chunk by chunk as the upstream produces it. tiny_http's
-/// own chunked encoder buffers 8 KiB before writing, which would hold back server-sent events
-/// and slow drips; here each read is framed and flushed at once. Returns body bytes sent.
-fn stream_chunked(
-    rq: Request,
-    status: u16,
-    headers: &[(String, String)],
-    mut body: Box<dyn Read + Send>,
-) -> u64 {
+enum Framing {
+    /// Head only (HEAD, 1xx, 204, 304 without a length).
+    None,
+    /// Head only, declaring the length the full response would have (HEAD, 304).
+    Length(u64),
+    /// A body of unknown length, relayed chunk by chunk as the upstream produces it.
+    /// tiny_http's own chunked encoder buffers 8 KiB before writing, which would hold back
+    /// server-sent events and slow drips; here each read is framed and flushed at once.
+    Chunked(Box<dyn Read + Send>),
+}
+
+/// Writes the response on the raw connection, framing exactly as given. Returns body bytes.
+fn write_raw(rq: Request, status: u16, headers: &[(String, String)], framing: Framing) -> u64 {
     let mut out = rq.into_writer();
     let mut head = format!(
         "HTTP/1.1 {} {}\r\n",
@@ -445,12 +448,20 @@ fn stream_chunked(
             head.push_str(&format!("{k}: {v}\r\n"));
         }
     }
-    head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+    match &framing {
+        Framing::None => {}
+        Framing::Length(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
+        Framing::Chunked(_) => head.push_str("Transfer-Encoding: chunked\r\n"),
+    }
+    head.push_str("\r\n");
     let mut sent = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
     let result = (|| -> io::Result<()> {
         out.write_all(head.as_bytes())?;
         out.flush()?;
+        let Framing::Chunked(mut body) = framing else {
+            return Ok(());
+        };
+        let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = body.read(&mut buf)?;
             if n == 0 {
@@ -466,8 +477,8 @@ fn stream_chunked(
         out.flush()
     })();
     if let Err(e) = result {
-        // The client or the upstream went away mid-body; the truncated chunked stream (no
-        // final 0-chunk) tells the client the response is incomplete.
+        // The client or the upstream went away mid-body; the missing final chunk tells the
+        // client the response is incomplete.
         log::debug!("streamed response cut short: {e}");
     }
     sent
