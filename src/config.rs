@@ -99,6 +99,10 @@ pub struct Config {
     /// `TOLLGATE_UPSTREAM_MAX_INFLIGHT`, default half the workers: a hung upstream can tie
     /// up at most this many workers, so the rest keep serving other routes.
     pub upstream_max_in_flight: usize,
+    /// `TOLLGATE_TRUSTED_PROXIES`, default none: comma-separated IPs of edge proxies (e.g.
+    /// `127.0.0.1` behind the shipped nginx edge) whose `X-Forwarded-For` and
+    /// `X-Forwarded-Proto` are believed. Anyone else could forge them, so none by default.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Config {
@@ -138,6 +142,7 @@ impl Config {
             breaker_failures: num("TOLLGATE_BREAKER_FAILURES", DEFAULT_BREAKER_FAILURES)?,
             breaker_cooldown: ms("TOLLGATE_BREAKER_COOLDOWN_MS", DEFAULT_BREAKER_COOLDOWN_MS)?,
             upstream_max_in_flight: 0,
+            trusted_proxies: ips("TOLLGATE_TRUSTED_PROXIES")?,
         };
         let mut cfg = cfg;
         cfg.upstream_max_in_flight =
@@ -160,6 +165,18 @@ fn num<T: std::str::FromStr>(var: &str, default: T) -> Result<T, String> {
             .map_err(|_| format!("{var} must be a non-negative whole number, got {v:?}")),
         _ => Ok(default),
     }
+}
+
+fn ips(var: &str) -> Result<Vec<std::net::IpAddr>, String> {
+    let v = env::var(var).unwrap_or_default();
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| format!("{var}: {s:?} is not an IP address"))
+        })
+        .collect()
 }
 
 fn ms(var: &str, default: u64) -> Result<Duration, String> {

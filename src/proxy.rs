@@ -179,9 +179,13 @@ pub fn end_to_end(headers: &[(String, String)], also_drop: &[&str]) -> Vec<(Stri
 }
 
 /// What a proxy adds about the hop it made: `X-Forwarded-For` with the client appended to
-/// any list it arrived with, `X-Forwarded-Proto` (tollgate itself speaks plain HTTP),
+/// any list it arrived with, `X-Forwarded-Proto` (plain HTTP unless a trusted edge said),
 /// `X-Forwarded-Host` (the Host the client asked for) and `Via` (RFC 9110 §7.6.3).
-pub fn forwarding_headers(client: &[(String, String)], client_ip: &str) -> Vec<(String, String)> {
+pub fn forwarding_headers(
+    client: &[(String, String)],
+    peer_ip: &str,
+    proto: &str,
+) -> Vec<(String, String)> {
     let joined = |name: &str| {
         let vals: Vec<&str> = client
             .iter()
@@ -201,9 +205,9 @@ pub fn forwarding_headers(client: &[(String, String)], client_ip: &str) -> Vec<(
     let mut out = vec![
         (
             "x-forwarded-for".to_string(),
-            append(joined("x-forwarded-for"), client_ip),
+            append(joined("x-forwarded-for"), peer_ip),
         ),
-        ("x-forwarded-proto".to_string(), "http".to_string()),
+        ("x-forwarded-proto".to_string(), proto.to_string()),
     ];
     if let Some((_, host)) = client.iter().find(|(k, _)| k.eq_ignore_ascii_case("host")) {
         out.push(("x-forwarded-host".to_string(), host.clone()));
@@ -271,7 +275,11 @@ pub fn forward(
         "via",
     ];
     let mut headers = end_to_end(&client_headers, &replaced);
-    headers.extend(forwarding_headers(&client_headers, &ctx.client_ip));
+    headers.extend(forwarding_headers(
+        &client_headers,
+        &ctx.peer_ip,
+        &ctx.proto,
+    ));
     headers.push(("x-request-id".into(), ctx.request_id.clone()));
     if route.preserve_host {
         if let Some(host) = ctx.header("Host") {
@@ -582,6 +590,7 @@ mod tests {
                 ("Via", "1.0 edge"),
             ]),
             "127.0.0.1",
+            "http",
         );
         assert_eq!(
             out,
@@ -592,7 +601,8 @@ mod tests {
                 ("via", "1.0 edge, 1.1 tollgate"),
             ])
         );
-        let bare = forwarding_headers(&[], "::1");
+        let bare = forwarding_headers(&[], "::1", "https");
+        assert_eq!(bare[1], ("x-forwarded-proto".into(), "https".into()));
         assert_eq!(bare[0], ("x-forwarded-for".into(), "::1".into()));
     }
 

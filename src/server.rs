@@ -89,7 +89,12 @@ pub struct Ctx {
     /// The query string without `?`, exactly as sent; `None` when there was no `?`.
     pub query: Option<String>,
     pub headers: Vec<Header>,
+    /// The client: the TCP peer, or what a trusted edge proxy says in `X-Forwarded-For`.
     pub client_ip: String,
+    /// The TCP peer, the address this hop appends to `X-Forwarded-For`.
+    pub peer_ip: String,
+    /// `http`, or what a trusted edge proxy says in `X-Forwarded-Proto`.
+    pub proto: String,
     pub request_id: String,
     /// Declared `Content-Length`, after `check_framing` accepted it.
     pub content_length: Option<u64>,
@@ -156,7 +161,7 @@ fn worker(server: &Server, app: &App) {
 }
 
 fn handle(app: &App, mut request: Request) {
-    let ctx = context(&request);
+    let ctx = context(&request, &app.cfg.trusted_proxies);
     let mut trace = Trace::default();
     let gateway = !is_operator_path(&ctx.path);
     let reply = catch_unwind(AssertUnwindSafe(|| {
@@ -297,16 +302,31 @@ pub fn is_operator_path(path: &str) -> bool {
         .any(|p| proxy::prefix_matches(p, path))
 }
 
-fn context(rq: &Request) -> Ctx {
+fn context(rq: &Request, trusted_proxies: &[std::net::IpAddr]) -> Ctx {
     let url = rq.url();
     let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (url.to_string(), None),
     };
     let headers = rq.headers().to_vec();
-    let client_ip = rq
-        .remote_addr()
-        .map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
+    let peer = rq.remote_addr().map(|a| a.ip());
+    let trusted = peer.is_some_and(|ip| trusted_proxies.contains(&ip));
+    let forwarded = |name: &str| {
+        headers
+            .iter()
+            .rfind(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str().to_string())
+    };
+    let peer_ip = peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+    // The edge appends the address it saw last; earlier entries are the client's own claims.
+    let client_ip = forwarded("X-Forwarded-For")
+        .filter(|_| trusted)
+        .and_then(|v| v.rsplit(',').next().map(|s| s.trim().to_string()))
+        .filter(|s| s.parse::<std::net::IpAddr>().is_ok())
+        .unwrap_or_else(|| peer_ip.clone());
+    let proto = forwarded("X-Forwarded-Proto")
+        .filter(|p| trusted && (p == "http" || p == "https"))
+        .unwrap_or_else(|| "http".to_string());
     let request_id = headers
         .iter()
         .find(|h| h.field.equiv("X-Request-Id"))
@@ -324,6 +344,8 @@ fn context(rq: &Request) -> Ctx {
         query,
         headers,
         client_ip,
+        peer_ip,
+        proto,
         request_id,
         content_length,
         chunked,
@@ -571,6 +593,8 @@ mod tests {
             query: None,
             headers,
             client_ip: "127.0.0.1".into(),
+            peer_ip: "127.0.0.1".into(),
+            proto: "http".into(),
             request_id: "r".into(),
             content_length,
             chunked: false,
