@@ -8,9 +8,9 @@ use std::time::Duration;
 /// before its operator puts the edge proxy in front of it.
 pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:3000";
 /// Worker threads. Each request holds one for its whole life (auth, counter, upstream call),
-/// so this is the number of requests in flight; 32 covers a slow upstream without letting a
-/// flood of threads thrash two cores.
-pub const DEFAULT_WORKERS: usize = 32;
+/// so this is the number of requests in flight. Blocked threads cost only memory, so 64
+/// leaves room for a slow upstream next to a busy one without thrashing two cores.
+pub const DEFAULT_WORKERS: usize = 64;
 /// Database connections. A request holds one only for its counter statement (~0.2 ms), so
 /// half the workers is plenty and leaves room under Postgres' default `max_connections`.
 pub const DEFAULT_DB_POOL_SIZE: u32 = 16;
@@ -68,7 +68,7 @@ pub struct Config {
     pub admin_secret: String,
     /// `LISTEN_ADDR`, default `127.0.0.1:3000`.
     pub listen_addr: String,
-    /// `TOLLGATE_WORKERS`, default 32.
+    /// `TOLLGATE_WORKERS`, default 64.
     pub workers: usize,
     /// `TOLLGATE_DB_POOL_SIZE`, default 16.
     pub db_pool_size: u32,
@@ -96,8 +96,9 @@ pub struct Config {
     pub breaker_failures: u32,
     /// `TOLLGATE_BREAKER_COOLDOWN_MS`, default 10000.
     pub breaker_cooldown: Duration,
-    /// `TOLLGATE_UPSTREAM_MAX_INFLIGHT`, default half the workers: a hung upstream can tie
-    /// up at most this many workers, so the rest keep serving other routes.
+    /// `TOLLGATE_UPSTREAM_MAX_INFLIGHT`, default three quarters of the workers: a hung
+    /// upstream can tie up at most this many workers, so the rest keep serving other routes,
+    /// while one busy upstream still gets most of the gateway.
     pub upstream_max_in_flight: usize,
     /// `TOLLGATE_TRUSTED_PROXIES`, default none: comma-separated IPs of edge proxies (e.g.
     /// `127.0.0.1` behind the shipped nginx edge) whose `X-Forwarded-For` and
@@ -145,8 +146,10 @@ impl Config {
             trusted_proxies: ips("TOLLGATE_TRUSTED_PROXIES")?,
         };
         let mut cfg = cfg;
-        cfg.upstream_max_in_flight =
-            num("TOLLGATE_UPSTREAM_MAX_INFLIGHT", (cfg.workers / 2).max(1))?;
+        cfg.upstream_max_in_flight = num(
+            "TOLLGATE_UPSTREAM_MAX_INFLIGHT",
+            (cfg.workers * 3 / 4).max(1),
+        )?;
         if cfg.workers == 0 || cfg.db_pool_size == 0 || cfg.rate_window_secs == 0 {
             return Err(
                 "TOLLGATE_WORKERS, TOLLGATE_DB_POOL_SIZE and TOLLGATE_RATE_WINDOW_SECS must be > 0"

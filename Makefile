@@ -1,0 +1,34 @@
+# tollgate: every target works on a fresh Debian machine as root; missing system packages
+# (postgresql, nginx, wrk, haproxy) are installed by scripts/deps.sh on first need.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+# rustup installs cargo here; `make` from a non-login shell may not have it on PATH.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: build run test bench fmt lint demo clean-data
+
+build:            ## release binary: target/release/tollgate
+	cargo build --release
+
+run: build        ## private Postgres + db `tollgate` + admin secret, then serve (LISTEN_ADDR, default 127.0.0.1:3000)
+	scripts/run.sh
+
+test:             ## private Postgres, then cargo test (stops the cluster only if it started it)
+	scripts/test.sh
+
+bench:            ## wrk: nginx upstream vs nginx proxy vs tollgate (BENCH_SECS, default 10)
+	scripts/bench.sh
+
+fmt:
+	cargo fmt
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+demo: build       ## scripted walk-through against a throw-away database
+	scripts/demo.sh
+
+clean-data:       ## stop the private cluster and delete .data/ (database, admin secret)
+	scripts/pg.sh stop
+	rm -rf .data
