@@ -182,13 +182,24 @@ fn presented_key(ctx: &Ctx) -> Result<(&str, &'static str)> {
     if let Some(v) = ctx.header("x-api-key") {
         return Ok((v.trim(), "x-api-key"));
     }
-    if let Some(v) = ctx.header("Authorization") {
-        let v = v.trim();
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-            return Ok((v[7..].trim(), "Authorization"));
-        }
+    if let Some(v) = ctx.header("Authorization").and_then(bearer) {
+        return Ok((v, "Authorization"));
     }
     Err(Error::MissingApiKey)
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
+fn bearer(v: &str) -> Option<&str> {
+    let v = v.trim();
+    let scheme = v.get(..7)?;
+    scheme
+        .eq_ignore_ascii_case("bearer ")
+        .then(|| v[7..].trim())
+}
+
+/// The gateway key carried by an `Authorization` value, if it carries one.
+pub fn bearer_key(v: &str) -> Option<(&str, &str)> {
+    parse_key(bearer(v)?)
 }
 
 /// Splits `gw_<publicId>_<secret>`; `None` for anything else, before any DB work.

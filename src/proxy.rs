@@ -265,9 +265,20 @@ pub fn forward(
         .iter()
         .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
         .collect();
-    let credential = credential_header.to_ascii_lowercase();
+    // The gateway's credential never travels on: `x-api-key` always, and `Authorization`
+    // whenever it carries a gateway key (even when `x-api-key` was the one used).
+    let key_in_authorization = credential_header.eq_ignore_ascii_case("authorization")
+        || client_headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("authorization") && crate::auth::bearer_key(v).is_some()
+        });
+    let credential = if key_in_authorization {
+        "authorization"
+    } else {
+        "x-api-key"
+    };
     let replaced = [
-        credential.as_str(),
+        "x-api-key",
+        credential,
         "x-request-id",
         "x-forwarded-for",
         "x-forwarded-proto",

@@ -522,7 +522,9 @@ fn valid_header(name: &str, value: &str) -> bool {
 /// does drain an unread `Content-Length` body, but by allocating the whole remainder at
 /// once, so only a bounded remainder is safe to hand back.
 fn body_is_safe_to_drop(app: &App, rq: &mut Request, ctx: &Ctx, trace: &Trace) -> bool {
-    if ctx.chunked {
+    // A body whose framing was refused is not drained: tiny_http would decode a
+    // `Transfer-Encoding: gzip` body as chunked and wait forever for a chunk size.
+    if ctx.chunked && check_framing(ctx).is_ok() {
         let cap = app.cfg.max_body_bytes + 1;
         let _ = io::copy(&mut rq.as_reader().take(cap), &mut io::sink());
         return true;
