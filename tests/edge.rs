@@ -1,0 +1,187 @@
+//! The shipped nginx edge (scripts/edge/nginx.conf) in front of the real binary: what
+//! tiny_http cannot defend against on its own (slow clients, huge headers, huge declared
+//! bodies, request smuggling) is stopped there, and tollgate neither crashes nor stalls.
+mod util;
+
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use util::{free_port, raw_request, Gateway, Upstream};
+
+/// nginx with the shipped edge configuration, in front of one gateway.
+struct Edge {
+    addr: String,
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Edge {
+    fn start(gw: &Gateway) -> Edge {
+        let port = free_port();
+        let gw_port = gw.addr.rsplit(':').next().unwrap().to_string();
+        let dir = std::env::temp_dir().join(format!("tollgate-edge-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let conf = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/edge/nginx.conf"
+        ))
+        .unwrap()
+        .replace("__TOLLGATE_PORT__", &gw_port)
+        .replace("__EDGE_PORT__", &port.to_string());
+        // The tests run as root; nginx's workers would otherwise switch to `nobody`.
+        let conf = format!("user root;\n{conf}");
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let nginx =
+            std::env::var("TOLLGATE_TEST_NGINX").unwrap_or_else(|_| "/usr/sbin/nginx".into());
+        let child = std::process::Command::new(nginx)
+            .args([
+                "-p",
+                dir.to_str().unwrap(),
+                "-c",
+                "nginx.conf",
+                "-g",
+                "daemon off;",
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nginx (make test installs it)");
+        let addr = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr.trim_start_matches("http://")).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Edge { addr, child, dir }
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn setup() -> (Gateway, Edge, Upstream, String) {
+    let gw = Gateway::start_with(&[("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1")]);
+    let edge = Edge::start(&gw);
+    let up = Upstream::start();
+    let user = gw.create_user("edge@example.com");
+    let (key, _) = gw.create_key(user, json!({"rateLimit": 100000}));
+    gw.create_route(user, "/api", &up.addr);
+    (gw, edge, up, key)
+}
+
+fn get_via(addr: &str, path: &str, key: &str) -> (String, Duration) {
+    let t = Instant::now();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: edge.test\r\nx-api-key: {key}\r\nConnection: close\r\n\r\n"
+    );
+    let out = raw_request(addr, req.as_bytes(), Duration::from_secs(5));
+    (out, t.elapsed())
+}
+
+#[test]
+fn requests_pass_through_the_edge_with_the_client_address_believed() {
+    let (gw, edge, up, key) = setup();
+    let (out, _) = get_via(&edge.addr, "/api/x?q=1", &key);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let seen = up.last();
+    assert_eq!(seen.target, "/api/x?q=1");
+    assert_eq!(seen.header("x-forwarded-host"), Some("edge.test"));
+    gw.wait_for_log_rows(1);
+    let ip: String = gw
+        .db
+        .client()
+        .query_one("SELECT client_ip FROM request_logs", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(ip, "127.0.0.1");
+}
+
+#[test]
+fn slow_clients_do_not_stall_tollgate() {
+    let (gw, edge, _up, key) = setup();
+    // 200 clients that send half a request line and stop (slowloris).
+    let mut slow: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(edge.addr.trim_start_matches("http://")).unwrap();
+            s.write_all(b"GET /api/slow HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .unwrap();
+            s
+        })
+        .collect();
+    for _ in 0..10 {
+        let (out, took) = get_via(&edge.addr, "/api/fast", &key);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(
+            took < Duration::from_secs(1),
+            "took {took:?} behind slow clients"
+        );
+    }
+    // Directly too: tollgate's workers never saw the incomplete requests.
+    let (out, took) = get_via(&gw.addr, "/api/direct", &key);
+    assert!(
+        out.starts_with("HTTP/1.1 200") && took < Duration::from_secs(1),
+        "{out}"
+    );
+    for s in &mut slow {
+        let _ = s.write_all(b"x");
+    }
+}
+
+#[test]
+fn a_64_kib_header_is_refused_at_the_edge() {
+    let (gw, edge, _up, key) = setup();
+    let big = "a".repeat(64 * 1024);
+    let req = format!("GET /api/x HTTP/1.1\r\nHost: x\r\nx-api-key: {key}\r\nX-Big: {big}\r\n\r\n");
+    let out = raw_request(&edge.addr, req.as_bytes(), Duration::from_secs(3));
+    assert!(
+        out.starts_with("HTTP/1.1 400"),
+        "{}",
+        &out[..out.len().min(300)]
+    );
+    assert!(out.contains("header_too_large"), "{out}");
+    assert_eq!(gw.get("/healthz", &[]).status, 200);
+}
+
+#[test]
+fn a_huge_declared_body_is_refused_before_any_byte_reaches_tollgate() {
+    let (gw, edge, up, key) = setup();
+    let req = format!(
+        "POST /api/x HTTP/1.1\r\nHost: x\r\nx-api-key: {key}\r\nContent-Length: 10000000000000\r\n\r\nabc"
+    );
+    let out = raw_request(&edge.addr, req.as_bytes(), Duration::from_secs(3));
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(up.requests().is_empty());
+    assert_eq!(gw.get("/healthz", &[]).status, 200);
+    let stats = gw.admin("GET", "/admin/stats", None).json();
+    assert_eq!(
+        stats["abandonedBodies"], 0,
+        "nothing reached tollgate's drain"
+    );
+}
+
+#[test]
+fn a_content_length_plus_transfer_encoding_smuggling_attempt_is_refused_and_closed() {
+    let (gw, edge, up, key) = setup();
+    let req = format!(
+        "POST /api/x HTTP/1.1\r\nHost: x\r\nx-api-key: {key}\r\nContent-Length: 44\r\n\
+         Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
+    let mut s = TcpStream::connect(edge.addr.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(
+        out.matches("HTTP/1.1").count(),
+        1,
+        "one answer, connection closed: {out}"
+    );
+    assert!(up.requests().iter().all(|r| !r.target.contains("smuggled")));
+    assert_eq!(gw.get("/healthz", &[]).status, 200);
+}

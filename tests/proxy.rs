@@ -1,0 +1,320 @@
+//! Forwarding edge cases: target URLs with a base path, hop-by-hop headers, repeated
+//! headers, chunked bodies, big bodies, framing on a kept-alive connection, paths that only
+//! look like the gateway's own, and timeouts that do not wedge the gateway.
+mod util;
+
+use serde_json::json;
+use std::time::{Duration, Instant};
+use util::{raw_request, Gateway, Upstream};
+
+fn setup(env: &[(&str, &str)]) -> (Gateway, Upstream, i64, String) {
+    let gw = Gateway::start_with(env);
+    let up = Upstream::start();
+    let user = gw.create_user("owner@example.com");
+    let (key, _) = gw.create_key(user, json!({"rateLimit": 1000}));
+    gw.create_route(user, "/api", &up.addr);
+    (gw, up, user, key)
+}
+
+fn host(gw: &Gateway) -> &str {
+    gw.addr.trim_start_matches("http://")
+}
+
+/// Raw bytes on a connection that the request asks to close; everything read back.
+fn raw_close(gw: &Gateway, bytes: &[u8]) -> String {
+    raw_request(&gw.addr, bytes, Duration::from_secs(5))
+}
+
+#[test]
+fn the_target_urls_base_path_is_prepended_to_the_original_path_and_query() {
+    let gw = Gateway::start();
+    let up = Upstream::start();
+    let user = gw.create_user("owner@example.com");
+    let (key, _) = gw.create_key(user, json!({}));
+    gw.create_route(user, "/api", &format!("{}/base/", up.addr));
+    let r = gw.with_key("GET", "/api/items?x=1&y=%2F", &key);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.last().target, "/base/api/items?x=1&y=%2F");
+    assert_eq!(gw.with_key("GET", "/api", &key).status, 200);
+    assert_eq!(up.last().target, "/base/api");
+}
+
+#[test]
+fn hop_by_hop_headers_and_those_named_in_connection_are_not_forwarded() {
+    let (gw, up, _user, key) = setup(&[]);
+    let req = format!(
+        "GET /api/hop HTTP/1.1\r\nHost: {}\r\nx-api-key: {key}\r\n\
+         Connection: close, X-Hop-Secret\r\nX-Hop-Secret: do-not-forward\r\n\
+         Keep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\n\
+         X-End-To-End: yes\r\n\r\n",
+        host(&gw)
+    );
+    let out = raw_close(&gw, req.as_bytes());
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let seen = up.last();
+    for h in [
+        "x-hop-secret",
+        "keep-alive",
+        "te",
+        "proxy-connection",
+        "x-api-key",
+    ] {
+        assert_eq!(seen.header(h), None, "{h} forwarded: {:?}", seen.headers);
+    }
+    let connection = seen
+        .headers_named("connection")
+        .join(",")
+        .to_ascii_lowercase();
+    assert!(!connection.contains("x-hop-secret"), "{connection}");
+    assert_eq!(seen.header("x-end-to-end"), Some("yes"));
+}
+
+#[test]
+fn repeated_request_headers_all_arrive_in_order() {
+    let (gw, up, _user, key) = setup(&[]);
+    let req = format!(
+        "GET /api/dup HTTP/1.1\r\nHost: {}\r\nx-api-key: {key}\r\nX-Dup: one\r\n\
+         X-Other: o\r\nX-Dup: two\r\nConnection: close\r\n\r\n",
+        host(&gw)
+    );
+    let out = raw_close(&gw, req.as_bytes());
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let seen = up.last();
+    // Two fields or one comma-joined field mean the same (RFC 9110 §5.3); order must hold.
+    assert_eq!(
+        seen.headers_named("x-dup").join(", "),
+        "one, two",
+        "{:?}",
+        seen.headers
+    );
+}
+
+#[test]
+fn a_chunked_request_body_is_forwarded_whole() {
+    let (gw, up, _user, key) = setup(&[]);
+    let req = format!(
+        "POST /api/chunked HTTP/1.1\r\nHost: {}\r\nx-api-key: {key}\r\n\
+         Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        host(&gw)
+    );
+    let out = raw_close(&gw, req.as_bytes());
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let seen = up.last();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(String::from_utf8_lossy(&seen.body), "hello world");
+    assert_eq!(seen.header("content-type"), Some("text/plain"));
+}
+
+#[test]
+fn a_chunked_body_over_the_limit_gets_413_and_never_reaches_the_upstream() {
+    let (gw, up, _user, key) = setup(&[("TOLLGATE_MAX_BODY_BYTES", "100")]);
+    let chunk = "y".repeat(80);
+    let req = format!(
+        "POST /api/big HTTP/1.1\r\nHost: {}\r\nx-api-key: {key}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         50\r\n{chunk}\r\n50\r\n{chunk}\r\n0\r\n\r\n",
+        host(&gw)
+    );
+    let out = raw_close(&gw, req.as_bytes());
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains("payload_too_large"), "{out}");
+    assert!(
+        up.requests().iter().all(|s| s.body.len() <= 100),
+        "an oversized body reached the upstream"
+    );
+    assert_eq!(gw.get("/healthz", &[]).status, 200);
+}
+
+#[test]
+fn repeated_or_non_numeric_content_length_and_te_with_cl_get_400() {
+    let (gw, up, _user, key) = setup(&[]);
+    let h = host(&gw);
+    let cases = [
+        format!("POST /api HTTP/1.1\r\nHost: {h}\r\nx-api-key: {key}\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
+        format!("POST /api HTTP/1.1\r\nHost: {h}\r\nx-api-key: {key}\r\nContent-Length: abc\r\n\r\nabc"),
+        format!("POST /api HTTP/1.1\r\nHost: {h}\r\nx-api-key: {key}\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+    ];
+    for req in &cases {
+        let out = raw_request(&gw.addr, req.as_bytes(), Duration::from_millis(700));
+        assert!(
+            out.starts_with("HTTP/1.1 400"),
+            "expected 400 for {req:?}, got {out:?}"
+        );
+        assert!(out.contains("bad_request"), "{out}");
+    }
+    assert!(
+        up.requests().is_empty(),
+        "an ambiguous request reached the upstream"
+    );
+    assert_eq!(gw.get("/healthz", &[]).status, 200);
+}
+
+#[test]
+fn a_transfer_encoding_other_than_chunked_gets_400_without_waiting_for_the_client_to_close() {
+    let (gw, up, _user, key) = setup(&[]);
+    let h = host(&gw);
+    for te in ["gzip", "identity"] {
+        let req = format!(
+            "POST /api HTTP/1.1\r\nHost: {h}\r\nx-api-key: {key}\r\nTransfer-Encoding: {te}\r\n\r\nabc"
+        );
+        let t = Instant::now();
+        let out = raw_request(&gw.addr, req.as_bytes(), Duration::from_millis(1500));
+        assert!(
+            out.starts_with("HTTP/1.1 400") && out.contains("bad_request"),
+            "Transfer-Encoding: {te}: no 400 within {:?} (got {out:?})",
+            t.elapsed()
+        );
+    }
+    assert!(up.requests().is_empty());
+}
+
+#[test]
+fn head_and_204_answers_leave_a_kept_alive_connection_in_step() {
+    let (gw, _up, _user, key) = setup(&[]);
+    let h = host(&gw);
+    let req = format!(
+        "HEAD /api/first HTTP/1.1\r\nHost: {h}\r\nx-api-key: {key}\r\n\r\n\
+         GET /api/status/204 HTTP/1.1\r\nHost: {h}\r\nx-api-key: {key}\r\n\r\n\
+         GET /api/third HTTP/1.1\r\nHost: {h}\r\nx-api-key: {key}\r\nConnection: close\r\n\r\n"
+    );
+    let out = raw_close(&gw, req.as_bytes());
+    let statuses: Vec<&str> = out
+        .split("\r\n")
+        .filter(|l| l.starts_with("HTTP/1.1 "))
+        .collect();
+    assert_eq!(statuses.len(), 3, "{out}");
+    assert!(statuses[0].starts_with("HTTP/1.1 200"), "{out}");
+    assert!(statuses[1].starts_with("HTTP/1.1 204"), "{out}");
+    assert!(statuses[2].starts_with("HTTP/1.1 200"), "{out}");
+    // The only body on the wire is the third answer's echo.
+    assert_eq!(out.matches("\"target\"").count(), 1, "{out}");
+    assert!(out.contains("/api/third"), "{out}");
+}
+
+#[test]
+fn a_two_megabyte_body_travels_to_the_upstream_and_back_intact() {
+    let (gw, up, _user, key) = setup(&[]);
+    let body: String = (0..2_000_000u32)
+        .map(|i| (b'a' + (i * 7 % 26) as u8) as char)
+        .collect();
+    let r = gw.request(
+        "PUT",
+        "/api/big",
+        &[("x-api-key", &key), ("content-type", "text/plain")],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", &r.body[..r.body.len().min(300)]);
+    assert_eq!(up.last().body.len(), body.len());
+    assert!(up.last().body == body.as_bytes());
+    assert_eq!(r.json()["body"].as_str().unwrap(), body);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+}
+
+#[test]
+fn paths_that_only_start_like_gateway_paths_are_proxied() {
+    let (gw, up, user, key) = setup(&[]);
+    for prefix in ["/healthzz", "/administrator", "/analyticsx", "/readyz2"] {
+        let r = gw.admin_post(
+            "/admin/routes",
+            json!({"userId": user, "prefix": prefix, "targetUrl": up.addr}),
+        );
+        assert_eq!(r.status, 201, "{prefix}: {}", r.body);
+        let r = gw.with_key("GET", &format!("{prefix}/x"), &key);
+        assert_eq!(r.status, 200, "{prefix}: {}", r.body);
+        assert_eq!(up.last().target, format!("{prefix}/x"));
+    }
+}
+
+#[test]
+fn gateway_paths_are_never_proxied_even_under_a_catch_all_route() {
+    let (gw, up, user, key) = setup(&[]);
+    let r = gw.admin_post(
+        "/admin/routes",
+        json!({"userId": user, "prefix": "/", "targetUrl": up.addr}),
+    );
+    if r.status != 201 {
+        // Refusing a catch-all route is a valid choice too, as a 400 naming the field.
+        assert_eq!(
+            (r.status, r.json()["error"]["field"].clone()),
+            (400, json!("prefix"))
+        );
+        return;
+    }
+    assert_eq!(gw.with_key("GET", "/anything/else", &key).status, 200);
+    let before = up.requests().len();
+    let r = gw.with_key("GET", "/admin/users", &key);
+    assert_eq!((r.status, r.code().as_str()), (401, "unauthorized"));
+    let r = gw.with_key("GET", "/healthz", &key);
+    assert_eq!(r.json(), json!({"status": "ok"}));
+    assert_eq!(
+        gw.with_key("GET", "/readyz", &key).json()["status"],
+        "ready"
+    );
+    assert_eq!(
+        up.requests().len(),
+        before,
+        "a gateway path reached the upstream"
+    );
+}
+
+#[test]
+fn an_upstream_timeout_answers_504_promptly_and_the_next_request_is_served() {
+    let (gw, up, _user, key) = setup(&[("TOLLGATE_UPSTREAM_TIMEOUT_MS", "300")]);
+    let t = Instant::now();
+    let r = gw.with_key("GET", "/api/slow/2000", &key);
+    assert_eq!((r.status, r.code().as_str()), (504, "upstream_timeout"));
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        t.elapsed()
+    );
+    let r = gw.with_key("GET", "/api/slow/50", &key);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["target"], "/api/slow/50");
+    assert_eq!(up.requests().len(), 2);
+}
+
+#[test]
+fn error_answers_are_json_with_a_message_and_a_request_id() {
+    let (gw, _up, _user, key) = setup(&[]);
+    for (path, key, code) in [
+        ("/api", "", "missing_api_key"),
+        ("/nowhere", key.as_str(), "route_not_found"),
+    ] {
+        let headers: Vec<(&str, &str)> = if key.is_empty() {
+            vec![]
+        } else {
+            vec![("x-api-key", key)]
+        };
+        let r = gw.request("GET", path, &headers, None);
+        assert!(r
+            .header("content-type")
+            .unwrap_or("")
+            .starts_with("application/json"));
+        assert_eq!(r.code(), code);
+        assert!(r.json()["error"]["message"].is_string(), "{}", r.body);
+        assert!(
+            r.header("x-request-id").is_some_and(|v| !v.is_empty()),
+            "{code}"
+        );
+    }
+}
+
+#[test]
+fn chunked_and_close_delimited_upstream_bodies_reach_the_client_whole() {
+    let (gw, up, _user, key) = setup(&[]);
+    for path in ["/api/chunked-response?x=1", "/api/close-delimited?x=2"] {
+        let r = gw.with_key("GET", path, &key);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let echo = r.json();
+        assert_eq!(echo["target"], path, "{path}");
+        assert_eq!(echo["method"], "GET");
+    }
+    assert_eq!(up.requests().len(), 2);
+    // And the connection to the client stays usable after each.
+    assert_eq!(
+        gw.with_key("GET", "/api/after", &key).json()["target"],
+        "/api/after"
+    );
+}

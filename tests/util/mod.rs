@@ -1,0 +1,629 @@
+//! The harness every integration test uses: a fresh database on the test Postgres cluster,
+//! a real upstream HTTP server that records what it receives, and the real `tollgate`
+//! binary in between. Everything started here is stopped when its handle is dropped.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_SECRET: &str = "test-admin-secret-0123456789abcdef";
+
+/// Connection string of the test cluster, without a database name (set by `make test`).
+pub fn pg_base() -> String {
+    std::env::var("TOLLGATE_TEST_PG").expect(
+        "TOLLGATE_TEST_PG is not set: run the suite with `make test`, which starts the \
+         test Postgres cluster and sets it",
+    )
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A database of its own, dropped with the handle.
+pub struct TestDb {
+    pub name: String,
+    /// Dropped with this handle only when it created the database.
+    owned: bool,
+}
+
+impl TestDb {
+    pub fn create() -> TestDb {
+        let name = unique("tg");
+        let mut c =
+            postgres::Client::connect(&format!("{} dbname=postgres", pg_base()), postgres::NoTls)
+                .expect("connect to the test cluster");
+        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        TestDb { name, owned: true }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{} dbname={}", pg_base(), self.name)
+    }
+
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url(), postgres::NoTls).unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        if let Ok(mut c) =
+            postgres::Client::connect(&format!("{} dbname=postgres", pg_base()), postgres::NoTls)
+        {
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// A request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        headers_named(&self.headers, name).first().copied()
+    }
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        headers_named(&self.headers, name)
+    }
+}
+
+/// Every value of header `name` (case-insensitive), in order.
+pub fn headers_named<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// A gateway, an upstream, and one user owning the route `/api` to it.
+pub fn gateway_with_api_route(env: &[(&str, &str)]) -> (Gateway, Upstream, i64) {
+    let gw = Gateway::start_with(env);
+    let up = Upstream::start();
+    let user = gw.create_user("owner@example.com");
+    gw.create_route(user, "/api", &up.addr);
+    (gw, up, user)
+}
+
+/// A small HTTP/1.1 upstream: echoes requests as JSON and records them. Paths containing
+/// `/status/<code>` answer that code, `/slow/<ms>` sleep first, `/redirect` answers 302,
+/// `/set-cookies` sends two `Set-Cookie` headers, `/chunked-response` answers chunked and
+/// `/close-delimited` answers without a length, closing the connection after the body.
+pub struct Upstream {
+    pub addr: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let s = s.clone();
+                std::thread::spawn(move || serve_conn(conn, &s));
+            }
+        });
+        Upstream { addr, seen, stop }
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.requests()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr.trim_start_matches("http://"));
+    }
+}
+
+fn serve_conn(conn: TcpStream, seen: &Mutex<Vec<Seen>>) {
+    let mut out = conn.try_clone().unwrap();
+    let mut r = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.trim_end().splitn(3, ' ');
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("").to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
+        let mut body = Vec::new();
+        if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            loop {
+                let mut size = String::new();
+                if r.read_line(&mut size).unwrap_or(0) == 0 {
+                    return;
+                }
+                let size = size.split(';').next().unwrap_or("").trim();
+                let n = usize::from_str_radix(size, 16).unwrap_or(0);
+                if n == 0 {
+                    // Trailer section: lines up to the empty one.
+                    loop {
+                        let mut t = String::new();
+                        if r.read_line(&mut t).unwrap_or(0) == 0 || t.trim_end().is_empty() {
+                            break;
+                        }
+                    }
+                    break;
+                }
+                let mut chunk = vec![0; n + 2];
+                if r.read_exact(&mut chunk).is_err() {
+                    return;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        } else if let Some(n) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            body = vec![0; n];
+            if r.read_exact(&mut body).is_err() {
+                return;
+            }
+        }
+        let req = Seen {
+            method: method.clone(),
+            target: target.clone(),
+            headers: headers.clone(),
+            body: body.clone(),
+        };
+        seen.lock().unwrap().push(req);
+        let close = get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let mut status = 200;
+        let mut extra: Vec<(String, String)> = Vec::new();
+        let segs: Vec<&str> = target.split('?').next().unwrap().split('/').collect();
+        for w in segs.windows(2) {
+            match w[0] {
+                "status" => status = w[1].parse().unwrap_or(200),
+                "slow" => std::thread::sleep(Duration::from_millis(w[1].parse().unwrap_or(0))),
+                _ => {}
+            }
+        }
+        if segs.contains(&"redirect") {
+            status = 302;
+            extra.push(("Location".into(), "/elsewhere".into()));
+        }
+        if segs.contains(&"set-cookies") {
+            extra.push(("Set-Cookie".into(), "a=1".into()));
+            extra.push(("Set-Cookie".into(), "b=2".into()));
+        }
+        let payload = json!({
+            "method": method,
+            "target": target,
+            "headers": headers,
+            "body": String::from_utf8_lossy(&body),
+        })
+        .to_string();
+        let mut resp = format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n");
+        for (k, v) in &extra {
+            resp.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if close {
+            resp.push_str("Connection: close\r\n");
+        }
+        let send_body = method != "HEAD" && status != 204 && status != 304;
+        // `/chunked-response`: the echo in two chunks; `/close-delimited`: no length at all,
+        // the end of the body is the end of the connection.
+        if segs.contains(&"chunked-response") && send_body {
+            resp.push_str("Transfer-Encoding: chunked\r\n\r\n");
+            let (a, b) = payload.split_at(payload.len() / 2);
+            let wire = format!("{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n", a.len(), b.len());
+            if out.write_all(resp.as_bytes()).is_err() || out.write_all(wire.as_bytes()).is_err() {
+                return;
+            }
+            if close {
+                return;
+            }
+            continue;
+        }
+        if segs.contains(&"close-delimited") && send_body {
+            resp.push_str("Connection: close\r\n\r\n");
+            let _ = out.write_all(resp.as_bytes());
+            let _ = out.write_all(payload.as_bytes());
+            return;
+        }
+        if status != 204 && status != 304 {
+            resp.push_str(&format!("Content-Length: {}\r\n", payload.len()));
+        }
+        resp.push_str("\r\n");
+        if out.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+        if send_body && out.write_all(payload.as_bytes()).is_err() {
+            return;
+        }
+        if close {
+            return;
+        }
+    }
+}
+
+/// An address nothing listens on: connections are refused.
+pub fn dead_upstream() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{addr}")
+}
+
+/// The real binary with its own database.
+pub struct Gateway {
+    pub addr: String,
+    pub db: TestDb,
+    child: Child,
+    pub log_path: std::path::PathBuf,
+    agent: ureq::Agent,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        headers_named(&self.headers, name).first().copied()
+    }
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        headers_named(&self.headers, name)
+    }
+    /// The `error.code` of a JSON error body.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error code in {:?}", self.body))
+            .to_string()
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Gateway {
+    pub fn start() -> Gateway {
+        Gateway::start_with(&[])
+    }
+
+    pub fn start_with(env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_on(TestDb::create(), env)
+    }
+
+    /// A second instance on this gateway's database (the database stays owned by `self`).
+    pub fn start_beside(&self, env: &[(&str, &str)]) -> Gateway {
+        let db = TestDb {
+            name: self.db.name.clone(),
+            owned: false,
+        };
+        Gateway::start_on(db, env)
+    }
+
+    fn start_on(db: TestDb, env: &[(&str, &str)]) -> Gateway {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("tollgate-test"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log_path = dir.join("stderr.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", db.url())
+            .env("ADMIN_SECRET", ADMIN_SECRET)
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("TOLLGATE_BCRYPT_COST", "4")
+            .env("TOLLGATE_LOG_FLUSH_MS", "50")
+            .env("TOLLGATE_WORKERS", "32")
+            .env("TOLLGATE_DB_POOL_SIZE", "8")
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .expect("start tollgate");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let mut gw = Gateway {
+            addr: format!("http://127.0.0.1:{port}"),
+            db,
+            child,
+            log_path,
+            agent,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = gw.child.try_wait() {
+                panic!("tollgate exited early ({status}): {}", gw.output());
+            }
+            if gw.get("/healthz", &[]).status == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tollgate did not come up: {}",
+                gw.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        gw
+    }
+
+    /// Everything the binary wrote to stderr so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
+        let mut b = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.addr, path));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let result = match body {
+            Some(bytes) => self.agent.run(b.body(bytes.to_vec()).unwrap()),
+            None => self.agent.run(b.body(()).unwrap()),
+        };
+        match result {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let headers = r
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                    .collect();
+                let body = r.into_body().read_to_string().unwrap_or_default();
+                Resp {
+                    status,
+                    headers,
+                    body,
+                }
+            }
+            Err(e) => Resp {
+                status: 0,
+                headers: vec![],
+                body: format!("client error: {e}"),
+            },
+        }
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.request("GET", path, headers, None)
+    }
+
+    pub fn with_key(&self, method: &str, path: &str, key: &str) -> Resp {
+        self.request(method, path, &[("x-api-key", key)], None)
+    }
+
+    pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        self.request(
+            method,
+            path,
+            &[
+                ("x-admin-secret", ADMIN_SECRET),
+                ("content-type", "application/json"),
+            ],
+            bytes.as_deref(),
+        )
+    }
+
+    pub fn create_user(&self, email: &str) -> i64 {
+        let r = self.admin(
+            "POST",
+            "/admin/users",
+            Some(json!({"email": email, "name": "Test"})),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["id"].as_i64().unwrap()
+    }
+
+    /// A key for `user` with extra fields merged in; returns (raw key, key id).
+    pub fn create_key(&self, user: i64, extra: Value) -> (String, i64) {
+        let mut body = json!({"userId": user, "name": "test key"});
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                body[k] = v;
+            }
+        }
+        let r = self.admin("POST", "/admin/api-keys", Some(body));
+        assert_eq!(r.status, 201, "{}", r.body);
+        let v = r.json();
+        (
+            v["rawKey"].as_str().unwrap().to_string(),
+            v["id"].as_i64().unwrap(),
+        )
+    }
+
+    pub fn create_route(&self, user: i64, prefix: &str, target: &str) -> i64 {
+        self.create_route_with(user, prefix, target, json!({}))
+    }
+
+    pub fn create_route_with(&self, user: i64, prefix: &str, target: &str, extra: Value) -> i64 {
+        let mut body = json!({"userId": user, "prefix": prefix, "targetUrl": target});
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                body[k] = v;
+            }
+        }
+        let r = self.admin("POST", "/admin/routes", Some(body));
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["id"].as_i64().unwrap()
+    }
+
+    pub fn admin_get(&self, path: &str) -> Resp {
+        self.admin("GET", path, None)
+    }
+
+    pub fn admin_post(&self, path: &str, body: Value) -> Resp {
+        self.admin("POST", path, Some(body))
+    }
+
+    pub fn admin_patch(&self, path: &str, body: Value) -> Resp {
+        self.admin("PATCH", path, Some(body))
+    }
+
+    pub fn admin_delete(&self, path: &str) -> Resp {
+        self.admin("DELETE", path, None)
+    }
+
+    /// An admin request with a raw (possibly malformed) body.
+    pub fn admin_raw(&self, method: &str, path: &str, body: &str) -> Resp {
+        self.request(
+            method,
+            path,
+            &[
+                ("x-admin-secret", ADMIN_SECRET),
+                ("content-type", "application/json"),
+            ],
+            Some(body.as_bytes()),
+        )
+    }
+
+    /// A connection to this gateway's database.
+    pub fn db(&self) -> postgres::Client {
+        self.db.client()
+    }
+
+    /// Raw bytes to the gateway; everything it answers until it closes or goes quiet.
+    pub fn raw_request(&self, bytes: &[u8]) -> String {
+        raw_request(&self.addr, bytes, Duration::from_millis(1500))
+    }
+
+    /// Waits (at most 10 s) until `request_logs` holds at least `n` rows; returns the count.
+    pub fn wait_for_log_rows(&self, n: i64) -> i64 {
+        self.wait_for_log_rows_within(n, Duration::from_secs(10))
+    }
+
+    /// Waits (at most `within`) until `request_logs` holds at least `n` rows; returns the
+    /// count seen last.
+    pub fn wait_for_log_rows_within(&self, n: i64, within: Duration) -> i64 {
+        let mut db = self.db.client();
+        let deadline = Instant::now() + within;
+        loop {
+            let c: i64 = db
+                .query_one("SELECT count(*) FROM request_logs", &[])
+                .unwrap()
+                .get(0);
+            if c >= n || Instant::now() > deadline {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = self.log_path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Sends raw bytes and returns everything read back until the server closes or goes
+/// quiet for `quiet`.
+pub fn raw_request(addr: &str, bytes: &[u8], quiet: Duration) -> String {
+    let mut s = TcpStream::connect(addr.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(quiet)).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
