@@ -7,66 +7,11 @@ use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use util::{free_port, raw_request, Gateway, Upstream};
-
-/// nginx with the shipped edge configuration, in front of one gateway.
-struct Edge {
-    addr: String,
-    child: std::process::Child,
-    dir: std::path::PathBuf,
-}
-
-impl Edge {
-    fn start(gw: &Gateway) -> Edge {
-        let port = free_port();
-        let gw_port = gw.addr.rsplit(':').next().unwrap().to_string();
-        let dir = std::env::temp_dir().join(format!("tollgate-edge-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(dir.join("logs")).unwrap();
-        let conf = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/edge/nginx.conf"
-        ))
-        .unwrap()
-        .replace("__TOLLGATE_PORT__", &gw_port)
-        .replace("__EDGE_PORT__", &port.to_string());
-        // The tests run as root; nginx's workers would otherwise switch to `nobody`.
-        let conf = format!("user root;\n{conf}");
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let nginx =
-            std::env::var("TOLLGATE_TEST_NGINX").unwrap_or_else(|_| "/usr/sbin/nginx".into());
-        let child = std::process::Command::new(nginx)
-            .args([
-                "-p",
-                dir.to_str().unwrap(),
-                "-c",
-                "nginx.conf",
-                "-g",
-                "daemon off;",
-            ])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start nginx (make test installs it)");
-        let addr = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(addr.trim_start_matches("http://")).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Edge { addr, child, dir }
-    }
-}
-
-impl Drop for Edge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use util::{raw_request, Edge, Gateway, Upstream};
 
 fn setup() -> (Gateway, Edge, Upstream, String) {
     let gw = Gateway::start_with(&[("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1")]);
-    let edge = Edge::start(&gw);
+    let edge = Edge::start(&gw.direct_addr);
     let up = Upstream::start();
     let user = gw.create_user("edge@example.com");
     let (key, _) = gw.create_key(user, json!({"rateLimit": 100000}));
@@ -122,7 +67,7 @@ fn slow_clients_do_not_stall_tollgate() {
         );
     }
     // Directly too: tollgate's workers never saw the incomplete requests.
-    let (out, took) = get_via(&gw.addr, "/api/direct", &key);
+    let (out, took) = get_via(&gw.direct_addr, "/api/direct", &key);
     assert!(
         out.starts_with("HTTP/1.1 200") && took < Duration::from_secs(1),
         "{out}"

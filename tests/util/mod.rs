@@ -311,8 +311,13 @@ pub fn dead_upstream() -> String {
 
 /// The real binary with its own database.
 pub struct Gateway {
+    /// Where tests send requests: the gateway itself, or the nginx edge in front of it when
+    /// `TOLLGATE_TEST_VIA_EDGE=1` (`make test` runs the suite both ways).
     pub addr: String,
+    /// The gateway itself, whatever is in front of it.
+    pub direct_addr: String,
     pub db: TestDb,
+    edge: Option<Edge>,
     child: Child,
     pub log_path: std::path::PathBuf,
     agent: ureq::Agent,
@@ -386,6 +391,9 @@ impl Gateway {
             .env("TOLLGATE_WORKERS", "32")
             .env("TOLLGATE_DB_POOL_SIZE", "8")
             .env("RUST_LOG", "info");
+        if via_edge() {
+            cmd.env("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1");
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -401,9 +409,12 @@ impl Gateway {
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .into();
+        let direct_addr = format!("http://127.0.0.1:{port}");
         let mut gw = Gateway {
-            addr: format!("http://127.0.0.1:{port}"),
+            addr: direct_addr.clone(),
+            direct_addr,
             db,
+            edge: None,
             child,
             log_path,
             agent,
@@ -422,6 +433,11 @@ impl Gateway {
                 gw.output()
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+        if via_edge() {
+            let edge = Edge::start(&gw.direct_addr);
+            gw.addr = edge.addr.clone();
+            gw.edge = Some(edge);
         }
         gw
     }
@@ -603,6 +619,7 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        self.edge.take();
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(dir) = self.log_path.parent() {
@@ -626,4 +643,64 @@ pub fn raw_request(addr: &str, bytes: &[u8], quiet: Duration) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether this run puts the shipped nginx edge in front of every gateway.
+pub fn via_edge() -> bool {
+    std::env::var("TOLLGATE_TEST_VIA_EDGE").is_ok_and(|v| v == "1")
+}
+
+/// nginx with the shipped edge configuration (scripts/edge/nginx.conf) in front of one
+/// gateway.
+pub struct Edge {
+    pub addr: String,
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Edge {
+    pub fn start(gateway_addr: &str) -> Edge {
+        let port = free_port();
+        let gw_port = gateway_addr.rsplit(':').next().unwrap().to_string();
+        let dir = std::env::temp_dir().join(unique("tollgate-edge"));
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let conf = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/edge/nginx.conf"
+        ))
+        .unwrap()
+        .replace("__TOLLGATE_PORT__", &gw_port)
+        .replace("__EDGE_PORT__", &port.to_string());
+        // The tests run as root; nginx's workers would otherwise switch to `nobody`.
+        std::fs::write(dir.join("nginx.conf"), format!("user root;\n{conf}")).unwrap();
+        let nginx =
+            std::env::var("TOLLGATE_TEST_NGINX").unwrap_or_else(|_| "/usr/sbin/nginx".into());
+        let child = Command::new(nginx)
+            .args([
+                "-p",
+                dir.to_str().unwrap(),
+                "-c",
+                "nginx.conf",
+                "-g",
+                "daemon off;",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (make test installs it)");
+        let addr = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr.trim_start_matches("http://")).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Edge { addr, child, dir }
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
