@@ -2,10 +2,14 @@
 # Install, from Debian's packages, only what a purpose needs and is missing.
 #   scripts/deps.sh pg      PostgreSQL 15 server binaries (for scripts/pg.sh)
 #   scripts/deps.sh bench   nginx, wrk, haproxy, curl (for scripts/bench.sh)
+#   scripts/deps.sh edge    nginx (the edge in front of tollgate, for tests/edge.rs)
 #   scripts/deps.sh cargo   only checks that a Rust toolchain is on PATH
+#   scripts/deps.sh httpbin httpbin + gunicorn from PyPI in a venv at .data/venv (the
+#                           upstream of tests/fidelity.rs; python3-venv from Debian if needed)
 # Several purposes may be given at once. Needs root only when something is missing.
 set -euo pipefail
 
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 PGBIN=/usr/lib/postgresql/15/bin
 missing=()
 
@@ -24,10 +28,31 @@ check_cargo() {
     fi
 }
 
-[[ $# -gt 0 ]] || { echo "usage: $0 pg|bench|cargo ..." >&2; exit 2; }
+# httpbin served by gunicorn, in a venv of its own under .data/ (never the system Python's
+# site-packages). Only when .data/venv/bin/gunicorn is missing.
+install_httpbin() {
+    local venv=$REPO/.data/venv
+    [[ -x $venv/bin/gunicorn ]] && return 0
+    mkdir -p "$REPO/.data"
+    rm -rf "$venv"
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+        # Debian ships `venv` (and ensurepip) separately from python3.
+        rm -rf "$venv"
+        [[ $(id -u) -eq 0 ]] || { echo "deps: python3 -m venv failed; run as root to install python3-venv" >&2; exit 1; }
+        echo "deps: installing python3-venv" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv
+        python3 -m venv "$venv"
+    fi
+    echo "deps: installing httpbin and gunicorn into $venv" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check httpbin gunicorn
+}
+
+[[ $# -gt 0 ]] || { echo "usage: $0 pg|edge|bench|cargo|httpbin ..." >&2; exit 2; }
 for purpose in "$@"; do
     case $purpose in
         pg) want "$PGBIN/initdb" postgresql ;;
+        edge) want /usr/sbin/nginx nginx ;;
         bench)
             want /usr/sbin/nginx nginx
             want /usr/bin/wrk wrk
@@ -35,7 +60,8 @@ for purpose in "$@"; do
             want /usr/bin/curl curl
             ;;
         cargo) check_cargo ;;
-        *) echo "deps: unknown purpose '$purpose' (pg|bench|cargo)" >&2; exit 2 ;;
+        httpbin) install_httpbin ;;
+        *) echo "deps: unknown purpose '$purpose' (pg|edge|bench|cargo|httpbin)" >&2; exit 2 ;;
     esac
 done
 

@@ -6,7 +6,10 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO"
 
-scripts/deps.sh pg cargo
+scripts/deps.sh pg edge cargo httpbin
+# tests/fidelity.rs runs httpbin under this gunicorn as a real-world upstream.
+TOLLGATE_TEST_GUNICORN=$REPO/.data/venv/bin/gunicorn
+export TOLLGATE_TEST_GUNICORN
 if ! scripts/pg.sh status >/dev/null; then
     trap 'scripts/pg.sh stop' EXIT
 fi
@@ -16,3 +19,9 @@ export TOLLGATE_TEST_PG
 
 cargo build
 cargo test --all-targets -- --test-threads=4
+# The proxy suites once more with the shipped nginx edge (scripts/edge/nginx.conf) in front
+# of every gateway: what passes direct must pass behind the edge too.
+# (fidelity and resilience talk to the gateway directly: their uploads and upstream faults
+# are the gateway's own behaviour, not the edge's.)
+TOLLGATE_TEST_VIA_EDGE=1 cargo test --test proxy_and_logs --test auth_and_limits \
+    --test admin_and_analytics --test ratelimit --test logging_analytics -- --test-threads=4

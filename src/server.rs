@@ -403,6 +403,7 @@ pub fn check_framing(ctx: &Ctx) -> Result<()> {
 /// Writes the reply and returns the body bytes sent.
 fn respond(rq: Request, reply: Reply, ctx: &Ctx) -> u64 {
     let no_body = ctx.method == "HEAD" || matches!(reply.status, 100..=199 | 204 | 304);
+    let streamed = matches!(reply.body, Body::Stream { .. });
     let (reader, len): (Box<dyn Read + Send>, Option<u64>) = match reply.body {
         Body::Bytes(b) => {
             let n = b.len() as u64;
@@ -417,8 +418,13 @@ fn respond(rq: Request, reply: Reply, ctx: &Ctx) -> u64 {
         let framing = declared.map_or(Framing::None, Framing::Length);
         return write_raw(rq, reply.status, &reply.headers, framing);
     }
-    if len.is_none() && *rq.http_version() == (1, 1) {
+    if streamed && len.is_none() && *rq.http_version() == (1, 1) {
         return write_raw(rq, reply.status, &reply.headers, Framing::Chunked(reader));
+    }
+    if let (true, Some(n)) = (streamed, len) {
+        // An upstream body of known length that trickles in (long polls, drips) is relayed
+        // as it arrives; tiny_http's buffered writer would hold it back until complete.
+        return write_raw(rq, reply.status, &reply.headers, Framing::Sized(n, reader));
     }
     let sent = Arc::new(AtomicU64::new(0));
     let reader = Counting {
@@ -451,6 +457,8 @@ enum Framing {
     None,
     /// Head only, declaring the length the full response would have (HEAD, 304).
     Length(u64),
+    /// A body of declared length, relayed as it arrives.
+    Sized(u64, Box<dyn Read + Send>),
     /// A body of unknown length, relayed chunk by chunk as the upstream produces it.
     /// tiny_http's own chunked encoder buffers 8 KiB before writing, which would hold back
     /// server-sent events and slow drips; here each read is framed and flushed at once.
@@ -472,7 +480,9 @@ fn write_raw(rq: Request, status: u16, headers: &[(String, String)], framing: Fr
     }
     match &framing {
         Framing::None => {}
-        Framing::Length(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
+        Framing::Length(n) | Framing::Sized(n, _) => {
+            head.push_str(&format!("Content-Length: {n}\r\n"))
+        }
         Framing::Chunked(_) => head.push_str("Transfer-Encoding: chunked\r\n"),
     }
     head.push_str("\r\n");
@@ -480,10 +490,26 @@ fn write_raw(rq: Request, status: u16, headers: &[(String, String)], framing: Fr
     let result = (|| -> io::Result<()> {
         out.write_all(head.as_bytes())?;
         out.flush()?;
+        let mut buf = vec![0u8; 64 * 1024];
+        if let Framing::Sized(n, mut body) = framing {
+            // Read to the end (ureq hands the upstream connection back to its pool only once
+            // the body reports its end), writing never more than declared.
+            loop {
+                let got = body.read(&mut buf)?;
+                if got == 0 {
+                    return Ok(());
+                }
+                let room = usize::try_from(n - sent).unwrap_or(usize::MAX).min(got);
+                if room > 0 {
+                    out.write_all(&buf[..room])?;
+                    out.flush()?;
+                    sent += room as u64;
+                }
+            }
+        }
         let Framing::Chunked(mut body) = framing else {
             return Ok(());
         };
-        let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = body.read(&mut buf)?;
             if n == 0 {

@@ -454,9 +454,32 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Resp {
+        self.send(&self.addr, method, path, headers, body)
+    }
+
+    /// A request to the gateway itself, bypassing the edge even in an edge run: for tests
+    /// of tollgate's own behaviour (uploads over the edge's body limit, upstream faults).
+    pub fn request_direct(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
+        self.send(&self.direct_addr, method, path, headers, body)
+    }
+
+    fn send(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
         let mut b = ureq::http::Request::builder()
             .method(method)
-            .uri(format!("{}{}", self.addr, path));
+            .uri(format!("{base}{path}"));
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
@@ -699,6 +722,14 @@ impl Edge {
 
 impl Drop for Edge {
     fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: the master then stops its workers instead of orphaning them.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
