@@ -53,6 +53,9 @@ pub const DEFAULT_SYNC_SECS: u64 = 5;
 pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
 /// How long an open circuit refuses before letting one probe through.
 pub const DEFAULT_BREAKER_COOLDOWN_MS: u64 = 10_000;
+/// How often tollgate nudges tiny_http's connection pool (see `server::spawn_pool_nudger`):
+/// the longest a new connection can sit queued behind open keep-alive connections.
+pub const POOL_NUDGE: Duration = Duration::from_millis(50);
 /// Shortest admin secret accepted: 16 characters keeps brute force out of reach.
 pub const MIN_ADMIN_SECRET_LEN: usize = 16;
 /// Largest admin/analytics request body: these are small JSON documents.

@@ -124,6 +124,9 @@ pub fn serve(app: Arc<App>) -> io::Result<()> {
     let server = Server::http(&app.cfg.listen_addr)
         .map_err(|e| io::Error::other(format!("cannot listen on {}: {e}", app.cfg.listen_addr)))?;
     let server = Arc::new(server);
+    if let Some(addr) = server.server_addr().to_ip() {
+        spawn_pool_nudger(addr);
+    }
     log::info!(
         "listening on {} with {} workers",
         app.cfg.listen_addr,
@@ -142,6 +145,32 @@ pub fn serve(app: Arc<App>) -> io::Result<()> {
         let _ = h.join();
     }
     Ok(())
+}
+
+/// tiny_http 0.12 runs each connection on a pool thread for the connection's whole life,
+/// and its pool can queue a burst of new connections behind a single waking thread; while
+/// the other connections stay open (keep-alive) a queued one is then never read. A short
+/// self-connection every `config::POOL_NUDGE` either starts a fresh pool thread (which,
+/// done with it at once, takes the next queued connection) or wakes a waiting one, so a
+/// queued connection waits one tick, not until some other connection closes.
+fn spawn_pool_nudger(addr: std::net::SocketAddr) {
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let spawned = std::thread::Builder::new()
+        .name("pool-nudge".into())
+        .spawn(move || loop {
+            std::thread::sleep(config::POOL_NUDGE);
+            let _ = std::net::TcpStream::connect_timeout(&target, config::POOL_NUDGE);
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the pool nudger: {e}");
+    }
 }
 
 fn worker(server: &Server, app: &App) {
