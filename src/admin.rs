@@ -563,17 +563,28 @@ fn create_route(app: &App, body: &Map<String, Value>) -> Result<Reply> {
         &route.prefix,
     )?;
     route.id = row.get(0);
+    save_route(app, tx, &route, 201)
+}
+
+/// Writes every field of `route` to its row, commits, and swaps the route table before the
+/// reply leaves, so the very next request sees the change.
+fn save_route(
+    app: &App,
+    mut tx: postgres::Transaction<'_>,
+    route: &proxy::Route,
+    status: u16,
+) -> Result<Reply> {
     let sql = format!(
-        "UPDATE routes SET {ROUTE_VALUES} WHERE id = $1 RETURNING {}",
+        "UPDATE routes SET {ROUTE_VALUES}, updated_at = now() WHERE id = $1 RETURNING {}",
         route_cols()
     );
     let row = route_write(
-        tx.query_one(sql.as_str(), &route_params(&route)),
+        tx.query_one(sql.as_str(), &route_params(route)),
         &route.prefix,
     )?;
     tx.commit()?;
     app.routes.reload(&app.pool)?;
-    Ok(Reply::json(201, &route_json(&row)))
+    Ok(Reply::json(status, &route_json(&row)))
 }
 
 fn route_write(result: std::result::Result<Row, postgres::Error>, prefix: &str) -> Result<Row> {
@@ -623,17 +634,7 @@ fn update_route(app: &App, id: i64, body: &Map<String, Value>) -> Result<Reply> 
         .ok_or_else(|| Error::NotFound("route".into()))?;
     let mut route = proxy::Route::from_row(&current);
     apply_route_fields(&mut route, body)?;
-    let sql = format!(
-        "UPDATE routes SET {ROUTE_VALUES}, updated_at = now() WHERE id = $1 RETURNING {}",
-        route_cols()
-    );
-    let row = route_write(
-        tx.query_one(sql.as_str(), &route_params(&route)),
-        &route.prefix,
-    )?;
-    tx.commit()?;
-    app.routes.reload(&app.pool)?;
-    Ok(Reply::json(200, &route_json(&row)))
+    save_route(app, tx, &route, 200)
 }
 
 fn delete_route(app: &App, id: i64) -> Result<Reply> {
