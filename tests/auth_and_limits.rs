@@ -202,7 +202,9 @@ fn the_sixth_request_at_limit_five_gets_429_with_retry_after() {
     let r = gw.with_key("GET", "/api", &key);
     assert_eq!((r.status, r.code().as_str()), (429, "rate_limited"));
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
-    assert!((1..=60).contains(&retry), "{retry}");
+    // Until the estimate admits one more: up to the rest of this bucket plus part of the
+    // next, where this bucket's count still weighs in (so at most two windows).
+    assert!((1..=120).contains(&retry), "{retry}");
     assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
 }
 
