@@ -100,6 +100,9 @@ pub struct Ctx {
     pub content_length: Option<u64>,
     pub chunked: bool,
     pub started: Instant,
+    /// Wall-clock time the request arrived: the log row's `created_at`, so rows sort in
+    /// arrival order whichever worker finishes first.
+    pub received_at: SystemTime,
 }
 
 impl Ctx {
@@ -228,7 +231,7 @@ fn handle(app: &App, mut request: Request) {
             bytes_out: bytes_out as i64,
             client_ip: ctx.client_ip.clone(),
             user_agent: ctx.header("User-Agent").map(str::to_string),
-            created_at: SystemTime::now(),
+            created_at: ctx.received_at,
         });
     }
 }
@@ -379,6 +382,7 @@ fn context(rq: &Request, trusted_proxies: &[std::net::IpAddr]) -> Ctx {
         content_length,
         chunked,
         started: Instant::now(),
+        received_at: SystemTime::now(),
     }
 }
 
@@ -656,6 +660,7 @@ mod tests {
             content_length,
             chunked: false,
             started: Instant::now(),
+            received_at: SystemTime::now(),
         }
     }
 

@@ -34,7 +34,7 @@ fn payload_too_large_unreachable_and_timeout_answers_are_logged_with_key_user_an
         .db()
         .query(
             "SELECT status, path, api_key_id, user_id, route_id, method, latency_ms
-               FROM request_logs ORDER BY id",
+               FROM request_logs ORDER BY created_at, id",
             &[],
         )
         .unwrap();
@@ -106,7 +106,7 @@ fn a_log_row_records_request_id_query_bytes_and_latency_as_they_were() {
         .query(
             "SELECT request_id, query, bytes_in, bytes_out, latency_ms, api_key_id, user_id,
                     route_id, status
-               FROM request_logs ORDER BY id",
+               FROM request_logs ORDER BY created_at, id",
             &[],
         )
         .unwrap();
@@ -162,7 +162,7 @@ fn health_readiness_and_analytics_requests_are_not_logged() {
     std::thread::sleep(Duration::from_millis(300)); // several flush intervals
     let paths: Vec<String> = gw
         .db()
-        .query("SELECT path FROM request_logs ORDER BY id", &[])
+        .query("SELECT path FROM request_logs ORDER BY created_at, id", &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))

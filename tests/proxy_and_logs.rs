@@ -216,7 +216,7 @@ fn every_gateway_response_is_logged_with_its_status() {
         .query(
             "SELECT path, status, api_key_id, user_id, route_id, query, method, bytes_out,
                     user_agent, client_ip
-               FROM request_logs ORDER BY id",
+               FROM request_logs ORDER BY created_at, id",
             &[],
         )
         .unwrap();
