@@ -520,42 +520,52 @@ fn write_raw(rq: Request, status: u16, headers: &[(String, String)], framing: Fr
     }
     head.push_str("\r\n");
     let mut sent = 0u64;
+    // Each piece goes out as one write: the head with the first piece of body, each chunk
+    // with its framing. Separate small writes would meet Nagle's algorithm and the client's
+    // delayed ACK (40 ms a response, measured) — tiny_http gives no access to TCP_NODELAY.
+    let mut pending = head.into_bytes();
     let result = (|| -> io::Result<()> {
-        out.write_all(head.as_bytes())?;
-        out.flush()?;
+        let mut send = |pending: &mut Vec<u8>| -> io::Result<()> {
+            out.write_all(pending)?;
+            out.flush()?;
+            pending.clear();
+            Ok(())
+        };
         let mut buf = vec![0u8; 64 * 1024];
-        if let Framing::Sized(n, mut body) = framing {
-            // Read to the end (ureq hands the upstream connection back to its pool only once
-            // the body reports its end), writing never more than declared.
-            loop {
+        match framing {
+            Framing::None | Framing::Length(_) => send(&mut pending),
+            Framing::Sized(n, mut body) => {
+                // Read to the end (ureq hands the upstream connection back to its pool only
+                // once the body reports its end), writing never more than declared.
+                loop {
+                    let got = body.read(&mut buf)?;
+                    let room = usize::try_from(n - sent).unwrap_or(usize::MAX).min(got);
+                    pending.extend_from_slice(&buf[..room]);
+                    sent += room as u64;
+                    if got == 0 || !pending.is_empty() {
+                        send(&mut pending)?;
+                    }
+                    if got == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+            Framing::Chunked(mut body) => loop {
                 let got = body.read(&mut buf)?;
+                if got > 0 {
+                    pending.extend_from_slice(format!("{got:x}\r\n").as_bytes());
+                    pending.extend_from_slice(&buf[..got]);
+                    pending.extend_from_slice(b"\r\n");
+                    sent += got as u64;
+                } else {
+                    pending.extend_from_slice(b"0\r\n\r\n");
+                }
+                send(&mut pending)?;
                 if got == 0 {
                     return Ok(());
                 }
-                let room = usize::try_from(n - sent).unwrap_or(usize::MAX).min(got);
-                if room > 0 {
-                    out.write_all(&buf[..room])?;
-                    out.flush()?;
-                    sent += room as u64;
-                }
-            }
+            },
         }
-        let Framing::Chunked(mut body) = framing else {
-            return Ok(());
-        };
-        loop {
-            let n = body.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            write!(out, "{n:x}\r\n")?;
-            out.write_all(&buf[..n])?;
-            out.write_all(b"\r\n")?;
-            out.flush()?;
-            sent += n as u64;
-        }
-        out.write_all(b"0\r\n\r\n")?;
-        out.flush()
     })();
     if let Err(e) = result {
         // The client or the upstream went away mid-body; the missing final chunk tells the
