@@ -43,11 +43,7 @@ pub fn handle(app: &App, ctx: &Ctx) -> Result<Reply> {
         let key = auth::authenticate(app, ctx)?;
         let decision = ratelimit::check(app, key.id, key.rate_limit)?;
         if !decision.allowed {
-            let mut reply = Reply::error(&Error::RateLimited {
-                retry_after: decision.retry_after,
-            });
-            decision.add_headers(&mut reply, app.cfg.rate_window_secs);
-            return Ok(reply);
+            return Ok(decision.refusal(app.cfg.rate_window_secs));
         }
         limit_headers = Some(decision);
         Some(key.user_id)

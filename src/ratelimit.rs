@@ -133,6 +133,15 @@ fn retry_after_secs(current: i32, weighted: f64, now: f64, window: f64, limit: i
 }
 
 impl Decision {
+    /// The 429 for a refused request, with `Retry-After` and the limit headers.
+    pub fn refusal(&self, window_secs: u32) -> Reply {
+        let mut reply = Reply::error(&crate::error::Error::RateLimited {
+            retry_after: self.retry_after,
+        });
+        self.add_headers(&mut reply, window_secs);
+        reply
+    }
+
     /// The classic `X-RateLimit-*` trio and the IETF draft's `RateLimit-Policy`/`RateLimit`.
     pub fn add_headers(&self, reply: &mut Reply, window_secs: u32) {
         reply.header("X-RateLimit-Limit", self.limit.to_string());

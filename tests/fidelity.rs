@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use util::{free_port, Gateway, Resp, Upstream};
+use util::{free_port, Gateway, Upstream};
 
 /// httpbin under gunicorn on a free loopback port; stopped (workers included) on drop.
 struct Httpbin {
@@ -279,31 +279,8 @@ fn host_of(addr: &str) -> &str {
     addr.trim_start_matches("http://")
 }
 
-/// A gateway, one user and a key with a rate limit no test here reaches.
 fn setup(env: &[(&str, &str)]) -> (Gateway, i64, String) {
-    let gw = Gateway::start_with(env);
-    let user = gw.create_user("fidelity@example.com");
-    let (key, _) = gw.create_key(user, json!({"rateLimit": 1_000_000}));
-    (gw, user, key)
-}
-
-/// tollgate's own behaviour is under test here, so requests go to the gateway itself
-/// (`direct_addr`) even when `TOLLGATE_TEST_VIA_EDGE=1` puts nginx in front of `gw.addr`;
-/// only the admin set-up goes through the harness.
-fn call(
-    gw: &Gateway,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> Resp {
-    let r = gw.request_direct(method, path, headers, body);
-    assert_ne!(r.status, 0, "{method} {path}: {}", r.body);
-    r
-}
-
-fn with_key(gw: &Gateway, method: &str, path: &str, key: &str) -> Resp {
-    call(gw, method, path, &[("x-api-key", key)], None)
+    util::gateway_with_key("fidelity@example.com", env)
 }
 
 /// A header of httpbin's `/headers` or `/anything` echo, by case-insensitive name.
@@ -336,20 +313,20 @@ fn every_method_reaches_httpbin_and_head_keeps_content_length_without_a_body() {
     gw.create_route(user, "/anything", &hb.addr);
     gw.create_route(user, "/html", &hb.addr);
     for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
-        let r = call(&gw, method, "/anything/m", &[("x-api-key", &key)], None);
+        let r = gw.direct(method, "/anything/m", &[("x-api-key", &key)], None);
         assert_eq!(r.status, 200, "{method}: {}", r.body);
         assert_eq!(r.json()["method"], method, "{method}");
     }
     // OPTIONS is answered by httpbin itself (Flask's automatic OPTIONS lists the methods).
-    let r = call(&gw, "OPTIONS", "/anything/m", &[("x-api-key", &key)], None);
+    let r = gw.direct("OPTIONS", "/anything/m", &[("x-api-key", &key)], None);
     assert_eq!(r.status, 200, "{}", r.body);
     let allow = r.header("allow").expect("httpbin's Allow came back");
     assert!(allow.contains("PATCH"), "{allow}");
     // HEAD: same Content-Length as the GET body, no body bytes (framing checked on the
     // wire in `head_then_get_on_one_keep_alive_connection_both_parse`).
-    let get = call(&gw, "GET", "/html", &[("x-api-key", &key)], None);
+    let get = gw.direct("GET", "/html", &[("x-api-key", &key)], None);
     assert_eq!(get.status, 200);
-    let head = call(&gw, "HEAD", "/html", &[("x-api-key", &key)], None);
+    let head = gw.direct("HEAD", "/html", &[("x-api-key", &key)], None);
     assert_eq!(head.status, 200);
     assert_eq!(
         head.header("content-length"),
@@ -714,8 +691,7 @@ fn end_to_end_headers_pass_both_ways_and_set_cookies_stay_separate() {
     let (gw, user, key) = setup(&[]);
     gw.create_route(user, "/headers", &hb.addr);
     gw.create_route(user, "/response-headers", &hb.addr);
-    let r = call(
-        &gw,
+    let r = gw.direct(
         "GET",
         "/headers",
         &[
@@ -841,8 +817,7 @@ fn status_codes_pass_through_exactly_and_redirects_are_not_followed() {
     gw.create_route(user, "/status", &hb.addr);
     gw.create_route(user, "/redirect-to", &hb.addr);
     for code in [200, 201, 202, 204, 301, 304, 404, 418, 500, 503] {
-        let r = call(
-            &gw,
+        let r = gw.direct(
             "GET",
             &format!("/status/{code}"),
             &[("x-api-key", &key)],
@@ -850,13 +825,7 @@ fn status_codes_pass_through_exactly_and_redirects_are_not_followed() {
         );
         assert_eq!(r.status, code, "{}", r.body);
     }
-    let r = call(
-        &gw,
-        "GET",
-        "/redirect-to?url=/get",
-        &[("x-api-key", &key)],
-        None,
-    );
+    let r = gw.direct("GET", "/redirect-to?url=/get", &[("x-api-key", &key)], None);
     assert_eq!(r.status, 302);
     assert_eq!(r.header("location"), Some("/get"));
 }
@@ -925,11 +894,12 @@ fn strip_prefix_forwards_the_rest_of_the_path() {
     let (gw, user, key) = setup(&[]);
     gw.create_route_with(user, "/users", &up.addr, json!({"stripPrefix": true}));
     assert_eq!(
-        with_key(&gw, "GET", "/users/7?fields=name", &key).status,
+        gw.with_key_direct("GET", "/users/7?fields=name", &key)
+            .status,
         200
     );
     assert_eq!(up.last().target, "/7?fields=name");
-    assert_eq!(with_key(&gw, "GET", "/users", &key).status, 200);
+    assert_eq!(gw.with_key_direct("GET", "/users", &key).status, 200);
     assert_eq!(up.last().target, "/");
 }
 
@@ -938,9 +908,9 @@ fn methods_option_refuses_others_with_405_and_allow() {
     let up = Upstream::start();
     let (gw, user, key) = setup(&[]);
     gw.create_route_with(user, "/ro", &up.addr, json!({"methods": ["GET", "POST"]}));
-    assert_eq!(with_key(&gw, "GET", "/ro/x", &key).status, 200);
-    assert_eq!(with_key(&gw, "POST", "/ro/x", &key).status, 200);
-    let r = with_key(&gw, "DELETE", "/ro/x", &key);
+    assert_eq!(gw.with_key_direct("GET", "/ro/x", &key).status, 200);
+    assert_eq!(gw.with_key_direct("POST", "/ro/x", &key).status, 200);
+    let r = gw.with_key_direct("DELETE", "/ro/x", &key);
     assert_eq!((r.status, r.code().as_str()), (405, "method_not_allowed"));
     let allow = r.header("allow").expect("Allow header");
     let mut allowed: Vec<&str> = allow.split(',').map(str::trim).collect();
@@ -1041,7 +1011,7 @@ fn route_timeout_ms_answers_504_json() {
     let (gw, user, key) = setup(&[]);
     gw.create_route_with(user, "/slow", &up.addr, json!({"timeoutMs": 300}));
     let t0 = Instant::now();
-    let r = with_key(&gw, "GET", "/slow/slow/3000", &key);
+    let r = gw.with_key_direct("GET", "/slow/slow/3000", &key);
     assert_eq!((r.status, r.code().as_str()), (504, "upstream_timeout"));
     assert!(
         t0.elapsed() < Duration::from_millis(1500),

@@ -8,32 +8,10 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use util::{dead_upstream, Gateway, Resp, Upstream};
+use util::{dead_upstream, Gateway, Upstream};
 
 fn setup(env: &[(&str, &str)]) -> (Gateway, i64, String) {
-    let gw = Gateway::start_with(env);
-    let user = gw.create_user("resilience@example.com");
-    let (key, _) = gw.create_key(user, json!({"rateLimit": 1_000_000}));
-    (gw, user, key)
-}
-
-/// tollgate's own behaviour is under test here, so requests go to the gateway itself
-/// (`direct_addr`) even when `TOLLGATE_TEST_VIA_EDGE=1` puts nginx in front of `gw.addr`;
-/// only the admin set-up goes through the harness.
-fn call(
-    gw: &Gateway,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> Resp {
-    let r = gw.request_direct(method, path, headers, body);
-    assert_ne!(r.status, 0, "{method} {path}: {}", r.body);
-    r
-}
-
-fn with_key(gw: &Gateway, method: &str, path: &str, key: &str) -> Resp {
-    call(gw, method, path, &[("x-api-key", key)], None)
+    util::gateway_with_key("resilience@example.com", env)
 }
 
 /// Polls `f` every 25 ms until it returns `Some`, or panics with `what` after `within`.
@@ -50,7 +28,7 @@ fn poll<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T 
 
 /// The `/readyz` entry for `upstream` (`http://host:port`).
 fn breaker_state(gw: &Gateway, upstream: &str) -> Option<String> {
-    let r = call(gw, "GET", "/readyz", &[], None);
+    let r = gw.direct("GET", "/readyz", &[], None);
     let v: Value = r.json();
     v["upstreams"]
         .as_array()?
@@ -111,7 +89,7 @@ fn timeouts_answer_504_refusals_502_and_both_are_logged() {
         ("/refused/x", 502, "upstream_unreachable"),
     ] {
         let t0 = Instant::now();
-        let r = with_key(&gw, "GET", path, &key);
+        let r = gw.with_key_direct("GET", path, &key);
         assert_eq!((r.status, r.code().as_str()), (status, code), "{path}");
         assert!(
             t0.elapsed() < Duration::from_millis(1500),
@@ -120,7 +98,10 @@ fn timeouts_answer_504_refusals_502_and_both_are_logged() {
         );
     }
     // A read timeout is per read, not for the whole answer: within it, slow is fine.
-    assert_eq!(with_key(&gw, "GET", "/read/slow/100", &key).status, 200);
+    assert_eq!(
+        gw.with_key_direct("GET", "/read/slow/100", &key).status,
+        200
+    );
 
     let mut db = gw.db.client();
     let rows: Vec<(String, i32)> = poll(Duration::from_secs(10), "the log rows", || {
@@ -175,7 +156,7 @@ fn the_circuit_opens_after_consecutive_failures_and_a_probe_closes_it() {
     let authority = dead.trim_start_matches("http://").to_string();
     gw.create_route(user, "/flaky", &dead);
     for i in 0..3 {
-        let r = with_key(&gw, "GET", "/flaky/x", &key);
+        let r = gw.with_key_direct("GET", "/flaky/x", &key);
         assert_eq!(
             (r.status, r.code().as_str()),
             (502, "upstream_unreachable"),
@@ -183,7 +164,7 @@ fn the_circuit_opens_after_consecutive_failures_and_a_probe_closes_it() {
         );
     }
     let t0 = Instant::now();
-    let r = with_key(&gw, "GET", "/flaky/x", &key);
+    let r = gw.with_key_direct("GET", "/flaky/x", &key);
     let took = t0.elapsed();
     assert_eq!(
         (r.status, r.code().as_str()),
@@ -206,7 +187,7 @@ fn the_circuit_opens_after_consecutive_failures_and_a_probe_closes_it() {
     std::thread::spawn(move || serve_ok(listener, st));
     let opened = Instant::now();
     let r = poll(Duration::from_secs(5), "a probe to pass", || {
-        let r = with_key(&gw, "GET", "/flaky/x", &key);
+        let r = gw.with_key_direct("GET", "/flaky/x", &key);
         match r.status {
             200 => Some(r),
             503 => {
@@ -224,7 +205,7 @@ fn the_circuit_opens_after_consecutive_failures_and_a_probe_closes_it() {
         opened.elapsed()
     );
     assert_eq!(breaker_state(&gw, &authority).as_deref(), Some("closed"));
-    assert_eq!(with_key(&gw, "GET", "/flaky/y", &key).status, 200);
+    assert_eq!(gw.with_key_direct("GET", "/flaky/y", &key).status, 200);
     stop.store(true, Ordering::Relaxed);
     let _ = TcpStream::connect(&authority);
 }
@@ -244,9 +225,12 @@ fn upstream_5xx_opens_the_circuit_only_with_breaker_on_5xx() {
     );
     gw.create_route(user, "/lenient", &ignored.addr);
     for _ in 0..3 {
-        assert_eq!(with_key(&gw, "GET", "/strict/status/500", &key).status, 500);
+        assert_eq!(
+            gw.with_key_direct("GET", "/strict/status/500", &key).status,
+            500
+        );
     }
-    let r = with_key(&gw, "GET", "/strict/status/500", &key);
+    let r = gw.with_key_direct("GET", "/strict/status/500", &key);
     assert_eq!(
         (r.status, r.code().as_str()),
         (503, "upstream_circuit_open")
@@ -256,7 +240,8 @@ fn upstream_5xx_opens_the_circuit_only_with_breaker_on_5xx() {
 
     for _ in 0..6 {
         assert_eq!(
-            with_key(&gw, "GET", "/lenient/status/500", &key).status,
+            gw.with_key_direct("GET", "/lenient/status/500", &key)
+                .status,
             500
         );
     }
@@ -361,15 +346,14 @@ fn a_dead_pooled_connection_is_retried_for_get_but_never_for_post() {
     let (gw, user, key) = setup(&[]);
     gw.create_route(user, "/drop", &up.addr);
     for i in 0..5 {
-        let r = with_key(&gw, "GET", "/drop/x", &key);
+        let r = gw.with_key_direct("GET", "/drop/x", &key);
         assert_eq!((r.status, r.body.as_str()), (200, "ok"), "GET {i}");
     }
     // Every GET after the first met the pooled connection dead and was sent again.
     assert_eq!(Dropper::count(&up.answered, "GET"), 5);
     assert_eq!(Dropper::count(&up.dropped, "GET"), 4);
     // A POST meets the same dead connection: it is not sent a second time.
-    let r = call(
-        &gw,
+    let r = gw.direct(
         "POST",
         "/drop/x",
         &[("x-api-key", &key)],
@@ -423,7 +407,7 @@ fn a_hung_upstream_holds_at_most_its_share_of_workers_and_other_routes_stay_fast
     );
     for i in 0..10 {
         let t0 = Instant::now();
-        let r = with_key(&gw, "GET", &format!("/ok/{i}"), &key);
+        let r = gw.with_key_direct("GET", &format!("/ok/{i}"), &key);
         let took = t0.elapsed();
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(took < Duration::from_millis(500), "/ok/{i} took {took:?}");
@@ -506,7 +490,7 @@ fn a_thousand_requests_to_a_dead_upstream_leak_no_threads_or_sockets() {
     let served = AtomicUsize::new(0);
     let hit = |n: usize| {
         for _ in 0..n {
-            let r = with_key(&gw, "GET", "/dead/x", &key);
+            let r = gw.with_key_direct("GET", "/dead/x", &key);
             assert_eq!(r.status, 502, "{}", r.body);
             served.fetch_add(1, Ordering::Relaxed);
         }

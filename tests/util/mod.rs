@@ -112,6 +112,14 @@ pub fn gateway_with_api_route(env: &[(&str, &str)]) -> (Gateway, Upstream, i64) 
     (gw, up, user)
 }
 
+/// A gateway, one user, and a key whose limit no test reaches: (gateway, user id, raw key).
+pub fn gateway_with_key(email: &str, env: &[(&str, &str)]) -> (Gateway, i64, String) {
+    let gw = Gateway::start_with(env);
+    let user = gw.create_user(email);
+    let (key, _) = gw.create_key(user, json!({"rateLimit": 1_000_000}));
+    (gw, user, key)
+}
+
 /// A small HTTP/1.1 upstream: echoes requests as JSON and records them. Paths containing
 /// `/status/<code>` answer that code, `/slow/<ms>` sleep first, `/redirect` answers 302,
 /// `/set-cookies` sends two `Set-Cookie` headers, `/chunked-response` answers chunked and
@@ -467,6 +475,24 @@ impl Gateway {
         body: Option<&[u8]>,
     ) -> Resp {
         self.send(&self.direct_addr, method, path, headers, body)
+    }
+
+    /// `request_direct` for tests of tollgate's own behaviour: a client-side failure (no
+    /// HTTP answer at all) fails the test.
+    pub fn direct(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
+        let r = self.request_direct(method, path, headers, body);
+        assert_ne!(r.status, 0, "{method} {path}: {}", r.body);
+        r
+    }
+
+    pub fn with_key_direct(&self, method: &str, path: &str, key: &str) -> Resp {
+        self.direct(method, path, &[("x-api-key", key)], None)
     }
 
     fn send(
