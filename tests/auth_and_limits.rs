@@ -301,3 +301,72 @@ fn concurrent_requests_on_one_key_admit_exactly_the_limit() {
         "{statuses:?}"
     );
 }
+
+#[test]
+fn old_counter_windows_are_purged_in_the_background() {
+    // 1 s window: a bucket older than the previous one can no longer affect any estimate,
+    // and the purge thread (one pass per window) deletes it.
+    let (gw, _up, user) = setup(&[("TOLLGATE_RATE_WINDOW_SECS", "1")]);
+    let (key, id) = gw.create_key(user, json!({"rateLimit": 100}));
+    assert_eq!(gw.with_key("GET", "/api", &key).status, 200);
+    let mut db = gw.db.client();
+    let rows = |db: &mut postgres::Client| -> i64 {
+        db.query_one(
+            "SELECT count(*) FROM rate_limit_counters WHERE api_key_id = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(rows(&mut db), 1);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while rows(&mut db) > 0 {
+        assert!(Instant::now() < deadline, "counter row never purged");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_full_log_queue_drops_rows_without_blocking_and_counts_every_drop() {
+    // A queue of one row: under a burst most rows cannot be queued. Requests still get
+    // their answers, and every row is either written or counted as dropped.
+    let (gw, _up, user) = setup(&[("TOLLGATE_LOG_QUEUE", "1")]);
+    let (key, _) = gw.create_key(user, json!({"rateLimit": 100000}));
+    let gw = std::sync::Arc::new(gw);
+    // 20 clients (below the in-flight cap of 24 for 32 workers), 3 requests each.
+    let n = 60;
+    let handles: Vec<_> = (0..20)
+        .map(|_| {
+            let (gw, key) = (gw.clone(), key.clone());
+            std::thread::spawn(move || {
+                (0..3)
+                    .map(|_| gw.with_key("GET", "/api", &key).status)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), vec![200; 3]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = gw.admin("GET", "/admin/stats", None).json();
+        let written = s["logRowsWritten"].as_i64().unwrap();
+        let dropped = s["logRowsDropped"].as_i64().unwrap();
+        if written + dropped == n {
+            let rows: i64 = gw
+                .db
+                .client()
+                .query_one("SELECT count(*) FROM request_logs", &[])
+                .unwrap()
+                .get(0);
+            assert_eq!(rows, written);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "written {written} + dropped {dropped} != {n}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
