@@ -18,6 +18,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "002_route_options",
         include_str!("../sql/002_route_options.sql"),
     ),
+    ("003_rollups", include_str!("../sql/003_rollups.sql")),
 ];
 
 pub fn pg_config(cfg: &Config) -> Result<postgres::Config> {

@@ -1,7 +1,8 @@
 //! The request log: workers hand rows to a bounded channel and never wait; one logger
 //! thread writes them in batches with binary COPY, at least every flush interval, and in
-//! the same transaction stamps `api_keys.last_used_at`. Rows the database refuses are kept
-//! (up to a bound) and retried, so an outage delays logs instead of losing them.
+//! the same transaction stamps `api_keys.last_used_at` and adds the batch to the rollups
+//! (`rollup.rs`). Rows the database refuses are kept (up to a bound) and retried whole, so an
+//! outage delays logs instead of losing them, and raw rows and rollups never disagree.
 
 use crate::db::Pool;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -177,7 +178,8 @@ const LAST_USED_SQL: &str = "UPDATE api_keys k SET last_used_at = v.t
     FROM unnest($1::int8[], $2::timestamptz[]) AS v(id, t)
     WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.t)";
 
-fn write_batch(pool: &Pool, batch: &[&LogRow]) -> Result<(), String> {
+/// Writes one batch: raw rows, rollups and key stamps commit together or not at all.
+pub fn write_batch(pool: &Pool, batch: &[&LogRow]) -> Result<(), String> {
     let pg = |e: postgres::Error| crate::db::describe(&e);
     let mut conn = pool.get().map_err(|e| e.to_string())?;
     let mut tx = conn.transaction().map_err(pg)?;
@@ -203,6 +205,7 @@ fn write_batch(pool: &Pool, batch: &[&LogRow]) -> Result<(), String> {
         w.write(&values).map_err(pg)?;
     }
     w.finish().map_err(pg)?;
+    crate::rollup::upsert(&mut tx, batch).map_err(pg)?;
     let mut newest: HashMap<i64, SystemTime> = HashMap::new();
     for r in batch {
         if let Some(k) = r.api_key_id {

@@ -13,6 +13,7 @@ mod input;
 mod logger;
 mod proxy;
 mod ratelimit;
+mod rollup;
 mod server;
 
 use std::process::ExitCode;

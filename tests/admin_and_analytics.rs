@@ -280,11 +280,14 @@ fn timeseries_top_routes_and_recent_reflect_the_traffic() {
         ts.iter().map(|h| h["count"].as_i64().unwrap()).sum::<i64>(),
         12
     );
+    // Top routes are per route (its prefix), from the rollups: /a/ok and /a/status/500
+    // both count for /a.
     let top = gw.admin("GET", "/analytics/top-routes", None).json();
-    assert_eq!(top[0]["path"], "/a/ok");
-    assert_eq!(top[0]["count"], 7);
-    assert_eq!(top[1]["path"], "/a/status/500");
-    assert_eq!(top[1]["count"], 3);
+    assert_eq!(top[0]["path"], "/a");
+    assert_eq!(top[0]["count"], 10);
+    assert_eq!(top[0]["errorCount"], 3);
+    assert_eq!(top[1]["path"], "/b");
+    assert_eq!(top[1]["count"], 2);
     let recent = gw.admin("GET", "/analytics/recent", None).json();
     let recent = recent.as_array().unwrap();
     assert_eq!(recent.len(), 12);

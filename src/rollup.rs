@@ -1,0 +1,274 @@
+//! Per-minute, per-hour and per-day traffic aggregates (`request_rollups`, sql/003): the
+//! latency histogram's bucket bounds, folding a batch of log rows into aggregates in memory,
+//! and the one upsert the logger runs in the transaction that copies the raw rows. The
+//! analytics endpoints read these instead of scanning `request_logs`.
+
+use crate::logger::LogRow;
+use postgres::Transaction;
+use std::collections::BTreeMap;
+use std::time::UNIX_EPOCH;
+
+/// Buckets in each latency histogram (see `latency_bucket`).
+pub const LATENCY_BUCKETS: usize = 76;
+/// Upper bound of bucket 0, in ms: below this latencies are indistinguishable from zero.
+const LATENCY_MIN_MS: f64 = 0.1;
+/// Each bucket is 20% wider than the one before: a percentile read from the buckets is off
+/// by at most one bucket, i.e. at most ~20% of the value, at any scale. With 76 buckets the
+/// last bounded one ends at ~72 s, beyond the default 30 s upstream timeout.
+const LATENCY_RATIO: f64 = 1.2;
+
+/// Aggregation grains in seconds: every row is counted once in each, so that a window is
+/// answered from whole days, whole hours and the minutes at its ragged start.
+pub const GRAINS: [i32; 3] = [60, 3_600, 86_400];
+
+/// Bucket of a latency: 0 holds [0, 0.1 ms); bucket i in 1..75 holds
+/// [0.1·1.2^(i-1), 0.1·1.2^i) ms; the last bucket holds everything slower.
+pub fn latency_bucket(ms: f64) -> usize {
+    if ms.is_nan() || ms < LATENCY_MIN_MS {
+        return 0;
+    }
+    let i = ((ms / LATENCY_MIN_MS).ln() / LATENCY_RATIO.ln()).floor() as usize + 1;
+    i.min(LATENCY_BUCKETS - 1)
+}
+
+/// `[lower, upper)` of a bucket in ms; the open-ended last bucket reports `upper == lower`.
+pub fn bucket_bounds(i: usize) -> (f64, f64) {
+    if i == 0 {
+        return (0.0, LATENCY_MIN_MS);
+    }
+    let lower = LATENCY_MIN_MS * LATENCY_RATIO.powi(i as i32 - 1);
+    if i >= LATENCY_BUCKETS - 1 {
+        return (lower, lower);
+    }
+    (lower, lower * LATENCY_RATIO)
+}
+
+/// The `q`-quantile (0..=1) of a histogram, interpolated linearly inside the bucket that
+/// holds it (latencies are assumed spread evenly within a bucket). 0 for an empty one.
+pub fn percentile(hist: &[i64], q: f64) -> f64 {
+    let total: i64 = hist.iter().sum();
+    if total <= 0 {
+        return 0.0;
+    }
+    // Same rank convention as Postgres' percentile_cont: position q·(n-1) among n values,
+    // here counted as "values at or below", hence the + 1 (nothing falls below the first).
+    let rank = q.clamp(0.0, 1.0) * (total - 1) as f64 + 1.0;
+    let mut below = 0i64;
+    for (i, &n) in hist.iter().enumerate() {
+        if n > 0 && (below + n) as f64 >= rank {
+            let (lo, hi) = bucket_bounds(i);
+            // The k-th of n values in a bucket sits at (k - 0.5) / n of its width.
+            let frac = ((rank - below as f64 - 0.5) / n as f64).clamp(0.0, 1.0);
+            return lo + frac * (hi - lo);
+        }
+        below += n;
+    }
+    bucket_bounds(LATENCY_BUCKETS - 1).0
+}
+
+/// One rollup row's identity; ids are 0 where the log row has none (see sql/003).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    grain: i32,
+    start: i64,
+    user: i64,
+    key: i64,
+    route: i64,
+    class: i16,
+}
+
+struct Agg {
+    count: i64,
+    errors_4xx: i64,
+    errors_5xx: i64,
+    rate_limited: i64,
+    latency_sum: f64,
+    bytes_in: i64,
+    bytes_out: i64,
+    hist: [i64; LATENCY_BUCKETS],
+}
+
+impl Agg {
+    fn new() -> Agg {
+        Agg {
+            count: 0,
+            errors_4xx: 0,
+            errors_5xx: 0,
+            rate_limited: 0,
+            latency_sum: 0.0,
+            bytes_in: 0,
+            bytes_out: 0,
+            hist: [0; LATENCY_BUCKETS],
+        }
+    }
+
+    fn add(&mut self, r: &LogRow) {
+        self.count += 1;
+        self.errors_4xx += i64::from((400..500).contains(&r.status));
+        self.errors_5xx += i64::from(r.status >= 500);
+        self.rate_limited += i64::from(r.status == 429);
+        self.latency_sum += r.latency_ms;
+        self.bytes_in += r.bytes_in;
+        self.bytes_out += r.bytes_out;
+        self.hist[latency_bucket(r.latency_ms)] += 1;
+    }
+}
+
+/// Folds rows into one aggregate per grain and dimensions. A `BTreeMap` so the upsert
+/// touches rows in one fixed order: two replicas' loggers then never deadlock.
+fn aggregate(rows: &[&LogRow]) -> BTreeMap<Key, Agg> {
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let secs = r
+            .created_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        for grain in GRAINS {
+            let key = Key {
+                grain,
+                start: secs - secs.rem_euclid(i64::from(grain)),
+                user: r.user_id.unwrap_or(0),
+                key: r.api_key_id.unwrap_or(0),
+                route: r.route_id.unwrap_or(0),
+                class: (r.status / 100).clamp(0, 9) as i16,
+            };
+            out.entry(key).or_insert_with(Agg::new).add(r);
+        }
+    }
+    out
+}
+
+/// Histograms travel as array literals: the driver sends only one-dimensional arrays, and
+/// `unnest` would flatten a two-dimensional one.
+fn hist_literal(h: &[i64]) -> String {
+    let mut s = String::with_capacity(h.len() * 2 + 2);
+    s.push('{');
+    for (i, n) in h.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&n.to_string());
+    }
+    s.push('}');
+    s
+}
+
+const UPSERT_SQL: &str = "INSERT INTO request_rollups AS r (grain_secs, bucket_start, user_id,
+        api_key_id, route_id, status_class, count, errors_4xx, errors_5xx, rate_limited,
+        latency_sum, bytes_in, bytes_out, latency_hist)
+    SELECT g, to_timestamp(s), u, k, rt, c, n, e4, e5, rl, ls, bi, bo, h::int8[]
+      FROM unnest($1::int4[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int2[],
+                  $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::float8[], $12::int8[],
+                  $13::int8[], $14::text[])
+        AS v(g, s, u, k, rt, c, n, e4, e5, rl, ls, bi, bo, h)
+    ON CONFLICT (grain_secs, bucket_start, user_id, api_key_id, route_id, status_class)
+    DO UPDATE SET count = r.count + excluded.count,
+        errors_4xx = r.errors_4xx + excluded.errors_4xx,
+        errors_5xx = r.errors_5xx + excluded.errors_5xx,
+        rate_limited = r.rate_limited + excluded.rate_limited,
+        latency_sum = r.latency_sum + excluded.latency_sum,
+        bytes_in = r.bytes_in + excluded.bytes_in,
+        bytes_out = r.bytes_out + excluded.bytes_out,
+        latency_hist = ARRAY(SELECT a + b
+            FROM unnest(r.latency_hist, excluded.latency_hist) WITH ORDINALITY AS x(a, b, i)
+            ORDER BY i)";
+
+/// Adds the rows to the rollups in one statement, inside the caller's transaction (the one
+/// that copies the raw rows), so rollups and raw rows commit or fail together.
+pub fn upsert(tx: &mut Transaction, rows: &[&LogRow]) -> Result<(), postgres::Error> {
+    let aggs = aggregate(rows);
+    if aggs.is_empty() {
+        return Ok(());
+    }
+    let n = aggs.len();
+    let mut g = Vec::with_capacity(n);
+    let mut s = Vec::with_capacity(n);
+    let mut u = Vec::with_capacity(n);
+    let mut k = Vec::with_capacity(n);
+    let mut rt = Vec::with_capacity(n);
+    let mut c = Vec::with_capacity(n);
+    let mut cnt = Vec::with_capacity(n);
+    let mut e4 = Vec::with_capacity(n);
+    let mut e5 = Vec::with_capacity(n);
+    let mut rl = Vec::with_capacity(n);
+    let mut ls = Vec::with_capacity(n);
+    let mut bi = Vec::with_capacity(n);
+    let mut bo = Vec::with_capacity(n);
+    let mut h = Vec::with_capacity(n);
+    for (key, a) in &aggs {
+        g.push(key.grain);
+        s.push(key.start);
+        u.push(key.user);
+        k.push(key.key);
+        rt.push(key.route);
+        c.push(key.class);
+        cnt.push(a.count);
+        e4.push(a.errors_4xx);
+        e5.push(a.errors_5xx);
+        rl.push(a.rate_limited);
+        ls.push(a.latency_sum);
+        bi.push(a.bytes_in);
+        bo.push(a.bytes_out);
+        h.push(hist_literal(&a.hist));
+    }
+    tx.execute(
+        UPSERT_SQL,
+        &[
+            &g, &s, &u, &k, &rt, &c, &cnt, &e4, &e5, &rl, &ls, &bi, &bo, &h,
+        ],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_latency_falls_inside_its_buckets_bounds() {
+        for ms in [
+            0.0, 0.05, 0.1, 0.11, 1.0, 3.7, 42.0, 999.9, 30_000.0, 71_000.0,
+        ] {
+            let (lo, hi) = bucket_bounds(latency_bucket(ms));
+            assert!(lo <= ms && ms < hi.max(lo + 1e-9), "{ms} in [{lo}, {hi})");
+        }
+        assert_eq!(latency_bucket(1e9), LATENCY_BUCKETS - 1);
+        assert_eq!(latency_bucket(f64::NAN), 0);
+        assert_eq!(latency_bucket(-3.0), 0);
+    }
+
+    #[test]
+    fn buckets_are_at_most_twenty_percent_wide() {
+        for i in 1..LATENCY_BUCKETS - 1 {
+            let (lo, hi) = bucket_bounds(i);
+            assert!((hi - lo) / lo <= 0.2 + 1e-9, "bucket {i}");
+            let next = bucket_bounds(i + 1).0;
+            assert!((next - hi).abs() <= hi * 1e-12, "bucket {i} meets the next");
+        }
+    }
+
+    #[test]
+    fn percentiles_from_buckets_stay_within_one_bucket_of_the_exact_value() {
+        // 1..=1000 ms, one each: exact p50 = 500.5, p95 = 950.05, p99 = 990.01.
+        let mut h = [0i64; LATENCY_BUCKETS];
+        let mut v: Vec<f64> = (1..=1000).map(f64::from).collect();
+        for x in &v {
+            h[latency_bucket(*x)] += 1;
+        }
+        v.sort_by(f64::total_cmp);
+        for q in [0.0, 0.5, 0.95, 0.99, 1.0] {
+            let pos = q * (v.len() - 1) as f64;
+            let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+            let exact = v[lo] + (v[hi] - v[lo]) * (pos - lo as f64);
+            let got = percentile(&h, q);
+            let (blo, bhi) = bucket_bounds(latency_bucket(exact));
+            assert!((got - exact).abs() <= bhi - blo, "q{q}: {got} vs {exact}");
+        }
+        assert_eq!(percentile(&[0; LATENCY_BUCKETS], 0.5), 0.0);
+    }
+
+    #[test]
+    fn histogram_literals_are_postgres_arrays() {
+        assert_eq!(hist_literal(&[1, 0, 22]), "{1,0,22}");
+    }
+}
