@@ -24,10 +24,18 @@ CREATE TABLE request_rollups (
     latency_sum   double precision NOT NULL,
     bytes_in      bigint NOT NULL,
     bytes_out     bigint NOT NULL,
-    -- counts per latency bucket; the bounds are defined once in src/logger.rs (LATENCY_BOUNDS)
-    latency_hist  bigint[] NOT NULL,
+    -- h0..h75 (added below): requests per latency bucket, bounds defined once in
+    -- src/rollup.rs (latency_bucket). Columns rather than an array: summing 76 columns is a
+    -- plain aggregate, summing arrays element-wise needs a row per element.
     PRIMARY KEY (grain_secs, bucket_start, user_id, api_key_id, route_id, status_class)
 );
+
+DO $$
+BEGIN
+    FOR i IN 0..75 LOOP
+        EXECUTE format('ALTER TABLE request_rollups ADD COLUMN h%s bigint NOT NULL DEFAULT 0', i);
+    END LOOP;
+END $$;
 
 -- `top-routes` lists unrouted paths (route_id NULL) from the raw rows: this keeps that
 -- drill-down proportional to unrouted traffic, not to all traffic.

@@ -4,8 +4,10 @@
 //! analytics endpoints read these instead of scanning `request_logs`.
 
 use crate::logger::LogRow;
+use postgres::types::ToSql;
 use postgres::Transaction;
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::time::UNIX_EPOCH;
 
 /// Buckets in each latency histogram (see `latency_bucket`).
@@ -138,44 +140,49 @@ fn aggregate(rows: &[&LogRow]) -> BTreeMap<Key, Agg> {
     out
 }
 
-/// Histograms travel as array literals: the driver sends only one-dimensional arrays, and
-/// `unnest` would flatten a two-dimensional one.
-fn hist_literal(h: &[i64]) -> String {
-    let mut s = String::with_capacity(h.len() * 2 + 2);
-    s.push('{');
-    for (i, n) in h.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        s.push_str(&n.to_string());
-    }
-    s.push('}');
-    s
+/// The histogram columns `h0, h1, ...` of `request_rollups`, joined with `sep`, each
+/// written as `fmt` with `{h}` standing for the column name.
+pub fn hist_columns(fmt: &str, sep: &str) -> String {
+    (0..LATENCY_BUCKETS)
+        .map(|i| fmt.replace("{h}", &format!("h{i}")))
+        .collect::<Vec<_>>()
+        .join(sep)
 }
 
-const UPSERT_SQL: &str = "INSERT INTO request_rollups AS r (grain_secs, bucket_start, user_id,
-        api_key_id, route_id, status_class, count, errors_4xx, errors_5xx, rate_limited,
-        latency_sum, bytes_in, bytes_out, latency_hist)
-    SELECT g, to_timestamp(s), u, k, rt, c, n, e4, e5, rl, ls, bi, bo, h::int8[]
-      FROM unnest($1::int4[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int2[],
-                  $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::float8[], $12::int8[],
-                  $13::int8[], $14::text[])
-        AS v(g, s, u, k, rt, c, n, e4, e5, rl, ls, bi, bo, h)
-    ON CONFLICT (grain_secs, bucket_start, user_id, api_key_id, route_id, status_class)
-    DO UPDATE SET count = r.count + excluded.count,
-        errors_4xx = r.errors_4xx + excluded.errors_4xx,
-        errors_5xx = r.errors_5xx + excluded.errors_5xx,
-        rate_limited = r.rate_limited + excluded.rate_limited,
-        latency_sum = r.latency_sum + excluded.latency_sum,
-        bytes_in = r.bytes_in + excluded.bytes_in,
-        bytes_out = r.bytes_out + excluded.bytes_out,
-        latency_hist = ARRAY(SELECT a + b
-            FROM unnest(r.latency_hist, excluded.latency_hist) WITH ORDINALITY AS x(a, b, i)
-            ORDER BY i)";
+/// One multi-row upsert: `$1..$13` the dimensions and sums, `$14..` one array per histogram
+/// bucket, all zipped by `unnest`.
+fn upsert_sql() -> String {
+    let hist_params = (0..LATENCY_BUCKETS)
+        .map(|i| format!("${}::int8[]", i + 14))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO request_rollups AS r (grain_secs, bucket_start, user_id, api_key_id,
+            route_id, status_class, count, errors_4xx, errors_5xx, rate_limited, latency_sum,
+            bytes_in, bytes_out, {cols})
+        SELECT g, to_timestamp(s), u, k, rt, c, n, e4, e5, rl, ls, bi, bo, {cols}
+          FROM unnest($1::int4[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int2[],
+                      $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::float8[],
+                      $12::int8[], $13::int8[], {hist_params})
+            AS v(g, s, u, k, rt, c, n, e4, e5, rl, ls, bi, bo, {cols})
+        ON CONFLICT (grain_secs, bucket_start, user_id, api_key_id, route_id, status_class)
+        DO UPDATE SET count = r.count + excluded.count,
+            errors_4xx = r.errors_4xx + excluded.errors_4xx,
+            errors_5xx = r.errors_5xx + excluded.errors_5xx,
+            rate_limited = r.rate_limited + excluded.rate_limited,
+            latency_sum = r.latency_sum + excluded.latency_sum,
+            bytes_in = r.bytes_in + excluded.bytes_in,
+            bytes_out = r.bytes_out + excluded.bytes_out,
+            {adds}",
+        cols = hist_columns("{h}", ", "),
+        adds = hist_columns("{h} = r.{h} + excluded.{h}", ", "),
+    )
+}
 
 /// Adds the rows to the rollups in one statement, inside the caller's transaction (the one
 /// that copies the raw rows), so rollups and raw rows commit or fail together.
 pub fn upsert(tx: &mut Transaction, rows: &[&LogRow]) -> Result<(), postgres::Error> {
+    static SQL: OnceLock<String> = OnceLock::new();
     let aggs = aggregate(rows);
     if aggs.is_empty() {
         return Ok(());
@@ -194,7 +201,9 @@ pub fn upsert(tx: &mut Transaction, rows: &[&LogRow]) -> Result<(), postgres::Er
     let mut ls = Vec::with_capacity(n);
     let mut bi = Vec::with_capacity(n);
     let mut bo = Vec::with_capacity(n);
-    let mut h = Vec::with_capacity(n);
+    let mut hist: Vec<Vec<i64>> = (0..LATENCY_BUCKETS)
+        .map(|_| Vec::with_capacity(n))
+        .collect();
     for (key, a) in &aggs {
         g.push(key.grain);
         s.push(key.start);
@@ -209,14 +218,14 @@ pub fn upsert(tx: &mut Transaction, rows: &[&LogRow]) -> Result<(), postgres::Er
         ls.push(a.latency_sum);
         bi.push(a.bytes_in);
         bo.push(a.bytes_out);
-        h.push(hist_literal(&a.hist));
+        for (column, count) in hist.iter_mut().zip(a.hist) {
+            column.push(count);
+        }
     }
-    tx.execute(
-        UPSERT_SQL,
-        &[
-            &g, &s, &u, &k, &rt, &c, &cnt, &e4, &e5, &rl, &ls, &bi, &bo, &h,
-        ],
-    )?;
+    let mut params: Vec<&(dyn ToSql + Sync)> =
+        vec![&g, &s, &u, &k, &rt, &c, &cnt, &e4, &e5, &rl, &ls, &bi, &bo];
+    params.extend(hist.iter().map(|h| h as &(dyn ToSql + Sync)));
+    tx.execute(SQL.get_or_init(upsert_sql).as_str(), &params)?;
     Ok(())
 }
 
@@ -268,7 +277,17 @@ mod tests {
     }
 
     #[test]
-    fn histogram_literals_are_postgres_arrays() {
-        assert_eq!(hist_literal(&[1, 0, 22]), "{1,0,22}");
+    fn the_migration_creates_one_column_per_bucket() {
+        let sql = include_str!("../sql/003_rollups.sql");
+        let range = format!("FOR i IN 0..{} LOOP", LATENCY_BUCKETS - 1);
+        assert!(
+            sql.contains(&range),
+            "sql/003 must create h0..h{}",
+            LATENCY_BUCKETS - 1
+        );
+        assert_eq!(
+            hist_columns("x{h}", ",").matches('x').count(),
+            LATENCY_BUCKETS
+        );
     }
 }
