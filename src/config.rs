@@ -60,6 +60,20 @@ pub const POOL_NUDGE: Duration = Duration::from_millis(50);
 pub const MIN_ADMIN_SECRET_LEN: usize = 16;
 /// Largest admin/analytics request body: these are small JSON documents.
 pub const ADMIN_MAX_BODY_BYTES: u64 = 64 * 1024;
+/// Raw `request_logs` older than this are deleted: a week covers `recent` and incident
+/// drill-downs, while figures for longer windows come from the rollups.
+pub const DEFAULT_LOG_RETENTION: &str = "7d";
+/// Rollups older than this are deleted: three months of figures, three times the longest
+/// analytics window (30 d), at a few hundred bytes per row.
+pub const DEFAULT_ROLLUP_RETENTION: &str = "90d";
+/// How often the retention job looks for expired rows. Each pass deletes what expired since
+/// the last, so passes stay short.
+pub const DEFAULT_RETENTION_INTERVAL_MS: u64 = 60_000;
+/// Rows per retention DELETE: each statement holds its locks and WAL for a moment only, so
+/// the logger's writes and analytics reads never queue behind a long delete.
+pub const DEFAULT_RETENTION_BATCH: i64 = 5_000;
+/// Pause between two retention DELETEs, leaving the disk and WAL writer to live traffic.
+pub const RETENTION_PAUSE: Duration = Duration::from_millis(50);
 /// Page size cap on list endpoints (the reference's documented maximum).
 pub const MAX_PAGE_LIMIT: i64 = 100;
 
@@ -107,6 +121,14 @@ pub struct Config {
     /// `127.0.0.1` behind the shipped nginx edge) whose `X-Forwarded-For` and
     /// `X-Forwarded-Proto` are believed. Anyone else could forge them, so none by default.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// `TOLLGATE_LOG_RETENTION`, default `7d` (`s`, `m`, `h` or `d` suffix).
+    pub log_retention: Duration,
+    /// `TOLLGATE_ROLLUP_RETENTION`, default `90d`.
+    pub rollup_retention: Duration,
+    /// `TOLLGATE_RETENTION_INTERVAL_MS`, default 60000.
+    pub retention_interval: Duration,
+    /// `TOLLGATE_RETENTION_BATCH`, default 5000 rows per DELETE.
+    pub retention_batch: i64,
 }
 
 impl Config {
@@ -147,12 +169,24 @@ impl Config {
             breaker_cooldown: ms("TOLLGATE_BREAKER_COOLDOWN_MS", DEFAULT_BREAKER_COOLDOWN_MS)?,
             upstream_max_in_flight: 0,
             trusted_proxies: ips("TOLLGATE_TRUSTED_PROXIES")?,
+            log_retention: age("TOLLGATE_LOG_RETENTION", DEFAULT_LOG_RETENTION)?,
+            rollup_retention: age("TOLLGATE_ROLLUP_RETENTION", DEFAULT_ROLLUP_RETENTION)?,
+            retention_interval: ms(
+                "TOLLGATE_RETENTION_INTERVAL_MS",
+                DEFAULT_RETENTION_INTERVAL_MS,
+            )?,
+            retention_batch: num("TOLLGATE_RETENTION_BATCH", DEFAULT_RETENTION_BATCH)?,
         };
         let mut cfg = cfg;
         cfg.upstream_max_in_flight = num(
             "TOLLGATE_UPSTREAM_MAX_INFLIGHT",
             (cfg.workers * 3 / 4).max(1),
         )?;
+        if cfg.retention_batch < 1 || cfg.retention_interval.is_zero() {
+            return Err(
+                "TOLLGATE_RETENTION_BATCH and TOLLGATE_RETENTION_INTERVAL_MS must be > 0".into(),
+            );
+        }
         if cfg.workers == 0 || cfg.db_pool_size == 0 || cfg.rate_window_secs == 0 {
             return Err(
                 "TOLLGATE_WORKERS, TOLLGATE_DB_POOL_SIZE and TOLLGATE_RATE_WINDOW_SECS must be > 0"
@@ -185,6 +219,53 @@ fn ips(var: &str) -> Result<Vec<std::net::IpAddr>, String> {
         .collect()
 }
 
+/// An age like `90s`, `30m`, `12h` or `7d`, at least one second.
+fn age(var: &str, default: &str) -> Result<Duration, String> {
+    let v = env::var(var)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.into());
+    parse_age(v.trim())
+        .ok_or_else(|| format!("{var} must look like 90s, 30m, 12h or 7d, got {v:?}"))
+}
+
+fn parse_age(v: &str) -> Option<Duration> {
+    let unit = match v.chars().last()? {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    let n: u64 = v[..v.len() - 1].parse().ok()?;
+    Some(Duration::from_secs(n.checked_mul(unit)?)).filter(|d| !d.is_zero())
+}
+
 fn ms(var: &str, default: u64) -> Result<Duration, String> {
     num(var, default).map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_ages_take_a_unit_suffix() {
+        assert_eq!(parse_age("7d"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_age("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_age("2h"), Some(Duration::from_secs(7_200)));
+        for bad in [
+            "",
+            "d",
+            "0d",
+            "7",
+            "7w",
+            "-1d",
+            "1.5h",
+            "99999999999999999999d",
+            "7é",
+        ] {
+            assert_eq!(parse_age(bad), None, "{bad}");
+        }
+    }
 }

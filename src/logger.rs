@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Rows per COPY: large enough to amortise the round trip, small enough that one batch
 /// never holds the table's locks for long.
-const BATCH_MAX: usize = 5_000;
+pub const BATCH_MAX: usize = 5_000;
 /// Pause between retries while the database refuses writes.
 const RETRY_BACKOFF: Duration = Duration::from_secs(1);
 

@@ -8,11 +8,13 @@ mod auth;
 mod breaker;
 mod config;
 mod db;
+mod devload;
 mod error;
 mod input;
 mod logger;
 mod proxy;
 mod ratelimit;
+mod retention;
 mod rollup;
 mod server;
 
@@ -37,6 +39,8 @@ fn main() -> ExitCode {
     let result = match cmd.as_str() {
         "serve" => serve(cfg),
         "migrate" => migrate(&cfg),
+        // Hidden: synthetic traffic for benchmarks and tests (src/devload.rs).
+        "dev-load-logs" => dev_load_logs(&cfg),
         "-V" | "--version" => {
             println!("tollgate {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -62,6 +66,21 @@ fn migrate(cfg: &config::Config) -> Result<(), String> {
         log::info!("migrations applied: {}", applied.join(", "));
     }
     Ok(())
+}
+
+/// `dev-load-logs N [SPAN_SECS]`: migrate, then write N synthetic rows over the last
+/// SPAN_SECS (default 86400) through the logger's batch write.
+fn dev_load_logs(cfg: &config::Config) -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let usage = "usage: tollgate dev-load-logs N [SPAN_SECS]";
+    let n: u64 = args.first().and_then(|a| a.parse().ok()).ok_or(usage)?;
+    let span: u64 = match args.get(1) {
+        Some(a) => a.parse().ok().filter(|s| *s > 0).ok_or(usage)?,
+        None => 86_400,
+    };
+    migrate(cfg)?;
+    let pool = db::pool(cfg).map_err(|e| e.to_string())?;
+    devload::load(&pool, n, Duration::from_secs(span))
 }
 
 fn serve(cfg: config::Config) -> Result<(), String> {
@@ -92,6 +111,7 @@ fn serve(cfg: config::Config) -> Result<(), String> {
         .map_err(|e| format!("loading routes: {e}"))?;
     log::info!("{n} routes loaded");
     ratelimit::spawn_purger(app.pool.clone(), app.cfg.rate_window_secs);
+    retention::spawn(app.pool.clone(), &app.cfg);
     spawn_sync(app.clone());
     server::serve(app).map_err(|e| e.to_string())
 }

@@ -1,0 +1,70 @@
+//! The retention job: a background thread that deletes raw `request_logs` older than
+//! `log_retention` and rollups older than `rollup_retention`, a few thousand rows per
+//! statement with a pause between, so it never holds locks or floods the WAL for long.
+//! Batched deletes rather than partitions: see README ("Retention").
+
+use crate::config::{Config, RETENTION_PAUSE};
+use crate::db::Pool;
+use crate::error::Result;
+use crate::rollup::GRAINS;
+use std::time::Duration;
+
+/// Oldest rows first (the `created_at` index), one batch per statement.
+const DELETE_LOGS: &str = "DELETE FROM request_logs WHERE id = ANY(ARRAY(
+    SELECT id FROM request_logs WHERE created_at < now() - make_interval(secs => $1)
+     ORDER BY created_at LIMIT $2))";
+
+/// One grain at a time, so the primary key (grain, bucket start, ...) finds the rows.
+const DELETE_ROLLUPS: &str = "DELETE FROM request_rollups WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM request_rollups
+     WHERE grain_secs = $3 AND bucket_start < now() - make_interval(secs => $1)
+     LIMIT $2))";
+
+pub fn spawn(pool: Pool, cfg: &Config) {
+    let (logs, rollups) = (cfg.log_retention, cfg.rollup_retention);
+    let (every, batch) = (cfg.retention_interval, cfg.retention_batch);
+    let spawned = std::thread::Builder::new()
+        .name("retention".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            match run_once(&pool, logs, rollups, batch) {
+                Ok((0, 0)) => {}
+                Ok((l, r)) => log::info!("retention: deleted {l} log rows and {r} rollups"),
+                Err(e) => log::warn!("retention pass failed: {e}"),
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the retention thread: {e}");
+    }
+}
+
+/// Deletes everything expired, batch by batch; returns (log rows, rollup rows) deleted.
+fn run_once(pool: &Pool, logs: Duration, rollups: Duration, batch: i64) -> Result<(u64, u64)> {
+    let logs_secs = logs.as_secs_f64();
+    let deleted_logs = in_batches(batch, || {
+        Ok(pool.get()?.execute(DELETE_LOGS, &[&logs_secs, &batch])?)
+    })?;
+    let rollup_secs = rollups.as_secs_f64();
+    let mut deleted_rollups = 0;
+    for grain in GRAINS {
+        deleted_rollups += in_batches(batch, || {
+            Ok(pool
+                .get()?
+                .execute(DELETE_ROLLUPS, &[&rollup_secs, &batch, &grain])?)
+        })?;
+    }
+    Ok((deleted_logs, deleted_rollups))
+}
+
+/// Repeats `delete` until a statement deletes less than a full batch.
+fn in_batches(batch: i64, mut delete: impl FnMut() -> Result<u64>) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = delete()?;
+        total += n;
+        if (n as i64) < batch {
+            return Ok(total);
+        }
+        std::thread::sleep(RETENTION_PAUSE);
+    }
+}

@@ -1,0 +1,492 @@
+//! Rollups against the raw rows they summarise, and the analytics endpoints built on them:
+//! counts per dimension and grain, percentiles from histogram buckets against
+//! `percentile_cont`, zero-filled timeseries, top keys, paging and filters of `recent`,
+//! scoping of key holders, 400s naming the field, and the retention job.
+mod util;
+
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::Duration;
+use util::{Gateway, Upstream, ADMIN_SECRET};
+
+/// Histogram buckets per rollup row (`rollup::LATENCY_BUCKETS`).
+const BUCKETS: usize = 76;
+
+fn count(v: &Value) -> i64 {
+    v["totalRequests"].as_i64().unwrap_or_else(|| panic!("{v}"))
+}
+
+fn arr(v: &Value) -> &Vec<Value> {
+    v.as_array().unwrap_or_else(|| panic!("not an array: {v}"))
+}
+
+/// Writes `n` synthetic rows over the last `span_secs` through the logger's own batch write
+/// (`tollgate dev-load-logs`), into the gateway's database.
+fn load_logs(gw: &Gateway, n: u64, span_secs: u64) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["dev-load-logs", &n.to_string(), &span_secs.to_string()])
+        .env_clear()
+        .env("DATABASE_URL", gw.db.url())
+        .env("ADMIN_SECRET", ADMIN_SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One bucket's width at `ms`: buckets are 20% wide above 0.1 ms, 0.1 ms wide below.
+fn bucket_width(ms: f64) -> f64 {
+    (ms * 0.2).max(0.1)
+}
+
+fn assert_within_a_bucket(got: &Value, exact: f64, what: &str) {
+    let got = got.as_f64().unwrap_or_else(|| panic!("{what}: {got}"));
+    assert!(
+        (got - exact).abs() <= bucket_width(got.max(exact)) + 0.01,
+        "{what}: {got} from buckets vs {exact} exact"
+    );
+}
+
+/// Mixed traffic: two users, three keys (one rate-limited at 2 a minute), two routes,
+/// 2xx, 4xx from the upstream, 5xx, 429, an unrouted path and a bad key.
+fn traffic(gw: &Gateway, up: &Upstream) -> (i64, i64, String, i64, String, i64) {
+    let alice = gw.create_user("alice@example.com");
+    let bob = gw.create_user("bob@example.com");
+    let (ak, ak_id) = gw.create_key(alice, json!({"rateLimit": 1000, "name": "alice-main"}));
+    let (tight, _) = gw.create_key(alice, json!({"rateLimit": 2, "name": "alice-tight"}));
+    let (bk, bk_id) = gw.create_key(bob, json!({"rateLimit": 1000, "name": "bob-main"}));
+    gw.create_route(alice, "/a", &up.addr);
+    gw.create_route(bob, "/b", &up.addr);
+    let mut sent = 0;
+    let mut send = |path: &str, key: &str| {
+        gw.with_key("GET", path, key);
+        sent += 1;
+    };
+    for i in 0..6 {
+        send(&format!("/a/ok/{i}"), &ak);
+    }
+    send("/a/status/404", &ak);
+    send("/a/status/503", &ak);
+    send("/a/slow/30", &ak);
+    for _ in 0..4 {
+        send("/a/tight", &tight); // 2 pass, 2 are 429
+    }
+    for _ in 0..3 {
+        send("/b/x", &bk);
+    }
+    send("/b/status/500", &bk);
+    send("/nowhere/at/all", &bk); // no route: 404
+    send("/a/ok", "gw_nope_nope"); // bad key: 401
+    assert_eq!(gw.wait_for_log_rows(sent), sent);
+    (alice, bob, ak, ak_id, bk, bk_id)
+}
+
+/// Bucket start, user, key, route, status class, count, 4xx, 5xx, 429, bytes in, bytes out.
+type Dims = (i64, i64, i64, i64, i16, i64, i64, i64, i64, i64, i64);
+
+#[test]
+fn rollups_equal_the_raw_rows_for_every_dimension_and_grain() {
+    let gw = Gateway::start();
+    let up = Upstream::start();
+    traffic(&gw, &up);
+    let mut db = gw.db();
+    for grain in [60i32, 3_600, 86_400] {
+        let rollups: Vec<Dims> = db
+            .query(
+                "SELECT extract(epoch FROM bucket_start)::int8, user_id, api_key_id, route_id,
+                        status_class, sum(count)::int8, sum(errors_4xx)::int8,
+                        sum(errors_5xx)::int8, sum(rate_limited)::int8, sum(bytes_in)::int8,
+                        sum(bytes_out)::int8
+                   FROM request_rollups WHERE grain_secs = $1
+                  GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
+                &[&grain],
+            )
+            .unwrap()
+            .iter()
+            .map(dims)
+            .collect();
+        let raw: Vec<Dims> = db
+            .query(
+                "SELECT (floor(extract(epoch FROM created_at)::float8 / $1::float8) * $1::float8)::int8,
+                        coalesce(user_id, 0), coalesce(api_key_id, 0), coalesce(route_id, 0),
+                        (status / 100)::int2, count(*),
+                        count(*) FILTER (WHERE status BETWEEN 400 AND 499),
+                        count(*) FILTER (WHERE status >= 500),
+                        count(*) FILTER (WHERE status = 429),
+                        sum(bytes_in)::int8, sum(bytes_out)::int8
+                   FROM request_logs GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
+                &[&f64::from(grain)],
+            )
+            .unwrap()
+            .iter()
+            .map(dims)
+            .collect();
+        assert_eq!(rollups, raw, "grain {grain}");
+        let hist_sum = (0..BUCKETS)
+            .map(|i| format!("h{i}"))
+            .collect::<Vec<_>>()
+            .join(" + ");
+        let bad: i64 = db
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM request_rollups
+                      WHERE grain_secs = $1 AND count <> {hist_sum}"
+                ),
+                &[&grain],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(bad, 0, "every row's histogram holds its count");
+    }
+    let raw = db
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE status BETWEEN 400 AND 499),
+                    count(*) FILTER (WHERE status >= 500), count(*) FILTER (WHERE status = 429),
+                    sum(bytes_in)::int8, sum(bytes_out)::int8, avg(latency_ms)
+               FROM request_logs",
+            &[],
+        )
+        .unwrap();
+    let o = gw.admin_get("/analytics/overview").json();
+    assert_eq!(o["totalRequests"], raw.get::<_, i64>(0));
+    assert_eq!(o["clientErrors"], raw.get::<_, i64>(1));
+    assert_eq!(o["serverErrors"], raw.get::<_, i64>(2));
+    assert_eq!(o["rateLimited"], raw.get::<_, i64>(3));
+    assert_eq!(o["rateLimited"], 2);
+    assert_eq!(o["errorCount"], raw.get::<_, i64>(1) + raw.get::<_, i64>(2));
+    assert_eq!(o["bytesIn"], raw.get::<_, i64>(4));
+    assert_eq!(o["bytesOut"], raw.get::<_, i64>(5));
+    let avg: f64 = raw.get(6);
+    assert!(
+        (o["avgLatencyMs"].as_f64().unwrap() - avg).abs() <= 0.011,
+        "{o}"
+    );
+    assert_eq!(o["window"], "24h");
+}
+
+fn dims(r: &postgres::Row) -> Dims {
+    (
+        r.get(0),
+        r.get(1),
+        r.get(2),
+        r.get(3),
+        r.get(4),
+        r.get(5),
+        r.get(6),
+        r.get(7),
+        r.get(8),
+        r.get(9),
+        r.get(10),
+    )
+}
+
+#[test]
+fn percentiles_from_buckets_are_within_one_bucket_of_percentile_cont() {
+    let gw = Gateway::start();
+    load_logs(&gw, 5_000, 600);
+    let mut db = gw.db();
+    let mut exact = |filter: &str| -> [f64; 3] {
+        let r = db
+            .query_one(
+                &format!(
+                    "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms),
+                            percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms),
+                            percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms)
+                       FROM request_logs WHERE {filter}"
+                ),
+                &[],
+            )
+            .unwrap();
+        [r.get(0), r.get(1), r.get(2)]
+    };
+    let all = exact("true");
+    let o = gw.admin_get("/analytics/overview?window=15m").json();
+    assert_eq!(count(&o), 5_000);
+    for (field, x) in ["p50Ms", "p95Ms", "p99Ms"].iter().zip(all) {
+        assert_within_a_bucket(&o[field], x, field);
+    }
+    assert!(all[2] > 2.0 * all[0], "the load has a tail: {all:?}");
+    // The same through a filter, and per route in top-routes.
+    let k1 = exact("api_key_id = 1");
+    let o = gw
+        .admin_get("/analytics/overview?window=15m&keyId=1")
+        .json();
+    for (field, x) in ["p50Ms", "p95Ms", "p99Ms"].iter().zip(k1) {
+        assert_within_a_bucket(&o[field], x, &format!("keyId=1 {field}"));
+    }
+    let top = gw
+        .admin_get("/analytics/top-routes?window=15m&limit=3")
+        .json();
+    assert_eq!(arr(&top).len(), 3);
+    for t in arr(&top) {
+        let route = t["routeId"].as_i64().unwrap();
+        let x = exact(&format!("route_id = {route}"))[1];
+        assert_within_a_bucket(&t["p95Ms"], x, &format!("route {route} p95"));
+    }
+}
+
+#[test]
+fn timeseries_buckets_are_zero_filled_and_each_equals_its_raw_rows() {
+    let gw = Gateway::start();
+    // Three days of synthetic rows, one every ~130 s, so minute buckets have gaps.
+    load_logs(&gw, 2_000, 3 * 86_400);
+    let mut db = gw.db();
+    for (bucket, window, points, g) in [
+        ("minute", "1h", 60usize, 60i64),
+        ("hour", "24h", 24, 3_600),
+        ("day", "7d", 7, 86_400),
+    ] {
+        let ts = gw
+            .admin_get(&format!(
+                "/analytics/timeseries?bucket={bucket}&window={window}"
+            ))
+            .json();
+        let ts = arr(&ts);
+        assert_eq!(ts.len(), points, "{bucket}");
+        let raw: std::collections::HashMap<String, i64> = db
+            .query(
+                "SELECT to_char(to_timestamp(floor(extract(epoch FROM created_at)::float8 / $1::float8) * $1::float8)
+                                AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.000\"Z\"'),
+                        count(*)
+                   FROM request_logs GROUP BY 1",
+                &[&(g as f64)],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut prev = String::new();
+        let mut zeros = 0;
+        for p in ts {
+            let start = p["start"].as_str().unwrap().to_string();
+            assert!(start > prev, "oldest first: {start} after {prev}");
+            let expect = raw.get(&start).copied().unwrap_or(0);
+            assert_eq!(p["count"], expect, "{bucket} {start}");
+            zeros += usize::from(expect == 0);
+            for f in [
+                "errorCount",
+                "clientErrors",
+                "serverErrors",
+                "p50Ms",
+                "p95Ms",
+                "p99Ms",
+                "bytesIn",
+                "bytesOut",
+            ] {
+                assert!(p.get(f).is_some(), "{bucket} point lacks {f}: {p}");
+            }
+            assert_eq!(p.get("hour").is_some(), bucket == "hour", "{p}");
+            prev = start;
+        }
+        if bucket != "hour" {
+            // Minutes without a row, and days before the load began, are present as zeros.
+            assert!(zeros > 0, "{bucket}: no empty bucket in {ts:?}");
+        }
+    }
+}
+
+#[test]
+fn top_keys_rank_keys_with_their_names_and_users_and_requests_without_a_key() {
+    let gw = Gateway::start();
+    let up = Upstream::start();
+    let (alice, bob, _ak, ak_id, _bk, bk_id) = traffic(&gw, &up);
+    let top = gw.admin_get("/analytics/top-keys").json();
+    let top = arr(&top);
+    assert_eq!(top[0]["keyId"], ak_id);
+    assert_eq!(top[0]["keyName"], "alice-main");
+    assert_eq!(top[0]["userId"], alice);
+    assert_eq!(top[0]["count"], 9);
+    assert_eq!(top[0]["errorCount"], 2);
+    assert!(top[0]["avgLatencyMs"].as_f64().unwrap() > 0.0);
+    assert_eq!(top[1]["keyId"], bk_id);
+    assert_eq!(top[1]["userId"], bob);
+    assert_eq!(top[1]["count"], 5);
+    let no_key = top.iter().find(|k| k["keyId"].is_null()).unwrap();
+    assert_eq!(
+        (no_key["count"].clone(), no_key["keyName"].clone()),
+        (json!(1), Value::Null)
+    );
+    let one = gw.admin_get("/analytics/top-keys?limit=1").json();
+    assert_eq!(arr(&one).len(), 1);
+    let bobs = gw
+        .admin_get(&format!("/analytics/top-keys?userId={bob}"))
+        .json();
+    assert_eq!(arr(&bobs).len(), 1);
+    assert_eq!(bobs[0]["keyName"], "bob-main");
+    // Unrouted paths are listed by raw path in top-routes.
+    let routes = gw.admin_get("/analytics/top-routes").json();
+    let unrouted = arr(&routes)
+        .iter()
+        .find(|r| r["path"] == "/nowhere/at/all")
+        .unwrap_or_else(|| panic!("{routes}"));
+    assert_eq!(unrouted["routeId"], Value::Null);
+    assert_eq!(unrouted["count"], 1);
+    assert_eq!(unrouted["errorCount"], 1);
+}
+
+#[test]
+fn recent_pages_with_a_cursor_and_filters_by_status_route_and_key() {
+    let gw = Gateway::start();
+    let up = Upstream::start();
+    let (_alice, _bob, _ak, ak_id, _bk, _bk_id) = traffic(&gw, &up);
+    let total = gw.wait_for_log_rows(19);
+    let mut seen = Vec::new();
+    let mut path = "/analytics/recent?limit=5".to_string();
+    loop {
+        let r = gw.admin_get(&path);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let page = r.json();
+        seen.extend(arr(&page).iter().map(|row| row["id"].as_i64().unwrap()));
+        match r.header("x-next-cursor") {
+            Some(c) => path = format!("/analytics/recent?limit=5&before={c}"),
+            None => break,
+        }
+        assert!(seen.len() <= 100, "the cursor must end");
+    }
+    assert_eq!(seen.len() as i64, total);
+    let mut distinct = seen.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), seen.len(), "no row on two pages");
+    let statuses = |q: &str| -> Vec<i64> {
+        arr(&gw.admin_get(&format!("/analytics/recent?{q}")).json())
+            .iter()
+            .map(|r| r["status"].as_i64().unwrap())
+            .collect()
+    };
+    let mut four = statuses("status=4xx");
+    four.sort();
+    assert_eq!(four, vec![401, 404, 404, 429, 429]);
+    assert_eq!(statuses("status=429"), vec![429, 429]);
+    assert_eq!(statuses("status=5xx").len(), 2);
+    let rows = gw
+        .admin_get(&format!("/analytics/recent?keyId={ak_id}&status=2xx"))
+        .json();
+    assert_eq!(arr(&rows).len(), 7);
+    assert!(arr(&rows).iter().all(|r| r["apiKeyId"] == ak_id));
+    let route = arr(&rows)[0]["routeId"].as_i64().unwrap();
+    let by_route = gw
+        .admin_get(&format!("/analytics/recent?routeId={route}&limit=100"))
+        .json();
+    assert_eq!(arr(&by_route).len(), 13, "everything under /a");
+}
+
+#[test]
+fn a_key_holder_sees_only_its_own_users_figures_on_every_endpoint() {
+    let gw = Gateway::start();
+    let up = Upstream::start();
+    let (alice, bob, ak, _ak_id, _bk, bk_id) = traffic(&gw, &up);
+    let get = |p: &str| gw.with_key("GET", p, &ak);
+    assert_eq!(count(&get("/analytics/overview").json()), 13);
+    let keys = get("/analytics/top-keys").json();
+    assert!(arr(&keys).iter().all(|k| k["userId"] == alice), "{keys}");
+    let routes = get("/analytics/top-routes").json();
+    assert_eq!(arr(&routes).len(), 1, "{routes}");
+    assert_eq!(routes[0]["path"], "/a");
+    let ts = get("/analytics/timeseries?bucket=minute&window=15m").json();
+    assert_eq!(
+        arr(&ts)
+            .iter()
+            .map(|p| p["count"].as_i64().unwrap())
+            .sum::<i64>(),
+        13
+    );
+    let recent = get("/analytics/recent?limit=100").json();
+    assert_eq!(arr(&recent).len(), 13);
+    for p in [
+        format!("/analytics/top-keys?userId={bob}"),
+        format!("/analytics/timeseries?userId={bob}"),
+    ] {
+        assert_eq!(get(&p).status, 403, "{p}");
+    }
+    let via_bob_key = get(&format!("/analytics/top-keys?keyId={bk_id}")).json();
+    assert_eq!(
+        arr(&via_bob_key).len(),
+        0,
+        "bob's key filtered within alice's user"
+    );
+}
+
+#[test]
+fn bad_analytics_parameters_get_400_naming_the_field() {
+    let gw = Gateway::start();
+    for (q, field) in [
+        ("overview?window=1m", "window"),
+        ("overview?window=31d", "window"),
+        ("overview?window=24", "window"),
+        ("timeseries?bucket=week", "bucket"),
+        ("timeseries?bucket=minute&window=30d", "bucket"),
+        ("top-routes?limit=0", "limit"),
+        ("top-keys?limit=abc", "limit"),
+        ("recent?status=9xx", "status"),
+        ("recent?status=abc", "status"),
+        ("recent?before=0", "before"),
+        ("recent?before=x", "before"),
+        ("overview?userId=abc", "userId"),
+        ("top-keys?keyId=-1", "keyId"),
+        ("timeseries?routeId=1.5", "routeId"),
+    ] {
+        let r = gw.admin_get(&format!("/analytics/{q}"));
+        assert_eq!(r.status, 400, "{q}: {}", r.body);
+        assert_eq!(r.json()["error"]["field"], field, "{q}: {}", r.body);
+    }
+    assert_eq!(gw.admin_get("/analytics/top-keys?limit=1000").status, 200);
+}
+
+#[test]
+fn retention_deletes_old_raw_rows_and_older_rollups_and_keeps_new_ones() {
+    let gw = Gateway::start_with(&[
+        ("TOLLGATE_LOG_RETENTION", "1h"),
+        ("TOLLGATE_ROLLUP_RETENTION", "2d"),
+        ("TOLLGATE_RETENTION_INTERVAL_MS", "200"),
+        ("TOLLGATE_RETENTION_BATCH", "7"),
+    ]);
+    let mut db = gw.db();
+    // 30 raw rows 2 h old (past the 1 h retention), 5 from now; rollups 3 days old and new.
+    db.batch_execute(
+        "INSERT INTO request_logs (request_id, method, path, status, latency_ms, bytes_in,
+                bytes_out, client_ip, created_at)
+         SELECT 'r' || i, 'GET', '/x', 200, 1, 0, 0, '127.0.0.1',
+                CASE WHEN i <= 30 THEN now() - interval '2 hours' ELSE now() END
+           FROM generate_series(1, 35) AS i;
+         INSERT INTO request_rollups (grain_secs, bucket_start, user_id, api_key_id, route_id,
+                status_class, count, errors_4xx, errors_5xx, rate_limited, latency_sum,
+                bytes_in, bytes_out)
+         VALUES (60, date_trunc('minute', now() - interval '3 days'), 0, 0, 0, 2, 1, 0, 0, 0,
+                 1, 0, 0),
+                (60, date_trunc('minute', now() - interval '1 day'), 0, 0, 0, 2, 1, 0, 0, 0,
+                 1, 0, 0);",
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let left: i64 = db
+            .query_one("SELECT count(*) FROM request_logs", &[])
+            .unwrap()
+            .get(0);
+        let rollups: i64 = db
+            .query_one("SELECT count(*) FROM request_rollups", &[])
+            .unwrap()
+            .get(0);
+        if left == 5 && rollups == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} raw rows and {rollups} rollups left: {}",
+            gw.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let kept: i64 = db
+        .query_one(
+            "SELECT count(*) FROM request_rollups WHERE bucket_start > now() - interval '2 days'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1, "the day-old rollup stays");
+}
