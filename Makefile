@@ -5,7 +5,7 @@ SHELL := /bin/bash
 # rustup installs cargo here; `make` from a non-login shell may not have it on PATH.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: build run test bench fmt lint demo clean-data
+.PHONY: build run test bench bench-analytics fmt lint demo clean-data
 
 build:            ## release binary: target/release/tollgate
 	cargo build --release
@@ -18,6 +18,9 @@ test:             ## private Postgres, then cargo test (stops the cluster only i
 
 bench:            ## wrk: nginx upstream vs nginx proxy vs tollgate (BENCH_SECS, default 10)
 	scripts/bench.sh
+
+bench-analytics:  ## analytics from rollups vs raw scans at 10 M log rows, and logger rows/s (BENCH_ANALYTICS_ROWS)
+	scripts/bench_analytics.sh
 
 fmt:
 	cargo fmt

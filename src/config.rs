@@ -66,6 +66,10 @@ pub const DEFAULT_LOG_RETENTION: &str = "7d";
 /// Rollups older than this are deleted: three months of figures, three times the longest
 /// analytics window (30 d), at a few hundred bytes per row.
 pub const DEFAULT_ROLLUP_RETENTION: &str = "90d";
+/// Minute and hour rollups are read only for the edges of windows up to 30 days, so they are
+/// kept at most this long (even when `TOLLGATE_ROLLUP_RETENTION` is longer): minute rows are
+/// the bulk of the table, and the day rows carry the long history.
+pub const FINE_ROLLUP_MAX_AGE: Duration = Duration::from_secs(32 * 86_400);
 /// How often the retention job looks for expired rows. Each pass deletes what expired since
 /// the last, so passes stay short.
 pub const DEFAULT_RETENTION_INTERVAL_MS: u64 = 60_000;

@@ -1,9 +1,10 @@
 //! The retention job: a background thread that deletes raw `request_logs` older than
-//! `log_retention` and rollups older than `rollup_retention`, a few thousand rows per
-//! statement with a pause between, so it never holds locks or floods the WAL for long.
+//! `log_retention` and rollups older than `rollup_retention` (minute and hour rollups at
+//! most `FINE_ROLLUP_MAX_AGE`), a few thousand rows per statement with a pause between, so
+//! it never holds locks or floods the WAL for long.
 //! Batched deletes rather than partitions: see README ("Retention").
 
-use crate::config::{Config, RETENTION_PAUSE};
+use crate::config::{Config, FINE_ROLLUP_MAX_AGE, RETENTION_PAUSE};
 use crate::db::Pool;
 use crate::error::Result;
 use crate::rollup::GRAINS;
@@ -44,9 +45,14 @@ fn run_once(pool: &Pool, logs: Duration, rollups: Duration, batch: i64) -> Resul
     let deleted_logs = in_batches(batch, || {
         Ok(pool.get()?.execute(DELETE_LOGS, &[&logs_secs, &batch])?)
     })?;
-    let rollup_secs = rollups.as_secs_f64();
     let mut deleted_rollups = 0;
     for grain in GRAINS {
+        let keep = if grain < 86_400 {
+            rollups.min(FINE_ROLLUP_MAX_AGE)
+        } else {
+            rollups
+        };
+        let rollup_secs = keep.as_secs_f64();
         deleted_rollups += in_batches(batch, || {
             Ok(pool
                 .get()?
