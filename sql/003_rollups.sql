@@ -8,14 +8,16 @@
 -- summing the minute grain at query time. The writer pays three small upserts per batch.
 --
 -- Missing ids are stored as 0 (bigserial ids start at 1), so NULLs group like any value and
--- the primary key covers every row.
+-- the primary key covers every row. Ids -1 (status_class 0) mark the whole-traffic row of a
+-- bucket: the sum over every dimension, so unfiltered overviews and timeseries read one row
+-- per bucket instead of one per user × key × route × status class combination.
 CREATE TABLE request_rollups (
     grain_secs    integer NOT NULL CHECK (grain_secs IN (60, 3600, 86400)),
     bucket_start  timestamptz NOT NULL,
     user_id       bigint NOT NULL,
     api_key_id    bigint NOT NULL,
     route_id      bigint NOT NULL,
-    -- status / 100: 1..5
+    -- status / 100: 1..5 (0 in whole-traffic rows)
     status_class  smallint NOT NULL,
     count         bigint NOT NULL,
     errors_4xx    bigint NOT NULL,

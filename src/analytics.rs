@@ -39,17 +39,19 @@ const RECENT_DEFAULT: i64 = 20;
 const MAX_POINTS: i64 = 1_440;
 
 /// Filters on the rollups: `$1..$3` user, key, route (rollups store a missing id as 0, and a
-/// filter is a positive id, so NULL ids never match a filter, as with raw rows).
+/// filter is a positive id, so NULL ids never match a filter, as with raw rows); `$4` true
+/// reads the whole-traffic rows (`rollup::ALL`) instead of the per-dimension ones.
 const FILTER: &str = "($1::int8 IS NULL OR user_id = $1)
     AND ($2::int8 IS NULL OR api_key_id = $2)
-    AND ($3::int8 IS NULL OR route_id = $3)";
+    AND ($3::int8 IS NULL OR route_id = $3)
+    AND (user_id = -1) = $4::bool";
 
-/// The window as whole days, whole hours and the ragged minutes at its start: `$4` start,
-/// `$5` first whole hour, `$6` first whole day. The current hour's and day's rows hold what
+/// The window as whole days, whole hours and the ragged minutes at its start: `$5` start,
+/// `$6` first whole hour, `$7` first whole day. The current hour's and day's rows hold what
 /// has happened so far in them, so the window's end needs no minute rows.
-const WINDOW: &str = "((grain_secs = 60 AND bucket_start >= $4 AND bucket_start < $5)
-    OR (grain_secs = 3600 AND bucket_start >= $5 AND bucket_start < $6)
-    OR (grain_secs = 86400 AND bucket_start >= $6))";
+const WINDOW: &str = "((grain_secs = 60 AND bucket_start >= $5 AND bucket_start < $6)
+    OR (grain_secs = 3600 AND bucket_start >= $6 AND bucket_start < $7)
+    OR (grain_secs = 86400 AND bucket_start >= $7))";
 
 pub fn handle(app: &App, ctx: &Ctx) -> Result<Reply> {
     if ctx.method != "GET" && ctx.method != "HEAD" {
@@ -187,13 +189,14 @@ impl Totals {
     }
 }
 
-/// Sums the rollup rows matching the filters and `rows_sql` (which uses `$4..`, bound from
+/// Sums the rollup rows matching the filters and `rows_sql` (which uses `$5..`, bound from
 /// `extra`) per value of `group_sql`; with `hist`, also the latency histogram (76 more sums
-/// per row read, so skipped where unused).
+/// per row read, so skipped where unused). `by_dimension` says `group_sql` is a user, key or
+/// route column; otherwise an unfiltered question is answered from the whole-traffic rows.
 fn sums(
     app: &App,
     s: &Scope,
-    group_sql: &str,
+    (group_sql, by_dimension): (&str, bool),
     rows_sql: &str,
     extra: &[&(dyn ToSql + Sync)],
     hist: bool,
@@ -210,7 +213,8 @@ fn sums(
                 sum(bytes_in)::int8, sum(bytes_out)::int8 {hist_sql}
            FROM request_rollups WHERE {FILTER} AND {rows_sql} GROUP BY 1"
     );
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&s.user_id, &s.key_id, &s.route_id];
+    let whole = !by_dimension && s.user_id.is_none() && s.key_id.is_none() && s.route_id.is_none();
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&s.user_id, &s.key_id, &s.route_id, &whole];
     params.extend_from_slice(extra);
     let rows = app.pool.get()?.query(sql.as_str(), &params)?;
     Ok(rows
@@ -231,14 +235,14 @@ fn sums(
 }
 
 /// Sums over the whole window, grouped by `group_sql`.
-fn window_sums(app: &App, s: &Scope, group_sql: &str, hist: bool) -> Result<Vec<Totals>> {
+fn window_sums(app: &App, s: &Scope, group: (&str, bool), hist: bool) -> Result<Vec<Totals>> {
     let hour = ceil(s.start, 3_600);
     let day = ceil(hour, 86_400);
-    sums(app, s, group_sql, WINDOW, &[&s.start, &hour, &day], hist)
+    sums(app, s, group, WINDOW, &[&s.start, &hour, &day], hist)
 }
 
 fn overview(app: &App, ctx: &Ctx, s: &Scope) -> Result<Value> {
-    let t = window_sums(app, s, "0::int8", true)?
+    let t = window_sums(app, s, ("0::int8", false), true)?
         .pop()
         .unwrap_or_default();
     Ok(json!({
@@ -293,8 +297,8 @@ fn timeseries(app: &App, ctx: &Ctx, s: &Scope) -> Result<Value> {
     let by_start: HashMap<i64, Totals> = sums(
         app,
         s,
-        "extract(epoch FROM bucket_start)::int8",
-        "grain_secs = $4 AND bucket_start >= $5",
+        ("extract(epoch FROM bucket_start)::int8", false),
+        "grain_secs = $5 AND bucket_start >= $6",
         &[&grain, &first],
         true,
     )?
@@ -331,7 +335,7 @@ fn timeseries(app: &App, ctx: &Ctx, s: &Scope) -> Result<Value> {
 /// covers only the raw-log retention, 7 days by default).
 fn top_routes(app: &App, ctx: &Ctx, s: &Scope) -> Result<Value> {
     let limit = limit(ctx, TOP_DEFAULT)?;
-    let routed: Vec<Totals> = window_sums(app, s, "route_id", true)?
+    let routed: Vec<Totals> = window_sums(app, s, ("route_id", true), true)?
         .into_iter()
         .filter(|t| t.group != 0)
         .collect();
@@ -394,7 +398,7 @@ fn top_routes(app: &App, ctx: &Ctx, s: &Scope) -> Result<Value> {
 /// Busiest keys; requests without a valid key are one entry with `keyId` null.
 fn top_keys(app: &App, ctx: &Ctx, s: &Scope) -> Result<Value> {
     let limit = limit(ctx, TOP_DEFAULT)?;
-    let mut keys = window_sums(app, s, "api_key_id", false)?;
+    let mut keys = window_sums(app, s, ("api_key_id", true), false)?;
     keys.sort_by(|a, b| b.count.cmp(&a.count).then(a.group.cmp(&b.group)));
     keys.truncate(limit as usize);
     let ids: Vec<i64> = keys.iter().map(|t| t.group).collect();

@@ -68,6 +68,11 @@ pub fn percentile(hist: &[i64], q: f64) -> f64 {
     bucket_bounds(LATENCY_BUCKETS - 1).0
 }
 
+/// The ids of a "whole traffic" row: per grain and bucket, one row sums every dimension, so
+/// unfiltered overviews and timeseries read one row per bucket instead of one per
+/// user × key × route × status class combination.
+pub const ALL: i64 = -1;
+
 /// One rollup row's identity; ids are 0 where the log row has none (see sql/003).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
@@ -126,15 +131,25 @@ fn aggregate(rows: &[&LogRow]) -> BTreeMap<Key, Agg> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         for grain in GRAINS {
+            let start = secs - secs.rem_euclid(i64::from(grain));
             let key = Key {
                 grain,
-                start: secs - secs.rem_euclid(i64::from(grain)),
+                start,
                 user: r.user_id.unwrap_or(0),
                 key: r.api_key_id.unwrap_or(0),
                 route: r.route_id.unwrap_or(0),
                 class: (r.status / 100).clamp(0, 9) as i16,
             };
             out.entry(key).or_insert_with(Agg::new).add(r);
+            let all = Key {
+                grain,
+                start,
+                user: ALL,
+                key: ALL,
+                route: ALL,
+                class: 0,
+            };
+            out.entry(all).or_insert_with(Agg::new).add(r);
         }
     }
     out

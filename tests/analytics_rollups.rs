@@ -100,7 +100,7 @@ fn rollups_equal_the_raw_rows_for_every_dimension_and_grain() {
                         status_class, sum(count)::int8, sum(errors_4xx)::int8,
                         sum(errors_5xx)::int8, sum(rate_limited)::int8, sum(bytes_in)::int8,
                         sum(bytes_out)::int8
-                   FROM request_rollups WHERE grain_secs = $1
+                   FROM request_rollups WHERE grain_secs = $1 AND user_id <> -1
                   GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
                 &[&grain],
             )
@@ -125,6 +125,36 @@ fn rollups_equal_the_raw_rows_for_every_dimension_and_grain() {
             .map(dims)
             .collect();
         assert_eq!(rollups, raw, "grain {grain}");
+        // Each bucket's whole-traffic row (ids -1) sums its per-dimension rows.
+        let whole: Vec<Dims> = db
+            .query(
+                "SELECT extract(epoch FROM bucket_start)::int8, -1::int8, -1::int8, -1::int8,
+                        0::int2, count, errors_4xx, errors_5xx, rate_limited, bytes_in,
+                        bytes_out
+                   FROM request_rollups WHERE grain_secs = $1 AND user_id = -1 ORDER BY 1",
+                &[&grain],
+            )
+            .unwrap()
+            .iter()
+            .map(dims)
+            .collect();
+        let mut summed: Vec<Dims> = Vec::new();
+        for r in &raw {
+            match summed.last_mut() {
+                Some(w) if w.0 == r.0 => {
+                    (w.5, w.6, w.7, w.8, w.9, w.10) = (
+                        w.5 + r.5,
+                        w.6 + r.6,
+                        w.7 + r.7,
+                        w.8 + r.8,
+                        w.9 + r.9,
+                        w.10 + r.10,
+                    )
+                }
+                _ => summed.push((r.0, -1, -1, -1, 0, r.5, r.6, r.7, r.8, r.9, r.10)),
+            }
+        }
+        assert_eq!(whole, summed, "grain {grain} whole-traffic rows");
         let hist_sum = (0..BUCKETS)
             .map(|i| format!("h{i}"))
             .collect::<Vec<_>>()
