@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # `make bench-analytics`: analytics over rollups versus scanning raw rows, at 10 M requests.
+#   0. logger throughput: BENCH_LOGGER_ROWS (1,000,000) rows stamped within 10 s, as live
+#      traffic at ~100 k requests/s would be, written through the logger's batch write
+#      (`tollgate dev-load-logs`); then the tables are emptied;
 #   1. loads BENCH_ANALYTICS_ROWS (10,000,000) synthetic log rows spread over the last 24 h
 #      with `tollgate dev-load-logs`, which writes them through the logger's own batch write
 #      (binary COPY + rollup upsert in one transaction, 5000 rows a batch): its rows/s is the
@@ -15,6 +18,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO"
 
 ROWS=${BENCH_ANALYTICS_ROWS:-10000000}
+LOGGER_ROWS=${BENCH_LOGGER_ROWS:-1000000}
 ADDR=${BENCH_ANALYTICS_ADDR:-127.0.0.1:18090}
 RUNS=5
 DB=tollgate_bench_analytics
@@ -50,10 +54,14 @@ load0=$(cut -d' ' -f1-3 /proc/loadavg)
 
 if [[ ${BENCH_ANALYTICS_REUSE:-} == 1 ]]; then
     echo "bench-analytics: reusing the rows already in $DB"
-    load_line="(reused an earlier load)"
+    load_line="(reused an earlier load)" dense_line="(skipped)"
 else
     scripts/pg.sh dropdb "$DB"
     scripts/pg.sh createdb "$DB"
+    echo "bench-analytics: logger throughput, $LOGGER_ROWS rows stamped within 10 s"
+    dense_line=$(RUST_LOG=warn "$BIN" dev-load-logs "$LOGGER_ROWS" 10 | tail -1)
+    echo "$dense_line"
+    scripts/pg.sh psql "$DB" -q -c 'TRUNCATE request_logs, request_rollups'
     echo "bench-analytics: loading $ROWS rows through the logger's write path (takes minutes)"
     load_line=$(RUST_LOG=warn "$BIN" dev-load-logs "$ROWS" 86400 | tail -1)
     echo "$load_line"
@@ -102,12 +110,15 @@ RAW_TIMESERIES="SELECT date_trunc('hour', created_at, 'UTC'), count(*),
 echo
 echo "bench-analytics: $(nproc) cores, load average before: $load0"
 echo "rows: request_logs rollups size(logs) size(rollups) = $sizes"
-echo "logger write path: $load_line"
+echo "logger, live-rate rows:  $dense_line"
+echo "logger, 10 M over 24 h:  $load_line"
 printf '%-44s %12s\n' "case (24 h window, median of $RUNS)" "ms"
 printf '%-44s %12s\n' "GET /analytics/overview (rollups)" "$(http_ms '/analytics/overview?window=24h')"
 printf '%-44s %12s\n' "GET /analytics/timeseries bucket=hour" "$(http_ms '/analytics/timeseries?window=24h')"
 printf '%-44s %12s\n' "GET /analytics/timeseries bucket=minute" \
     "$(http_ms '/analytics/timeseries?window=24h&bucket=minute')"
+printf '%-44s %12s\n' "GET /analytics/overview userId=3" "$(http_ms '/analytics/overview?window=24h&userId=3')"
+printf '%-44s %12s\n' "GET /analytics/timeseries userId=3" "$(http_ms '/analytics/timeseries?window=24h&userId=3')"
 printf '%-44s %12s\n' "GET /analytics/top-routes" "$(http_ms '/analytics/top-routes?window=24h')"
 printf '%-44s %12s\n' "GET /analytics/top-keys" "$(http_ms '/analytics/top-keys?window=24h')"
 printf '%-44s %12s\n' "GET /analytics/overview window=30d" "$(http_ms '/analytics/overview?window=30d')"
