@@ -522,3 +522,46 @@ fn retention_deletes_old_raw_rows_and_older_rollups_and_keeps_new_ones() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_batch_whose_rollups_fail_is_retried_whole_and_raw_rows_never_run_ahead() {
+    let gw = Gateway::start();
+    let up = Upstream::start();
+    let user = gw.create_user("a@example.com");
+    let (key, _) = gw.create_key(user, json!({"rateLimit": 1000}));
+    gw.create_route(user, "/api", &up.addr);
+    let mut db = gw.db();
+    // Every rollup write now fails, so the whole batch (raw rows too) must roll back.
+    db.batch_execute(
+        "ALTER TABLE request_rollups ADD CONSTRAINT refuse_all CHECK (count < 0) NOT VALID",
+    )
+    .unwrap();
+    for i in 0..5 {
+        assert_eq!(gw.with_key("GET", &format!("/api/{i}"), &key).status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    let raw = |db: &mut postgres::Client| -> i64 {
+        db.query_one("SELECT count(*) FROM request_logs", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(raw(&mut db), 0, "raw rows committed without their rollups");
+    db.batch_execute("ALTER TABLE request_rollups DROP CONSTRAINT refuse_all")
+        .unwrap();
+    assert_eq!(gw.wait_for_log_rows(5), 5);
+    for grain in [60i32, 3_600, 86_400] {
+        let (whole, detail): (i64, i64) = {
+            let r = db
+                .query_one(
+                    "SELECT coalesce(sum(count) FILTER (WHERE user_id = -1), 0)::int8,
+                            coalesce(sum(count) FILTER (WHERE user_id <> -1), 0)::int8
+                       FROM request_rollups WHERE grain_secs = $1",
+                    &[&grain],
+                )
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        assert_eq!((whole, detail), (5, 5), "grain {grain}: counted once each");
+    }
+    assert_eq!(count(&gw.admin_get("/analytics/overview").json()), 5);
+}
