@@ -107,6 +107,11 @@ pub struct Config {
     /// `127.0.0.1` behind the shipped nginx edge) whose `X-Forwarded-For` and
     /// `X-Forwarded-Proto` are believed. Anyone else could forge them, so none by default.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// `TOLLGATE_METRICS_ADDR`, default unset. `/metrics` is always served on the main
+    /// listener behind the admin secret (`x-admin-secret` or `Authorization: Bearer`);
+    /// when this is set, a second listener here serves `/metrics` without credentials, for
+    /// a scraper on a private interface. Unset by default so nothing is exposed unasked.
+    pub metrics_addr: Option<String>,
 }
 
 impl Config {
@@ -147,6 +152,9 @@ impl Config {
             breaker_cooldown: ms("TOLLGATE_BREAKER_COOLDOWN_MS", DEFAULT_BREAKER_COOLDOWN_MS)?,
             upstream_max_in_flight: 0,
             trusted_proxies: ips("TOLLGATE_TRUSTED_PROXIES")?,
+            metrics_addr: env::var("TOLLGATE_METRICS_ADDR")
+                .ok()
+                .filter(|v| !v.trim().is_empty()),
         };
         let mut cfg = cfg;
         cfg.upstream_max_in_flight = num(

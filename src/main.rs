@@ -7,10 +7,12 @@ mod analytics;
 mod auth;
 mod breaker;
 mod config;
+mod dashboard;
 mod db;
 mod error;
 mod input;
 mod logger;
+mod metrics;
 mod proxy;
 mod ratelimit;
 mod server;
@@ -82,6 +84,7 @@ fn serve(cfg: config::Config) -> Result<(), String> {
             cfg.upstream_max_in_flight,
         )),
         abandoned_bodies: Default::default(),
+        metrics: Default::default(),
         pool,
         cfg,
     });
@@ -92,6 +95,9 @@ fn serve(cfg: config::Config) -> Result<(), String> {
     log::info!("{n} routes loaded");
     ratelimit::spawn_purger(app.pool.clone(), app.cfg.rate_window_secs);
     spawn_sync(app.clone());
+    if let Some(addr) = &app.cfg.metrics_addr {
+        metrics::spawn_listener(app.clone(), addr).map_err(|e| e.to_string())?;
+    }
     server::serve(app).map_err(|e| e.to_string())
 }
 
