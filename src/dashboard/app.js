@@ -103,11 +103,27 @@ function svgEl(tag, attrs, text) {
 
 const PAD = { left: 52, right: 12, top: 10, bottom: 24 };
 
-function niceMax(v) {
-  if (!(v > 0)) return 1;
-  const p = Math.pow(10, Math.floor(Math.log10(v)));
-  for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
-  return 10 * p;
+// The top of the y axis: four equal steps of 1, 2, 2.5 or 5 times a power of ten (whole
+// numbers only for counts), so grid labels read cleanly.
+function niceMax(v, whole) {
+  if (!(v > 0)) return 4;
+  const raw = v / 4;
+  const p = Math.pow(10, Math.floor(Math.log10(raw)));
+  let step = 10 * p;
+  for (const m of [1, 2, 2.5, 5]) {
+    if (raw <= m * p) {
+      step = m * p;
+      break;
+    }
+  }
+  if (whole) step = Math.max(1, Math.ceil(step));
+  return step * 4;
+}
+
+// Draws in CSS pixels: the viewBox follows the element's width, so text keeps its size.
+function fit(svg, height) {
+  const w = Math.max(320, Math.round(svg.getBoundingClientRect().width || 800));
+  svg.setAttribute("viewBox", "0 0 " + w + " " + height);
 }
 
 function timeLabel(iso, bucket) {
@@ -129,7 +145,7 @@ function frame(svg, points, max, unit, bucket) {
   for (let i = 0; i <= 4; i++) {
     const v = (max * i) / 4;
     svg.append(svgEl("line", { class: "grid-line", x1: PAD.left, x2: PAD.left + w, y1: y(v), y2: y(v) }));
-    const label = (Number.isInteger(v) ? v : v.toFixed(1)) + (i === 4 && unit ? " " + unit : "");
+    const label = String(Math.round(v * 100) / 100) + (i === 4 && unit ? " " + unit : "");
     svg.append(svgEl("text", { x: PAD.left - 6, y: y(v) + 4, "text-anchor": "end" }, label));
   }
   const n = points.length;
@@ -144,6 +160,7 @@ function frame(svg, points, max, unit, bucket) {
 }
 
 function emptyChart(svg, message) {
+  fit(svg, svg === $("chart-status") ? 52 : 220);
   svg.replaceChildren();
   const vb = svg.viewBox.baseVal;
   svg.append(svgEl("text", { class: "empty", x: vb.width / 2, y: vb.height / 2, "text-anchor": "middle" }, message));
@@ -152,7 +169,8 @@ function emptyChart(svg, message) {
 function requestsChart(points, bucket) {
   const svg = $("chart-requests");
   if (!points.length) return emptyChart(svg, "no data in this window");
-  const max = niceMax(Math.max(...points.map((p) => p.count || 0)));
+  fit(svg, 220);
+  const max = niceMax(Math.max(...points.map((p) => p.count || 0)), true);
   const f = frame(svg, points, max, "", bucket);
   const bar = Math.max(1, f.step * 0.72);
   points.forEach((p, i) => {
@@ -176,7 +194,8 @@ function latencyChart(points, bucket) {
   if (!points.length || !has) {
     return emptyChart(svg, points.length ? "this server reports no latency percentiles per bucket" : "no data in this window");
   }
-  const max = niceMax(Math.max(...points.map((p) => Math.max(p.p50Ms || 0, p.p95Ms || 0, p.p99Ms || 0))));
+  fit(svg, 220);
+  const max = niceMax(Math.max(...points.map((p) => Math.max(p.p50Ms || 0, p.p95Ms || 0, p.p99Ms || 0))), false);
   const f = frame(svg, points, max, "ms", bucket);
   const series = [["p99Ms", "#d9485f"], ["p95Ms", "#9152d9"], ["p50Ms", "#2f6fdf"]];
   for (const [field, color] of series) {
@@ -212,10 +231,12 @@ function statusChart(o) {
   if (!total) {
     emptyChart(svg, "no requests in this window");
   } else {
+    fit(svg, 52);
+    const width = svg.viewBox.baseVal.width;
     let x = 0;
     for (const [name, n, color] of parts) {
       if (n <= 0) continue;
-      const w = (n / total) * 400;
+      const w = (n / total) * width;
       const g = svgEl("g");
       g.append(svgEl("title", {}, name + ": " + n));
       g.append(svgEl("rect", { x, y: 8, width: w, height: 36, fill: color }));
