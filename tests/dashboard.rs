@@ -82,7 +82,7 @@ impl Browser {
             "--disable-quic",
             "--disable-dev-shm-usage",
             "--hide-scrollbars",
-            "--window-size=1400,1900",
+            "--window-size=1400,1800",
             &format!("--user-data-dir={}", b.profile.display()),
         ];
         let caps = json!({"capabilities": {"alwaysMatch": {
@@ -253,6 +253,40 @@ fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
+/// Waits (30 s at most) until a JavaScript expression yields a non-empty string.
+fn wait_for(browser: &Browser, expr: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = browser.script(&format!("return ({expr}) || ''"));
+        if let Some(s) = v.as_str().filter(|s| !s.is_empty()) {
+            return s.to_string();
+        }
+        assert!(Instant::now() < deadline, "waited in vain for {expr}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Picks a window in the selector and waits until the page has loaded it (its load
+/// counter moves past `after`); returns the new counter.
+fn choose_window(browser: &Browser, window: &str, after: &str) -> String {
+    browser.script(&format!(
+        "const w = document.getElementById('window'); w.value = '{window}'; \
+         w.dispatchEvent(new Event('change')); return 0"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = wait_for(browser, "document.body.dataset.loaded");
+        if now != after {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reload after choosing {window}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A number as the page shows it: thousands separators removed.
 fn shown_number(text: &str) -> f64 {
     text.replace(',', "")
@@ -339,21 +373,17 @@ fn dashboard_in_headless_chromium_shows_the_overview_numbers() {
 
     let browser = Browser::start();
     browser.open(&format!("{}/dashboard", gw.direct_addr));
+    // A wrong secret sends the page back to the sign-in form with the server's reason.
+    browser.type_into("#credential", "not-the-admin-secret");
+    browser.click("#sign-in");
+    let refused = wait_for(
+        &browser,
+        "document.getElementById('login-error').textContent",
+    );
+    assert!(refused.starts_with("Refused"), "{refused}");
     browser.type_into("#credential", ADMIN_SECRET);
     browser.click("#sign-in");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let loaded = browser.script("return document.body.dataset.loaded || ''");
-        if loaded.as_str().is_some_and(|s| !s.is_empty()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cards never filled: {:?}",
-            browser.text("#app")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let first = wait_for(&browser, "document.body.dataset.loaded");
 
     let total = browser.text("#totalRequests");
     assert_eq!(
@@ -410,6 +440,14 @@ fn dashboard_in_headless_chromium_shows_the_overview_numbers() {
     );
     let routes = browser.text("#top-routes");
     assert!(routes.contains("/api"), "{routes}");
+
+    // Another window: a fresh load, and all of this traffic is within 15 minutes too.
+    let second = choose_window(&browser, "15m", &first);
+    assert_eq!(
+        shown_number(&browser.text("#totalRequests")),
+        overview["totalRequests"].as_f64().unwrap()
+    );
+    choose_window(&browser, "24h", &second);
 
     // The page's own requests (page, script, style, analytics calls) are operator traffic
     // and it asks for no favicon: none of it lands in the request log.

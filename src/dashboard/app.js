@@ -198,12 +198,26 @@ function latencyChart(points, bucket) {
   const max = niceMax(Math.max(...points.map((p) => Math.max(p.p50Ms || 0, p.p95Ms || 0, p.p99Ms || 0))), false);
   const f = frame(svg, points, max, "ms", bucket);
   const series = [["p99Ms", "#d9485f"], ["p95Ms", "#9152d9"], ["p50Ms", "#2f6fdf"]];
+  // A bucket without requests has no latency: the line breaks there instead of dropping
+  // to zero.
   for (const [field, color] of series) {
-    const xy = points.map((p, i) => [PAD.left + f.step * i + f.step / 2, f.y(isNum(p[field]) ? p[field] : 0)]);
-    const d = xy.map(([x, y], i) => (i ? "L" : "M") + x.toFixed(1) + " " + y.toFixed(1)).join(" ");
-    svg.append(svgEl("path", { d, fill: "none", stroke: color, "stroke-width": 2, "stroke-linejoin": "round" }));
-    if (xy.length <= 60) {
-      xy.forEach(([x, y]) => svg.append(svgEl("circle", { cx: x, cy: y, r: 2.5, fill: color })));
+    let d = "";
+    let pen = "M";
+    const dots = [];
+    points.forEach((p, i) => {
+      if (!(p.count > 0) || !isNum(p[field])) {
+        pen = "M";
+        return;
+      }
+      const x = PAD.left + f.step * i + f.step / 2;
+      const y = f.y(p[field]);
+      d += pen + x.toFixed(1) + " " + y.toFixed(1) + " ";
+      pen = "L";
+      dots.push([x, y]);
+    });
+    if (d) svg.append(svgEl("path", { d, fill: "none", stroke: color, "stroke-width": 2, "stroke-linejoin": "round" }));
+    if (dots.length <= 90) {
+      dots.forEach(([x, y]) => svg.append(svgEl("circle", { cx: x, cy: y, r: 3, fill: color })));
     }
   }
 }
@@ -334,7 +348,10 @@ async function refresh() {
   if (mine !== generation) return; // a newer refresh (window change) has started
   const denied = calls.find((c) => c.status === "rejected" && c.reason.status === 401);
   if (denied) {
-    signOut("Refused: " + denied.reason.message);
+    // Analytics takes an API key whenever the admin secret is not right, so the server's
+    // message for a wrong secret talks about keys; say what was tried instead.
+    const tried = "x-admin-secret" in authHeaders(credential()) ? "not the admin secret" : denied.reason.message;
+    signOut("Refused: " + tried + ".");
     return;
   }
   const problems = [];
