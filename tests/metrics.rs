@@ -374,7 +374,17 @@ fn exposition_is_well_formed_and_counts_known_traffic() {
     assert_eq!(gw.with_key_direct("GET", "/api/ok", &tight).status, 429);
     sent += 6;
 
-    let (text, after) = scrape(&gw);
+    // A request is counted once its response is written, a moment after the client has
+    // read it: wait until the last one is in.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (text, after) = loop {
+        let (text, now) = scrape(&gw);
+        let counted = value(&now, "tollgate_request_duration_seconds_count", &[]);
+        if counted >= sent as f64 || Instant::now() > deadline {
+            break (text, now);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     promtool_accepts(&text);
     let api_id = api.to_string();
     let dead_id = dead.to_string();
