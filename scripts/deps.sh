@@ -6,6 +6,8 @@
 #   scripts/deps.sh cargo   only checks that a Rust toolchain is on PATH
 #   scripts/deps.sh httpbin httpbin + gunicorn from PyPI in a venv at .data/venv (the
 #                           upstream of tests/fidelity.rs; python3-venv from Debian if needed)
+#   scripts/deps.sh browser chromium + chromium-driver (tests/dashboard.rs drives the page)
+#   scripts/deps.sh promtool prometheus, for `promtool check metrics` in tests/metrics.rs
 # Several purposes may be given at once. Needs root only when something is missing.
 set -euo pipefail
 
@@ -48,7 +50,7 @@ install_httpbin() {
     "$venv/bin/pip" install -q --disable-pip-version-check httpbin gunicorn
 }
 
-[[ $# -gt 0 ]] || { echo "usage: $0 pg|edge|bench|cargo|httpbin ..." >&2; exit 2; }
+[[ $# -gt 0 ]] || { echo "usage: $0 pg|edge|bench|cargo|httpbin|browser|promtool ..." >&2; exit 2; }
 for purpose in "$@"; do
     case $purpose in
         pg) want "$PGBIN/initdb" postgresql ;;
@@ -61,7 +63,12 @@ for purpose in "$@"; do
             ;;
         cargo) check_cargo ;;
         httpbin) install_httpbin ;;
-        *) echo "deps: unknown purpose '$purpose' (pg|edge|bench|cargo|httpbin)" >&2; exit 2 ;;
+        browser)
+            want /usr/bin/chromium chromium
+            want /usr/bin/chromedriver chromium-driver
+            ;;
+        promtool) want /usr/bin/promtool prometheus ;;
+        *) echo "deps: unknown purpose '$purpose' (pg|edge|bench|cargo|httpbin|browser|promtool)" >&2; exit 2 ;;
     esac
 done
 

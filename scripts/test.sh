@@ -6,7 +6,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO"
 
-scripts/deps.sh pg edge cargo httpbin
+scripts/deps.sh pg edge cargo httpbin browser promtool
 # tests/fidelity.rs runs httpbin under this gunicorn as a real-world upstream.
 TOLLGATE_TEST_GUNICORN=$REPO/.data/venv/bin/gunicorn
 export TOLLGATE_TEST_GUNICORN

@@ -133,6 +133,11 @@ pub struct Config {
     pub retention_interval: Duration,
     /// `TOLLGATE_RETENTION_BATCH`, default 5000 rows per DELETE.
     pub retention_batch: i64,
+    /// `TOLLGATE_METRICS_ADDR`, default unset. `/metrics` is always served on the main
+    /// listener behind the admin secret (`x-admin-secret` or `Authorization: Bearer`);
+    /// when this is set, a second listener here serves `/metrics` without credentials, for
+    /// a scraper on a private interface. Unset by default so nothing is exposed unasked.
+    pub metrics_addr: Option<String>,
 }
 
 impl Config {
@@ -180,6 +185,9 @@ impl Config {
                 DEFAULT_RETENTION_INTERVAL_MS,
             )?,
             retention_batch: num("TOLLGATE_RETENTION_BATCH", DEFAULT_RETENTION_BATCH)?,
+            metrics_addr: env::var("TOLLGATE_METRICS_ADDR")
+                .ok()
+                .filter(|v| !v.trim().is_empty()),
         };
         let mut cfg = cfg;
         cfg.upstream_max_in_flight = num(

@@ -6,9 +6,55 @@ use crate::error::{Error, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
 use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Inner = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+/// The r2d2 pool plus what r2d2 does not tell: how many callers are inside `get` right now
+/// (waiting for a connection) and how many gave up. Everything else (`state`, ...) is the
+/// r2d2 pool's own, through `Deref`; `get` keeps r2d2's signature so callers write
+/// `pool.get()?` as before.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Inner,
+    waits: Arc<PoolWaits>,
+}
+
+#[derive(Default)]
+pub struct PoolWaits {
+    /// Callers inside `get` at this moment.
+    pub waiting: AtomicU64,
+    /// `get` calls that timed out (`TOLLGATE_DB_WAIT_MS`) or failed to connect.
+    pub failed: AtomicU64,
+}
+
+impl Pool {
+    pub fn get(
+        &self,
+    ) -> std::result::Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, r2d2::Error>
+    {
+        self.waits.waiting.fetch_add(1, Ordering::Relaxed);
+        let got = self.inner.get();
+        self.waits.waiting.fetch_sub(1, Ordering::Relaxed);
+        if got.is_err() {
+            self.waits.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        got
+    }
+
+    pub fn waits(&self) -> &PoolWaits {
+        &self.waits
+    }
+}
+
+impl std::ops::Deref for Pool {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
 
 /// `sql/NNN_*.sql` in order. A file is applied once, in its own transaction, and recorded in
 /// `schema_migrations`; landed files are never edited.
@@ -39,12 +85,16 @@ pub fn pg_config(cfg: &Config) -> Result<postgres::Config> {
 /// need it get 503 until it returns, everything else keeps working.
 pub fn pool(cfg: &Config) -> Result<Pool> {
     let manager = PostgresConnectionManager::new(pg_config(cfg)?, NoTls);
-    Ok(r2d2::Pool::builder()
+    let inner = r2d2::Pool::builder()
         .max_size(cfg.db_pool_size)
         .min_idle(Some(cfg.db_pool_size.min(4)))
         .connection_timeout(cfg.db_wait)
         .test_on_check_out(false)
-        .build_unchecked(manager))
+        .build_unchecked(manager);
+    Ok(Pool {
+        inner,
+        waits: Arc::default(),
+    })
 }
 
 /// Applies pending migrations, retrying the first connection for up to `wait` so that a

@@ -7,11 +7,13 @@ mod analytics;
 mod auth;
 mod breaker;
 mod config;
+mod dashboard;
 mod db;
 mod devload;
 mod error;
 mod input;
 mod logger;
+mod metrics;
 mod proxy;
 mod ratelimit;
 mod retention;
@@ -102,6 +104,7 @@ fn serve(cfg: config::Config) -> Result<(), String> {
             cfg.upstream_max_in_flight,
         )),
         abandoned_bodies: Default::default(),
+        metrics: Default::default(),
         pool,
         cfg,
     });
@@ -113,6 +116,9 @@ fn serve(cfg: config::Config) -> Result<(), String> {
     ratelimit::spawn_purger(app.pool.clone(), app.cfg.rate_window_secs);
     retention::spawn(app.pool.clone(), &app.cfg);
     spawn_sync(app.clone());
+    if let Some(addr) = &app.cfg.metrics_addr {
+        metrics::spawn_listener(app.clone(), addr).map_err(|e| e.to_string())?;
+    }
     server::serve(app).map_err(|e| e.to_string())
 }
 

@@ -113,6 +113,20 @@ impl RouteTable {
         *self.by_user.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(by_user);
     }
 
+    /// Every route's prefix by id, for the `route` label of `/metrics`.
+    pub fn prefixes(&self) -> HashMap<i64, String> {
+        let table = self
+            .by_user
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        table
+            .values()
+            .flatten()
+            .map(|r| (r.id, r.prefix.clone()))
+            .collect()
+    }
+
     /// Re-reads every route from the database.
     pub fn reload(&self, pool: &crate::db::Pool) -> Result<usize> {
         let sql = format!("SELECT {ROUTE_SELECT} FROM routes");

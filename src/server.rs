@@ -9,8 +9,9 @@ use crate::config::{self, Config};
 use crate::db::Pool;
 use crate::error::{Error, Result};
 use crate::logger::{LogRow, Logger};
+use crate::metrics::{Metrics, UpstreamFailure};
 use crate::proxy::{self, RouteTable};
-use crate::{admin, analytics, ratelimit};
+use crate::{admin, analytics, dashboard, metrics, ratelimit};
 use serde_json::{json, Value};
 use std::io::{self, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -30,6 +31,8 @@ pub struct App {
     pub breakers: Arc<Breakers>,
     /// Requests answered with a declared body too large to drain safely (see `abandon`).
     pub abandoned_bodies: AtomicU64,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
 }
 
 /// What a handler answers; `respond` turns it into bytes on the socket.
@@ -219,6 +222,8 @@ fn handle(app: &App, mut request: Request) {
         abandon(app, request, reply)
     };
     if gateway {
+        let seconds = ctx.started.elapsed().as_secs_f64();
+        app.metrics.observe(trace.route_id, status, seconds);
         app.logger.send(LogRow {
             request_id: ctx.request_id.clone(),
             api_key_id: trace.api_key_id,
@@ -228,7 +233,7 @@ fn handle(app: &App, mut request: Request) {
             path: ctx.path.clone(),
             query: ctx.query.clone(),
             status: i32::from(status),
-            latency_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            latency_ms: seconds * 1000.0,
             bytes_in: bytes_in as i64,
             bytes_out: bytes_out as i64,
             client_ip: ctx.client_ip.clone(),
@@ -287,10 +292,16 @@ fn gateway_path(app: &App, rq: &mut Request, ctx: &Ctx, trace: &mut Trace) -> Re
     }
     let limit = ratelimit::check(app, key.id, key.rate_limit)?;
     if !limit.allowed {
+        app.metrics.rate_limited();
         return Ok(limit.refusal(app.cfg.rate_window_secs));
     }
     let mut reply = proxy::forward(app, &route, rq, ctx, key.credential_header, trace)
-        .unwrap_or_else(|e| Reply::error(&e));
+        .unwrap_or_else(|e| {
+            if let Some(kind) = UpstreamFailure::of(&e) {
+                app.metrics.upstream_failure(kind);
+            }
+            Reply::error(&e)
+        });
     limit.add_headers(&mut reply, app.cfg.rate_window_secs);
     Ok(reply)
 }
@@ -303,6 +314,8 @@ fn operator_path(app: &App, rq: &mut Request, ctx: &Ctx) -> Result<Reply> {
         ("healthz" | "readyz", _) => Err(Error::MethodNotAllowed),
         ("admin", _) => admin::handle(app, rq, ctx),
         ("analytics", _) => analytics::handle(app, ctx),
+        ("metrics", _) => metrics::handle(app, ctx),
+        ("dashboard", _) => dashboard::handle(ctx),
         _ => Err(Error::NotFound("endpoint".into())),
     }
 }
@@ -327,7 +340,14 @@ fn readyz(app: &App) -> Reply {
 }
 
 /// Paths the gateway answers itself; no route may claim them (checked in admin).
-pub const OPERATOR_PREFIXES: &[&str] = &["/admin", "/analytics", "/healthz", "/readyz"];
+pub const OPERATOR_PREFIXES: &[&str] = &[
+    "/admin",
+    "/analytics",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/dashboard",
+];
 
 pub fn is_operator_path(path: &str) -> bool {
     OPERATOR_PREFIXES

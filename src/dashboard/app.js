@@ -1,0 +1,481 @@
+// tollgate dashboard: reads /analytics/* with the credential the operator typed (kept in
+// sessionStorage for this tab only) and draws everything itself, in SVG. Data reaches the
+// page through textContent and SVG attributes only, never as markup.
+"use strict";
+
+const STORE = "tollgate.credential";
+const WINDOW_STORE = "tollgate.window";
+const REFRESH_MS = 5000;
+const SVG = "http://www.w3.org/2000/svg";
+const DASH = "–";
+
+const $ = (id) => document.getElementById(id);
+let timer = null;
+let generation = 0;
+
+function credential() {
+  return sessionStorage.getItem(STORE);
+}
+
+// An API key looks like gw_<id>_<secret>; anything else is taken as the admin secret.
+function authHeaders(cred) {
+  return /^gw_[A-Za-z0-9]+_[A-Za-z0-9]+$/.test(cred)
+    ? { "x-api-key": cred }
+    : { "x-admin-secret": cred };
+}
+
+class HttpError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function get(path, params) {
+  const q = new URLSearchParams(params).toString();
+  const res = await fetch(path + (q ? "?" + q : ""), {
+    headers: authHeaders(credential()),
+    cache: "no-store",
+    credentials: "omit",
+  });
+  if (!res.ok) {
+    let code = "http_" + res.status;
+    let message = res.statusText;
+    try {
+      const body = await res.json();
+      code = body.error.code;
+      message = body.error.message;
+    } catch (_) {
+      // Not our JSON error: keep the status.
+    }
+    throw new HttpError(res.status, code, message);
+  }
+  return res.json();
+}
+
+// ---- formatting -------------------------------------------------------------------------
+
+function isNum(v) {
+  return typeof v === "number" && Number.isFinite(v);
+}
+
+function count(v) {
+  return isNum(v) ? Math.round(v).toLocaleString("en-US") : DASH;
+}
+
+function ms(v) {
+  if (!isNum(v)) return DASH;
+  return v >= 100 ? Math.round(v).toLocaleString("en-US") : String(Math.round(v * 100) / 100);
+}
+
+function bytes(v) {
+  if (!isNum(v)) return DASH;
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return (i === 0 ? String(v) : v.toFixed(1)) + " " + units[i];
+}
+
+function setText(id, text) {
+  const el = $(id);
+  if (el) el.textContent = text;
+}
+
+function el(tag, attrs, text) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function svgEl(tag, attrs, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// ---- charts -----------------------------------------------------------------------------
+
+const PAD = { left: 52, right: 12, top: 10, bottom: 24 };
+
+// The top of the y axis: four equal steps of 1, 2, 2.5 or 5 times a power of ten (whole
+// numbers only for counts), so grid labels read cleanly.
+function niceMax(v, whole) {
+  if (!(v > 0)) return 4;
+  const raw = v / 4;
+  const p = Math.pow(10, Math.floor(Math.log10(raw)));
+  let step = 10 * p;
+  for (const m of [1, 2, 2.5, 5]) {
+    if (raw <= m * p) {
+      step = m * p;
+      break;
+    }
+  }
+  if (whole) step = Math.max(1, Math.ceil(step));
+  return step * 4;
+}
+
+// Draws in CSS pixels: the viewBox follows the element's width, so text keeps its size.
+function fit(svg, height) {
+  const w = Math.max(320, Math.round(svg.getBoundingClientRect().width || 800));
+  svg.setAttribute("viewBox", "0 0 " + w + " " + height);
+}
+
+function timeLabel(iso, bucket) {
+  const d = new Date(iso);
+  if (isNaN(d)) return "";
+  const hh = String(d.getHours()).padStart(2, "0");
+  const mm = String(d.getMinutes()).padStart(2, "0");
+  if (bucket === "day") return (d.getMonth() + 1) + "/" + d.getDate();
+  return hh + ":" + mm;
+}
+
+// Axes, grid lines and x labels shared by both time charts; returns the plotting frame.
+function frame(svg, points, max, unit, bucket) {
+  svg.replaceChildren();
+  const vb = svg.viewBox.baseVal;
+  const w = vb.width - PAD.left - PAD.right;
+  const h = vb.height - PAD.top - PAD.bottom;
+  const y = (v) => PAD.top + h - (v / max) * h;
+  for (let i = 0; i <= 4; i++) {
+    const v = (max * i) / 4;
+    svg.append(svgEl("line", { class: "grid-line", x1: PAD.left, x2: PAD.left + w, y1: y(v), y2: y(v) }));
+    const label = String(Math.round(v * 100) / 100) + (i === 4 && unit ? " " + unit : "");
+    svg.append(svgEl("text", { x: PAD.left - 6, y: y(v) + 4, "text-anchor": "end" }, label));
+  }
+  const n = points.length;
+  const step = n > 0 ? w / n : w;
+  const every = Math.max(1, Math.ceil(n / 8));
+  points.forEach((p, i) => {
+    if (i % every !== 0) return;
+    const x = PAD.left + step * i + step / 2;
+    svg.append(svgEl("text", { x, y: PAD.top + h + 16, "text-anchor": "middle" }, timeLabel(p.start || p.hour, bucket)));
+  });
+  return { w, h, y, step };
+}
+
+function emptyChart(svg, message) {
+  fit(svg, svg === $("chart-status") ? 52 : 220);
+  svg.replaceChildren();
+  const vb = svg.viewBox.baseVal;
+  svg.append(svgEl("text", { class: "empty", x: vb.width / 2, y: vb.height / 2, "text-anchor": "middle" }, message));
+}
+
+function requestsChart(points, bucket) {
+  const svg = $("chart-requests");
+  if (!points.length) return emptyChart(svg, "no data in this window");
+  fit(svg, 220);
+  const max = niceMax(Math.max(...points.map((p) => p.count || 0)), true);
+  const f = frame(svg, points, max, "", bucket);
+  const bar = Math.max(1, f.step * 0.72);
+  points.forEach((p, i) => {
+    const x = PAD.left + f.step * i + (f.step - bar) / 2;
+    const c = p.count || 0;
+    const e = p.errorCount || 0;
+    const title = timeLabel(p.start || p.hour, bucket) + ": " + c + " requests, " + e + " errors";
+    const g = svgEl("g");
+    g.append(svgEl("title", {}, title));
+    g.append(svgEl("rect", { x, y: f.y(c), width: bar, height: f.y(0) - f.y(c), fill: "#2f6fdf", rx: 1.5 }));
+    if (e > 0) {
+      g.append(svgEl("rect", { x, y: f.y(e), width: bar, height: f.y(0) - f.y(e), fill: "#d9485f", rx: 1.5 }));
+    }
+    svg.append(g);
+  });
+}
+
+function latencyChart(points, bucket) {
+  const svg = $("chart-latency");
+  const has = points.some((p) => isNum(p.p50Ms) || isNum(p.p95Ms) || isNum(p.p99Ms));
+  if (!points.length || !has) {
+    return emptyChart(svg, points.length ? "this server reports no latency percentiles per bucket" : "no data in this window");
+  }
+  fit(svg, 220);
+  const max = niceMax(Math.max(...points.map((p) => Math.max(p.p50Ms || 0, p.p95Ms || 0, p.p99Ms || 0))), false);
+  const f = frame(svg, points, max, "ms", bucket);
+  const series = [["p99Ms", "#d9485f"], ["p95Ms", "#9152d9"], ["p50Ms", "#2f6fdf"]];
+  // A bucket without requests has no latency: the line breaks there instead of dropping
+  // to zero.
+  for (const [field, color] of series) {
+    let d = "";
+    let pen = "M";
+    const dots = [];
+    points.forEach((p, i) => {
+      if (!(p.count > 0) || !isNum(p[field])) {
+        pen = "M";
+        return;
+      }
+      const x = PAD.left + f.step * i + f.step / 2;
+      const y = f.y(p[field]);
+      d += pen + x.toFixed(1) + " " + y.toFixed(1) + " ";
+      pen = "L";
+      dots.push([x, y]);
+    });
+    if (d) svg.append(svgEl("path", { d, fill: "none", stroke: color, "stroke-width": 2, "stroke-linejoin": "round" }));
+    if (dots.length <= 90) {
+      dots.forEach(([x, y]) => svg.append(svgEl("circle", { cx: x, cy: y, r: 3, fill: color })));
+    }
+  }
+}
+
+// 2xx/3xx, 4xx (without 429), 429, 5xx from the overview; unknown parts leave a note.
+function statusChart(o) {
+  const svg = $("chart-status");
+  const legend = $("status-legend");
+  legend.replaceChildren();
+  const known = isNum(o.clientErrors) && isNum(o.serverErrors);
+  const rl = isNum(o.rateLimited) ? o.rateLimited : 0;
+  const parts = known
+    ? [
+        ["2xx / 3xx", o.totalRequests - o.errorCount, "#2e9d62"],
+        ["4xx", o.clientErrors - rl, "#e69a28"],
+        ["429", rl, "#b5651d"],
+        ["5xx", o.serverErrors, "#d9485f"],
+      ]
+    : [
+        ["below 400", o.totalRequests - o.errorCount, "#2e9d62"],
+        ["400 and up", o.errorCount, "#d9485f"],
+      ];
+  svg.replaceChildren();
+  const total = parts.reduce((s, p) => s + Math.max(0, p[1]), 0);
+  if (!total) {
+    emptyChart(svg, "no requests in this window");
+  } else {
+    fit(svg, 52);
+    const width = svg.viewBox.baseVal.width;
+    let x = 0;
+    for (const [name, n, color] of parts) {
+      if (n <= 0) continue;
+      const w = (n / total) * width;
+      const g = svgEl("g");
+      g.append(svgEl("title", {}, name + ": " + n));
+      g.append(svgEl("rect", { x, y: 8, width: w, height: 36, fill: color }));
+      svg.append(g);
+      x += w;
+    }
+  }
+  for (const [name, n, color] of parts) {
+    const sw = el("i", { class: "sw" });
+    sw.style.background = color;
+    const label = el("span");
+    label.append(sw, document.createTextNode(name));
+    const pct = total ? " (" + ((Math.max(0, n) * 100) / total).toFixed(1) + " %)" : "";
+    const li = el("li");
+    li.append(label, el("span", {}, count(n) + pct));
+    legend.append(li);
+  }
+  if (!known) legend.append(el("li", {}, "4xx / 5xx split: " + DASH));
+}
+
+// ---- tables -----------------------------------------------------------------------------
+
+function fillTable(id, rows, columns, emptyText) {
+  const body = $(id);
+  body.replaceChildren();
+  if (!rows.length) {
+    const tr = el("tr");
+    tr.append(el("td", { class: "none", colspan: columns.length }, emptyText));
+    body.append(tr);
+    return;
+  }
+  for (const row of rows) {
+    const tr = el("tr");
+    for (const [fn, cls] of columns) {
+      const v = fn(row);
+      const td = el("td", cls ? { class: cls } : {});
+      if (v instanceof Node) td.append(v);
+      else td.textContent = v;
+      if (typeof v === "string" && v.length > 30) td.title = v;
+      tr.append(td);
+    }
+    body.append(tr);
+  }
+}
+
+function unavailable(id, columns, why) {
+  fillTable(id, [], new Array(columns).fill([() => ""]), why);
+}
+
+function statusPill(s) {
+  return el("span", { class: "pill s" + Math.floor(s / 100) }, String(s));
+}
+
+function clock(iso) {
+  const d = new Date(iso);
+  return isNaN(d) ? DASH : d.toLocaleTimeString("en-GB");
+}
+
+// ---- refresh ----------------------------------------------------------------------------
+
+function bucketFor(w) {
+  const secs = { m: 60, h: 3600, d: 86400 }[w.slice(-1)] * parseInt(w, 10);
+  if (secs <= 6 * 3600) return "minute";
+  if (secs <= 7 * 86400) return "hour";
+  return "day";
+}
+
+function showOverview(o) {
+  setText("totalRequests", count(o.totalRequests));
+  setText("errorCount", count(o.errorCount));
+  setText("errorRate", typeof o.errorRate === "string" ? o.errorRate : DASH);
+  setText("avgLatencyMs", ms(o.avgLatencyMs));
+  setText("p50Ms", ms(o.p50Ms));
+  setText("p95Ms", ms(o.p95Ms));
+  setText("p99Ms", ms(o.p99Ms));
+  setText("clientErrors", count(o.clientErrors));
+  setText("serverErrors", count(o.serverErrors));
+  setText("rateLimited", count(o.rateLimited));
+  setText("bytesIn", bytes(o.bytesIn));
+  setText("bytesOut", bytes(o.bytesOut));
+  statusChart(o);
+}
+
+async function refresh() {
+  const mine = ++generation;
+  const w = $("window").value;
+  const bucket = bucketFor(w);
+  const calls = await Promise.allSettled([
+    get("/analytics/overview", { window: w }),
+    get("/analytics/timeseries", { window: w, bucket }),
+    get("/analytics/top-routes", { window: w, limit: 8 }),
+    get("/analytics/top-keys", { window: w, limit: 8 }),
+    get("/analytics/recent", { window: w, limit: 15 }),
+  ]);
+  if (mine !== generation) return; // a newer refresh (window change) has started
+  const denied = calls.find((c) => c.status === "rejected" && c.reason.status === 401);
+  if (denied) {
+    // Analytics takes an API key whenever the admin secret is not right, so the server's
+    // message for a wrong secret talks about keys; say what was tried instead.
+    const tried = "x-admin-secret" in authHeaders(credential()) ? "not the admin secret" : denied.reason.message;
+    signOut("Refused: " + tried + ".");
+    return;
+  }
+  const problems = [];
+  const [overview, series, routes, keys, recent] = calls;
+  if (overview.status === "fulfilled") showOverview(overview.value);
+  else problems.push("overview: " + overview.reason.message);
+
+  if (series.status === "fulfilled") {
+    const points = Array.isArray(series.value) ? series.value : [];
+    requestsChart(points, bucket);
+    latencyChart(points, bucket);
+  } else {
+    problems.push("timeseries: " + series.reason.message);
+  }
+
+  if (routes.status === "fulfilled") {
+    fillTable("top-routes", routes.value, [
+      [(r) => r.path ?? DASH],
+      [(r) => count(r.count), "n"],
+      [(r) => count(r.errorCount), "n"],
+      [(r) => ms(r.avgLatencyMs), "n"],
+      [(r) => ms(r.p95Ms), "n"],
+    ], "no requests in this window");
+  } else {
+    unavailable("top-routes", 5, "unavailable: " + routes.reason.message);
+  }
+
+  if (keys.status === "fulfilled") {
+    fillTable("top-keys", keys.value, [
+      [(k) => k.keyName ?? (k.keyId == null ? "(no key)" : "#" + k.keyId)],
+      [(k) => (k.userId == null ? DASH : String(k.userId)), "n"],
+      [(k) => count(k.count), "n"],
+      [(k) => count(k.errorCount), "n"],
+      [(k) => ms(k.avgLatencyMs), "n"],
+    ], "no requests in this window");
+  } else {
+    const why = keys.reason.status === 404 ? "not available on this server" : "unavailable: " + keys.reason.message;
+    unavailable("top-keys", 5, why);
+  }
+
+  if (recent.status === "fulfilled") {
+    fillTable("recent", recent.value, [
+      [(r) => clock(r.createdAt)],
+      [(r) => r.method],
+      [(r) => {
+        const c = el("code", {}, r.path + (r.query ? "?" + r.query : ""));
+        return c;
+      }],
+      [(r) => statusPill(r.status), "n"],
+      [(r) => ms(r.latencyMs), "n"],
+      [(r) => (r.apiKeyId == null ? DASH : "#" + r.apiKeyId), "n"],
+      [(r) => r.clientIp ?? DASH],
+    ], "no requests in this window");
+  } else {
+    problems.push("recent: " + recent.reason.message);
+  }
+
+  const banner = $("banner");
+  banner.hidden = problems.length === 0;
+  banner.textContent = problems.length ? "Some figures could not be loaded — " + problems.join("; ") : "";
+  setText("updated", "updated " + new Date().toLocaleTimeString("en-GB"));
+  document.body.dataset.loaded = String(mine);
+}
+
+function schedule() {
+  clearTimeout(timer);
+  timer = setTimeout(async () => {
+    if (!document.hidden && credential()) {
+      try {
+        await refresh();
+      } catch (e) {
+        setText("updated", "refresh failed: " + e.message);
+      }
+    }
+    if (credential()) schedule();
+  }, REFRESH_MS);
+}
+
+async function start() {
+  $("login").hidden = true;
+  $("app").hidden = false;
+  $("controls").hidden = false;
+  const cred = credential();
+  setText("who", "x-admin-secret" in authHeaders(cred) ? "admin" : "API key " + cred.split("_")[1]);
+  try {
+    await refresh();
+  } catch (e) {
+    setText("updated", "refresh failed: " + e.message);
+  }
+  schedule();
+}
+
+function signOut(message) {
+  clearTimeout(timer);
+  generation++;
+  sessionStorage.removeItem(STORE);
+  $("app").hidden = true;
+  $("controls").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+  $("credential").value = "";
+  $("credential").focus();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const saved = sessionStorage.getItem(WINDOW_STORE);
+  if (saved && [...$("window").options].some((o) => o.value === saved)) $("window").value = saved;
+  $("login-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const value = $("credential").value.trim();
+    if (!value) return;
+    sessionStorage.setItem(STORE, value);
+    $("login-error").textContent = "";
+    start();
+  });
+  $("sign-out").addEventListener("click", () => signOut(""));
+  $("window").addEventListener("change", () => {
+    sessionStorage.setItem(WINDOW_STORE, $("window").value);
+    refresh().catch((e) => setText("updated", "refresh failed: " + e.message));
+    schedule();
+  });
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && credential()) schedule();
+  });
+  if (credential()) start();
+  else $("credential").focus();
+});
