@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
 use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
@@ -121,5 +122,70 @@ pub fn describe(e: &postgres::Error) -> String {
         (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
         (None, Some(cause)) => format!("{e}: {cause}"),
         (None, None) => e.to_string(),
+    }
+}
+
+/// Whether the database answered lately. Once a request finds it unreachable, others skip
+/// it without waiting `db_wait` for a connection, and one probe per
+/// `config::DB_PROBE_INTERVAL` tries again; the first success marks it up.
+pub struct DbHealth {
+    epoch: Instant,
+    /// Milliseconds since `epoch` before which nobody tries; 0 while the database is up.
+    next_try_ms: AtomicU64,
+}
+
+impl Default for DbHealth {
+    fn default() -> DbHealth {
+        DbHealth {
+            epoch: Instant::now(),
+            next_try_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl DbHealth {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.next_try_ms.load(Ordering::Relaxed) == 0
+    }
+
+    /// Runs `f` unless the database is known down and this is not the moment to probe it,
+    /// in which case `Err(DatabaseUnavailable)` at once. `f`'s outcome updates the state.
+    pub fn call<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let next = self.next_try_ms.load(Ordering::Relaxed);
+        if next != 0 {
+            let now = self.now_ms();
+            let probe = now.max(1) + crate::config::DB_PROBE_INTERVAL.as_millis() as u64;
+            // Exactly one caller wins the right to probe; the rest fail fast.
+            if now < next
+                || self
+                    .next_try_ms
+                    .compare_exchange(next, probe, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                return Err(Error::DatabaseUnavailable);
+            }
+        }
+        let result = f();
+        match &result {
+            Err(Error::DatabaseUnavailable) => self.mark_down(),
+            Ok(_) => self.next_try_ms.store(0, Ordering::Relaxed),
+            Err(_) => {}
+        }
+        result
+    }
+
+    pub fn mark_up(&self) {
+        self.next_try_ms.store(0, Ordering::Relaxed);
+    }
+
+    pub fn mark_down(&self) {
+        let probe = self.now_ms().max(1) + crate::config::DB_PROBE_INTERVAL.as_millis() as u64;
+        let _ = self
+            .next_try_ms
+            .compare_exchange(0, probe, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
