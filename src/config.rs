@@ -148,9 +148,11 @@ pub struct Config {
     /// customers unmetered for the outage beats turning a database blip into a full API
     /// outage. Such responses carry `X-RateLimit-Degraded: 1`. `fail-closed` answers 503.
     pub ratelimit_fail_open: bool,
-    /// `TOLLGATE_BCRYPT_CONCURRENCY`, default the number of CPUs: bcrypt is pure CPU, so
-    /// more verifications at once than cores only slow every other request down, while
-    /// fewer would stretch the warm-up after a restart when every key is new to the cache.
+    /// `TOLLGATE_BCRYPT_CONCURRENCY`, default half the CPUs (at least 1): bcrypt is pure
+    /// CPU, so this bounds the share of the machine that keys never seen before (a flood of
+    /// wrong secrets, or every key at once after a restart) can take from traffic with
+    /// verified keys. The price is a slower warm-up after a restart (~12 new keys a second
+    /// per slot at cost 10); raise it for many distinct keys and frequent restarts.
     pub bcrypt_concurrency: usize,
     /// `TOLLGATE_AUTH_FAIL_LIMIT`, default 30 (0 turns the limit off).
     pub auth_fail_limit: u32,
@@ -209,7 +211,7 @@ impl Config {
             ratelimit_fail_open: fail_open("TOLLGATE_RATELIMIT_ON_DB_ERROR")?,
             bcrypt_concurrency: num(
                 "TOLLGATE_BCRYPT_CONCURRENCY",
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
+                std::thread::available_parallelism().map_or(1, |n| n.get() / 2),
             )?
             .max(1),
             auth_fail_limit: num("TOLLGATE_AUTH_FAIL_LIMIT", DEFAULT_AUTH_FAIL_LIMIT)?,
