@@ -5,7 +5,7 @@ SHELL := /bin/bash
 # rustup installs cargo here; `make` from a non-login shell may not have it on PATH.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: build run test bench fmt lint demo clean-data
+.PHONY: build run test bench soak fmt lint demo clean-data
 
 build:            ## release binary: target/release/tollgate
 	cargo build --release
@@ -18,6 +18,9 @@ test:             ## private Postgres, then cargo test (stops the cluster only i
 
 bench:            ## wrk: nginx upstream vs nginx proxy vs tollgate (BENCH_SECS, default 10)
 	scripts/bench.sh
+
+soak:             ## SOAK_SECS (default 600) of mixed traffic; RSS, threads, fds sampled every 10 s must stay flat
+	scripts/soak.sh
 
 fmt:
 	cargo fmt

@@ -166,6 +166,7 @@ pub struct Config {
     /// `<path>/logger` makes the logger thread panic once. The fault tests need a real
     /// panic inside the real binary; gating it on both the build and a variable keeps it
     /// out of production binaries and out of ordinary debug runs.
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
     pub test_panic_path: Option<String>,
 }
 
