@@ -182,10 +182,36 @@ impl DbHealth {
         self.next_try_ms.store(0, Ordering::Relaxed);
     }
 
+    /// Notes a failure: nobody tries again for `config::DB_PROBE_INTERVAL` from now (also
+    /// after a failed probe, which may itself have waited `db_wait`).
     pub fn mark_down(&self) {
         let probe = self.now_ms().max(1) + crate::config::DB_PROBE_INTERVAL.as_millis() as u64;
-        let _ = self
-            .next_try_ms
-            .compare_exchange(0, probe, Ordering::Relaxed, Ordering::Relaxed);
+        self.next_try_ms.store(probe, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_an_outage_is_noticed_callers_skip_the_database_until_the_next_probe() {
+        let h = DbHealth::default();
+        assert!(h.call(|| Ok(())).is_ok());
+        assert!(h.is_up());
+        let failed: Result<()> = h.call(|| Err(Error::DatabaseUnavailable));
+        assert!(failed.is_err() && !h.is_up());
+        let mut ran = false;
+        let skipped: Result<()> = h.call(|| {
+            ran = true;
+            Ok(())
+        });
+        assert!(matches!(skipped, Err(Error::DatabaseUnavailable)));
+        assert!(!ran, "the database was tried during a known outage");
+        // A probe is due one interval after the failure; its success ends the outage.
+        h.next_try_ms.store(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(h.call(|| Ok(())).is_ok());
+        assert!(h.is_up());
     }
 }
