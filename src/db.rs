@@ -1,5 +1,6 @@
 //! The connection pool, the migrations embedded from `sql/`, and small helpers shared by
-//! the stages that talk to Postgres (auth, ratelimit, logger, admin, analytics).
+//! the stages that talk to Postgres (auth, ratelimit, logger, admin, analytics), and
+//! `DbHealth`, which lets requests skip a database known to be down.
 
 use crate::config::Config;
 use crate::error::{Error, Result};

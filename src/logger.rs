@@ -1,7 +1,8 @@
 //! The request log: workers hand rows to a bounded channel and never wait; one logger
 //! thread writes them in batches with binary COPY, at least every flush interval, and in
 //! the same transaction stamps `api_keys.last_used_at`. Rows the database refuses are kept
-//! (up to a bound) and retried, so an outage delays logs instead of losing them.
+//! (up to a bound) and retried, so an outage delays logs instead of losing them. At
+//! shutdown `Logger::shutdown` writes everything queued before the process exits.
 
 use crate::db::Pool;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};

@@ -1,7 +1,8 @@
 //! tiny_http, the worker pool and dispatch. A worker takes one request at a time: framing
 //! checks here, then either the gateway path (auth → ratelimit → proxy → logger) or the
 //! operator endpoints (admin, analytics, health). Every answer, error or panic, leaves
-//! through `respond` as JSON or as the upstream's own response.
+//! through `respond` as JSON or as the upstream's own response. `serve` returns after a
+//! graceful shutdown on SIGTERM/SIGINT.
 
 use crate::auth::{self, KeyCache};
 use crate::breaker::Breakers;
