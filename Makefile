@@ -5,7 +5,7 @@ SHELL := /bin/bash
 # rustup installs cargo here; `make` from a non-login shell may not have it on PATH.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: build run test bench bench-analytics fmt lint demo clean-data
+.PHONY: build run test bench bench-analytics soak fmt lint demo clean-data
 
 build:            ## release binary: target/release/tollgate
 	cargo build --release
@@ -21,6 +21,8 @@ bench:            ## wrk: nginx upstream vs nginx proxy vs tollgate (BENCH_SECS,
 
 bench-analytics:  ## analytics from rollups vs raw scans at 10 M log rows, and logger rows/s (BENCH_ANALYTICS_ROWS)
 	scripts/bench_analytics.sh
+soak:             ## SOAK_SECS (default 600) of mixed traffic; RSS, threads, fds sampled every 10 s must stay flat
+	scripts/soak.sh
 
 fmt:
 	cargo fmt

@@ -4,6 +4,7 @@
 #   scripts/deps.sh bench   nginx, wrk, haproxy, curl (for scripts/bench.sh)
 #   scripts/deps.sh edge    nginx (the edge in front of tollgate, for tests/edge.rs)
 #   scripts/deps.sh cargo   only checks that a Rust toolchain is on PATH
+#   scripts/deps.sh soak    python3 and curl (load generator and admin calls of scripts/soak.sh)
 #   scripts/deps.sh httpbin httpbin + gunicorn from PyPI in a venv at .data/venv (the
 #                           upstream of tests/fidelity.rs; python3-venv from Debian if needed)
 #   scripts/deps.sh browser chromium + chromium-driver (tests/dashboard.rs drives the page)
@@ -50,7 +51,7 @@ install_httpbin() {
     "$venv/bin/pip" install -q --disable-pip-version-check httpbin gunicorn
 }
 
-[[ $# -gt 0 ]] || { echo "usage: $0 pg|edge|bench|cargo|httpbin|browser|promtool ..." >&2; exit 2; }
+[[ $# -gt 0 ]] || { echo "usage: $0 pg|edge|bench|soak|cargo|httpbin|browser|promtool ..." >&2; exit 2; }
 for purpose in "$@"; do
     case $purpose in
         pg) want "$PGBIN/initdb" postgresql ;;
@@ -61,6 +62,10 @@ for purpose in "$@"; do
             want /usr/sbin/haproxy haproxy
             want /usr/bin/curl curl
             ;;
+        soak)
+            want /usr/bin/python3 python3
+            want /usr/bin/curl curl
+            ;;
         cargo) check_cargo ;;
         httpbin) install_httpbin ;;
         browser)
@@ -68,7 +73,7 @@ for purpose in "$@"; do
             want /usr/bin/chromedriver chromium-driver
             ;;
         promtool) want /usr/bin/promtool prometheus ;;
-        *) echo "deps: unknown purpose '$purpose' (pg|edge|bench|cargo|httpbin|browser|promtool)" >&2; exit 2 ;;
+        *) echo "deps: unknown purpose '$purpose' (pg|edge|bench|soak|cargo|httpbin|browser|promtool)" >&2; exit 2 ;;
     esac
 done
 

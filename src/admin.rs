@@ -31,8 +31,25 @@ pub fn is_admin_secret(app: &App, given: &str) -> bool {
     a.ct_eq(&b).into()
 }
 
+/// The admin check with the per-IP failure limit: `Ok(true)` for the right secret,
+/// `Ok(false)` when no secret was sent, `Err(Unauthorized)` for a wrong one (counted
+/// against the client IP), and 429 for an IP over its limit whatever it sent, so a
+/// guesser learns nothing more once limited.
+pub fn check_admin(app: &App, ctx: &Ctx) -> Result<bool> {
+    if ctx.header("x-admin-secret").is_none() {
+        return Ok(false);
+    }
+    app.admin_failures.check(&ctx.client_ip)?;
+    if is_admin(app, ctx) {
+        return Ok(true);
+    }
+    app.admin_failures.record(&ctx.client_ip);
+    log::warn!("wrong x-admin-secret from {}", ctx.client_ip);
+    Err(Error::Unauthorized)
+}
+
 pub fn handle(app: &App, rq: &mut Request, ctx: &Ctx) -> Result<Reply> {
-    if !is_admin(app, ctx) {
+    if !check_admin(app, ctx)? {
         return Err(Error::Unauthorized);
     }
     let segs: Vec<&str> = ctx.path.split('/').filter(|s| !s.is_empty()).collect();
@@ -667,6 +684,9 @@ fn stats(app: &App) -> Value {
         "authCacheMisses": k.misses.load(Ordering::Relaxed),
         "bcryptVerifications": k.bcrypt_verifications.load(Ordering::Relaxed),
         "abandonedBodies": app.abandoned_bodies.load(Ordering::Relaxed),
+        "loggerRestarts": l.restarts.load(Ordering::Relaxed),
+        "rateLimitDegraded": app.degraded_responses.load(Ordering::Relaxed),
+        "databaseUp": app.db_health.is_up(),
         "dbPoolConnections": state.connections,
         "dbPoolIdle": state.idle_connections,
     })

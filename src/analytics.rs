@@ -9,9 +9,8 @@ use crate::auth;
 use crate::db::ts;
 use crate::error::{Error, Result};
 use crate::input;
-use crate::ratelimit;
 use crate::rollup::{hist_columns, percentile};
-use crate::server::{App, Ctx, Reply};
+use crate::server::{self, App, Ctx, Reply};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use postgres::types::ToSql;
 use serde_json::{json, Value};
@@ -58,15 +57,16 @@ pub fn handle(app: &App, ctx: &Ctx) -> Result<Reply> {
         return Err(Error::MethodNotAllowed);
     }
     let mut limit_headers = None;
-    let own_user = if admin::is_admin(app, ctx) {
+    let own_user = if admin::check_admin(app, ctx)? {
         None
     } else {
         let key = auth::authenticate(app, ctx)?;
-        let decision = ratelimit::check(app, key.id, key.rate_limit)?;
-        if !decision.allowed {
-            return Ok(decision.refusal(app.cfg.rate_window_secs));
+        // The same outage policy as the gateway path (fail-open or fail-closed).
+        let limit = server::rate_limit(app, key.id, key.rate_limit)?;
+        if let Some(refused) = limit.refusal(app) {
+            return Ok(refused);
         }
-        limit_headers = Some(decision);
+        limit_headers = Some(limit);
         Some(key.user_id)
     };
     let scope = scope(ctx, own_user)?;
@@ -88,8 +88,8 @@ pub fn handle(app: &App, ctx: &Ctx) -> Result<Reply> {
     if let Some(c) = next_cursor {
         reply.header("X-Next-Cursor", c.to_string());
     }
-    if let Some(d) = limit_headers {
-        d.add_headers(&mut reply, app.cfg.rate_window_secs);
+    if let Some(limit) = limit_headers {
+        limit.add_headers(app, &mut reply);
     }
     Ok(reply)
 }

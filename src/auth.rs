@@ -2,13 +2,15 @@
 //! use costs one indexed lookup and one bcrypt verify; after that the key cache answers
 //! with a SHA-256 comparison, so bcrypt never sits on the hot path.
 
+use crate::config::{BCRYPT_WAIT, FAILED_KEY_CACHE_MAX, FAILED_KEY_TTL};
 use crate::error::{Error, Result};
 use crate::server::{App, Ctx};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
+use std::time::Instant;
 use subtle::ConstantTimeEq;
 
 /// Length of the public lookup id (base62): 62^12 ≈ 2^71, so ids never collide in practice
@@ -56,6 +58,8 @@ struct Cached {
 #[derive(Default)]
 pub struct KeyCache {
     map: RwLock<HashMap<String, Cached>>,
+    /// Recently refused (public id, secret digest) pairs and when they were refused.
+    failed: Mutex<HashMap<(String, [u8; 32]), Instant>>,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub bcrypt_verifications: AtomicU64,
@@ -102,30 +106,78 @@ impl KeyCache {
         Some(same.then(|| c.info.clone()))
     }
 
+    fn recently_failed(&self, public_id: &str, digest: &[u8; 32]) -> bool {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed
+            .get(&(public_id.to_string(), *digest))
+            .is_some_and(|at| at.elapsed() < FAILED_KEY_TTL)
+    }
+
+    fn remember_failure(&self, public_id: &str, digest: [u8; 32]) {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if failed.len() >= FAILED_KEY_CACHE_MAX {
+            failed.retain(|_, at| at.elapsed() < FAILED_KEY_TTL);
+            if failed.len() >= FAILED_KEY_CACHE_MAX {
+                failed.clear();
+            }
+        }
+        failed.insert((public_id.to_string(), digest), Instant::now());
+    }
+
+    /// Debug builds only: panics while holding the cache's write lock, poisoning it, for
+    /// the test that a poisoned lock takes nothing down (see `Config::test_panic_path`).
+    #[cfg(debug_assertions)]
+    pub fn panic_holding_lock(&self) {
+        let _map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        panic!("test-only panic while holding the key cache lock");
+    }
+
     fn insert(&self, public_id: &str, digest: [u8; 32], info: KeyInfo) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         map.insert(public_id.to_string(), Cached { digest, info });
     }
 }
 
-/// Finds, verifies and checks the request's key.
+/// Finds, verifies and checks the request's key. A key already verified costs a SHA-256
+/// and a map lookup. Anything else first passes the client IP's failure limit (429 once
+/// it has failed too often), then the cache of recent refusals, and only then reaches the
+/// database and a bounded bcrypt slot; each refusal counts against the IP.
 pub fn authenticate(app: &App, ctx: &Ctx) -> Result<Authed> {
     let (raw, credential_header) = presented_key(ctx)?;
     let (public_id, secret) = parse_key(raw).ok_or(Error::InvalidApiKey)?;
     let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
     let cache = &app.keys;
+    let refuse = || {
+        app.auth_failures.record(&ctx.client_ip);
+        Error::InvalidApiKey
+    };
     let info = match cache.lookup(public_id, &digest) {
         Some(Some(info)) => {
             cache.hits.fetch_add(1, Ordering::Relaxed);
             info
         }
         // Cached id, other secret: certainly wrong, and no bcrypt needed to say so.
-        Some(None) => return Err(Error::InvalidApiKey),
+        Some(None) => {
+            app.auth_failures.check(&ctx.client_ip)?;
+            return Err(refuse());
+        }
         None => {
+            app.auth_failures.check(&ctx.client_ip)?;
+            if cache.recently_failed(public_id, &digest) {
+                return Err(refuse());
+            }
             cache.misses.fetch_add(1, Ordering::Relaxed);
-            let info = verify_from_db(app, public_id, secret)?;
-            cache.insert(public_id, digest, info.clone());
-            info
+            match verify_from_db(app, public_id, secret) {
+                Ok(info) => {
+                    cache.insert(public_id, digest, info.clone());
+                    info
+                }
+                Err(Error::InvalidApiKey) => {
+                    cache.remember_failure(public_id, digest);
+                    return Err(refuse());
+                }
+                Err(e) => return Err(e),
+            }
         }
     };
     if info.revoked {
@@ -144,16 +196,19 @@ pub fn authenticate(app: &App, ctx: &Ctx) -> Result<Authed> {
 }
 
 fn verify_from_db(app: &App, public_id: &str, secret: &str) -> Result<KeyInfo> {
-    let mut conn = app.pool.get()?;
-    let row = conn
-        .query_typed_opt(
+    // While the database is known to be down, unknown keys get 503 at once.
+    let row = app.db_health.call(|| {
+        let mut conn = app.pool.get()?;
+        Ok(conn.query_typed_opt(
             "SELECT key_hash, id, user_id, rate_limit, scopes, expires_at, revoked_at
                FROM api_keys WHERE public_id = $1",
             &[(&public_id, postgres::types::Type::TEXT)],
-        )?
-        .ok_or(Error::InvalidApiKey)?;
-    drop(conn);
+        )?)
+    })?;
+    let row = row.ok_or(Error::InvalidApiKey)?;
     let hash: String = row.get(0);
+    // bcrypt is pure CPU: a bounded number at once keeps cached-key traffic moving.
+    let _slot = app.bcrypt_gate.acquire(BCRYPT_WAIT)?;
     app.keys
         .bcrypt_verifications
         .fetch_add(1, Ordering::Relaxed);

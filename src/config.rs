@@ -56,6 +56,38 @@ pub const DEFAULT_BREAKER_COOLDOWN_MS: u64 = 10_000;
 /// How often tollgate nudges tiny_http's connection pool (see `server::spawn_pool_nudger`):
 /// the longest a new connection can sit queued behind open keep-alive connections.
 pub const POOL_NUDGE: Duration = Duration::from_millis(50);
+/// How long SIGTERM/SIGINT lets in-flight requests finish and queued log rows reach the
+/// database before the process exits anyway: under Kubernetes' default 30 s termination
+/// grace, so tollgate exits on its own terms before the SIGKILL.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 20_000;
+/// The least time shutdown gives the logger to write queued rows, even when in-flight
+/// requests used up the grace period.
+pub const SHUTDOWN_LOG_FLUSH_MIN: Duration = Duration::from_secs(2);
+/// Failed API-key checks one client IP may make per `auth_fail_window` before it gets 429:
+/// a real client with a typo fails a handful of times, while each failure can cost a
+/// bcrypt verify (~85 ms of CPU), so a flood is cut off after a few seconds of CPU.
+pub const DEFAULT_AUTH_FAIL_LIMIT: u32 = 30;
+/// Failed admin-secret checks one client IP may make per window: an operator mistypes a
+/// few times; a guesser is stopped at once. Also refuses the right secret from that IP
+/// until the window ends, so the 429 is no oracle.
+pub const DEFAULT_ADMIN_FAIL_LIMIT: u32 = 10;
+/// The window of the two limits above, counted from the IP's first failure.
+pub const DEFAULT_AUTH_FAIL_WINDOW_SECS: u64 = 60;
+/// Client IPs tracked by each failure limit; when full, expired entries are pruned and,
+/// if none are, the table is cleared (an attacker with that many addresses gains one
+/// fresh window per address, no more). ~100 bytes an entry: ~10 MiB.
+pub const AUTH_FAIL_TRACKED_IPS: usize = 100_000;
+/// Refused (public id, secret digest) pairs remembered, so repeating a wrong key costs a
+/// hash lookup instead of a database query and a bcrypt verify. Secrets are random, so a
+/// refused pair never becomes right; the TTL only bounds how long memory is held.
+pub const FAILED_KEY_CACHE_MAX: usize = 50_000;
+pub const FAILED_KEY_TTL: Duration = Duration::from_secs(600);
+/// How long a request waits for a bcrypt slot before answering 503 `auth_busy`.
+pub const BCRYPT_WAIT: Duration = Duration::from_secs(2);
+/// After a database outage is noticed, requests skip it (cached keys fail open or closed at
+/// once, unknown keys get 503 at once) and only one probe per this interval tries it,
+/// instead of every request waiting `db_wait` for a connection that will not come.
+pub const DB_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest admin secret accepted: 16 characters keeps brute force out of reach.
 pub const MIN_ADMIN_SECRET_LEN: usize = 16;
 /// Largest admin/analytics request body: these are small JSON documents.
@@ -138,6 +170,35 @@ pub struct Config {
     /// when this is set, a second listener here serves `/metrics` without credentials, for
     /// a scraper on a private interface. Unset by default so nothing is exposed unasked.
     pub metrics_addr: Option<String>,
+    /// `TOLLGATE_SHUTDOWN_GRACE_MS`, default 20000 (see `DEFAULT_SHUTDOWN_GRACE_MS`).
+    pub shutdown_grace: Duration,
+    /// `TOLLGATE_RATELIMIT_ON_DB_ERROR`: `fail-open` (default) or `fail-closed`. What a
+    /// request with an already-verified key gets when the counter cannot be reached.
+    /// Fail-open is the default because during an outage only keys this process has
+    /// already verified get this far (unknown keys get 503 anyway): serving known
+    /// customers unmetered for the outage beats turning a database blip into a full API
+    /// outage. Such responses carry `X-RateLimit-Degraded: 1`. `fail-closed` answers 503.
+    pub ratelimit_fail_open: bool,
+    /// `TOLLGATE_BCRYPT_CONCURRENCY`, default half the CPUs (at least 1): bcrypt is pure
+    /// CPU, so this bounds the share of the machine that keys never seen before (a flood of
+    /// wrong secrets, or every key at once after a restart) can take from traffic with
+    /// verified keys. The price is a slower warm-up after a restart (~12 new keys a second
+    /// per slot at cost 10); raise it for many distinct keys and frequent restarts.
+    pub bcrypt_concurrency: usize,
+    /// `TOLLGATE_AUTH_FAIL_LIMIT`, default 30 (0 turns the limit off).
+    pub auth_fail_limit: u32,
+    /// `TOLLGATE_ADMIN_FAIL_LIMIT`, default 10 (0 turns the limit off).
+    pub admin_fail_limit: u32,
+    /// `TOLLGATE_AUTH_FAIL_WINDOW_SECS`, default 60.
+    pub auth_fail_window: Duration,
+    /// `TOLLGATE_TEST_PANIC_PATH`, test-only, read by debug builds only (release builds
+    /// ignore it and contain no trigger): requests to this path panic in the handler,
+    /// `<path>/lock` panics while holding the key-cache lock (poisoning it), and
+    /// `<path>/logger` makes the logger thread panic once. The fault tests need a real
+    /// panic inside the real binary; gating it on both the build and a variable keeps it
+    /// out of production binaries and out of ordinary debug runs.
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
+    pub test_panic_path: Option<String>,
 }
 
 impl Config {
@@ -188,6 +249,22 @@ impl Config {
             metrics_addr: env::var("TOLLGATE_METRICS_ADDR")
                 .ok()
                 .filter(|v| !v.trim().is_empty()),
+            shutdown_grace: ms("TOLLGATE_SHUTDOWN_GRACE_MS", DEFAULT_SHUTDOWN_GRACE_MS)?,
+            ratelimit_fail_open: fail_open("TOLLGATE_RATELIMIT_ON_DB_ERROR")?,
+            bcrypt_concurrency: num(
+                "TOLLGATE_BCRYPT_CONCURRENCY",
+                std::thread::available_parallelism().map_or(1, |n| n.get() / 2),
+            )?
+            .max(1),
+            auth_fail_limit: num("TOLLGATE_AUTH_FAIL_LIMIT", DEFAULT_AUTH_FAIL_LIMIT)?,
+            admin_fail_limit: num("TOLLGATE_ADMIN_FAIL_LIMIT", DEFAULT_ADMIN_FAIL_LIMIT)?,
+            auth_fail_window: Duration::from_secs(num(
+                "TOLLGATE_AUTH_FAIL_WINDOW_SECS",
+                DEFAULT_AUTH_FAIL_WINDOW_SECS,
+            )?),
+            test_panic_path: env::var("TOLLGATE_TEST_PANIC_PATH")
+                .ok()
+                .filter(|p| cfg!(debug_assertions) && p.starts_with('/')),
         };
         let mut cfg = cfg;
         cfg.upstream_max_in_flight = num(
@@ -251,6 +328,16 @@ fn parse_age(v: &str) -> Option<Duration> {
     };
     let n: u64 = v[..v.len() - 1].parse().ok()?;
     Some(Duration::from_secs(n.checked_mul(unit)?)).filter(|d| !d.is_zero())
+}
+
+fn fail_open(var: &str) -> Result<bool, String> {
+    match env::var(var).unwrap_or_default().trim() {
+        "" | "fail-open" => Ok(true),
+        "fail-closed" => Ok(false),
+        other => Err(format!(
+            "{var} must be fail-open or fail-closed, got {other:?}"
+        )),
+    }
 }
 
 fn ms(var: &str, default: u64) -> Result<Duration, String> {

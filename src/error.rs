@@ -37,6 +37,12 @@ pub enum Error {
     },
     /// Too many requests already in flight to this upstream.
     UpstreamBusy,
+    /// Too many failed key or admin-secret checks from this client IP.
+    TooManyFailures {
+        retry_after: u64,
+    },
+    /// Every bcrypt slot stayed busy for `config::BCRYPT_WAIT`.
+    AuthBusy,
     /// The database cannot be reached or no pooled connection came free in time.
     DatabaseUnavailable,
     /// A bug or an unexpected database answer; details go to the log, not the client.
@@ -64,10 +70,13 @@ impl Error {
             Error::MethodNotAllowed => 405,
             Error::Conflict(_) => 409,
             Error::PayloadTooLarge(_) => 413,
-            Error::RateLimited { .. } => 429,
+            Error::RateLimited { .. } | Error::TooManyFailures { .. } => 429,
             Error::Internal(_) => 500,
             Error::UpstreamUnreachable(_) => 502,
-            Error::DatabaseUnavailable | Error::CircuitOpen { .. } | Error::UpstreamBusy => 503,
+            Error::DatabaseUnavailable
+            | Error::CircuitOpen { .. }
+            | Error::UpstreamBusy
+            | Error::AuthBusy => 503,
             Error::UpstreamTimeout => 504,
         }
     }
@@ -89,6 +98,8 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::RateLimited { .. } => "rate_limited",
+            Error::TooManyFailures { .. } => "too_many_failed_attempts",
+            Error::AuthBusy => "auth_busy",
             Error::UpstreamUnreachable(_) => "upstream_unreachable",
             Error::UpstreamTimeout => "upstream_timeout",
             Error::CircuitOpen { .. } => "upstream_circuit_open",
@@ -102,10 +113,10 @@ impl Error {
     /// Seconds a client should wait before trying again, for the `Retry-After` header.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Error::RateLimited { retry_after } | Error::CircuitOpen { retry_after } => {
-                Some(*retry_after)
-            }
-            Error::UpstreamBusy | Error::DatabaseUnavailable => Some(1),
+            Error::RateLimited { retry_after }
+            | Error::CircuitOpen { retry_after }
+            | Error::TooManyFailures { retry_after } => Some(*retry_after),
+            Error::UpstreamBusy | Error::DatabaseUnavailable | Error::AuthBusy => Some(1),
             _ => None,
         }
     }
@@ -150,6 +161,11 @@ impl fmt::Display for Error {
                 write!(f, "upstream is failing; not trying it for {retry_after} s")
             }
             Error::UpstreamBusy => write!(f, "too many requests in flight to this upstream"),
+            Error::TooManyFailures { retry_after } => write!(
+                f,
+                "too many failed authentication attempts from this address; retry in {retry_after} s"
+            ),
+            Error::AuthBusy => write!(f, "too many key verifications in progress, try again"),
             Error::DatabaseUnavailable => write!(f, "database unavailable, try again"),
             Error::Internal(_) => write!(f, "internal error"),
         }

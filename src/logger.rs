@@ -2,7 +2,8 @@
 //! thread writes them in batches with binary COPY, at least every flush interval, and in
 //! the same transaction stamps `api_keys.last_used_at` and adds the batch to the rollups
 //! (`rollup.rs`). Rows the database refuses are kept (up to a bound) and retried whole, so an
-//! outage delays logs instead of losing them, and raw rows and rollups never disagree.
+//! outage delays logs instead of losing them, and raw rows and rollups never disagree. At
+//! shutdown `Logger::shutdown` writes everything queued before the process exits.
 
 use crate::db::Pool;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -10,8 +11,9 @@ use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Rows per COPY: large enough to amortise the round trip, small enough that one batch
@@ -43,11 +45,19 @@ pub struct Counters {
     pub written: AtomicU64,
     pub dropped: AtomicU64,
     pub buffered: AtomicU64,
+    /// Times the logger thread panicked and restarted its loop.
+    pub restarts: AtomicU64,
+    /// Set by `shutdown`: write everything queued, then stop.
+    closing: AtomicBool,
+    /// Debug builds only: the next loop turn panics (see `Logger::panic_once_for_test`).
+    #[cfg(debug_assertions)]
+    panic_next: AtomicBool,
 }
 
 pub struct Logger {
     tx: Sender<LogRow>,
     pub counters: Arc<Counters>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Logger {
@@ -66,14 +76,48 @@ impl Logger {
                     }));
                     match run {
                         Ok(()) => return,
-                        Err(_) => log::error!("logger thread panicked; restarting it"),
+                        Err(_) => {
+                            c.restarts.fetch_add(1, Ordering::Relaxed);
+                            log::error!("logger thread panicked; restarting it");
+                        }
                     }
                 }
             });
-        if let Err(e) = spawned {
-            log::error!("cannot start the logger thread: {e}");
+        let thread = match spawned {
+            Ok(h) => Some(h),
+            Err(e) => {
+                log::error!("cannot start the logger thread: {e}");
+                None
+            }
+        };
+        Logger {
+            tx,
+            counters,
+            thread: Mutex::new(thread),
         }
-        Logger { tx, counters }
+    }
+
+    /// Writes every row queued so far and stops the thread, waiting until `deadline` at
+    /// most (the database may be down). Returns the rows not written.
+    pub fn shutdown(&self, deadline: Instant) -> u64 {
+        self.counters.closing.store(true, Ordering::SeqCst);
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = thread {
+            while !h.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            }
+        }
+        self.tx.len() as u64 + self.counters.buffered.load(Ordering::Relaxed)
+    }
+
+    /// Debug builds only: the logger thread panics on its next turn, once, for the test
+    /// that it restarts itself (see `Config::test_panic_path`).
+    #[cfg(debug_assertions)]
+    pub fn panic_once_for_test(&self) {
+        self.counters.panic_next.store(true, Ordering::SeqCst);
     }
 
     /// Never blocks: a full queue drops the row and counts it.
@@ -99,7 +143,17 @@ fn run(
     let mut last_flush = Instant::now();
     let mut retry_at = Instant::now();
     loop {
-        let wait = flush.saturating_sub(last_flush.elapsed());
+        #[cfg(debug_assertions)]
+        if counters.panic_next.swap(false, Ordering::SeqCst) {
+            panic!("test-only panic in the logger thread");
+        }
+        let closing = counters.closing.load(Ordering::SeqCst);
+        // Closing: take everything queued now and write it without waiting for a tick.
+        let wait = if closing {
+            Duration::ZERO
+        } else {
+            flush.saturating_sub(last_flush.elapsed())
+        };
         let disconnected = match rx.recv_timeout(wait) {
             Ok(row) => {
                 pending.push_back(row);
@@ -112,7 +166,7 @@ fn run(
                 }
                 false
             }
-            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Timeout) => closing,
             Err(RecvTimeoutError::Disconnected) => true,
         };
         while pending.len() > buffer_max {
@@ -146,8 +200,13 @@ fn run(
         } else if due {
             last_flush = Instant::now();
         }
-        if disconnected && (pending.is_empty() || Instant::now() < retry_at) {
+        if disconnected && pending.is_empty() {
             return;
+        }
+        if disconnected && Instant::now() < retry_at {
+            // The database refused the last write: wait out the backoff (the caller of
+            // `shutdown` bounds the whole wait), then try again.
+            std::thread::sleep(retry_at.saturating_duration_since(Instant::now()));
         }
     }
 }

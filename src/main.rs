@@ -19,6 +19,7 @@ mod ratelimit;
 mod retention;
 mod rollup;
 mod server;
+mod throttle;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -88,26 +89,14 @@ fn dev_load_logs(cfg: &config::Config) -> Result<(), String> {
 fn serve(cfg: config::Config) -> Result<(), String> {
     migrate(&cfg)?;
     let pool = db::pool(&cfg).map_err(|e| e.to_string())?;
-    let app = Arc::new(server::App {
-        logger: logger::Logger::start(
-            pool.clone(),
-            cfg.log_queue,
-            cfg.log_flush,
-            cfg.log_buffer_max,
-        ),
-        keys: auth::KeyCache::default(),
-        routes: proxy::RouteTable::default(),
-        agent: proxy::agent(&cfg),
-        breakers: Arc::new(breaker::Breakers::new(
-            cfg.breaker_failures,
-            cfg.breaker_cooldown,
-            cfg.upstream_max_in_flight,
-        )),
-        abandoned_bodies: Default::default(),
-        metrics: Default::default(),
-        pool,
-        cfg,
-    });
+    let logger = logger::Logger::start(
+        pool.clone(),
+        cfg.log_queue,
+        cfg.log_flush,
+        cfg.log_buffer_max,
+    );
+    let agent = proxy::agent(&cfg);
+    let app = Arc::new(server::App::new(cfg, pool, logger, agent));
     let n = app
         .routes
         .reload(&app.pool)

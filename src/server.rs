@@ -1,23 +1,25 @@
 //! tiny_http, the worker pool and dispatch. A worker takes one request at a time: framing
 //! checks here, then either the gateway path (auth → ratelimit → proxy → logger) or the
 //! operator endpoints (admin, analytics, health). Every answer, error or panic, leaves
-//! through `respond` as JSON or as the upstream's own response.
+//! through `respond` as JSON or as the upstream's own response. `serve` returns after a
+//! graceful shutdown on SIGTERM/SIGINT.
 
 use crate::auth::{self, KeyCache};
 use crate::breaker::Breakers;
 use crate::config::{self, Config};
-use crate::db::Pool;
+use crate::db::{DbHealth, Pool};
 use crate::error::{Error, Result};
 use crate::logger::{LogRow, Logger};
 use crate::metrics::{Metrics, UpstreamFailure};
 use crate::proxy::{self, RouteTable};
+use crate::throttle::{BcryptGate, FailureLimit};
 use crate::{admin, analytics, dashboard, metrics, ratelimit};
 use serde_json::{json, Value};
 use std::io::{self, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tiny_http::{Header, Request, Server, StatusCode};
 
 /// Everything the stages share. Built once in `main`, borrowed by every worker.
@@ -33,6 +35,45 @@ pub struct App {
     pub abandoned_bodies: AtomicU64,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// Whether the database answered lately; lets requests skip it during an outage.
+    pub db_health: DbHealth,
+    /// Failed API-key checks per client IP.
+    pub auth_failures: FailureLimit,
+    /// Failed admin-secret checks per client IP.
+    pub admin_failures: FailureLimit,
+    /// Bounds concurrent bcrypt verifications.
+    pub bcrypt_gate: BcryptGate,
+    /// Set by the first SIGTERM/SIGINT: workers finish their request and stop.
+    pub shutting_down: AtomicBool,
+    /// Responses sent with `X-RateLimit-Degraded: 1` (counter unreachable, fail-open).
+    pub degraded_responses: AtomicU64,
+}
+
+impl App {
+    /// The parts of `App` built from the configuration alone.
+    pub fn new(cfg: Config, pool: Pool, logger: Logger, agent: ureq::Agent) -> App {
+        App {
+            breakers: Arc::new(Breakers::new(
+                cfg.breaker_failures,
+                cfg.breaker_cooldown,
+                cfg.upstream_max_in_flight,
+            )),
+            auth_failures: FailureLimit::new(cfg.auth_fail_limit, cfg.auth_fail_window),
+            admin_failures: FailureLimit::new(cfg.admin_fail_limit, cfg.auth_fail_window),
+            bcrypt_gate: BcryptGate::new(cfg.bcrypt_concurrency),
+            keys: KeyCache::default(),
+            routes: RouteTable::default(),
+            abandoned_bodies: AtomicU64::new(0),
+            db_health: DbHealth::default(),
+            shutting_down: AtomicBool::new(false),
+            degraded_responses: AtomicU64::new(0),
+            metrics: Metrics::default(),
+            logger,
+            agent,
+            pool,
+            cfg,
+        }
+    }
 }
 
 /// What a handler answers; `respond` turns it into bytes on the socket.
@@ -128,7 +169,10 @@ pub struct Trace {
     pub bytes_in: u64,
 }
 
+/// Serves until SIGTERM or SIGINT, then shuts down gracefully (see `shutdown`).
 pub fn serve(app: Arc<App>) -> io::Result<()> {
+    // Registered before listening, so a signal during start-up is not lost.
+    let signals = shutdown_signals()?;
     let server = Server::http(&app.cfg.listen_addr)
         .map_err(|e| io::Error::other(format!("cannot listen on {}: {e}", app.cfg.listen_addr)))?;
     let server = Arc::new(server);
@@ -149,10 +193,70 @@ pub fn serve(app: Arc<App>) -> io::Result<()> {
                 .spawn(move || worker(&server, &app))?,
         );
     }
-    for h in handles {
-        let _ = h.join();
-    }
+    let signal = signals
+        .recv()
+        .map_err(|_| io::Error::other("the signal thread stopped"))?;
+    shutdown(&app, server, handles, signal);
     Ok(())
+}
+
+/// The first SIGTERM or SIGINT arrives on the returned channel; a second one exits the
+/// process at once (status 1), whatever is still running.
+fn shutdown_signals() -> io::Result<crossbeam_channel::Receiver<i32>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for (n, signal) in signals.forever().enumerate() {
+                if n == 0 {
+                    let _ = tx.send(signal);
+                } else {
+                    log::warn!("second signal ({signal}): exiting at once");
+                    std::process::exit(1);
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+/// Stops taking requests, lets the ones in flight finish within `shutdown_grace`, then
+/// writes every queued log row (within the same grace, but at least
+/// `config::SHUTDOWN_LOG_FLUSH_MIN`) and returns, so `main` exits 0.
+fn shutdown(
+    app: &App,
+    server: Arc<Server>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    signal: i32,
+) {
+    let deadline = Instant::now() + app.cfg.shutdown_grace;
+    log::info!(
+        "signal {signal}: finishing requests in flight (grace {} ms)",
+        app.cfg.shutdown_grace.as_millis()
+    );
+    app.shutting_down.store(true, Ordering::SeqCst);
+    // Each unblock wakes one worker waiting in `recv`; a busy worker sees the flag when
+    // its request is done.
+    for _ in 0..workers.len() {
+        server.unblock();
+    }
+    while Instant::now() < deadline && workers.iter().any(|w| !w.is_finished()) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let busy = workers.iter().filter(|w| !w.is_finished()).count();
+    if busy > 0 {
+        log::warn!("{busy} requests still in flight at the end of the grace period");
+    }
+    // The last reference (once the workers are gone) closes the listening socket.
+    drop(server);
+    let flush_by = deadline.max(Instant::now() + config::SHUTDOWN_LOG_FLUSH_MIN);
+    let lost = app.logger.shutdown(flush_by);
+    if lost > 0 {
+        log::error!("shutdown: {lost} log rows could not be written in time");
+    } else {
+        log::info!("shutdown complete: every log row written");
+    }
 }
 
 /// tiny_http 0.12 runs each connection on a pool thread for the connection's whole life,
@@ -182,9 +286,10 @@ fn spawn_pool_nudger(addr: std::net::SocketAddr) {
 }
 
 fn worker(server: &Server, app: &App) {
-    loop {
+    while !app.shutting_down.load(Ordering::SeqCst) {
         let request = match server.recv() {
             Ok(rq) => rq,
+            Err(_) if app.shutting_down.load(Ordering::SeqCst) => return,
             Err(e) => {
                 log::error!("accept failed: {e}");
                 continue;
@@ -244,6 +349,8 @@ fn handle(app: &App, mut request: Request) {
 }
 
 fn dispatch(app: &App, rq: &mut Request, ctx: &Ctx, trace: &mut Trace, gateway: bool) -> Reply {
+    #[cfg(debug_assertions)]
+    test_panic(app, ctx);
     let framing = ctx
         .bad_framing
         .map_or(Ok(()), |why| Err(Error::BadRequest(why.into())));
@@ -290,10 +397,9 @@ fn gateway_path(app: &App, rq: &mut Request, ctx: &Ctx, trace: &mut Trace) -> Re
     if ctx.content_length.is_some_and(|n| n > max) {
         return Err(Error::PayloadTooLarge(max));
     }
-    let limit = ratelimit::check(app, key.id, key.rate_limit)?;
-    if !limit.allowed {
-        app.metrics.rate_limited();
-        return Ok(limit.refusal(app.cfg.rate_window_secs));
+    let limit = rate_limit(app, key.id, key.rate_limit)?;
+    if let Some(refused) = limit.refusal(app) {
+        return Ok(refused);
     }
     let mut reply = proxy::forward(app, &route, rq, ctx, key.credential_header, trace)
         .unwrap_or_else(|e| {
@@ -302,8 +408,65 @@ fn gateway_path(app: &App, rq: &mut Request, ctx: &Ctx, trace: &mut Trace) -> Re
             }
             Reply::error(&e)
         });
-    limit.add_headers(&mut reply, app.cfg.rate_window_secs);
+    limit.add_headers(app, &mut reply);
     Ok(reply)
+}
+
+/// A rate-limit decision, or none because the counter was unreachable and the policy is
+/// fail-open.
+pub enum Limit {
+    Decided(ratelimit::Decision),
+    Degraded,
+}
+
+impl Limit {
+    /// The 429 to answer, if the request is over its limit.
+    pub fn refusal(&self, app: &App) -> Option<Reply> {
+        match self {
+            Limit::Decided(d) if !d.allowed => {
+                app.metrics.rate_limited();
+                Some(d.refusal(app.cfg.rate_window_secs))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn add_headers(&self, app: &App, reply: &mut Reply) {
+        match self {
+            Limit::Decided(d) => d.add_headers(reply, app.cfg.rate_window_secs),
+            Limit::Degraded => {
+                app.degraded_responses.fetch_add(1, Ordering::Relaxed);
+                reply.header("X-RateLimit-Degraded", "1");
+            }
+        }
+    }
+}
+
+/// `ratelimit::check`, with the database outage policy applied: while the counter cannot
+/// be reached, fail-open admits (`Limit::Degraded`) and fail-closed answers 503. During a
+/// known outage the counter is not even tried (see `DbHealth`), so requests with cached
+/// keys do not each wait `db_wait` for a connection.
+pub fn rate_limit(app: &App, key_id: i64, limit: i32) -> Result<Limit> {
+    match app.db_health.call(|| ratelimit::check(app, key_id, limit)) {
+        Ok(d) => Ok(Limit::Decided(d)),
+        Err(Error::DatabaseUnavailable) if app.cfg.ratelimit_fail_open => Ok(Limit::Degraded),
+        Err(e) => Err(e),
+    }
+}
+
+/// Debug builds only, and only with `TOLLGATE_TEST_PANIC_PATH` set: real panics for the
+/// fault tests (see `Config::test_panic_path`).
+#[cfg(debug_assertions)]
+fn test_panic(app: &App, ctx: &Ctx) {
+    let Some(base) = app.cfg.test_panic_path.as_deref() else {
+        return;
+    };
+    match ctx.path.strip_prefix(base) {
+        Some("") => panic!("test-only panic in a handler"),
+        Some("/lock") => app.keys.panic_holding_lock(),
+        Some("/logger") => app.logger.panic_once_for_test(),
+        _ => {}
+    }
 }
 
 fn operator_path(app: &App, rq: &mut Request, ctx: &Ctx) -> Result<Reply> {
@@ -326,6 +489,12 @@ fn readyz(app: &App) -> Reply {
         .get()
         .ok()
         .is_some_and(|mut c| c.simple_query("SELECT 1").is_ok());
+    // A successful check ends a known outage for everyone at once.
+    if ok {
+        app.db_health.mark_up();
+    } else {
+        app.db_health.mark_down();
+    }
     // Upstream circuits are detail, not readiness: one failing service must not take the
     // gateway out of its load balancer.
     let upstreams = app.breakers.snapshot();

@@ -480,8 +480,18 @@ fn count_entries(dir: String) -> usize {
         .count()
 }
 
+/// Resident memory of `pid` in KiB, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
 #[test]
-fn a_thousand_requests_to_a_dead_upstream_leak_no_threads_or_sockets() {
+fn a_thousand_requests_to_a_dead_upstream_leak_no_threads_sockets_or_memory() {
     let (gw, user, key) = setup(&[("TOLLGATE_BREAKER_FAILURES", "1000000")]);
     gw.create_route(user, "/dead", &dead_upstream());
     let pid = gw.pid();
@@ -500,6 +510,12 @@ fn a_thousand_requests_to_a_dead_upstream_leak_no_threads_or_sockets() {
     let t0 = Instant::now();
     hit(1000);
     let took = t0.elapsed();
+    // Memory: the first thousand may still grow allocator arenas and pools to their
+    // working size; a second thousand must not grow it further (a leak of even 1 KiB a
+    // request would show as 1 MiB).
+    let rss0 = rss_kib(pid);
+    hit(1000);
+    let rss1 = rss_kib(pid);
     // Give the logger a flush and any finished connection thread time to go away.
     let deadline = Instant::now() + Duration::from_secs(5);
     let (tasks1, fds1) = loop {
@@ -510,10 +526,15 @@ fn a_thousand_requests_to_a_dead_upstream_leak_no_threads_or_sockets() {
         std::thread::sleep(Duration::from_millis(50));
     };
     eprintln!(
-        "1000 requests to a dead upstream in {:.1} s: threads {tasks0} -> {tasks1}, fds {fds0} -> {fds1}",
+        "1000 requests to a dead upstream in {:.1} s: threads {tasks0} -> {tasks1}, fds {fds0} -> {fds1}, \
+         RSS {rss0} KiB -> {rss1} KiB over the next 1000",
         took.as_secs_f64()
     );
-    assert_eq!(served.load(Ordering::Relaxed), 1050);
+    assert_eq!(served.load(Ordering::Relaxed), 2050);
+    assert!(
+        rss1 <= rss0 + 1024,
+        "RSS grew from {rss0} KiB to {rss1} KiB over 1000 requests"
+    );
     assert!(
         tasks1 <= tasks0 + 5,
         "threads grew from {tasks0} to {tasks1}"

@@ -39,20 +39,30 @@ pub struct TestDb {
     pub name: String,
     /// Dropped with this handle only when it created the database.
     owned: bool,
+    /// Connection string of its cluster, without a database name.
+    base: String,
 }
 
 impl TestDb {
     pub fn create() -> TestDb {
+        TestDb::create_in(&pg_base())
+    }
+
+    /// A database of its own on the cluster at `base` (e.g. a `PrivatePg`).
+    pub fn create_in(base: &str) -> TestDb {
         let name = unique("tg");
-        let mut c =
-            postgres::Client::connect(&format!("{} dbname=postgres", pg_base()), postgres::NoTls)
-                .expect("connect to the test cluster");
+        let mut c = postgres::Client::connect(&format!("{base} dbname=postgres"), postgres::NoTls)
+            .expect("connect to the test cluster");
         c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-        TestDb { name, owned: true }
+        TestDb {
+            name,
+            owned: true,
+            base: base.to_string(),
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("{} dbname={}", pg_base(), self.name)
+        format!("{} dbname={}", self.base, self.name)
     }
 
     pub fn client(&self) -> postgres::Client {
@@ -66,7 +76,7 @@ impl Drop for TestDb {
             return;
         }
         if let Ok(mut c) =
-            postgres::Client::connect(&format!("{} dbname=postgres", pg_base()), postgres::NoTls)
+            postgres::Client::connect(&format!("{} dbname=postgres", self.base), postgres::NoTls)
         {
             let _ = c.batch_execute(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -379,11 +389,13 @@ impl Gateway {
         let db = TestDb {
             name: self.db.name.clone(),
             owned: false,
+            base: self.db.base.clone(),
         };
         Gateway::start_on(db, env)
     }
 
-    fn start_on(db: TestDb, env: &[(&str, &str)]) -> Gateway {
+    /// A gateway on a database made by the caller (e.g. on a `PrivatePg`).
+    pub fn start_on(db: TestDb, env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let dir = std::env::temp_dir().join(unique("tollgate-test"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -663,6 +675,141 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends a signal (`TERM`, `INT`, ...) to the gateway process.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Waits up to `within` for the process to exit; its status, or `None` if still running.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A PostgreSQL cluster of one test's own, for tests that stop and start the database:
+/// initdb in a temp dir as user `postgres`, unix socket in that dir, no TCP listener, so
+/// the shared test cluster is never touched. Stopped and deleted on drop.
+pub struct PrivatePg {
+    pub dir: std::path::PathBuf,
+    port: u16,
+}
+
+const PGBIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn as_postgres(args: &[&str]) -> std::process::Output {
+    Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .args(args)
+        .current_dir("/")
+        .output()
+        .expect("runuser (the tests run as root, like `make test`)")
+}
+
+impl PrivatePg {
+    pub fn start() -> PrivatePg {
+        let dir = std::env::temp_dir().join(unique("tollgate-pg"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = Command::new("chown")
+            .args(["postgres:postgres", dir.to_str().unwrap()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "chown postgres {dir:?}");
+        let pg = PrivatePg {
+            dir,
+            port: free_port(),
+        };
+        let data = pg.data();
+        let out = as_postgres(&[
+            &format!("{PGBIN}/initdb"),
+            "-D",
+            &data,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+        ]);
+        assert!(out.status.success(), "initdb: {:?}", out);
+        pg.start_again();
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").to_str().unwrap().to_string()
+    }
+
+    /// Connection string without a database name, like `pg_base()`.
+    pub fn base(&self) -> String {
+        format!(
+            "host={} port={} user=postgres",
+            self.dir.display(),
+            self.port
+        )
+    }
+
+    /// Starts the (stopped) cluster and waits until it accepts connections.
+    pub fn start_again(&self) {
+        let opts = format!(
+            "-k {} -p {} -c listen_addresses='' -c fsync=off",
+            self.dir.display(),
+            self.port
+        );
+        let log = self.dir.join("pg.log");
+        let out = as_postgres(&[
+            &format!("{PGBIN}/pg_ctl"),
+            "-D",
+            &self.data(),
+            "-l",
+            log.to_str().unwrap(),
+            "-o",
+            &opts,
+            "-w",
+            "start",
+        ]);
+        assert!(out.status.success(), "pg_ctl start: {:?}", out);
+    }
+
+    /// Kills the cluster the way a crash would (`pg_ctl stop -m immediate`).
+    pub fn kill(&self) {
+        let out = as_postgres(&[
+            &format!("{PGBIN}/pg_ctl"),
+            "-D",
+            &self.data(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ]);
+        assert!(out.status.success(), "pg_ctl stop: {:?}", out);
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = as_postgres(&[
+            &format!("{PGBIN}/pg_ctl"),
+            "-D",
+            &self.data(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ]);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
