@@ -26,6 +26,10 @@ pub enum Error {
     Conflict(String),
     MethodNotAllowed,
     PayloadTooLarge(u64),
+    /// The request target is longer than this many bytes.
+    UriTooLong(usize),
+    /// A header value, or the header section, is longer than this many bytes.
+    HeaderTooLarge(usize),
     RateLimited {
         retry_after: u64,
     },
@@ -64,6 +68,8 @@ impl Error {
             Error::MethodNotAllowed => 405,
             Error::Conflict(_) => 409,
             Error::PayloadTooLarge(_) => 413,
+            Error::UriTooLong(_) => 414,
+            Error::HeaderTooLarge(_) => 431,
             Error::RateLimited { .. } => 429,
             Error::Internal(_) => 500,
             Error::UpstreamUnreachable(_) => 502,
@@ -88,6 +94,8 @@ impl Error {
             Error::MethodNotAllowed => "method_not_allowed",
             Error::Conflict(_) => "conflict",
             Error::PayloadTooLarge(_) => "payload_too_large",
+            Error::UriTooLong(_) => "uri_too_long",
+            Error::HeaderTooLarge(_) => "header_too_large",
             Error::RateLimited { .. } => "rate_limited",
             Error::UpstreamUnreachable(_) => "upstream_unreachable",
             Error::UpstreamTimeout => "upstream_timeout",
@@ -140,6 +148,10 @@ impl fmt::Display for Error {
             Error::Conflict(m) => write!(f, "{m}"),
             Error::PayloadTooLarge(max) => {
                 write!(f, "request body is larger than {max} bytes")
+            }
+            Error::UriTooLong(max) => write!(f, "request target is longer than {max} bytes"),
+            Error::HeaderTooLarge(max) => {
+                write!(f, "request header is larger than {max} bytes")
             }
             Error::RateLimited { retry_after } => {
                 write!(f, "rate limit exceeded; retry in {retry_after} s")

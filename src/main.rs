@@ -9,6 +9,7 @@ mod breaker;
 mod config;
 mod db;
 mod error;
+mod hostile;
 mod input;
 mod logger;
 mod proxy;
