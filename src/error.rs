@@ -183,6 +183,12 @@ impl From<postgres::Error> for Error {
             log::warn!("database unavailable: {}", crate::db::describe(&e));
             return Error::DatabaseUnavailable;
         }
+        // Class 22 (data exception: a NUL in text, a number out of range) is a value the
+        // client sent that validation let through: the request's fault, not a 500.
+        if e.code().is_some_and(|c| c.code().starts_with("22")) {
+            log::warn!("value refused by the database: {}", crate::db::describe(&e));
+            return Error::BadRequest("a value in the request cannot be stored".into());
+        }
         Error::Internal(format!("database: {}", crate::db::describe(&e)))
     }
 }

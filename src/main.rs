@@ -12,6 +12,7 @@ mod error;
 mod hostile;
 mod input;
 mod logger;
+mod openapi;
 mod proxy;
 mod ratelimit;
 mod server;

@@ -10,7 +10,7 @@ use crate::db::Pool;
 use crate::error::{Error, Result};
 use crate::logger::{LogRow, Logger};
 use crate::proxy::{self, RouteTable};
-use crate::{admin, analytics, hostile, ratelimit};
+use crate::{admin, analytics, hostile, openapi, ratelimit};
 use serde_json::{json, Value};
 use std::io::{self, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -309,6 +309,8 @@ fn operator_path(app: &App, rq: &mut Request, ctx: &Ctx) -> Result<Reply> {
         ("healthz", "GET" | "HEAD") => Ok(Reply::json(200, &json!({"status": "ok"}))),
         ("readyz", "GET" | "HEAD") => Ok(readyz(app)),
         ("healthz" | "readyz", _) => Err(Error::MethodNotAllowed),
+        ("openapi.json", "GET" | "HEAD") if ctx.path == "/openapi.json" => Ok(openapi::reply()),
+        ("openapi.json", _) if ctx.path == "/openapi.json" => Err(Error::MethodNotAllowed),
         ("admin", _) => admin::handle(app, rq, ctx),
         ("analytics", _) => analytics::handle(app, ctx),
         _ => Err(Error::NotFound("endpoint".into())),
@@ -335,7 +337,13 @@ fn readyz(app: &App) -> Reply {
 }
 
 /// Paths the gateway answers itself; no route may claim them (checked in admin).
-pub const OPERATOR_PREFIXES: &[&str] = &["/admin", "/analytics", "/healthz", "/readyz"];
+pub const OPERATOR_PREFIXES: &[&str] = &[
+    "/admin",
+    "/analytics",
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+];
 
 pub fn is_operator_path(path: &str) -> bool {
     OPERATOR_PREFIXES
