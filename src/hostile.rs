@@ -311,6 +311,32 @@ pub(crate) mod tests {
             prop_assert!(printable(&s).len() <= MAX_URI_BYTES.max(s.len()));
         }
 
+        /// Any ASCII header section: an answer, never a panic; what passes has token names,
+        /// no control character but tab in values, at most one Host, and fits the limits.
+        #[test]
+        fn header_checks_answer_any_ascii_headers(
+            pairs in prop::collection::vec(
+                (
+                    prop_oneof![Just("Host".to_string()), "[A-Za-z-]{1,8}", "[\\x00-\\x7f]{0,12}"],
+                    prop_oneof!["[ -~\\t]{0,40}", "[\\x00-\\x7f]{0,40}"],
+                ),
+                0..8,
+            ),
+        ) {
+            let headers: Vec<Header> = pairs
+                .iter()
+                .filter_map(|(k, v)| Header::from_bytes(k.as_bytes(), v.as_bytes()).ok())
+                .collect();
+            if check_headers(&headers).is_ok() {
+                let hosts = headers.iter().filter(|h| h.field.equiv("host")).count();
+                prop_assert!(hosts <= 1);
+                for h in &headers {
+                    prop_assert!(is_token(h.field.as_str().as_str()));
+                    prop_assert!(!h.value.as_str().bytes().any(|b| is_control(b) && b != b'\t'));
+                }
+            }
+        }
+
         /// A path refused for a dot segment stays refused however its dots are encoded.
         #[test]
         fn dot_segments_are_refused_in_every_spelling(
