@@ -9,6 +9,7 @@
 #                           upstream of tests/fidelity.rs; python3-venv from Debian if needed)
 #   scripts/deps.sh browser chromium + chromium-driver (tests/dashboard.rs drives the page)
 #   scripts/deps.sh promtool prometheus, for `promtool check metrics` in tests/metrics.rs
+#   scripts/deps.sh schemathesis  schemathesis from PyPI into the same venv (tests/openapi.rs)
 # Several purposes may be given at once. Needs root only when something is missing.
 set -euo pipefail
 
@@ -36,6 +37,24 @@ check_cargo() {
 install_httpbin() {
     local venv=$REPO/.data/venv
     [[ -x $venv/bin/gunicorn ]] && return 0
+    [[ -x $venv/bin/python ]] || make_venv
+    echo "deps: installing httpbin and gunicorn into $venv" >&2
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check httpbin gunicorn
+}
+
+# schemathesis (the OpenAPI fuzzer tests/openapi.rs runs) in the same venv, installed with
+# the venv's own interpreter. Only when .data/venv/bin/schemathesis is missing.
+install_schemathesis() {
+    local venv=$REPO/.data/venv
+    [[ -x $venv/bin/schemathesis ]] && return 0
+    [[ -x $venv/bin/python ]] || make_venv
+    echo "deps: installing schemathesis into $venv" >&2
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check schemathesis
+}
+
+# A fresh venv at .data/venv (python3-venv from Debian if missing).
+make_venv() {
+    local venv=$REPO/.data/venv
     mkdir -p "$REPO/.data"
     rm -rf "$venv"
     if ! python3 -m venv "$venv" 2>/dev/null; then
@@ -47,11 +66,9 @@ install_httpbin() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv
         python3 -m venv "$venv"
     fi
-    echo "deps: installing httpbin and gunicorn into $venv" >&2
-    "$venv/bin/pip" install -q --disable-pip-version-check httpbin gunicorn
 }
 
-[[ $# -gt 0 ]] || { echo "usage: $0 pg|edge|bench|soak|cargo|httpbin|browser|promtool ..." >&2; exit 2; }
+[[ $# -gt 0 ]] || { echo "usage: $0 pg|edge|bench|soak|cargo|httpbin|schemathesis|browser|promtool ..." >&2; exit 2; }
 for purpose in "$@"; do
     case $purpose in
         pg) want "$PGBIN/initdb" postgresql ;;
@@ -73,7 +90,8 @@ for purpose in "$@"; do
             want /usr/bin/chromedriver chromium-driver
             ;;
         promtool) want /usr/bin/promtool prometheus ;;
-        *) echo "deps: unknown purpose '$purpose' (pg|edge|bench|soak|cargo|httpbin|browser|promtool)" >&2; exit 2 ;;
+        schemathesis) install_schemathesis ;;
+        *) echo "deps: unknown purpose '$purpose' (pg|edge|bench|soak|cargo|httpbin|schemathesis|browser|promtool)" >&2; exit 2 ;;
     esac
 done
 

@@ -6,10 +6,13 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO"
 
-scripts/deps.sh pg edge cargo httpbin browser promtool
+scripts/deps.sh pg edge cargo httpbin schemathesis browser promtool
 # tests/fidelity.rs runs httpbin under this gunicorn as a real-world upstream.
 TOLLGATE_TEST_GUNICORN=$REPO/.data/venv/bin/gunicorn
 export TOLLGATE_TEST_GUNICORN
+# tests/openapi.rs runs schemathesis against GET /openapi.json.
+TOLLGATE_TEST_SCHEMATHESIS=$REPO/.data/venv/bin/schemathesis
+export TOLLGATE_TEST_SCHEMATHESIS
 if ! scripts/pg.sh status >/dev/null; then
     trap 'scripts/pg.sh stop' EXIT
 fi

@@ -405,6 +405,11 @@ pub fn normalize_prefix(p: &str) -> Result<String> {
     {
         return bad("must not contain empty, . or .. segments");
     }
+    // Requests are matched after `hostile::normalize`; a prefix it would rewrite
+    // (`/%61pi`, `/a\\b`, `/a%zz`) could never match, or would match another spelling.
+    if crate::hostile::normalize(trimmed).ok().as_deref() != Some(trimmed) {
+        return bad("must be written as requests are matched: no backslash, no %-escape of a letter, digit or -._~, no malformed %-escape");
+    }
     if server::is_operator_path(trimmed) {
         return bad("is reserved for the gateway's own endpoints");
     }
@@ -702,7 +707,19 @@ mod tests {
         assert_eq!(normalize_prefix("/").unwrap(), "/");
         assert_eq!(normalize_prefix("/api/v2").unwrap(), "/api/v2");
         for bad in [
-            "users", "/a b", "/a?b", "/a//b", "/a/../b", "/admin", "/admin/x", "/healthz",
+            "users",
+            "/a b",
+            "/a?b",
+            "/a//b",
+            "/a/../b",
+            "/admin",
+            "/admin/x",
+            "/healthz",
+            "/%61pi",
+            "/a\\b",
+            "/a%zz",
+            "/a/%2e%2e",
+            "/%61dmin",
         ] {
             match normalize_prefix(bad) {
                 Err(Error::InvalidField { field, .. }) => assert_eq!(field, "prefix", "{bad}"),
@@ -710,6 +727,7 @@ mod tests {
             }
         }
         assert!(normalize_prefix("/administrator").is_ok());
+        assert_eq!(normalize_prefix("/caf%C3%A9").unwrap(), "/caf%C3%A9");
     }
 
     #[test]

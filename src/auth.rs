@@ -349,4 +349,54 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert_ne!(a, b);
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            /// Whatever a client sends, parsing answers without panicking, and what it
+            /// accepts is exactly `gw_` + 12 base62 + `_` + 32 base62, split at the `_`.
+            #[test]
+            fn parse_key_accepts_only_the_key_shape(raw in prop_oneof![
+                any::<String>(),
+                "gw_[A-Za-z0-9_]{0,50}",
+                "gw_[A-Za-z0-9]{12}_[A-Za-z0-9]{32}",
+                "gw_[A-Za-z0-9]{11,13}_[A-Za-z0-9é!]{31,33}",
+            ]) {
+                if let Some((id, secret)) = parse_key(&raw) {
+                    prop_assert_eq!(format!("gw_{id}_{secret}"), raw.clone());
+                    prop_assert_eq!(id.len(), PUBLIC_ID_LEN);
+                    prop_assert_eq!(secret.len(), SECRET_LEN);
+                    prop_assert!(id.bytes().chain(secret.bytes()).all(|b| b.is_ascii_alphanumeric()));
+                } else {
+                    let shaped = raw.len() == 3 + PUBLIC_ID_LEN + 1 + SECRET_LEN
+                        && raw.starts_with("gw_")
+                        && raw.as_bytes()[3 + PUBLIC_ID_LEN] == b'_'
+                        && raw.bytes().enumerate().all(|(i, b)| i < 3 || i == 3 + PUBLIC_ID_LEN || b.is_ascii_alphanumeric());
+                    prop_assert!(!shaped, "refused a well-shaped key {}", raw);
+                }
+            }
+
+            /// `Authorization: Bearer <key>`: any case of the scheme, spaces around the
+            /// token; anything else (other schemes, no key, any string) is not a key.
+            #[test]
+            fn bearer_key_finds_the_key_in_any_spelling_of_the_scheme(
+                id in "[A-Za-z0-9]{12}", secret in "[A-Za-z0-9]{32}",
+                scheme in "[bB][eE][aA][rR][eE][rR]", pad in " {0,3}", tail in " {0,3}",
+                junk in any::<String>(),
+            ) {
+                let value = format!("{pad}{scheme} {pad}gw_{id}_{secret}{tail}");
+                prop_assert_eq!(bearer_key(&value), Some((id.as_str(), secret.as_str())));
+                let basic = format!("Basic gw_{id}_{secret}");
+                prop_assert_eq!(bearer_key(&basic), None);
+                if let Some((i, s)) = bearer_key(&junk) {
+                    let key = format!("gw_{i}_{s}");
+                    prop_assert!(junk.contains(&key));
+                }
+            }
+        }
+    }
 }

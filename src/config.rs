@@ -110,6 +110,16 @@ pub const DEFAULT_RETENTION_INTERVAL_MS: u64 = 60_000;
 pub const DEFAULT_RETENTION_BATCH: i64 = 5_000;
 /// Pause between two retention DELETEs, leaving the disk and WAL writer to live traffic.
 pub const RETENTION_PAUSE: Duration = Duration::from_millis(50);
+/// Longest request target (path and query) accepted; longer ones get 414. 8 KiB is the
+/// edge's `large_client_header_buffers` line size and far above any real API path, while
+/// tiny_http itself reads a request line of any length.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Longest single header value accepted; longer gets 431. Same bound as the edge's 8 KiB
+/// header buffers, so a request passes or fails the same way with or without the edge.
+pub const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
+/// Largest header section (names, values and separators) accepted; larger gets 431. The
+/// edge allows four 8 KiB buffers, so 32 KiB.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Page size cap on list endpoints (the reference's documented maximum).
 pub const MAX_PAGE_LIMIT: i64 = 100;
 

@@ -26,6 +26,10 @@ pub enum Error {
     Conflict(String),
     MethodNotAllowed,
     PayloadTooLarge(u64),
+    /// The request target is longer than this many bytes.
+    UriTooLong(usize),
+    /// A header value, or the header section, is longer than this many bytes.
+    HeaderTooLarge(usize),
     RateLimited {
         retry_after: u64,
     },
@@ -70,6 +74,8 @@ impl Error {
             Error::MethodNotAllowed => 405,
             Error::Conflict(_) => 409,
             Error::PayloadTooLarge(_) => 413,
+            Error::UriTooLong(_) => 414,
+            Error::HeaderTooLarge(_) => 431,
             Error::RateLimited { .. } | Error::TooManyFailures { .. } => 429,
             Error::Internal(_) => 500,
             Error::UpstreamUnreachable(_) => 502,
@@ -97,6 +103,8 @@ impl Error {
             Error::MethodNotAllowed => "method_not_allowed",
             Error::Conflict(_) => "conflict",
             Error::PayloadTooLarge(_) => "payload_too_large",
+            Error::UriTooLong(_) => "uri_too_long",
+            Error::HeaderTooLarge(_) => "header_too_large",
             Error::RateLimited { .. } => "rate_limited",
             Error::TooManyFailures { .. } => "too_many_failed_attempts",
             Error::AuthBusy => "auth_busy",
@@ -152,6 +160,10 @@ impl fmt::Display for Error {
             Error::PayloadTooLarge(max) => {
                 write!(f, "request body is larger than {max} bytes")
             }
+            Error::UriTooLong(max) => write!(f, "request target is longer than {max} bytes"),
+            Error::HeaderTooLarge(max) => {
+                write!(f, "request header is larger than {max} bytes")
+            }
             Error::RateLimited { retry_after } => {
                 write!(f, "rate limit exceeded; retry in {retry_after} s")
             }
@@ -186,6 +198,12 @@ impl From<postgres::Error> for Error {
         if e.is_closed() || io || outage {
             log::warn!("database unavailable: {}", crate::db::describe(&e));
             return Error::DatabaseUnavailable;
+        }
+        // Class 22 (data exception: a NUL in text, a number out of range) is a value the
+        // client sent that validation let through: the request's fault, not a 500.
+        if e.code().is_some_and(|c| c.code().starts_with("22")) {
+            log::warn!("value refused by the database: {}", crate::db::describe(&e));
+            return Error::BadRequest("a value in the request cannot be stored".into());
         }
         Error::Internal(format!("database: {}", crate::db::describe(&e)))
     }

@@ -115,6 +115,9 @@ pub fn string(m: &Map<String, Value>, field: &'static str, max: usize) -> Result
             let s = s.trim();
             if s.is_empty() {
                 Err(Error::field(field, "must not be empty"))
+            } else if s.chars().any(char::is_control) {
+                // Postgres text cannot hold NUL, and a line break in a name forges log lines.
+                Err(Error::field(field, "must not contain control characters"))
             } else if s.chars().count() > max {
                 Err(Error::field(
                     field,
@@ -174,6 +177,24 @@ mod tests {
         assert_eq!(decode("%zz"), None);
         assert_eq!(decode("%C3"), None);
         assert_eq!(decode("%4"), None);
+    }
+
+    #[test]
+    fn string_fields_refuse_control_characters() {
+        let m = |v: &str| {
+            json_object(&mut serde_json::json!({ "name": v }).to_string().as_bytes()).unwrap()
+        };
+        assert_eq!(
+            string(&m(" ok "), "name", 10).unwrap().as_deref(),
+            Some("ok")
+        );
+        for bad in ["a\u{0}b", "a\nb", "\u{7f}"] {
+            assert_eq!(
+                string(&m(bad), "name", 10).unwrap_err().status(),
+                400,
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

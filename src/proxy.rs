@@ -656,4 +656,102 @@ mod tests {
         assert_eq!(upstream_url("http://h/base", "/a", None), "http://h/base/a");
         assert_eq!(upstream_url("http://h", "/a", Some("")), "http://h/a?");
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Route prefixes as `admin::normalize_prefix` stores them: `/` or `/seg(/seg)*`.
+        fn prefix() -> impl Strategy<Value = String> {
+            prop_oneof![
+                1 => Just("/".to_string()),
+                6 => prop::collection::vec("[a-c]{1,3}", 1..4).prop_map(|s| format!("/{}", s.join("/"))),
+            ]
+        }
+
+        /// Request paths that often share a prefix's letters, with or without a boundary.
+        fn path() -> impl Strategy<Value = String> {
+            prop::collection::vec("[a-c]{0,4}", 0..6).prop_map(|s| format!("/{}", s.join("/")))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            /// A prefix matches exactly itself and the paths below it on a segment boundary.
+            #[test]
+            fn prefixes_match_only_on_segment_boundaries(p in prefix(), path in path()) {
+                let expected = p == "/"
+                    || path == p
+                    || path.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/'));
+                prop_assert_eq!(prefix_matches(&p, &path), expected);
+                if p != "/" {
+                    let beside = format!("{p}x");
+                    prop_assert!(!prefix_matches(&p, &beside));
+                }
+            }
+
+            /// The table picks what a brute-force search picks: the owner's matching routes,
+            /// host-bound ones first, then the longest prefix.
+            #[test]
+            fn the_table_picks_the_longest_matching_prefix_of_the_owner(
+                routes in prop::collection::btree_set((0i64..3, prefix(), any::<bool>()), 0..12),
+                user in 0i64..3,
+                bound_host in any::<bool>(),
+                path in path(),
+            ) {
+                let host = bound_host.then_some("api.test");
+                let mut seen = std::collections::HashSet::new();
+                let routes: Vec<Route> = routes
+                    .into_iter()
+                    // (owner, prefix, host) is unique, as the routes table's constraint says.
+                    .filter(|(u, p, h)| seen.insert((*u, p.clone(), *h)))
+                    .enumerate()
+                    .map(|(i, (u, p, h))| Route {
+                        id: i as i64,
+                        user_id: u,
+                        prefix: p,
+                        host: h.then(|| "api.test".to_string()),
+                        ..Route::default()
+                    })
+                    .collect();
+                let table = RouteTable::default();
+                table.replace(routes.clone());
+                let best = routes
+                    .iter()
+                    .filter(|r| r.user_id == user)
+                    .filter(|r| r.host.is_none() || r.host.as_deref() == host)
+                    .filter(|r| prefix_matches(&r.prefix, &path))
+                    .max_by_key(|r| (r.host.is_some(), r.prefix.len()));
+                let found = table.find(user, host, &path);
+                prop_assert_eq!(found.map(|r| r.id), best.map(|r| r.id));
+            }
+
+            /// After normalisation, a matched route's upstream path stays under the route:
+            /// stripped or not, it is a path with no `.`/`..` segment, even for an upstream
+            /// that decodes `%2F` into a separator.
+            #[test]
+            fn a_normalised_path_cannot_leave_its_route_upstream(
+                p in prefix(),
+                raw in prop::collection::vec(
+                    prop_oneof!["[a-c]{0,3}", Just("..".to_string()), Just("%2e%2e".to_string()),
+                        Just("%2F".to_string()), Just(".".to_string()), Just("".to_string())],
+                    0..6,
+                ),
+                strip in any::<bool>(),
+            ) {
+                let raw = format!("{p}/{}", raw.join("/"));
+                let Ok(path) = crate::hostile::normalize(&raw) else { return Ok(()) };
+                if !prefix_matches(&p, &path) {
+                    return Ok(());
+                }
+                let route = Route { prefix: p.clone(), strip_prefix: strip, ..Route::default() };
+                let up = route.upstream_path(&path);
+                prop_assert!(up.starts_with('/'));
+                prop_assert!(!crate::hostile::tests::has_dot_segment(&up), "{}", up);
+                if !strip {
+                    prop_assert!(prefix_matches(&p, &up));
+                }
+            }
+        }
+    }
 }

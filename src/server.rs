@@ -13,7 +13,7 @@ use crate::logger::{LogRow, Logger};
 use crate::metrics::{Metrics, UpstreamFailure};
 use crate::proxy::{self, RouteTable};
 use crate::throttle::{BcryptGate, FailureLimit};
-use crate::{admin, analytics, dashboard, metrics, ratelimit};
+use crate::{admin, analytics, dashboard, hostile, metrics, openapi, ratelimit};
 use serde_json::{json, Value};
 use std::io::{self, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -128,7 +128,9 @@ impl Reply {
 /// The parts of a request every stage reads; the body stays in the tiny_http request.
 pub struct Ctx {
     pub method: String,
-    /// The request target's path, exactly as the client sent it.
+    /// The request target's path, normalised by `hostile::check` (exactly as sent apart
+    /// from merged slashes and decoded unreserved characters); when the request is
+    /// `refused`, the path as sent, made printable.
     pub path: String,
     /// The query string without `?`, exactly as sent; `None` when there was no `?`.
     pub query: Option<String>,
@@ -142,6 +144,8 @@ pub struct Ctx {
     pub request_id: String,
     /// Why the message framing is refused (see `check_framing`); `None` when it is sound.
     pub bad_framing: Option<&'static str>,
+    /// Why the target or the headers are refused (see `hostile::check`).
+    pub refused: Option<Error>,
     /// Declared `Content-Length`, when `bad_framing` is `None` a plain number.
     pub content_length: Option<u64>,
     pub chunked: bool,
@@ -305,7 +309,8 @@ fn worker(server: &Server, app: &App) {
 fn handle(app: &App, mut request: Request) {
     let ctx = context(&request, &app.cfg.trusted_proxies);
     let mut trace = Trace::default();
-    let gateway = !is_operator_path(&ctx.path);
+    // A refused request is hostile traffic at the gateway: logged like any gateway request.
+    let gateway = ctx.refused.is_some() || !is_operator_path(&ctx.path);
     let reply = catch_unwind(AssertUnwindSafe(|| {
         dispatch(app, &mut request, &ctx, &mut trace, gateway)
     }))
@@ -335,14 +340,19 @@ fn handle(app: &App, mut request: Request) {
             user_id: trace.user_id,
             route_id: trace.route_id,
             method: ctx.method.clone(),
-            path: ctx.path.clone(),
-            query: ctx.query.clone(),
+            path: hostile::printable(&ctx.path).into_owned(),
+            query: ctx
+                .query
+                .as_deref()
+                .map(|q| hostile::printable(q).into_owned()),
             status: i32::from(status),
             latency_ms: seconds * 1000.0,
             bytes_in: bytes_in as i64,
             bytes_out: bytes_out as i64,
             client_ip: ctx.client_ip.clone(),
-            user_agent: ctx.header("User-Agent").map(str::to_string),
+            user_agent: ctx
+                .header("User-Agent")
+                .map(|v| hostile::printable(v).into_owned()),
             created_at: ctx.received_at,
         });
     }
@@ -354,12 +364,10 @@ fn dispatch(app: &App, rq: &mut Request, ctx: &Ctx, trace: &mut Trace, gateway: 
     let framing = ctx
         .bad_framing
         .map_or(Ok(()), |why| Err(Error::BadRequest(why.into())));
-    let result = framing.and_then(|()| {
-        if gateway {
-            gateway_path(app, rq, ctx, trace)
-        } else {
-            operator_path(app, rq, ctx)
-        }
+    let result = framing.and_then(|()| match &ctx.refused {
+        Some(e) => Ok(Reply::error(e)),
+        None if gateway => gateway_path(app, rq, ctx, trace),
+        None => operator_path(app, rq, ctx),
     });
     let mut reply = result.unwrap_or_else(|e| Reply::error(&e));
     if gateway {
@@ -475,6 +483,8 @@ fn operator_path(app: &App, rq: &mut Request, ctx: &Ctx) -> Result<Reply> {
         ("healthz", "GET" | "HEAD") => Ok(Reply::json(200, &json!({"status": "ok"}))),
         ("readyz", "GET" | "HEAD") => Ok(readyz(app)),
         ("healthz" | "readyz", _) => Err(Error::MethodNotAllowed),
+        ("openapi.json", "GET" | "HEAD") if ctx.path == "/openapi.json" => Ok(openapi::reply()),
+        ("openapi.json", _) if ctx.path == "/openapi.json" => Err(Error::MethodNotAllowed),
         ("admin", _) => admin::handle(app, rq, ctx),
         ("analytics", _) => analytics::handle(app, ctx),
         ("metrics", _) => metrics::handle(app, ctx),
@@ -516,6 +526,7 @@ pub const OPERATOR_PREFIXES: &[&str] = &[
     "/readyz",
     "/metrics",
     "/dashboard",
+    "/openapi.json",
 ];
 
 pub fn is_operator_path(path: &str) -> bool {
@@ -526,11 +537,15 @@ pub fn is_operator_path(path: &str) -> bool {
 
 fn context(rq: &Request, trusted_proxies: &[std::net::IpAddr]) -> Ctx {
     let url = rq.url();
-    let (path, query) = match url.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (url.to_string(), None),
+    let (raw_path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_string())),
+        None => (url, None),
     };
     let headers = rq.headers().to_vec();
+    let (path, refused) = match hostile::check(raw_path, query.as_deref(), &headers) {
+        Ok(path) => (path, None),
+        Err(e) => (hostile::printable(raw_path).into_owned(), Some(e)),
+    };
     let peer = rq.remote_addr().map(|a| a.ip());
     let trusted = peer.is_some_and(|ip| trusted_proxies.contains(&ip));
     let forwarded = |name: &str| {
@@ -571,6 +586,7 @@ fn context(rq: &Request, trusted_proxies: &[std::net::IpAddr]) -> Ctx {
         proto,
         request_id,
         bad_framing,
+        refused,
         content_length,
         chunked,
         started: Instant::now(),

@@ -130,3 +130,26 @@ fn a_content_length_plus_transfer_encoding_smuggling_attempt_is_refused_and_clos
     assert!(up.requests().iter().all(|r| !r.target.contains("smuggled")));
     assert_eq!(gw.get("/healthz", &[]).status, 200);
 }
+
+/// A header value that is not ASCII (invalid UTF-8 here): tiny_http drops such a
+/// connection without answering (tests/hostile.rs), so behind the edge the client gets the
+/// edge's JSON 502, not a 400; nothing is forwarded, and tollgate keeps serving.
+#[test]
+fn a_non_ascii_header_value_gets_a_json_answer_from_the_edge_and_is_not_forwarded() {
+    let (gw, edge, up, key) = setup();
+    let mut req =
+        format!("GET /api/x HTTP/1.1\r\nHost: x\r\nx-api-key: {key}\r\nConnection: close\r\n")
+            .into_bytes();
+    req.extend_from_slice(b"X-Bad: \xff\xfe\xc3(\r\n\r\n");
+    let out = raw_request(&edge.addr, &req, Duration::from_secs(5));
+    // nginx forwards the bytes (it checks only header names); tiny_http hangs up on them.
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(
+        out.contains(r#"{"error":{"code":"gateway_unavailable""#),
+        "{out}"
+    );
+    assert!(up.requests().is_empty());
+    let (ok, _) = get_via(&edge.addr, "/api/after", &key);
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert_eq!(gw.get("/healthz", &[]).status, 200);
+}

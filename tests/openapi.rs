@@ -1,0 +1,143 @@
+//! `GET /openapi.json` against the real binary: the document matches what server.rs
+//! dispatches (method by method), and schemathesis (PyPI, installed into .data/venv by
+//! `scripts/deps.sh schemathesis`) finds no 5xx, no undocumented status and no response
+//! that breaks the document's schemas, with a fixed example budget and seed.
+mod util;
+
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::Instant;
+use util::{Gateway, Upstream, ADMIN_SECRET};
+
+/// Described in the document for other branches of this release (rollup analytics, metrics,
+/// dashboard). While a binary answers one of them with "endpoint not found" it is left out
+/// of the checks below; once served, it is checked like every other path.
+const FROM_OTHER_BRANCHES: &[&str] = &["/analytics/top-keys", "/metrics", "/dashboard"];
+
+/// Whether `path` of the document is one of this binary's own endpoints: not "endpoint not
+/// found", and not treated as gateway traffic (which asks the admin for an API key).
+fn served(gw: &Gateway, path: &str) -> bool {
+    let r = gw.admin_get(path);
+    let unknown = r.status == 404 && r.body.contains("endpoint not found");
+    let gateway = r.status == 401 && r.body.contains("missing_api_key");
+    !(unknown || gateway)
+}
+
+fn document(gw: &Gateway) -> Value {
+    let r = gw.get("/openapi.json", &[]);
+    assert_eq!(r.status, 200, "served without credentials: {}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    r.json()
+}
+
+#[test]
+fn every_documented_method_is_dispatched_and_every_dispatched_method_is_documented() {
+    let gw = Gateway::start();
+    let doc = document(&gw);
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 15, "{:?}", paths.keys());
+    let mut checked = 0;
+    for (path, ops) in paths {
+        if FROM_OTHER_BRANCHES.contains(&path.as_str()) && !served(&gw, path) {
+            continue;
+        }
+        let concrete = path.replace("{id}", "1");
+        for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+            let r = gw.admin_raw(method, &concrete, "{}");
+            let dispatched =
+                !(r.status == 405 || (r.status == 404 && r.body.contains("endpoint not found")));
+            let documented = ops.get(method.to_ascii_lowercase()).is_some();
+            assert_eq!(
+                dispatched, documented,
+                "{method} {path}: answered {} {}, documented: {documented}",
+                r.status, r.body
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 75, "{checked}");
+}
+
+/// Runs schemathesis against the gateway's document with `examples` test cases per
+/// operation and `args` added; panics with its report unless it finds no issue.
+fn schemathesis(gw: &Gateway, label: &str, examples: u32, args: &[&str]) {
+    let st = std::env::var("TOLLGATE_TEST_SCHEMATHESIS").unwrap_or_else(|_| {
+        panic!(
+            "TOLLGATE_TEST_SCHEMATHESIS is not set: run the suite with `make test`, which runs \
+             `scripts/deps.sh schemathesis` (schemathesis in .data/venv) and sets it to \
+             .data/venv/bin/schemathesis"
+        )
+    });
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-schemathesis-{}-{label}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = Command::new(&st);
+    cmd.current_dir(&dir)
+        .arg("run")
+        .arg(format!("{}/openapi.json", gw.direct_addr))
+        .args([
+            "--checks",
+            "not_a_server_error,response_schema_conformance,status_code_conformance",
+            "--max-examples",
+            &examples.to_string(),
+            "--seed",
+            "7",
+            "--request-timeout",
+            "20",
+        ])
+        .args(args);
+    for path in FROM_OTHER_BRANCHES {
+        if !served(gw, path) {
+            cmd.args(["--exclude-path", path]);
+        }
+    }
+    let started = Instant::now();
+    let out = cmd.output().expect("run schemathesis");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("schemathesis ({label}) took {:?}", started.elapsed());
+    assert!(
+        out.status.success(),
+        "schemathesis failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("No issues found"), "{stdout}");
+    // It really exercised the API rather than stopping early.
+    assert!(stdout.contains(" passed"), "{stdout}");
+}
+
+#[test]
+fn schemathesis_finds_no_server_error_and_no_schema_violation() {
+    let gw = Gateway::start();
+    // Data for the reads to find: a user with a key and a route, and some logged traffic.
+    let up = Upstream::start();
+    let user = gw.create_user("schema@example.com");
+    let (key, _) = gw.create_key(user, json!({"rateLimit": 1_000_000}));
+    gw.create_route(user, "/api", &up.addr);
+    for path in ["/api/a", "/api/b?x=1", "/api/c", "/nowhere"] {
+        gw.with_key("GET", path, &key);
+    }
+    gw.wait_for_log_rows(4);
+    // Analytics as a key holder sees it: scoped to its own user, counted against its limit.
+    let key_header = format!("x-api-key: {key}");
+    schemathesis(
+        &gw,
+        "key-holder",
+        10,
+        &[
+            "--header",
+            &key_header,
+            "--include-path-regex",
+            "^/analytics/",
+            "--phases",
+            "coverage,fuzzing",
+        ],
+    );
+    // The whole document as the operator sees it (after: it may delete that key's user).
+    let admin = format!("x-admin-secret: {ADMIN_SECRET}");
+    schemathesis(&gw, "operator", 30, &["--header", &admin]);
+    assert!(!gw.output().contains("panicked"), "{}", gw.output());
+}
