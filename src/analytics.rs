@@ -274,8 +274,9 @@ pub fn error_rate(total: i64, errors: i64) -> String {
     format!("{:.2}", errors as f64 * 100.0 / total as f64)
 }
 
-/// One entry per minute, hour or day of the window, oldest first, empty ones as zeros. The
-/// first bucket is the whole minute/hour/day the window starts in.
+/// ceil(window / bucket) whole minutes, hours or days ending with the current one, oldest
+/// first, empty ones as zeros (24 hours for `24h`, as before rollups; 1 day, today, for
+/// `24h` by day).
 fn timeseries(app: &App, ctx: &Ctx, s: &Scope) -> Result<Value> {
     let bucket = input::query_param(ctx, "bucket")?;
     let grain: i32 = match bucket.as_deref().unwrap_or("hour") {
