@@ -462,5 +462,21 @@ fn dashboard_in_headless_chromium_shows_the_overview_numbers() {
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-test.png");
     std::fs::write(&out, &png).unwrap();
+
+    // Signed in with an API key, the page shows that key's user only: the anonymous 401s
+    // belong to nobody and drop out.
+    browser.click("#sign-out");
+    browser.type_into("#credential", &key);
+    browser.click("#sign-in");
+    wait_for(&browser, "document.body.dataset.loaded");
+    let own = gw
+        .admin_get(&format!("/analytics/overview?userId={user}"))
+        .json();
+    assert_eq!(own["totalRequests"], json!(sent - 3));
+    assert_eq!(
+        shown_number(&browser.text("#totalRequests")),
+        own["totalRequests"].as_f64().unwrap()
+    );
+    assert!(browser.text("#who").starts_with("API key"));
     drop(browser);
 }

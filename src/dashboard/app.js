@@ -444,9 +444,24 @@ async function start() {
   schedule();
 }
 
+// Nothing seen under one credential stays on the page for the next.
+function clearAll() {
+  delete document.body.dataset.loaded;
+  for (const id of ["totalRequests", "errorCount", "errorRate", "avgLatencyMs", "p50Ms", "p95Ms",
+    "p99Ms", "clientErrors", "serverErrors", "rateLimited", "bytesIn", "bytesOut"]) {
+    setText(id, DASH);
+  }
+  for (const id of ["top-routes", "top-keys", "recent", "status-legend", "chart-requests",
+    "chart-latency", "chart-status"]) {
+    $(id).replaceChildren();
+  }
+  setText("updated", "");
+}
+
 function signOut(message) {
   clearTimeout(timer);
   generation++;
+  clearAll();
   sessionStorage.removeItem(STORE);
   $("app").hidden = true;
   $("controls").hidden = true;
