@@ -666,6 +666,9 @@ fn stats(app: &App) -> Value {
         "abandonedBodies": app.abandoned_bodies.load(Ordering::Relaxed),
         "dbPoolConnections": state.connections,
         "dbPoolIdle": state.idle_connections,
+        // Their ratio is how many requests one counter statement served (coalescing).
+        "counterStatements": app.counters.statements.load(Ordering::Relaxed),
+        "counterRequests": app.counters.counted.load(Ordering::Relaxed),
     })
 }
 

@@ -14,6 +14,7 @@ mod logger;
 mod proxy;
 mod ratelimit;
 mod server;
+mod sync;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -82,6 +83,10 @@ fn serve(cfg: config::Config) -> Result<(), String> {
             cfg.upstream_max_in_flight,
         )),
         abandoned_bodies: Default::default(),
+        counters: ratelimit::Counters::new(
+            db::counter_pool(&cfg).map_err(|e| e.to_string())?,
+            cfg.coalesce_window,
+        ),
         pool,
         cfg,
     });
@@ -91,41 +96,6 @@ fn serve(cfg: config::Config) -> Result<(), String> {
         .map_err(|e| format!("loading routes: {e}"))?;
     log::info!("{n} routes loaded");
     ratelimit::spawn_purger(app.pool.clone(), app.cfg.rate_window_secs);
-    spawn_sync(app.clone());
+    sync::spawn(app.clone());
     server::serve(app).map_err(|e| e.to_string())
-}
-
-/// The safety net behind immediate local updates: every `sync_interval`, reload the route
-/// table and refresh cached keys' metadata (revocations, limits, scopes, expiry) so changes
-/// made by another replica or directly in SQL take effect without a restart.
-fn spawn_sync(app: Arc<server::App>) {
-    let spawned = std::thread::Builder::new()
-        .name("sync".into())
-        .spawn(move || loop {
-            std::thread::sleep(app.cfg.sync_interval);
-            if let Err(e) = app.routes.reload(&app.pool) {
-                log::warn!("route reload failed: {e}");
-            }
-            if let Err(e) = refresh_keys(&app) {
-                log::warn!("key refresh failed: {e}");
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("cannot start the sync thread: {e}");
-    }
-}
-
-fn refresh_keys(app: &server::App) -> error::Result<()> {
-    let ids = app.keys.cached_ids();
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let rows = app.pool.get()?.query(
-        "SELECT id, user_id, rate_limit, scopes, expires_at, revoked_at
-           FROM api_keys WHERE id = ANY($1)",
-        &[&ids],
-    )?;
-    app.keys
-        .replace_all(rows.iter().map(|r| auth::key_info(r, 0)).collect());
-    Ok(())
 }

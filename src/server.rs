@@ -23,6 +23,8 @@ use tiny_http::{Header, Request, Server, StatusCode};
 pub struct App {
     pub cfg: Config,
     pub pool: Pool,
+    /// The rate-limit counter with its own `synchronous_commit = off` pool.
+    pub counters: ratelimit::Counters,
     pub keys: KeyCache,
     pub routes: RouteTable,
     pub logger: Logger,
