@@ -144,8 +144,9 @@ for r in $(seq 1 "$ROUNDS"); do
         BENCH_KEYS_FILE=$TMP/${KEYS[$c]} wrk -t1 -c32 -d"${SECS}s" --latency \
             -s scripts/bench/rotate.lua "${URL[$c]}" >"$out"
         t1=$(ticks "$tg_pid") p1=$(ticks $pgp)
-        # Upstream connections that are not reused pile up in TIME-WAIT (60 s each).
-        tw=$(ss -Htan state time-wait | wc -l)
+        # Upstream connections that are not reused pile up in TIME-WAIT (60 s each): count
+        # the closed connections to the upstream's port.
+        tw=$(ss -Htan state time-wait '( dport = :18081 or sport = :18081 )' | wc -l)
         line=$(grep '^BENCH ' "$out") || { cat "$out" >&2; exit 1; }
         n=$(grep -o 'requests=[0-9]*' <<<"$line" | cut -d= -f2)
         hz=$(getconf CLK_TCK)
@@ -210,7 +211,7 @@ for c in a b c d; do
         | awk '{s+=$1} END {print s+0}')
     [[ $non2xx -eq 0 ]] || echo "note: ${NAME[$c]} had $non2xx non-2xx answers"
 done
-echo "TIME-WAIT sockets on the machine right after each case (max over rounds):" \
+echo "TIME-WAIT connections to the upstream (:18081) right after each case (max over rounds):" \
     "$(for c in a b c d; do echo -n "($c) $(grep "^$c " "$TMP/results.txt" \
         | grep -o 'timewait=[0-9]*' | cut -d= -f2 | sort -n | tail -n1)  "; done)"
 echo "tollgate /admin/stats: $stats"

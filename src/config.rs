@@ -16,8 +16,10 @@ pub const DEFAULT_WORKERS: usize = 64;
 pub const DEFAULT_DB_POOL_SIZE: u32 = 16;
 /// Connections of the counter pool (`synchronous_commit = off`, see `db::counter_pool`).
 /// Coalescing runs at most one statement per key at a time, so this bounds how many keys
-/// are counted at once; 8 keeps two cores busy while the main pool serves everything else.
-pub const DEFAULT_COUNTER_POOL_SIZE: u32 = 8;
+/// are counted at once. Measured on 2 cores, 1000 keys, 32 clients: 16 gave ~20 % more
+/// req/s and a shorter p99 than 8 (requests queued for a connection); opened lazily, so
+/// a quiet replica holds only a few.
+pub const DEFAULT_COUNTER_POOL_SIZE: u32 = 16;
 /// Extra time a key's group of requests stays open for more to join before its one
 /// counter statement runs (see `ratelimit`). 0 because a group already gathers everything
 /// that arrives while the key's previous statement is in flight (~0.2-0.5 ms), which on a
@@ -88,7 +90,7 @@ pub struct Config {
     pub workers: usize,
     /// `TOLLGATE_DB_POOL_SIZE`, default 16.
     pub db_pool_size: u32,
-    /// `TOLLGATE_COUNTER_POOL_SIZE`, default 8.
+    /// `TOLLGATE_COUNTER_POOL_SIZE`, default 16.
     pub counter_pool_size: u32,
     /// `TOLLGATE_COALESCE_WINDOW_US`, default 0 (microseconds).
     pub coalesce_window: Duration,
