@@ -159,15 +159,34 @@ cat >"$TMP/take.sql" <<EOF
 \set k random(1, $NKEYS)
 SELECT * FROM tollgate_take(:k, 3600, 1000000000, 1);
 EOF
-pgb() { # pgb <synchronous_commit>: prints tps
+# A group of one runs ratelimit.rs's TAKE_ONE_SQL instead; the same statement here (keep
+# in step), with the window and limit the replicas use.
+cat >"$TMP/take_one.sql" <<EOF
+\set k random(1, $NKEYS)
+WITH t AS (SELECT e, floor(e / 3600::float8)::bigint AS win
+             FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS e) s),
+w AS (SELECT t.e, t.win,
+             coalesce((SELECT c.count FROM rate_limit_counters c
+                        WHERE c.api_key_id = :k AND c.window_start = t.win - 1), 0)::float8
+               * (1 - (t.e - t.win * 3600::float8) / 3600::float8) AS weighted FROM t),
+up AS (INSERT INTO rate_limit_counters AS c (api_key_id, window_start, count)
+       SELECT :k, w.win, 1 FROM w WHERE w.weighted + 1 <= 1000000000::float8
+       ON CONFLICT (api_key_id, window_start) DO UPDATE SET count = c.count + 1
+         WHERE (SELECT weighted FROM w) + c.count + 1 <= 1000000000::float8
+       RETURNING c.count)
+SELECT (SELECT count FROM up), w.weighted, w.e FROM w;
+EOF
+pgb() { # pgb <synchronous_commit> <script>: prints tps
     PGOPTIONS="-c synchronous_commit=$1" runuser -u postgres -- "$PGBIN/pgbench" -n -M prepared \
-        -c 8 -j 2 -T "$SECS" -f "$TMP/take.sql" -h "$REPO/.data/run" -p 54329 -U postgres "$DB" \
+        -c 8 -j 2 -T "$SECS" -f "$TMP/$2.sql" -h "$REPO/.data/run" -p 54329 -U postgres "$DB" \
         2>/dev/null | grep -o "tps = [0-9]*" | cut -d" " -f3
 }
-chmod 755 "$TMP" && chmod 644 "$TMP/take.sql"
-tps_off=$(pgb off)
-tps_on=$(pgb on)
-echo "  tollgate_take: $tps_off statements/s with synchronous_commit=off, $tps_on with on"
+chmod 755 "$TMP" && chmod 644 "$TMP/take.sql" "$TMP/take_one.sql"
+tps_one=$(pgb off take_one)
+tps_off=$(pgb off take)
+tps_on=$(pgb on take)
+echo "  group of one (single statement): $tps_one/s; tollgate_take: $tps_off/s with" \
+     "synchronous_commit=off, $tps_on/s with on"
 
 rps1=$(field "$one" rps) rps2=$(field "$both" rps)
 echo
@@ -179,6 +198,7 @@ printf '%-52s %s\n' \
     "(a) two ÷ one" "$(awk -v a="$rps2" -v b="$rps1" 'BEGIN {printf "%.2f", a/b}')" \
     "(b) limit 500/h on one key across both: admitted" "$admitted (counter rows: $counted)" \
     "(c) revoke on A refused by B after" "${revoke_ms:-never} ms" \
-    "(d) counter statements/s the database sustains" "$tps_off (sync commit off), $tps_on (on)" \
+    "(d) counter statements/s the database sustains" \
+    "$tps_one (one request), $tps_off (a group; sync commit off), $tps_on (a group; on)" \
     "(d) counters' share of DB capacity at two replicas' peak" \
-    "$(awk -v r="$rps2" -v t="$tps_off" 'BEGIN {printf "%.0f%% (%.0f req/s ÷ %.0f statements/s, before coalescing)", 100*r/t, r, t}')"
+    "$(awk -v r="$rps2" -v t="$tps_one" 'BEGIN {printf "%.0f%% (%.0f req/s ÷ %.0f statements/s, 1000 keys: no coalescing)", 100*r/t, r, t}')"
