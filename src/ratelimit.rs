@@ -156,24 +156,21 @@ impl Counters {
         let n = slot.open.take().map_or(1, |(_, n)| n);
         drop(slots);
 
+        // Whatever happens in `run`, even a panic, the guard frees the key and answers
+        // the members, so no request waits forever on a group whose leader is gone.
+        let mut lead = Lead {
+            counters: self,
+            key_id,
+            group,
+            answer: Err(false),
+        };
         let answer = self.run(key_id, window, limit, n);
-
-        let mut slots = self.lock();
-        if let Some(slot) = slots.get_mut(&key_id) {
-            slot.busy = false;
-            if slot.open.is_none() {
-                slots.remove(&key_id);
-            }
-        }
-        drop(slots);
-        self.idle.notify_all();
-        let published = match &answer {
+        lead.answer = match &answer {
             Ok(t) => Ok(*t),
             Err(Error::DatabaseUnavailable) => Err(true),
             Err(_) => Err(false),
         };
-        *group.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(published);
-        group.done.notify_all();
+        drop(lead);
         answer.map(|t| (t, 0))
     }
 
@@ -208,6 +205,31 @@ impl Counters {
         self.counted
             .fetch_add(u64::try_from(n).unwrap_or(0), Relaxed);
         Ok(taken)
+    }
+}
+
+/// A group leader's duty once its statement has run (or failed, or panicked): mark the key
+/// idle for the next group and publish the answer to the members.
+struct Lead<'a> {
+    counters: &'a Counters,
+    key_id: i64,
+    group: Arc<Group>,
+    answer: std::result::Result<Taken, bool>,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        let mut slots = self.counters.lock();
+        if let Some(slot) = slots.get_mut(&self.key_id) {
+            slot.busy = false;
+            if slot.open.is_none() {
+                slots.remove(&self.key_id);
+            }
+        }
+        drop(slots);
+        self.counters.idle.notify_all();
+        *self.group.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.answer);
+        self.group.done.notify_all();
     }
 }
 
