@@ -5,7 +5,7 @@ SHELL := /bin/bash
 # rustup installs cargo here; `make` from a non-login shell may not have it on PATH.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: build run test bench bench-analytics soak fmt lint demo clean-data
+.PHONY: build run test bench bench-analytics bench-cluster soak fmt lint demo clean-data
 
 build:            ## release binary: target/release/tollgate
 	cargo build --release
@@ -16,13 +16,15 @@ run: build        ## private Postgres + db `tollgate` + admin secret, then serve
 test:             ## private Postgres, then cargo test (stops the cluster only if it started it)
 	scripts/test.sh
 
-bench:            ## wrk: nginx upstream vs nginx proxy vs tollgate (BENCH_SECS, default 10)
+bench:            ## one table: nginx upstream vs nginx proxy vs tollgate, ratios and targets (BENCH_SECS, default 10)
 	scripts/bench.sh
 
 bench-analytics:  ## analytics from rollups vs raw scans at 10 M log rows, and logger rows/s (BENCH_ANALYTICS_ROWS)
 	scripts/bench_analytics.sh
 soak:             ## SOAK_SECS (default 600) of mixed traffic; RSS, threads, fds sampled every 10 s must stay flat
 	scripts/soak.sh
+bench-cluster:    ## two replicas behind haproxy on one database: throughput, exact limit, revoke latency
+	scripts/bench_cluster.sh
 
 fmt:
 	cargo fmt

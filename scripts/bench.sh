@@ -5,9 +5,13 @@
 #   (c) tollgate -> (a), 1000 keys rotated          127.0.0.1:18083
 #   (d) tollgate -> (a), every request on one key   127.0.0.1:18083
 # wrk -t1 -c32 --latency, ROUNDS rounds with the cases interleaved (so drift hits all of
-# them alike), medians reported. Env: BENCH_SECS (10), BENCH_KEYS (1000), BENCH_ROUNDS (3),
-# BENCH_KEEP=1 keeps the temp dir (wrk outputs, logs). Everything started here is stopped
-# on exit, and the bench database is dropped.
+# them alike), medians reported in ONE table with each case's ratio to (b) and its target
+# (issue 6), plus the CPU each request cost tollgate and Postgres (read from /proc around
+# every run: the profile that says where a request's time goes). The logger and analytics
+# rows come from scripts/bench_analytics.sh when that script exists.
+# Env: BENCH_SECS (10), BENCH_KEYS (1000), BENCH_ROUNDS (3), BENCH_KEEP=1 keeps the temp
+# dir (wrk outputs, logs), BENCH_ANALYTICS=0 skips scripts/bench_analytics.sh. Everything
+# started here is stopped on exit, and the bench database is dropped.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO"
@@ -106,6 +110,24 @@ codes=$(xargs -P 4 -I{} curl -s -o /dev/null -w '%{http_code}\n' -H 'x-api-key: 
     <"$TMP/keys.txt" | sort | uniq -c | tr -s ' \n' ' ')
 [[ $codes =~ ^\ ?$NKEYS\ 200\ ?$ ]] || { echo "bench: warm-up statuses: $codes" >&2; exit 1; }
 
+# CPU ticks (utime + stime) of tollgate and of the whole Postgres cluster (postmaster and
+# its backends), so each case can say how much CPU one request cost in each.
+ticks() { # ticks <pid>...: summed utime+stime of the given processes
+    local sum=0 f
+    for p in "$@"; do
+        f=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        f=${f##*) } # fields after "(comm) "; utime and stime are the 12th and 13th here
+        set -- $f
+        sum=$((sum + ${12} + ${13}))
+    done
+    echo "$sum"
+}
+pg_pids() {
+    local pm
+    pm=$(head -n1 "$REPO/.data/pg/postmaster.pid")
+    echo "$pm" $(ps -o pid= --ppid "$pm")
+}
+
 declare -A URL=([a]="http://$UP/" [b]="http://$PX/" [c]="$G/" [d]="$G/")
 declare -A KEYS=([a]=keys.txt [b]=keys.txt [c]=keys.txt [d]=onekey.txt)
 declare -A NAME=(
@@ -117,11 +139,22 @@ declare -A NAME=(
 for r in $(seq 1 "$ROUNDS"); do
     for c in a b c d; do
         out=$TMP/wrk-$c-$r.txt
+        pgp=$(pg_pids)
+        t0=$(ticks "$tg_pid") p0=$(ticks $pgp)
         BENCH_KEYS_FILE=$TMP/${KEYS[$c]} wrk -t1 -c32 -d"${SECS}s" --latency \
             -s scripts/bench/rotate.lua "${URL[$c]}" >"$out"
+        t1=$(ticks "$tg_pid") p1=$(ticks $pgp)
+        # Upstream connections that are not reused pile up in TIME-WAIT (60 s each): count
+        # the closed connections to the upstream's port.
+        tw=$(ss -Htan state time-wait '( dport = :18081 or sport = :18081 )' | wc -l)
         line=$(grep '^BENCH ' "$out") || { cat "$out" >&2; exit 1; }
-        echo "round $r/$ROUNDS ${NAME[$c]}: ${line#BENCH }"
-        echo "$c ${line#BENCH }" >>"$TMP/results.txt"
+        n=$(grep -o 'requests=[0-9]*' <<<"$line" | cut -d= -f2)
+        hz=$(getconf CLK_TCK)
+        cpu=$(awk -v t=$((t1 - t0)) -v p=$((p1 - p0)) -v n="$n" -v hz="$hz" \
+            'BEGIN {printf "tg_cpu_us=%.1f pg_cpu_us=%.1f", t*1e6/hz/n, p*1e6/hz/n}')
+        cpu="$cpu timewait=$tw"
+        echo "round $r/$ROUNDS ${NAME[$c]}: ${line#BENCH } $cpu"
+        echo "$c ${line#BENCH } $cpu" >>"$TMP/results.txt"
     done
 done
 
@@ -129,21 +162,57 @@ median() { # median <case> <field>: middle value over the rounds
     grep "^$1 " "$TMP/results.txt" | grep -o " $2=[0-9.]*" | cut -d= -f2 | sort -g \
         | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'
 }
+stats=$(curl -s "$G/admin/stats" -H "x-admin-secret: $ADMIN_SECRET")
+sleep 0.5 # let the logger flush, then say what the non-2xx answers were
+statuses=$(scripts/pg.sh psql "$DB" -tAXc \
+    "select string_agg(status || ': ' || n, ', ' order by status)
+       from (select status, count(*) n from request_logs group by status) s")
+
+# H1's logger and analytics benchmark, when present, prints `name value` lines.
+declare -A AN=()
+if [[ -x scripts/bench_analytics.sh && ${BENCH_ANALYTICS:-1} != 0 ]]; then
+    echo "bench: running scripts/bench_analytics.sh"
+    if scripts/bench_analytics.sh >"$TMP/analytics.txt" 2>"$TMP/analytics.err"; then
+        while read -r k v; do
+            [[ $k =~ ^(logger_rows_per_sec|analytics_overview_ms|analytics_timeseries_ms|raw_overview_ms|raw_timeseries_ms)$ ]] \
+                && AN[$k]=$v
+        done <"$TMP/analytics.txt"
+    else
+        echo "bench: scripts/bench_analytics.sh failed; tail of its stderr:" >&2
+        tail -n 5 "$TMP/analytics.err" >&2
+    fi
+fi
+an() { echo "${AN[$1]:-not run}"; }
+
+ms() { awk -v u="$1" 'BEGIN {printf "%.2f", u/1000}'; }
+ratio() { awk -v x="$1" -v b="$(median b rps)" 'BEGIN {printf "%.2f", x / b}'; }
 echo
 echo "wrk -t1 -c32 -d${SECS}s, median of $ROUNDS rounds; $(nproc) cores shared by wrk, nginx," \
-     "tollgate and Postgres (load average before the bench: $load0)"
-printf '%-34s %10s %9s %9s %8s\n' case req/s "p50 ms" "p99 ms" non-2xx
+     "tollgate and Postgres (load average before: $load0, after: $(cut -d' ' -f1-3 /proc/loadavg))"
+fmt='%-44s %9s %8s %8s %9s %9s %9s %s\n'
+printf "$fmt" case req/s "p50 ms" "p99 ms" "÷ proxy" "tg µs/rq" "pg µs/rq" target
+for c in a b c d; do
+    target=""
+    [[ $c == c ]] && target="≥ 0.35"
+    [[ $c == d ]] && target="≥ 0.25"
+    rps=$(median "$c" rps)
+    printf "$fmt" "${NAME[$c]}" "$(printf %.0f "$rps")" "$(ms "$(median "$c" p50_us)")" \
+        "$(ms "$(median "$c" p99_us)")" "$(ratio "$rps")" \
+        "$([[ $c == [cd] ]] && median "$c" tg_cpu_us || echo -)" \
+        "$([[ $c == [cd] ]] && median "$c" pg_cpu_us || echo -)" "$target"
+done
+added=$(awk -v c="$(median c p99_us)" -v a="$(median a p99_us)" 'BEGIN {printf "%.2f", (c-a)/1000}')
+printf "$fmt" "added p99 over direct upstream, (c) - (a)" "" "" "$added" "" "" "" "≤ 2 ms"
+printf "$fmt" "logger rows/s [scripts/bench_analytics.sh]" "$(an logger_rows_per_sec)" "" "" "" "" "" "≥ 100000"
+printf "$fmt" "analytics overview 24h @10M rows, ms [H1]" "" "$(an analytics_overview_ms)" "" "" "" "" "≤ 50 ms (raw: $(an raw_overview_ms))"
+printf "$fmt" "analytics timeseries 24h @10M rows, ms [H1]" "" "$(an analytics_timeseries_ms)" "" "" "" "" "≤ 50 ms (raw: $(an raw_timeseries_ms))"
 for c in a b c d; do
     non2xx=$(grep "^$c " "$TMP/results.txt" | grep -o ' non2xx=[0-9]*' | cut -d= -f2 \
         | awk '{s+=$1} END {print s+0}')
-    printf '%-34s %10.0f %9.2f %9.2f %8d\n' "${NAME[$c]}" "$(median "$c" rps)" \
-        "$(awk -v u="$(median "$c" p50_us)" 'BEGIN {print u/1000}')" \
-        "$(awk -v u="$(median "$c" p99_us)" 'BEGIN {print u/1000}')" "$non2xx"
+    [[ $non2xx -eq 0 ]] || echo "note: ${NAME[$c]} had $non2xx non-2xx answers"
 done
-awk -v c="$(median c rps)" -v b="$(median b rps)" \
-    'BEGIN {printf "ratio (c)/(b) req/s: %.2f\n", c / b}'
-echo "tollgate /admin/stats: $(curl -s "$G/admin/stats" -H "x-admin-secret: $ADMIN_SECRET")"
-sleep 0.5 # let the logger flush, then say what the non-2xx answers were
-echo "tollgate responses by status (request_logs): $(scripts/pg.sh psql "$DB" -tAXc \
-    "select string_agg(status || ': ' || n, ', ' order by status)
-       from (select status, count(*) n from request_logs group by status) s")"
+echo "TIME-WAIT connections to the upstream (:18081) right after each case (max over rounds):" \
+    "$(for c in a b c d; do echo -n "($c) $(grep "^$c " "$TMP/results.txt" \
+        | grep -o 'timewait=[0-9]*' | cut -d= -f2 | sort -n | tail -n1)  "; done)"
+echo "tollgate /admin/stats: $stats"
+echo "tollgate responses by status (request_logs): $statuses"

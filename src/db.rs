@@ -5,13 +5,15 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
-use postgres::NoTls;
-use r2d2_postgres::PostgresConnectionManager;
+use postgres::types::Type;
+use postgres::{NoTls, Statement};
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-type Inner = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Inner = r2d2::Pool<Manager>;
 
 /// The r2d2 pool plus what r2d2 does not tell: how many callers are inside `get` right now
 /// (waiting for a connection) and how many gave up. Everything else (`state`, ...) is the
@@ -32,10 +34,7 @@ pub struct PoolWaits {
 }
 
 impl Pool {
-    pub fn get(
-        &self,
-    ) -> std::result::Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, r2d2::Error>
-    {
+    pub fn get(&self) -> std::result::Result<r2d2::PooledConnection<Manager>, r2d2::Error> {
         self.waits.waiting.fetch_add(1, Ordering::Relaxed);
         let got = self.inner.get();
         self.waits.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -50,10 +49,71 @@ impl Pool {
     }
 }
 
-impl std::ops::Deref for Pool {
+impl Deref for Pool {
     type Target = Inner;
     fn deref(&self) -> &Inner {
         &self.inner
+    }
+}
+
+/// Opens the pool's connections. Unlike `r2d2_postgres`'s manager it hands out a [`Conn`],
+/// which keeps the statements prepared on it, so the hot path (the counter statement, the
+/// key lookup) is parsed and planned once per connection instead of once per request.
+#[derive(Debug)]
+pub struct Manager {
+    config: postgres::Config,
+}
+
+/// A pooled connection: derefs to `postgres::Client` for everyone's ordinary queries, and
+/// adds [`Conn::prepared`] for the statements worth keeping.
+pub struct Conn {
+    client: postgres::Client,
+    prepared: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    /// The statement for `sql`, prepared on this connection the first time it is asked for.
+    /// Only for `&'static str` SQL: a fixed, small set, so the map never grows unbounded.
+    pub fn prepared(&mut self, sql: &'static str, types: &[Type]) -> Result<Statement> {
+        if let Some(s) = self.prepared.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare_typed(sql, types)?;
+        self.prepared.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+impl Deref for Conn {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        &self.client
+    }
+}
+
+impl DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        &mut self.client
+    }
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> std::result::Result<Conn, postgres::Error> {
+        Ok(Conn {
+            client: self.config.connect(NoTls)?,
+            prepared: HashMap::new(),
+        })
+    }
+
+    fn is_valid(&self, conn: &mut Conn) -> std::result::Result<(), postgres::Error> {
+        conn.client.simple_query("").map(|_| ())
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.client.is_closed()
     }
 }
 
@@ -66,6 +126,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../sql/002_route_options.sql"),
     ),
     ("003_rollups", include_str!("../sql/003_rollups.sql")),
+    (
+        "004_counters_and_sync",
+        include_str!("../sql/004_counters_and_sync.sql"),
+    ),
 ];
 
 pub fn pg_config(cfg: &Config) -> Result<postgres::Config> {
@@ -85,17 +149,35 @@ pub fn pg_config(cfg: &Config) -> Result<postgres::Config> {
 /// A pool that starts even while the database is down (`build_unchecked`): requests that
 /// need it get 503 until it returns, everything else keeps working.
 pub fn pool(cfg: &Config) -> Result<Pool> {
-    let manager = PostgresConnectionManager::new(pg_config(cfg)?, NoTls);
+    Ok(build(pg_config(cfg)?, cfg.db_pool_size, cfg.db_wait))
+}
+
+/// The pool the rate-limit counters use: its sessions commit with `synchronous_commit =
+/// off`, so a counter transaction does not wait for its WAL flush (the hot key's row lock
+/// is held for microseconds instead of a disk flush). A crash can lose the last few hundred
+/// ms of counts (at most 3 × `wal_writer_delay`), never corrupt them; log and admin writes
+/// use the other pool and stay durable.
+pub fn counter_pool(cfg: &Config) -> Result<Pool> {
+    let mut pg = pg_config(cfg)?;
+    let options = match pg.get_options() {
+        Some(o) => format!("{o} -c synchronous_commit=off"),
+        None => "-c synchronous_commit=off".to_string(),
+    };
+    pg.options(&options);
+    Ok(build(pg, cfg.counter_pool_size, cfg.db_wait))
+}
+
+fn build(config: postgres::Config, size: u32, wait: Duration) -> Pool {
     let inner = r2d2::Pool::builder()
-        .max_size(cfg.db_pool_size)
-        .min_idle(Some(cfg.db_pool_size.min(4)))
-        .connection_timeout(cfg.db_wait)
+        .max_size(size)
+        .min_idle(Some(size.min(4)))
+        .connection_timeout(wait)
         .test_on_check_out(false)
-        .build_unchecked(manager);
-    Ok(Pool {
+        .build_unchecked(Manager { config });
+    Pool {
         inner,
         waits: Arc::default(),
-    })
+    }
 }
 
 /// Applies pending migrations, retrying the first connection for up to `wait` so that a

@@ -21,6 +21,7 @@ mod ratelimit;
 mod retention;
 mod rollup;
 mod server;
+mod sync;
 mod throttle;
 
 use std::process::ExitCode;
@@ -98,7 +99,11 @@ fn serve(cfg: config::Config) -> Result<(), String> {
         cfg.log_buffer_max,
     );
     let agent = proxy::agent(&cfg);
-    let app = Arc::new(server::App::new(cfg, pool, logger, agent));
+    let counters = ratelimit::Counters::new(
+        db::counter_pool(&cfg).map_err(|e| e.to_string())?,
+        cfg.coalesce_window,
+    );
+    let app = Arc::new(server::App::new(cfg, pool, logger, agent, counters));
     let n = app
         .routes
         .reload(&app.pool)
@@ -106,44 +111,9 @@ fn serve(cfg: config::Config) -> Result<(), String> {
     log::info!("{n} routes loaded");
     ratelimit::spawn_purger(app.pool.clone(), app.cfg.rate_window_secs);
     retention::spawn(app.pool.clone(), &app.cfg);
-    spawn_sync(app.clone());
+    sync::spawn(app.clone());
     if let Some(addr) = &app.cfg.metrics_addr {
         metrics::spawn_listener(app.clone(), addr).map_err(|e| e.to_string())?;
     }
     server::serve(app).map_err(|e| e.to_string())
-}
-
-/// The safety net behind immediate local updates: every `sync_interval`, reload the route
-/// table and refresh cached keys' metadata (revocations, limits, scopes, expiry) so changes
-/// made by another replica or directly in SQL take effect without a restart.
-fn spawn_sync(app: Arc<server::App>) {
-    let spawned = std::thread::Builder::new()
-        .name("sync".into())
-        .spawn(move || loop {
-            std::thread::sleep(app.cfg.sync_interval);
-            if let Err(e) = app.routes.reload(&app.pool) {
-                log::warn!("route reload failed: {e}");
-            }
-            if let Err(e) = refresh_keys(&app) {
-                log::warn!("key refresh failed: {e}");
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("cannot start the sync thread: {e}");
-    }
-}
-
-fn refresh_keys(app: &server::App) -> error::Result<()> {
-    let ids = app.keys.cached_ids();
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let rows = app.pool.get()?.query(
-        "SELECT id, user_id, rate_limit, scopes, expires_at, revoked_at
-           FROM api_keys WHERE id = ANY($1)",
-        &[&ids],
-    )?;
-    app.keys
-        .replace_all(rows.iter().map(|r| auth::key_info(r, 0)).collect());
-    Ok(())
 }

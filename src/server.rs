@@ -26,6 +26,8 @@ use tiny_http::{Header, Request, Server, StatusCode};
 pub struct App {
     pub cfg: Config,
     pub pool: Pool,
+    /// The rate-limit counter with its own `synchronous_commit = off` pool.
+    pub counters: ratelimit::Counters,
     pub keys: KeyCache,
     pub routes: RouteTable,
     pub logger: Logger,
@@ -51,8 +53,15 @@ pub struct App {
 
 impl App {
     /// The parts of `App` built from the configuration alone.
-    pub fn new(cfg: Config, pool: Pool, logger: Logger, agent: ureq::Agent) -> App {
+    pub fn new(
+        cfg: Config,
+        pool: Pool,
+        logger: Logger,
+        agent: ureq::Agent,
+        counters: ratelimit::Counters,
+    ) -> App {
         App {
+            counters,
             breakers: Arc::new(Breakers::new(
                 cfg.breaker_failures,
                 cfg.breaker_cooldown,

@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# `make bench-cluster`: two tollgate replicas behind haproxy on one database.
+#   nginx upstream                          127.0.0.1:18081
+#   haproxy -> replicas A and B             127.0.0.1:18082
+#   replica A                               127.0.0.1:18083
+#   replica B, haproxy -> A only            free ports picked at start
+# Shows (a) aggregate throughput of both replicas vs one (both through haproxy, so the LB
+# hop is the same), (b) one key's limit enforced exactly across both replicas, (c) a
+# revocation made through A refused by B (time measured), and (d) what the counter costs
+# the database on its own (pgbench on tollgate_take), for the counters' share of database
+# load at N replicas. Env: BENCH_SECS (10), BENCH_KEYS (1000), BENCH_KEEP=1.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd "$REPO"
+
+SECS=${BENCH_SECS:-10}
+NKEYS=${BENCH_KEYS:-1000}
+DB=tollgate_bench_cluster
+UP=127.0.0.1:18081 LB=127.0.0.1:18082 GA=127.0.0.1:18083
+PGBIN=/usr/lib/postgresql/15/bin
+
+scripts/deps.sh pg bench cargo
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+GB=127.0.0.1:$(free_port) LB1=127.0.0.1:$(free_port)
+for addr in $UP $LB $GA $GB $LB1; do
+    if (exec 3<>"/dev/tcp/${addr%:*}/${addr#*:}") 2>/dev/null; then
+        echo "bench-cluster: $addr is already in use; stop whatever listens there" >&2
+        exit 1
+    fi
+done
+cargo build --release
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
+
+TMP=$(mktemp -d /tmp/tollgate-bench-cluster.XXXXXX)
+pids=() pg_started="" db_created=""
+cleanup() {
+    local rc=$?
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [[ -n $db_created ]]; then scripts/pg.sh dropdb "$DB" || true; fi
+    if [[ -n $pg_started ]]; then scripts/pg.sh stop >/dev/null || true; fi
+    if [[ ${BENCH_KEEP:-} == 1 ]]; then echo "bench-cluster: kept $TMP"; else rm -rf "$TMP"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+scripts/pg.sh status >/dev/null || pg_started=1
+scripts/pg.sh start
+scripts/pg.sh dropdb "$DB"
+scripts/pg.sh createdb "$DB"
+db_created=1
+psql_db() { scripts/pg.sh psql "$DB" -tAX "$@"; }
+
+mkdir -p "$TMP/upstream"
+nginx -p "$TMP/upstream/" -c "$REPO/scripts/bench/upstream.conf" -e "$TMP/upstream/error.log" &
+pids+=($!)
+
+ADMIN_SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+start_replica() { # start_replica <name> <addr>: prints its pid
+    ADMIN_SECRET=$ADMIN_SECRET DATABASE_URL=$(scripts/pg.sh url "$DB") LISTEN_ADDR=$2 \
+        TOLLGATE_BCRYPT_COST=4 TOLLGATE_TRUSTED_PROXIES=127.0.0.1 RUST_LOG=${RUST_LOG:-warn} \
+        TOLLGATE_RATE_WINDOW_SECS=3600 \
+        target/release/tollgate serve 2>"$TMP/$1.log" &
+    pids+=($!)
+}
+start_replica a "$GA"
+# B starts once A has migrated, so the log shows one migration, not a wait on the lock.
+wait_http() { # wait_http <url>: up to 20 s
+    for _ in $(seq 1 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done
+    echo "bench-cluster: $1 did not answer" >&2
+    tail -n 20 "$TMP"/*.log >&2
+    exit 1
+}
+wait_http "http://$GA/readyz"
+start_replica b "$GB"
+wait_http "http://$GB/readyz"
+
+# The load-balancer configuration the README shows, plus a second frontend with A alone.
+sed -e "s/@LB@/$LB/; s/@LB1@/$LB1/; s/@A@/$GA/g; s/@B@/$GB/g" scripts/bench/haproxy.cfg \
+    >"$TMP/haproxy.cfg"
+haproxy -db -f "$TMP/haproxy.cfg" 2>"$TMP/haproxy.log" &
+pids+=($!)
+wait_http "http://$UP/"
+for _ in $(seq 1 50); do # both servers up in haproxy's health checks
+    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://$LB/readyz") == 200 ]] && break
+    sleep 0.1
+done
+
+admin() { # admin <base> <method> <path> [json]: fail on non-2xx, print the body
+    curl -sS -f -X "$2" "$1$3" -H "x-admin-secret: $ADMIN_SECRET" \
+        -H 'content-type: application/json' ${4:+-d "$4"}
+}
+A=http://$GA B=http://$GB
+uid=$(admin "$A" POST /admin/users '{"email":"bench@example.com","name":"bench"}' \
+    | grep -o '"id":[0-9]*' | head -n1 | cut -d: -f2)
+admin "$A" POST /admin/routes "{\"userId\":$uid,\"prefix\":\"/\",\"targetUrl\":\"http://$UP\"}" >/dev/null
+
+echo "bench-cluster: creating $NKEYS keys"
+seq 1 "$NKEYS" | xargs -P 4 -I{} curl -sS -f -X POST "$A/admin/api-keys" \
+    -H "x-admin-secret: $ADMIN_SECRET" -H 'content-type: application/json' \
+    -d "{\"userId\":$uid,\"name\":\"bench-{}\",\"rateLimit\":1000000000}" -w '\n' >"$TMP/keys.json"
+grep -o '"rawKey":"[^"]*"' "$TMP/keys.json" | cut -d'"' -f4 >"$TMP/keys.txt"
+echo "bench-cluster: warming every key on both replicas"
+for base in "$A" "$B"; do
+    xargs -P 4 -I{} curl -s -o /dev/null -H 'x-api-key: {}' "$base/" <"$TMP/keys.txt"
+done
+
+run_wrk() { # run_wrk <name> <url> <keys file>: prints the BENCH line
+    BENCH_KEYS_FILE=$3 wrk -t1 -c32 -d"${SECS}s" --latency -s scripts/bench/rotate.lua "$2" \
+        >"$TMP/wrk-$1.txt"
+    grep '^BENCH ' "$TMP/wrk-$1.txt" | cut -d' ' -f2-
+}
+field() { grep -o "$2=[0-9.]*" <<<"$1" | cut -d= -f2; }
+
+echo "bench-cluster: (a) throughput, ${SECS}s each, wrk -t1 -c32, $NKEYS keys"
+one=$(run_wrk one "http://$LB1/" "$TMP/keys.txt")
+echo "  haproxy -> A only:  $one"
+both=$(run_wrk both "http://$LB/" "$TMP/keys.txt")
+echo "  haproxy -> A and B: $both"
+
+echo "bench-cluster: (b) one key, limit 500 per hour, hammered through haproxy for ${SECS}s"
+# Both replicas run an hour-long window (TOLLGATE_RATE_WINDOW_SECS above): a fresh key has no previous bucket, so exactly 500 may pass unless
+# the run straddles the top of the hour (then the old bucket's weight admits a few more).
+limited=$(admin "$A" POST /admin/api-keys "{\"userId\":$uid,\"name\":\"limited\",\"rateLimit\":500}")
+lkey=$(grep -o '"rawKey":"[^"]*"' <<<"$limited" | cut -d'"' -f4)
+lid=$(grep -o '"id":[0-9]*' <<<"$limited" | head -n1 | cut -d: -f2)
+echo "$lkey" >"$TMP/limited.txt"
+hammer=$(run_wrk limited "http://$LB/" "$TMP/limited.txt")
+total=$(field "$hammer" requests) refused=$(field "$hammer" non2xx)
+admitted=$((total - refused))
+sleep 0.5
+by_replica=$(psql_db -c "select count(*) filter (where status = 200), count(*)
+    from request_logs where api_key_id = $lid")
+counted=$(psql_db -c "select coalesce(sum(count), 0) from rate_limit_counters where api_key_id = $lid")
+echo "  $total requests, $admitted admitted, $refused refused; counter rows hold $counted;" \
+     "request_logs (200s, all): ${by_replica//|/, }"
+
+echo "bench-cluster: (c) revoke through A, poll B every 10 ms until it refuses"
+rkey_json=$(admin "$A" POST /admin/api-keys "{\"userId\":$uid,\"name\":\"revoked\"}")
+rkey=$(grep -o '"rawKey":"[^"]*"' <<<"$rkey_json" | cut -d'"' -f4)
+rid=$(grep -o '"id":[0-9]*' <<<"$rkey_json" | head -n1 | cut -d: -f2)
+[[ $(curl -s -o /dev/null -w '%{http_code}' -H "x-api-key: $rkey" "$B/") == 200 ]] \
+    || { echo "bench-cluster: B did not accept the fresh key" >&2; exit 1; }
+t0=$(date +%s%N)
+admin "$A" DELETE "/admin/api-keys/$rid" >/dev/null
+revoke_ms=""
+for _ in $(seq 1 500); do
+    if [[ $(curl -s -o /dev/null -w '%{http_code}' -H "x-api-key: $rkey" "$B/") == 401 ]]; then
+        revoke_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+        break
+    fi
+    sleep 0.01
+done
+echo "  B refused the key ${revoke_ms:-NEVER (5 s)} ms after A's revoke returned"
+
+echo "bench-cluster: (d) the counter statement alone: pgbench, 8 clients, ${SECS}s, $NKEYS keys"
+cat >"$TMP/take.sql" <<EOF
+\set k random(1, $NKEYS)
+SELECT * FROM tollgate_take(:k, 3600, 1000000000, 1);
+EOF
+# A group of one runs ratelimit.rs's TAKE_ONE_SQL instead; the same statement here (keep
+# in step), with the window and limit the replicas use.
+cat >"$TMP/take_one.sql" <<EOF
+\set k random(1, $NKEYS)
+WITH t AS (SELECT e, floor(e / 3600::float8)::bigint AS win
+             FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS e) s),
+w AS (SELECT t.e, t.win,
+             coalesce((SELECT c.count FROM rate_limit_counters c
+                        WHERE c.api_key_id = :k AND c.window_start = t.win - 1), 0)::float8
+               * (1 - (t.e - t.win * 3600::float8) / 3600::float8) AS weighted FROM t),
+up AS (INSERT INTO rate_limit_counters AS c (api_key_id, window_start, count)
+       SELECT :k, w.win, 1 FROM w WHERE w.weighted + 1 <= 1000000000::float8
+       ON CONFLICT (api_key_id, window_start) DO UPDATE SET count = c.count + 1
+         WHERE (SELECT weighted FROM w) + c.count + 1 <= 1000000000::float8
+       RETURNING c.count)
+SELECT (SELECT count FROM up), w.weighted, w.e FROM w;
+EOF
+pgb() { # pgb <synchronous_commit> <script>: prints tps
+    PGOPTIONS="-c synchronous_commit=$1" runuser -u postgres -- "$PGBIN/pgbench" -n -M prepared \
+        -c 8 -j 2 -T "$SECS" -f "$TMP/$2.sql" -h "$REPO/.data/run" -p 54329 -U postgres "$DB" \
+        2>/dev/null | grep -o "tps = [0-9]*" | cut -d" " -f3
+}
+chmod 755 "$TMP" && chmod 644 "$TMP/take.sql" "$TMP/take_one.sql"
+tps_one=$(pgb off take_one)
+tps_off=$(pgb off take)
+tps_on=$(pgb on take)
+echo "  group of one (single statement): $tps_one/s; tollgate_take: $tps_off/s with" \
+     "synchronous_commit=off, $tps_on/s with on"
+
+rps1=$(field "$one" rps) rps2=$(field "$both" rps)
+echo
+echo "bench-cluster summary ($(nproc) cores shared by everything; load average before: $load0," \
+     "after: $(cut -d' ' -f1-3 /proc/loadavg))"
+printf '%-52s %s\n' \
+    "(a) one replica via haproxy, req/s" "$(printf %.0f "$rps1") (p99 $(field "$one" p99_us) µs)" \
+    "(a) two replicas via haproxy, req/s" "$(printf %.0f "$rps2") (p99 $(field "$both" p99_us) µs)" \
+    "(a) two ÷ one" "$(awk -v a="$rps2" -v b="$rps1" 'BEGIN {printf "%.2f", a/b}')" \
+    "(b) limit 500/h on one key across both: admitted" "$admitted (counter rows: $counted)" \
+    "(c) revoke on A refused by B after" "${revoke_ms:-never} ms" \
+    "(d) counter statements/s the database sustains" \
+    "$tps_one (one request), $tps_off (a group; sync commit off), $tps_on (a group; on)" \
+    "(d) counters' share of DB capacity at two replicas' peak" \
+    "$(awk -v r="$rps2" -v t="$tps_one" 'BEGIN {printf "%.0f%% (%.0f req/s ÷ %.0f statements/s, 1000 keys: no coalescing)", 100*r/t, r, t}')"
