@@ -17,14 +17,8 @@ use std::sync::atomic::Ordering;
 use subtle::ConstantTimeEq;
 use tiny_http::Request;
 
-/// Constant-time check of `x-admin-secret`. Both sides are hashed first so neither the
+/// Constant-time check of an admin secret. Both sides are hashed first so neither the
 /// content nor the length of the secret leaks through timing.
-pub fn is_admin(app: &App, ctx: &Ctx) -> bool {
-    ctx.header("x-admin-secret")
-        .is_some_and(|given| is_admin_secret(app, given))
-}
-
-/// Compares in constant time (digests of equal length, whatever was sent).
 pub fn is_admin_secret(app: &App, given: &str) -> bool {
     let a = Sha256::digest(given.as_bytes());
     let b = Sha256::digest(app.cfg.admin_secret.as_bytes());
@@ -36,15 +30,22 @@ pub fn is_admin_secret(app: &App, given: &str) -> bool {
 /// against the client IP), and 429 for an IP over its limit whatever it sent, so a
 /// guesser learns nothing more once limited.
 pub fn check_admin(app: &App, ctx: &Ctx) -> Result<bool> {
-    if ctx.header("x-admin-secret").is_none() {
-        return Ok(false);
+    match ctx.header("x-admin-secret") {
+        None => Ok(false),
+        Some(given) => check_secret(app, ctx, given, "x-admin-secret").map(|()| true),
     }
+}
+
+/// `given` against the admin secret under the client IP's failure limit, wherever it was
+/// sent (`how` names that in the log): 429 while the IP is over its limit, `Unauthorized`
+/// for a wrong secret (counted).
+pub fn check_secret(app: &App, ctx: &Ctx, given: &str, how: &str) -> Result<()> {
     app.admin_failures.check(&ctx.client_ip)?;
-    if is_admin(app, ctx) {
-        return Ok(true);
+    if is_admin_secret(app, given) {
+        return Ok(());
     }
     app.admin_failures.record(&ctx.client_ip);
-    log::warn!("wrong x-admin-secret from {}", ctx.client_ip);
+    log::warn!("wrong {how} from {}", ctx.client_ip);
     Err(Error::Unauthorized)
 }
 

@@ -111,9 +111,12 @@ pub fn handle(app: &App, ctx: &Ctx) -> crate::error::Result<Reply> {
             v.get(..7)
                 .is_some_and(|s| s.eq_ignore_ascii_case("bearer "))
         })
-        .is_some_and(|v| crate::admin::is_admin_secret(app, v[7..].trim()));
-    if !bearer && !crate::admin::is_admin(app, ctx) {
-        return Err(Error::Unauthorized);
+        .map(|v| v[7..].trim());
+    // Both forms count against the client IP's admin failure limit like /admin does, so
+    // this endpoint is no way around it for someone guessing the secret.
+    if !crate::admin::check_admin(app, ctx)? {
+        let secret = bearer.ok_or(Error::Unauthorized)?;
+        crate::admin::check_secret(app, ctx, secret, "bearer admin secret")?;
     }
     Ok(reply(app))
 }

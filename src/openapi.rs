@@ -33,6 +33,10 @@ mod tests {
         assert_eq!(schemes["adminSecret"]["in"], "header");
         assert_eq!(schemes["apiKey"]["name"], "x-api-key");
         assert_eq!(schemes["bearerKey"]["scheme"], "bearer");
+        // /metrics also takes the admin secret as a bearer token (Prometheus' form).
+        assert_eq!(schemes["adminBearer"]["scheme"], "bearer");
+        let metrics = &d["paths"]["/metrics"]["get"]["security"];
+        assert_eq!(metrics[1]["adminBearer"], serde_json::json!([]));
     }
 
     /// Every `$ref` points at something the document defines.

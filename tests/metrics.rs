@@ -334,6 +334,35 @@ fn metrics_need_the_admin_secret_in_its_header_or_as_a_bearer_token() {
     assert_eq!(r.status, 400, "{}", r.body);
 }
 
+/// /metrics is no way around the admin secret's per-IP failure limit: wrong secrets sent
+/// here, in either form, count like wrong secrets sent to /admin, and past the limit even
+/// the right one gets 429 on both.
+#[test]
+fn wrong_secrets_on_metrics_count_against_the_admin_failure_limit() {
+    let gw = Gateway::start_with(&[("TOLLGATE_ADMIN_FAIL_LIMIT", "3")]);
+    let wrong = [
+        ("authorization", "Bearer not-the-secret"),
+        ("x-admin-secret", "not-the-secret"),
+        ("authorization", "bearer also-not-it"),
+    ];
+    for header in wrong {
+        let r = gw.direct("GET", "/metrics", &[header], None);
+        assert_eq!(r.status, 401, "{header:?}: {}", r.body);
+    }
+    let bearer = format!("Bearer {ADMIN_SECRET}");
+    let limited = gw.direct("GET", "/metrics", &[("authorization", &bearer)], None);
+    assert_eq!(limited.status, 429, "{}", limited.body);
+    assert_eq!(limited.code(), "too_many_failed_attempts");
+    assert!(limited.header("retry-after").is_some());
+    let admin = gw.direct(
+        "GET",
+        "/admin/stats",
+        &[("x-admin-secret", ADMIN_SECRET)],
+        None,
+    );
+    assert_eq!(admin.status, 429, "{}", admin.body);
+}
+
 #[test]
 fn exposition_is_well_formed_and_counts_known_traffic() {
     let gw = Gateway::start();

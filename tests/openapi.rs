@@ -9,19 +9,13 @@ use std::process::Command;
 use std::time::Instant;
 use util::{Gateway, Upstream, ADMIN_SECRET};
 
-/// Described in the document for other branches of this release (rollup analytics, metrics,
-/// dashboard). While a binary answers one of them with "endpoint not found" it is left out
-/// of the checks below; once served, it is checked like every other path.
-const FROM_OTHER_BRANCHES: &[&str] = &["/analytics/top-keys", "/metrics", "/dashboard"];
-
-/// Whether `path` of the document is one of this binary's own endpoints: not "endpoint not
-/// found", and not treated as gateway traffic (which asks the admin for an API key).
-fn served(gw: &Gateway, path: &str) -> bool {
-    let r = gw.admin_get(path);
-    let unknown = r.status == 404 && r.body.contains("endpoint not found");
-    let gateway = r.status == 401 && r.body.contains("missing_api_key");
-    !(unknown || gateway)
-}
+/// The per-IP failed-credential limits (429 `too_many_failed_attempts`, documented) are
+/// raised for these gateways: schemathesis sends wrong keys as it explores, and a limit
+/// spent early would turn the rest of its run into 429s instead of the real endpoints.
+const GENEROUS_FAIL_LIMITS: &[(&str, &str)] = &[
+    ("TOLLGATE_ADMIN_FAIL_LIMIT", "100000"),
+    ("TOLLGATE_AUTH_FAIL_LIMIT", "100000"),
+];
 
 fn document(gw: &Gateway) -> Value {
     let r = gw.get("/openapi.json", &[]);
@@ -35,12 +29,9 @@ fn every_documented_method_is_dispatched_and_every_dispatched_method_is_document
     let gw = Gateway::start();
     let doc = document(&gw);
     let paths = doc["paths"].as_object().expect("paths");
-    assert!(paths.len() >= 15, "{:?}", paths.keys());
+    assert!(paths.len() >= 20, "{:?}", paths.keys());
     let mut checked = 0;
     for (path, ops) in paths {
-        if FROM_OTHER_BRANCHES.contains(&path.as_str()) && !served(&gw, path) {
-            continue;
-        }
         let concrete = path.replace("{id}", "1");
         for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
             let r = gw.admin_raw(method, &concrete, "{}");
@@ -55,7 +46,7 @@ fn every_documented_method_is_dispatched_and_every_dispatched_method_is_document
             checked += 1;
         }
     }
-    assert!(checked >= 75, "{checked}");
+    assert!(checked >= 100, "{checked}");
 }
 
 /// Runs schemathesis against the gateway's document with `examples` test cases per
@@ -88,11 +79,6 @@ fn schemathesis(gw: &Gateway, label: &str, examples: u32, args: &[&str]) {
             "20",
         ])
         .args(args);
-    for path in FROM_OTHER_BRANCHES {
-        if !served(gw, path) {
-            cmd.args(["--exclude-path", path]);
-        }
-    }
     let started = Instant::now();
     let out = cmd.output().expect("run schemathesis");
     let _ = std::fs::remove_dir_all(&dir);
@@ -105,13 +91,21 @@ fn schemathesis(gw: &Gateway, label: &str, examples: u32, args: &[&str]) {
         out.status
     );
     assert!(stdout.contains("No issues found"), "{stdout}");
-    // It really exercised the API rather than stopping early.
+    // It really exercised every selected operation rather than stopping early.
+    let selected = stdout
+        .split_once(" selected / ")
+        .and_then(|(before, _)| before.rsplit(' ').next())
+        .unwrap_or_else(|| panic!("no operation count in:\n{stdout}"));
+    assert!(
+        stdout.contains(&format!("Tested: {selected}\n")),
+        "not every operation was tested:\n{stdout}"
+    );
     assert!(stdout.contains(" passed"), "{stdout}");
 }
 
 #[test]
 fn schemathesis_finds_no_server_error_and_no_schema_violation() {
-    let gw = Gateway::start();
+    let gw = Gateway::start_with(GENEROUS_FAIL_LIMITS);
     // Data for the reads to find: a user with a key and a route, and some logged traffic.
     let up = Upstream::start();
     let user = gw.create_user("schema@example.com");
@@ -139,5 +133,17 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     // The whole document as the operator sees it (after: it may delete that key's user).
     let admin = format!("x-admin-secret: {ADMIN_SECRET}");
     schemathesis(&gw, "operator", 30, &["--header", &admin]);
+    // schemathesis leaves the document's own path out unless it is named.
+    schemathesis(
+        &gw,
+        "document",
+        5,
+        &[
+            "--include-path",
+            "/openapi.json",
+            "--phases",
+            "coverage,fuzzing",
+        ],
+    );
     assert!(!gw.output().contains("panicked"), "{}", gw.output());
 }
