@@ -157,28 +157,19 @@ fn run(
         let disconnected = match rx.recv_timeout(wait) {
             Ok(row) => {
                 pending.push_back(row);
-                // Take whatever else is queued without waiting.
-                while pending.len() < BATCH_MAX * 4 {
-                    match rx.try_recv() {
-                        Ok(row) => pending.push_back(row),
-                        Err(_) => break,
-                    }
-                }
+                take_queued(rx, pending, counters, buffer_max);
                 false
             }
             Err(RecvTimeoutError::Timeout) => closing,
             Err(RecvTimeoutError::Disconnected) => true,
         };
-        while pending.len() > buffer_max {
-            pending.pop_front();
-            counters.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        counters
-            .buffered
-            .store(pending.len() as u64, Ordering::Relaxed);
         let due = last_flush.elapsed() >= flush || pending.len() >= BATCH_MAX;
         if (due || disconnected) && !pending.is_empty() && Instant::now() >= retry_at {
             last_flush = Instant::now();
+            // Rows that queued up while the last (failed) attempt blocked join the buffer
+            // now, so the bound holds for everything an outage produced, not only for what
+            // had been taken off the channel before the database came back.
+            take_queued(rx, pending, counters, buffer_max);
             while !pending.is_empty() {
                 let n = pending.len().min(BATCH_MAX);
                 let batch: Vec<&LogRow> = pending.range(..n).collect();
@@ -209,6 +200,29 @@ fn run(
             std::thread::sleep(retry_at.saturating_duration_since(Instant::now()));
         }
     }
+}
+
+/// Moves whatever is queued onto `pending` without waiting, then drops the oldest rows
+/// beyond `buffer_max` (counted), so memory stays bounded while the database refuses writes.
+fn take_queued(
+    rx: &Receiver<LogRow>,
+    pending: &mut VecDeque<LogRow>,
+    counters: &Counters,
+    buffer_max: usize,
+) {
+    while pending.len() < BATCH_MAX * 4 {
+        match rx.try_recv() {
+            Ok(row) => pending.push_back(row),
+            Err(_) => break,
+        }
+    }
+    while pending.len() > buffer_max {
+        pending.pop_front();
+        counters.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+    counters
+        .buffered
+        .store(pending.len() as u64, Ordering::Relaxed);
 }
 
 const COPY_SQL: &str = "COPY request_logs (request_id, api_key_id, user_id, route_id, method,
