@@ -351,14 +351,18 @@ pub fn forward(
         match send()? {
             // A pooled keep-alive connection the upstream had already closed fails before
             // any byte of answer; a safe method without a body is retried once (RFC 9110
-            // §9.2.2), and ureq does not pool the dead connection again.
+            // §9.2.2) on a fresh connection: another idle one from the pool may have been
+            // closed by the upstream just the same.
             Err(e) if is_stale_connection(&e) && is_idempotent(&ctx.method) => {
                 log::debug!(
                     "retrying {} {} after a dead pooled connection: {e}",
                     ctx.method,
                     url
                 );
-                send()?
+                let request = builder()
+                    .body(ureq::SendBody::none())
+                    .map_err(unforwardable)?;
+                app.fresh_agent.run(with_timeouts(app, route, request))
             }
             other => other,
         }
@@ -512,6 +516,17 @@ impl Read for Limited<'_> {
 /// errors, no proxy from the environment, no decompression or default headers added,
 /// pooled keep-alive connections sized to the worker count, timeouts from the config.
 pub fn agent(cfg: &crate::config::Config) -> ureq::Agent {
+    agent_with_idle(cfg, cfg.workers)
+}
+
+/// The same agent without a pool: every request on its own new connection (the retry after
+/// a dead pooled one).
+pub fn fresh_agent(cfg: &crate::config::Config) -> ureq::Agent {
+    agent_with_idle(cfg, 0)
+}
+
+/// `idle`: idle connections kept per upstream host (twice that in all).
+fn agent_with_idle(cfg: &crate::config::Config, idle: usize) -> ureq::Agent {
     use ureq::config::AutoHeaderValue;
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -521,8 +536,8 @@ pub fn agent(cfg: &crate::config::Config) -> ureq::Agent {
         .accept(AutoHeaderValue::None)
         .accept_encoding(AutoHeaderValue::None)
         .allow_non_standard_methods(true)
-        .max_idle_connections(cfg.workers * 2)
-        .max_idle_connections_per_host(cfg.workers)
+        .max_idle_connections(idle * 2)
+        .max_idle_connections_per_host(idle)
         .timeout_connect(Some(cfg.connect_timeout))
         .timeout_recv_response(Some(cfg.upstream_timeout))
         .timeout_per_read(Some(cfg.upstream_timeout))

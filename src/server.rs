@@ -32,6 +32,8 @@ pub struct App {
     pub routes: RouteTable,
     pub logger: Logger,
     pub agent: ureq::Agent,
+    /// Pool-less twin of `agent`, for the one retry after a dead pooled connection.
+    pub fresh_agent: ureq::Agent,
     pub breakers: Arc<Breakers>,
     /// Requests answered with a declared body too large to drain safely (see `abandon`).
     pub abandoned_bodies: AtomicU64,
@@ -78,6 +80,7 @@ impl App {
             degraded_responses: AtomicU64::new(0),
             metrics: Metrics::default(),
             logger,
+            fresh_agent: proxy::fresh_agent(&cfg),
             agent,
             pool,
             cfg,
