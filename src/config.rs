@@ -16,9 +16,10 @@ pub const DEFAULT_WORKERS: usize = 64;
 pub const DEFAULT_DB_POOL_SIZE: u32 = 16;
 /// Connections of the counter pool (`synchronous_commit = off`, see `db::counter_pool`).
 /// Coalescing runs at most one statement per key at a time, so this bounds how many keys
-/// are counted at once. Measured on 2 cores, 1000 keys, 32 clients: 16 gave ~20 % more
-/// req/s and a shorter p99 than 8 (requests queued for a connection); opened lazily, so
-/// a quiet replica holds only a few.
+/// are counted at once. Over many keys nearly every request runs its own statement, and
+/// at 8 `make bench`'s 32 clients over 1000 keys queued for a counter connection (r2d2's
+/// wait is not first-come-first-served, so the queue shows as a long p99); opened lazily,
+/// so a quiet replica holds only a few.
 pub const DEFAULT_COUNTER_POOL_SIZE: u32 = 16;
 /// Extra time a key's group of requests stays open for more to join before its one
 /// counter statement runs (see `ratelimit`). 0 because a group already gathers everything
