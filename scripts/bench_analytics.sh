@@ -113,8 +113,10 @@ echo "rows: request_logs rollups size(logs) size(rollups) = $sizes"
 echo "logger, live-rate rows:  $dense_line"
 echo "logger, 10 M over 24 h:  $load_line"
 printf '%-44s %12s\n' "case (24 h window, median of $RUNS)" "ms"
-printf '%-44s %12s\n' "GET /analytics/overview (rollups)" "$(http_ms '/analytics/overview?window=24h')"
-printf '%-44s %12s\n' "GET /analytics/timeseries bucket=hour" "$(http_ms '/analytics/timeseries?window=24h')"
+overview_ms=$(http_ms '/analytics/overview?window=24h')
+timeseries_ms=$(http_ms '/analytics/timeseries?window=24h')
+printf '%-44s %12s\n' "GET /analytics/overview (rollups)" "$overview_ms"
+printf '%-44s %12s\n' "GET /analytics/timeseries bucket=hour" "$timeseries_ms"
 printf '%-44s %12s\n' "GET /analytics/timeseries bucket=minute" \
     "$(http_ms '/analytics/timeseries?window=24h&bucket=minute')"
 printf '%-44s %12s\n' "GET /analytics/overview userId=3" "$(http_ms '/analytics/overview?window=24h&userId=3')"
@@ -122,6 +124,14 @@ printf '%-44s %12s\n' "GET /analytics/timeseries userId=3" "$(http_ms '/analytic
 printf '%-44s %12s\n' "GET /analytics/top-routes" "$(http_ms '/analytics/top-routes?window=24h')"
 printf '%-44s %12s\n' "GET /analytics/top-keys" "$(http_ms '/analytics/top-keys?window=24h')"
 printf '%-44s %12s\n' "GET /analytics/overview window=30d" "$(http_ms '/analytics/overview?window=30d')"
-printf '%-44s %12s\n' "raw scan: overview SQL (psql)" "$(sql_ms "$RAW_OVERVIEW")"
-printf '%-44s %12s\n' "raw scan: hourly timeseries SQL (psql)" "$(sql_ms "$RAW_TIMESERIES")"
+raw_overview_ms=$(sql_ms "$RAW_OVERVIEW")
+raw_timeseries_ms=$(sql_ms "$RAW_TIMESERIES")
+printf '%-44s %12s\n' "raw scan: overview SQL (psql)" "$raw_overview_ms"
+printf '%-44s %12s\n' "raw scan: hourly timeseries SQL (psql)" "$raw_timeseries_ms"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+# `name value` lines for the table of scripts/bench.sh.
+echo "logger_rows_per_sec $(sed -n 's/.*: \([0-9]*\) rows\/s$/\1/p' <<<"$dense_line")"
+echo "analytics_overview_ms $overview_ms"
+echo "analytics_timeseries_ms $timeseries_ms"
+echo "raw_overview_ms $raw_overview_ms"
+echo "raw_timeseries_ms $raw_timeseries_ms"

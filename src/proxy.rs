@@ -88,18 +88,21 @@ impl RouteTable {
     /// The owner's route for this host whose prefix is the longest match for `path`; routes
     /// bound to the request's host win over host-less ones.
     pub fn find(&self, user_id: i64, host: Option<&str>, path: &str) -> Option<Arc<Route>> {
-        let table = self
-            .by_user
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        table
+        self.snapshot()
             .get(&user_id)?
             .iter()
             .find(|r| {
                 r.host.as_deref().is_none_or(|h| Some(h) == host) && prefix_matches(&r.prefix, path)
             })
             .cloned()
+    }
+
+    /// The current table; the lock is held only to clone the `Arc`, never while matching.
+    fn snapshot(&self) -> Arc<HashMap<i64, Vec<Arc<Route>>>> {
+        self.by_user
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn replace(&self, routes: Vec<Route>) {
@@ -115,12 +118,7 @@ impl RouteTable {
 
     /// Every route's prefix by id, for the `route` label of `/metrics`.
     pub fn prefixes(&self) -> HashMap<i64, String> {
-        let table = self
-            .by_user
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        table
+        self.snapshot()
             .values()
             .flatten()
             .map(|r| (r.id, r.prefix.clone()))
