@@ -646,6 +646,17 @@ impl Gateway {
         self.db.client()
     }
 
+    /// Requests counted in `rate_limit_counters`, every key and bucket together.
+    pub fn counted_requests(&self) -> i64 {
+        self.db()
+            .query_one(
+                "SELECT coalesce(sum(count), 0)::bigint FROM rate_limit_counters",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    }
+
     /// Raw bytes to the gateway; everything it answers until it closes or goes quiet.
     pub fn raw_request(&self, bytes: &[u8]) -> String {
         raw_request(&self.addr, bytes, Duration::from_millis(1500))
@@ -785,7 +796,12 @@ impl PrivatePg {
 
     /// Kills the cluster the way a crash would (`pg_ctl stop -m immediate`).
     pub fn kill(&self) {
-        let out = as_postgres(&[
+        let out = self.stop_immediately();
+        assert!(out.status.success(), "pg_ctl stop: {:?}", out);
+    }
+
+    fn stop_immediately(&self) -> std::process::Output {
+        as_postgres(&[
             &format!("{PGBIN}/pg_ctl"),
             "-D",
             &self.data(),
@@ -793,22 +809,13 @@ impl PrivatePg {
             "immediate",
             "-w",
             "stop",
-        ]);
-        assert!(out.status.success(), "pg_ctl stop: {:?}", out);
+        ])
     }
 }
 
 impl Drop for PrivatePg {
     fn drop(&mut self) {
-        let _ = as_postgres(&[
-            &format!("{PGBIN}/pg_ctl"),
-            "-D",
-            &self.data(),
-            "-m",
-            "immediate",
-            "-w",
-            "stop",
-        ]);
+        let _ = self.stop_immediately();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
