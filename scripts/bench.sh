@@ -24,34 +24,12 @@ UP=127.0.0.1:18081 PX=127.0.0.1:18082 GW=127.0.0.1:18083
 G=http://$GW
 
 scripts/deps.sh pg bench cargo
-for addr in $UP $PX $GW; do # refuse to measure someone else's server
-    if (exec 3<>"/dev/tcp/${addr%:*}/${addr#*:}") 2>/dev/null; then
-        echo "bench: $addr is already in use; stop whatever listens there" >&2
-        exit 1
-    fi
-done
+. scripts/bench/common.sh
+refuse_busy bench $UP $PX $GW
 cargo build --release
 load0=$(cut -d' ' -f1-3 /proc/loadavg) # other work on the machine skews every case
 
-TMP=$(mktemp -d /tmp/tollgate-bench.XXXXXX)
-pids=() pg_started="" db_created=""
-cleanup() {
-    local rc=$?
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [[ -n $db_created ]]; then scripts/pg.sh dropdb "$DB" || true; fi
-    if [[ -n $pg_started ]]; then scripts/pg.sh stop >/dev/null || true; fi
-    if [[ ${BENCH_KEEP:-} == 1 ]]; then echo "bench: kept $TMP"; else rm -rf "$TMP"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-scripts/pg.sh status >/dev/null || pg_started=1
-scripts/pg.sh start
-scripts/pg.sh dropdb "$DB" # fresh: no rows or counters left by an earlier run
-scripts/pg.sh createdb "$DB"
-db_created=1
+bench_start bench "$DB"
 
 # nginx in the foreground of a background job: its pid is ours to kill. -p gives each
 # instance its own prefix (pid file, error log, temp dirs); -e avoids /var/log/nginx.

@@ -22,34 +22,12 @@ PGBIN=/usr/lib/postgresql/15/bin
 scripts/deps.sh pg bench cargo
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 GB=127.0.0.1:$(free_port) LB1=127.0.0.1:$(free_port)
-for addr in $UP $LB $GA $GB $LB1; do
-    if (exec 3<>"/dev/tcp/${addr%:*}/${addr#*:}") 2>/dev/null; then
-        echo "bench-cluster: $addr is already in use; stop whatever listens there" >&2
-        exit 1
-    fi
-done
+. scripts/bench/common.sh
+refuse_busy bench-cluster $UP $LB $GA $GB $LB1
 cargo build --release
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 
-TMP=$(mktemp -d /tmp/tollgate-bench-cluster.XXXXXX)
-pids=() pg_started="" db_created=""
-cleanup() {
-    local rc=$?
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [[ -n $db_created ]]; then scripts/pg.sh dropdb "$DB" || true; fi
-    if [[ -n $pg_started ]]; then scripts/pg.sh stop >/dev/null || true; fi
-    if [[ ${BENCH_KEEP:-} == 1 ]]; then echo "bench-cluster: kept $TMP"; else rm -rf "$TMP"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-scripts/pg.sh status >/dev/null || pg_started=1
-scripts/pg.sh start
-scripts/pg.sh dropdb "$DB"
-scripts/pg.sh createdb "$DB"
-db_created=1
+bench_start bench-cluster "$DB"
 psql_db() { scripts/pg.sh psql "$DB" -tAX "$@"; }
 
 mkdir -p "$TMP/upstream"
