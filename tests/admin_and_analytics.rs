@@ -3,7 +3,7 @@ mod util;
 
 use serde_json::{json, Value};
 use std::process::Command;
-use util::{Gateway, TestDb, Upstream, ADMIN_SECRET};
+use util::{run_tollgate_ok, Gateway, TestDb, Upstream, ADMIN_SECRET};
 
 #[test]
 fn admin_endpoints_refuse_a_missing_or_wrong_secret() {
@@ -335,18 +335,7 @@ fn the_server_refuses_to_start_without_a_strong_admin_secret() {
 fn migrate_applies_the_schema_and_is_idempotent() {
     let db = TestDb::create();
     for _ in 0..2 {
-        let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .arg("migrate")
-            .env_clear()
-            .env("DATABASE_URL", db.url())
-            .env("ADMIN_SECRET", ADMIN_SECRET)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_tollgate_ok(&["migrate"], &db.url());
     }
     let n: i64 = db
         .client()

@@ -5,9 +5,8 @@
 mod util;
 
 use serde_json::{json, Value};
-use std::process::Command;
 use std::time::Duration;
-use util::{Gateway, Upstream, ADMIN_SECRET};
+use util::{run_tollgate_ok, Gateway, Upstream};
 
 /// Histogram buckets per rollup row (`rollup::LATENCY_BUCKETS`).
 const BUCKETS: usize = 76;
@@ -23,17 +22,9 @@ fn arr(v: &Value) -> &Vec<Value> {
 /// Writes `n` synthetic rows over the last `span_secs` through the logger's own batch write
 /// (`tollgate dev-load-logs`), into the gateway's database.
 fn load_logs(gw: &Gateway, n: u64, span_secs: u64) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["dev-load-logs", &n.to_string(), &span_secs.to_string()])
-        .env_clear()
-        .env("DATABASE_URL", gw.db.url())
-        .env("ADMIN_SECRET", ADMIN_SECRET)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_tollgate_ok(
+        &["dev-load-logs", &n.to_string(), &span_secs.to_string()],
+        &gw.db.url(),
     );
 }
 

@@ -34,6 +34,23 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// Runs `tollgate <args>` to completion against `database_url` with nothing else in its
+/// environment but the admin secret, and asserts that it succeeded.
+pub fn run_tollgate_ok(args: &[&str], database_url: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .env_clear()
+        .env("DATABASE_URL", database_url)
+        .env("ADMIN_SECRET", ADMIN_SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tollgate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A database of its own, dropped with the handle.
 pub struct TestDb {
     pub name: String,
