@@ -174,7 +174,8 @@ pub struct Config {
     pub log_queue: usize,
     /// `TOLLGATE_LOG_FLUSH_MS`, default 250.
     pub log_flush: Duration,
-    /// `TOLLGATE_LOG_BUFFER_MAX`, default 1,000,000 rows.
+    /// `TOLLGATE_LOG_BUFFER_MAX`, default 1,000,000 rows (held during an outage, together
+    /// with at most `TOLLGATE_LOG_QUEUE` rows still on the channel).
     pub log_buffer_max: usize,
     /// `TOLLGATE_SYNC_SECS`, default 30.
     pub sync_interval: Duration,
