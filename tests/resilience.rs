@@ -357,7 +357,18 @@ fn a_dead_pooled_connection_is_retried_for_get_but_never_for_post() {
         (1..=4).contains(&dropped),
         "{dropped} GETs met a dead connection"
     );
-    // A POST meets the same dead connection: it is not sent a second time.
+    // Leave a used connection in the pool: a GET that needed no retry went out on a new
+    // pooled connection (a retried one went out on a fresh, unpooled one).
+    for _ in 0..3 {
+        let before = Dropper::count(&up.dropped, "GET");
+        assert_eq!(gw.with_key_direct("GET", "/drop/x", &key).status, 200);
+        if Dropper::count(&up.dropped, "GET") == before {
+            break;
+        }
+    }
+    // The worker hands the connection back just after the client has its answer.
+    std::thread::sleep(Duration::from_millis(100));
+    // A POST meets that dead connection: it is not sent a second time.
     let r = gw.direct(
         "POST",
         "/drop/x",
