@@ -106,16 +106,17 @@ pg_pids() {
     echo "$pm" $(ps -o pid= --ppid "$pm")
 }
 
-declare -A URL=([a]="http://$UP/" [b]="http://$PX/" [c]="$G/" [d]="$G/")
-declare -A KEYS=([a]=keys.txt [b]=keys.txt [c]=keys.txt [d]=onekey.txt)
+declare -A URL=([a]="http://$UP/" [b]="http://$PX/" [c]="$G/" [d]="$G/" [e]="$G/healthz")
+declare -A KEYS=([a]=keys.txt [b]=keys.txt [c]=keys.txt [d]=onekey.txt [e]=keys.txt)
 declare -A NAME=(
     [a]="(a) nginx upstream, direct"
     [b]="(b) nginx reverse proxy"
     [c]="(c) tollgate, $NKEYS keys rotated"
     [d]="(d) tollgate, one key"
+    [e]="(e) tollgate /healthz: server layer alone"
 )
 for r in $(seq 1 "$ROUNDS"); do
-    for c in a b c d; do
+    for c in a b c d e; do
         out=$TMP/wrk-$c-$r.txt
         pgp=$(pg_pids)
         t0=$(ticks "$tg_pid") p0=$(ticks $pgp)
@@ -172,22 +173,22 @@ echo "wrk -t1 -c32 -d${SECS}s, median of $ROUNDS rounds; $(nproc) cores shared b
      "tollgate and Postgres (load average before: $load0, after: $(cut -d' ' -f1-3 /proc/loadavg))"
 fmt='%-44s %9s %8s %8s %9s %9s %9s %s\n'
 printf "$fmt" case req/s "p50 ms" "p99 ms" "÷ proxy" "tg µs/rq" "pg µs/rq" target
-for c in a b c d; do
+for c in a b c d e; do
     target=""
     [[ $c == c ]] && target="≥ 0.35"
     [[ $c == d ]] && target="≥ 0.25"
     rps=$(median "$c" rps)
     printf "$fmt" "${NAME[$c]}" "$(printf %.0f "$rps")" "$(ms "$(median "$c" p50_us)")" \
         "$(ms "$(median "$c" p99_us)")" "$(ratio "$rps")" \
-        "$([[ $c == [cd] ]] && median "$c" tg_cpu_us || echo -)" \
-        "$([[ $c == [cd] ]] && median "$c" pg_cpu_us || echo -)" "$target"
+        "$([[ $c == [cde] ]] && median "$c" tg_cpu_us || echo -)" \
+        "$([[ $c == [cde] ]] && median "$c" pg_cpu_us || echo -)" "$target"
 done
 added=$(awk -v c="$(median c p99_us)" -v a="$(median a p99_us)" 'BEGIN {printf "%.2f", (c-a)/1000}')
 printf "$fmt" "added p99 over direct upstream, (c) - (a)" "" "" "$added" "" "" "" "≤ 2 ms"
 printf "$fmt" "logger rows/s [scripts/bench_analytics.sh]" "$(an logger_rows_per_sec)" "" "" "" "" "" "≥ 100000"
 printf "$fmt" "analytics overview 24h @10M rows, ms" "" "$(an analytics_overview_ms)" "" "" "" "" "≤ 50 ms (raw: $(an raw_overview_ms))"
 printf "$fmt" "analytics timeseries 24h @10M rows, ms" "" "$(an analytics_timeseries_ms)" "" "" "" "" "≤ 50 ms (raw: $(an raw_timeseries_ms))"
-for c in a b c d; do
+for c in a b c d e; do
     non2xx=$(grep "^$c " "$TMP/results.txt" | grep -o ' non2xx=[0-9]*' | cut -d= -f2 \
         | awk '{s+=$1} END {print s+0}')
     [[ $non2xx -eq 0 ]] || echo "note: ${NAME[$c]} had $non2xx non-2xx answers"

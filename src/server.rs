@@ -278,9 +278,12 @@ fn shutdown(
 /// tiny_http 0.12 runs each connection on a pool thread for the connection's whole life,
 /// and its pool can queue a burst of new connections behind a single waking thread; while
 /// the other connections stay open (keep-alive) a queued one is then never read. A short
-/// self-connection every `config::POOL_NUDGE` either starts a fresh pool thread (which,
-/// done with it at once, takes the next queued connection) or wakes a waiting one, so a
-/// queued connection waits one tick, not until some other connection closes.
+/// self-connection either starts a fresh pool thread (which, done with it at once, takes
+/// the next queued connection) or wakes a waiting one. Every `config::POOL_NUDGE` the
+/// nudger connects and half-closes; while that nudge is not closed by the pool within
+/// `config::POOL_NUDGE_QUEUED` it is itself queued behind new connections, so the nudger
+/// sends another, each freeing one, until the first is served: a queued connection waits
+/// about one tick, not until some other connection closes.
 fn spawn_pool_nudger(addr: std::net::SocketAddr) {
     let mut target = addr;
     if target.ip().is_unspecified() {
@@ -290,11 +293,36 @@ fn spawn_pool_nudger(addr: std::net::SocketAddr) {
             std::net::Ipv6Addr::LOCALHOST.into()
         });
     }
+    let nudge = move || {
+        let stream = std::net::TcpStream::connect_timeout(&target, config::POOL_NUDGE).ok()?;
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        Some(stream)
+    };
     let spawned = std::thread::Builder::new()
         .name("pool-nudge".into())
         .spawn(move || loop {
             std::thread::sleep(config::POOL_NUDGE);
-            let _ = std::net::TcpStream::connect_timeout(&target, config::POOL_NUDGE);
+            let Some(mut first) = nudge() else { continue };
+            if first
+                .set_read_timeout(Some(config::POOL_NUDGE_QUEUED))
+                .is_err()
+            {
+                continue;
+            }
+            for _ in 0..config::POOL_NUDGE_MAX_BURST {
+                match io::Read::read(&mut first, &mut [0u8; 1]) {
+                    // Still queued: free one queued connection with another nudge.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        nudge();
+                    }
+                    _ => break,
+                }
+            }
         });
     if let Err(e) = spawned {
         log::error!("cannot start the pool nudger: {e}");
