@@ -695,7 +695,7 @@ fn stats(app: &App) -> Value {
         "databaseUp": app.db_health.is_up(),
         "dbPoolConnections": state.connections,
         "dbPoolIdle": state.idle_connections,
-        // Their ratio is how many requests one counter statement served (coalescing).
+        // Their ratio is how many requests one counter statement served (batching).
         "counterStatements": app.counters.statements.load(Ordering::Relaxed),
         "counterRequests": app.counters.counted.load(Ordering::Relaxed),
     })

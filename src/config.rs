@@ -14,20 +14,20 @@ pub const DEFAULT_WORKERS: usize = 64;
 /// Database connections. A request holds one only for its counter statement (~0.2 ms), so
 /// half the workers is plenty and leaves room under Postgres' default `max_connections`.
 pub const DEFAULT_DB_POOL_SIZE: u32 = 16;
-/// Least number of counter connections (`synchronous_commit = off`, see
-/// `db::counter_pool`); the default is one per CPU core, at least this. Coalescing runs at
-/// most one statement per key at a time, so this bounds how many keys are counted at once.
-/// More statements at once than the database has cores only make its backends convoy on
-/// each other's locks: over 1000 keys `make bench` measured a 90th percentile of 60-150 ms
-/// with 16-64 connections and 4-9 ms with 2 on this 2-core machine. Waiters are served
-/// first come, first served (`ratelimit::FifoGate`). With the database across a network
-/// round trip, raise it (`TOLLGATE_COUNTER_POOL_SIZE`): each statement then holds its
-/// connection for the round trip.
-pub const MIN_COUNTER_POOL_SIZE: u32 = 2;
-/// Extra time a key's group of requests stays open for more to join before its one
-/// counter statement runs (see `ratelimit`). 0 because a group already gathers everything
-/// that arrives while the key's previous statement is in flight (~0.2-0.5 ms), which on a
-/// busy key is the whole burst; a positive value only delays idle keys.
+/// Counter statements in flight at once, i.e. counter connections (`synchronous_commit =
+/// off`, see `db::counter_pool`). Requests arriving while they run join the next batch
+/// (see `ratelimit`), so one statement at a time still scales with load: the busier the
+/// gateway, the bigger each batch. One, because every extra statement in flight halves
+/// the batches and on one hot key makes the statements queue on each other's row lock:
+/// `make bench` on this 2-core machine measured 8.5 µs of database time per request with
+/// one and 40 µs with two (pg_stat_statements), and 13.8-15.0 k req/s vs 12.5-13.1 k over
+/// 1000 keys. With the database across a network round trip, raise it
+/// (`TOLLGATE_COUNTER_POOL_SIZE`) so that statements overlap the round trips.
+pub const DEFAULT_COUNTER_POOL_SIZE: u32 = 1;
+/// Extra time a batch's leader waits for more requests to join before running its counter
+/// statement (see `ratelimit`). 0 because a batch already gathers everything that arrives
+/// while the previous statement is in flight, which under load is the whole burst; a
+/// positive value only delays an idle gateway.
 pub const DEFAULT_COALESCE_WINDOW_US: u64 = 0;
 /// How long a request waits for a pooled connection before the gateway answers 503.
 pub const DEFAULT_DB_WAIT_MS: u64 = 2_000;
@@ -162,7 +162,7 @@ pub struct Config {
     pub workers: usize,
     /// `TOLLGATE_DB_POOL_SIZE`, default 16.
     pub db_pool_size: u32,
-    /// `TOLLGATE_COUNTER_POOL_SIZE`, default one per CPU core, at least 2.
+    /// `TOLLGATE_COUNTER_POOL_SIZE`, default 1: counter statements in flight at once.
     pub counter_pool_size: u32,
     /// `TOLLGATE_COALESCE_WINDOW_US`, default 0 (microseconds).
     pub coalesce_window: Duration,
@@ -267,12 +267,7 @@ impl Config {
             listen_addr: env::var("LISTEN_ADDR").unwrap_or_else(|_| DEFAULT_LISTEN_ADDR.into()),
             workers: num("TOLLGATE_WORKERS", DEFAULT_WORKERS)?,
             db_pool_size: num("TOLLGATE_DB_POOL_SIZE", DEFAULT_DB_POOL_SIZE)?,
-            counter_pool_size: num(
-                "TOLLGATE_COUNTER_POOL_SIZE",
-                std::thread::available_parallelism()
-                    .map_or(MIN_COUNTER_POOL_SIZE, |n| n.get() as u32)
-                    .max(MIN_COUNTER_POOL_SIZE),
-            )?,
+            counter_pool_size: num("TOLLGATE_COUNTER_POOL_SIZE", DEFAULT_COUNTER_POOL_SIZE)?,
             coalesce_window: Duration::from_micros(num(
                 "TOLLGATE_COALESCE_WINDOW_US",
                 DEFAULT_COALESCE_WINDOW_US,

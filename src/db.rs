@@ -130,6 +130,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "004_counters_and_sync",
         include_str!("../sql/004_counters_and_sync.sql"),
     ),
+    (
+        "005_batched_counters",
+        include_str!("../sql/005_batched_counters.sql"),
+    ),
 ];
 
 pub fn pg_config(cfg: &Config) -> Result<postgres::Config> {

@@ -35,6 +35,11 @@ const STARTUP_DB_WAIT: Duration = Duration::from_secs(30);
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cmd = std::env::args().nth(1).unwrap_or_else(|| "serve".into());
+    // Hidden: the counter statement, for `make bench-cluster`'s pgbench; needs no config.
+    if cmd == "dev-counter-sql" {
+        println!("{}", ratelimit::TAKE_SQL);
+        return ExitCode::SUCCESS;
+    }
     let cfg = match config::Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -101,6 +106,7 @@ fn serve(cfg: config::Config) -> Result<(), String> {
     let agent = proxy::agent(&cfg);
     let counters = ratelimit::Counters::new(
         db::counter_pool(&cfg).map_err(|e| e.to_string())?,
+        cfg.rate_window_secs,
         cfg.coalesce_window,
     );
     let app = Arc::new(server::App::new(cfg, pool, logger, agent, counters));

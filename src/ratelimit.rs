@@ -3,56 +3,66 @@
 //! the current bucket's count; a request is admitted, and only then counted, when that
 //! estimate plus one stays within the limit.
 //!
-//! Counting is coalesced: requests for one key that arrive while that key's previous
-//! counter statement is still running form a group, and the group's first member runs one
-//! statement (`tollgate_take`, sql/004) that admits up to N of them under the row lock and
-//! returns the new total. Each member derives its own position from that total, so the
-//! limit stays exact across replicas while a hot key's row is locked once per group
-//! instead of once per request.
+//! Counting is batched: every request that arrives while the counter connections are all
+//! busy joins the next batch, and when a connection frees up one member of that batch runs
+//! one statement for all of it (`TAKE_SQL`). Requests for the same key in a batch become
+//! one entry of N; the statement locks each key's row once, admits up to N of them and
+//! returns the new total, and each member derives its own position from it. The limit
+//! stays exact across replicas (the row lock serialises every statement that touches a
+//! key) while the database runs one statement per batch instead of one per request, and a
+//! hot key's row is written once per batch.
 
 use crate::db::Pool;
 use crate::error::{Error, Result};
 use crate::server::{App, Reply};
 use postgres::types::Type;
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-/// Admits up to `$4` requests of key `$1` (window `$2` s, limit `$3`) in one round trip.
+/// Admits, for each key `$1[i]` (limit `$3[i]`), up to `$2[i]` requests in the window of
+/// `$4` s, for a whole batch in one round trip. The previous bucket is read from the
+/// snapshot (it no longer changes); the current one is upserted in key order (so two
+/// statements, from this replica or another, lock shared rows in the same order and cannot
+/// deadlock), and `ON CONFLICT DO UPDATE ... WHERE` re-checks the limit against the row's
+/// latest version under its lock, so nothing pushes a count past its limit. `last_add`
+/// (sql/005) records what the upsert added, because RETURNING shows only the new count. A
+/// refused key writes nothing; its `current` is read from the snapshot, for its headers.
 /// Prepared once per pooled connection.
-const TAKE_SQL: &str = "SELECT admitted, current, weighted, now_epoch
-    FROM tollgate_take($1, $2, $3, $4)";
-const TAKE_TYPES: &[Type] = &[Type::INT8, Type::FLOAT8, Type::FLOAT8, Type::INT4];
-
-/// The same for a group of one, as a single SQL statement: ~25-40 % less database CPU than
-/// the plpgsql function (pgbench, 1000 keys), and most groups on a gateway with many keys
-/// have one member. The previous bucket is read from the snapshot (it no longer changes);
-/// the current one is upserted, and `ON CONFLICT DO UPDATE ... WHERE` re-checks the limit
-/// against the row's latest version under its lock, so no replica can push the count past
-/// the limit. A refused request writes nothing.
-const TAKE_ONE_SQL: &str = "
+pub const TAKE_SQL: &str = "
 WITH t AS (
-    SELECT e, floor(e / $2)::bigint AS win
+    SELECT e, floor(e / $4)::bigint AS win
       FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS e) s
 ), w AS (
-    SELECT t.e, t.win,
-           coalesce((SELECT c.count FROM rate_limit_counters c
-                      WHERE c.api_key_id = $1 AND c.window_start = t.win - 1), 0)::float8
-             * (1 - (t.e - t.win * $2) / $2) AS weighted
-      FROM t
+    SELECT i.k, i.n, i.lim, t.e, t.win,
+           coalesce(p.count, 0)::float8 * (1 - (t.e - t.win * $4) / $4) AS weighted
+      FROM unnest($1::int8[], $2::int4[], $3::float8[]) AS i(k, n, lim)
+     CROSS JOIN t
+      LEFT JOIN rate_limit_counters p ON p.api_key_id = i.k AND p.window_start = t.win - 1
+), c AS (
+    SELECT w.*, greatest(floor(w.lim - w.weighted), 0)::integer AS cap FROM w
 ), up AS (
-    INSERT INTO rate_limit_counters AS c (api_key_id, window_start, count)
-    SELECT $1, w.win, 1 FROM w WHERE w.weighted + 1 <= $3
-    ON CONFLICT (api_key_id, window_start) DO UPDATE SET count = c.count + 1
-      WHERE (SELECT weighted FROM w) + c.count + 1 <= $3
-    RETURNING c.count
+    INSERT INTO rate_limit_counters AS r (api_key_id, window_start, count, last_add)
+    SELECT k, win, least(n, cap), least(n, cap) FROM c WHERE cap >= 1 ORDER BY k
+    ON CONFLICT (api_key_id, window_start) DO UPDATE
+       SET count = r.count + least(EXCLUDED.count,
+                                   (SELECT cap FROM c WHERE c.k = EXCLUDED.api_key_id) - r.count),
+           last_add = least(EXCLUDED.count,
+                            (SELECT cap FROM c WHERE c.k = EXCLUDED.api_key_id) - r.count)
+     WHERE (SELECT cap FROM c WHERE c.k = EXCLUDED.api_key_id) - r.count >= 1
+    RETURNING r.api_key_id, r.count, r.last_add
 )
-SELECT (SELECT count FROM up),
-       coalesce((SELECT c.count FROM rate_limit_counters c, w
-                  WHERE c.api_key_id = $1 AND c.window_start = w.win), 0),
-       w.weighted, w.e
-  FROM w";
-const TAKE_ONE_TYPES: &[Type] = &[Type::INT8, Type::FLOAT8, Type::FLOAT8];
+SELECT c.k, coalesce(up.last_add, 0),
+       coalesce(up.count, (SELECT r.count FROM rate_limit_counters r
+                            WHERE r.api_key_id = c.k AND r.window_start = c.win), 0),
+       c.weighted, c.e
+  FROM c LEFT JOIN up ON up.api_key_id = c.k";
+const TAKE_TYPES: &[Type] = &[
+    Type::INT8_ARRAY,
+    Type::INT4_ARRAY,
+    Type::FLOAT8_ARRAY,
+    Type::FLOAT8,
+];
 
 /// Counter rows older than the previous bucket no longer affect any estimate.
 const PURGE_SQL: &str = "DELETE FROM rate_limit_counters
@@ -71,7 +81,7 @@ pub struct Decision {
     pub retry_after: u64,
 }
 
-/// One group's answer from `tollgate_take`.
+/// One key's answer from `TAKE_SQL`.
 #[derive(Clone, Copy, Debug)]
 struct Taken {
     admitted: i32,
@@ -80,242 +90,220 @@ struct Taken {
     now: f64,
 }
 
-/// Requests of one key waiting for one statement. Members join while it is open (in the
-/// coalescer's map); the member that opened it runs the statement and publishes the answer.
+/// What a batch's statement answered, one `Taken` per entry; `Err(true)` for "database
+/// unavailable", `Err(false)` for any other failure.
+type Answer = std::result::Result<Vec<Taken>, bool>;
+
+/// Requests waiting for one statement. Members wait on `cv` with the counters' lock.
 #[derive(Default)]
-struct Group {
-    /// `None` until the statement has run; `Err(true)` for "database unavailable".
-    answer: Mutex<Option<std::result::Result<Taken, bool>>>,
-    done: Condvar,
-}
-
-#[derive(Default)]
-struct Slot {
-    /// The group new requests join; taken out when its statement starts.
-    open: Option<(Arc<Group>, i32)>,
-    /// A statement for this key is running; the open group waits for it.
-    busy: bool,
-}
-
-/// The rate-limit counter: its own pool (`synchronous_commit = off`, see
-/// `db::counter_pool`) and the per-key groups being formed.
-pub struct Counters {
-    pool: Pool,
-    linger: Duration,
-    slots: Mutex<HashMap<i64, Slot>>,
-    /// Signalled whenever a key stops being busy; the waiting group leaders re-check.
-    idle: Condvar,
-    /// Statements run and requests counted by them, for /admin/stats: their ratio is the
-    /// coalescing factor.
-    pub statements: std::sync::atomic::AtomicU64,
-    pub counted: std::sync::atomic::AtomicU64,
-    /// First come, first served in front of the pool (r2d2's own wait is not).
-    gate: FifoGate,
-}
-
-/// A counting semaphore that admits waiters in arrival order and wakes exactly one per
-/// release: with r2d2's unordered wait, a few requests starved for most of a second at
-/// `make bench`'s load while the rest went through.
-struct FifoGate {
-    state: Mutex<GateState>,
-}
-
-struct GateState {
-    free: u32,
-    waiting: VecDeque<Arc<Turn>>,
-}
-
-#[derive(Default)]
-struct Turn {
-    granted: Mutex<bool>,
+struct Batch {
+    answer: OnceLock<Answer>,
     cv: Condvar,
 }
 
-/// One admitted holder; dropping it hands the place to the longest waiter.
-struct Pass<'a>(&'a FifoGate);
+/// The batch being gathered: one entry per key, with how many of its requests joined.
+#[derive(Default)]
+struct Pending {
+    batch: Arc<Batch>,
+    index: HashMap<i64, usize>,
+    keys: Vec<i64>,
+    counts: Vec<i32>,
+    limits: Vec<f64>,
+    /// A member has taken the lead and lingers (`TOLLGATE_COALESCE_WINDOW_US`) before
+    /// running it; nobody else may lead it meanwhile.
+    claimed: bool,
+}
 
-impl FifoGate {
-    fn new(size: u32) -> FifoGate {
-        FifoGate {
-            state: Mutex::new(GateState {
-                free: size.max(1),
-                waiting: VecDeque::new(),
-            }),
+impl Pending {
+    /// Adds one request; returns its entry and its 0-based position among the entry's
+    /// requests.
+    fn join(&mut self, key_id: i64, limit: i32) -> (usize, i32) {
+        match self.index.get(&key_id) {
+            Some(&entry) => {
+                let me = self.counts[entry];
+                self.counts[entry] += 1;
+                (entry, me)
+            }
+            None => {
+                let entry = self.keys.len();
+                self.index.insert(key_id, entry);
+                self.keys.push(key_id);
+                self.counts.push(1);
+                self.limits.push(f64::from(limit));
+                (entry, 0)
+            }
         }
-    }
-
-    fn enter(&self) -> Pass<'_> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.free > 0 && st.waiting.is_empty() {
-            st.free -= 1;
-            return Pass(self);
-        }
-        let turn = Arc::new(Turn::default());
-        st.waiting.push_back(turn.clone());
-        drop(st);
-        let mut granted = turn.granted.lock().unwrap_or_else(|p| p.into_inner());
-        while !*granted {
-            granted = turn.cv.wait(granted).unwrap_or_else(|p| p.into_inner());
-        }
-        Pass(self)
     }
 }
 
-impl Drop for Pass<'_> {
-    fn drop(&mut self) {
-        let mut st = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
-        match st.waiting.pop_front() {
-            // The place passes straight to the next in line; `free` is unchanged.
-            Some(next) => {
-                drop(st);
-                *next.granted.lock().unwrap_or_else(|p| p.into_inner()) = true;
-                next.cv.notify_one();
-            }
-            None => st.free += 1,
-        }
-    }
+struct State {
+    pending: Pending,
+    /// Statements running; at most the counter pool's size.
+    running: u32,
+}
+
+/// The rate-limit counter: its own pool (`synchronous_commit = off`, see
+/// `db::counter_pool`) and the batch being gathered.
+pub struct Counters {
+    pool: Pool,
+    window: f64,
+    linger: Duration,
+    state: Mutex<State>,
+    max_running: u32,
+    /// Statements run and requests counted by them, for /admin/stats: their ratio is the
+    /// batching factor.
+    pub statements: std::sync::atomic::AtomicU64,
+    pub counted: std::sync::atomic::AtomicU64,
 }
 
 impl Counters {
-    pub fn new(pool: Pool, linger: Duration) -> Counters {
+    /// `window_secs` is the sliding window (`TOLLGATE_RATE_WINDOW_SECS`); `linger` how
+    /// long a batch's leader waits for more members before running it.
+    pub fn new(pool: Pool, window_secs: u32, linger: Duration) -> Counters {
         Counters {
-            gate: FifoGate::new(pool.max_size()),
+            max_running: pool.max_size().max(1),
             pool,
+            window: f64::from(window_secs),
             linger,
-            slots: Mutex::default(),
-            idle: Condvar::new(),
+            state: Mutex::new(State {
+                pending: Pending::default(),
+                running: 0,
+            }),
             statements: Default::default(),
             counted: Default::default(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<i64, Slot>> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Joins (or opens) the key's group and returns this request's answer and its 0-based
-    /// position in the group.
-    fn take(&self, key_id: i64, window: f64, limit: i32) -> Result<(Taken, i32)> {
-        let mut slots = self.lock();
-        let slot = slots.entry(key_id).or_default();
-        if let Some((group, n)) = &mut slot.open {
-            let me = *n;
-            *n += 1;
-            let group = group.clone();
-            drop(slots);
-            return wait(&group).map(|t| (t, me));
+    /// Joins the pending batch and returns this request's answer and its 0-based position
+    /// among its key's requests in the batch. Leads the batch (runs its statement) when a
+    /// counter connection is free; otherwise waits until the batch has been answered or a
+    /// connection frees up while it is still pending.
+    fn take(&self, key_id: i64, limit: i32) -> Result<(Taken, i32)> {
+        let mut st = self.lock();
+        let (entry, me) = st.pending.join(key_id, limit);
+        let batch = st.pending.batch.clone();
+        loop {
+            if let Some(answer) = batch.answer.get() {
+                return answer_for(answer, entry).map(|t| (t, me));
+            }
+            if Arc::ptr_eq(&st.pending.batch, &batch)
+                && !st.pending.claimed
+                && st.running < self.max_running
+            {
+                st.running += 1;
+                if !self.linger.is_zero() {
+                    // More requests may join while the leader lingers.
+                    st.pending.claimed = true;
+                    drop(st);
+                    std::thread::sleep(self.linger);
+                    st = self.lock();
+                }
+                let pending = std::mem::take(&mut st.pending);
+                drop(st);
+                self.lead(pending);
+                st = self.lock();
+                continue;
+            }
+            st = batch.cv.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        let group = Arc::new(Group::default());
-        slot.open = Some((group.clone(), 1));
-        // Lead: wait until the key's previous statement is done; requests arriving
-        // meanwhile join this group.
-        while slots.get(&key_id).is_some_and(|s| s.busy) {
-            slots = self.idle.wait(slots).unwrap_or_else(|p| p.into_inner());
-        }
-        if !self.linger.is_zero() {
-            drop(slots);
-            std::thread::sleep(self.linger);
-            slots = self.lock();
-        }
-        let slot = slots.entry(key_id).or_default();
-        slot.busy = true;
-        let n = slot.open.take().map_or(1, |(_, n)| n);
-        drop(slots);
+    }
 
-        // Whatever happens in `run`, even a panic, the guard frees the key and answers
-        // the members, so no request waits forever on a group whose leader is gone.
+    /// Runs the batch's statement and publishes its answer. Whatever happens in `run`,
+    /// even a panic, the guard answers the members and frees the connection slot, so no
+    /// request waits forever on a batch whose leader is gone.
+    fn lead(&self, pending: Pending) {
         let mut lead = Lead {
             counters: self,
-            key_id,
-            group,
+            batch: pending.batch.clone(),
             answer: Err(false),
         };
-        let answer = self.run(key_id, window, limit, n);
-        lead.answer = match &answer {
-            Ok(t) => Ok(*t),
+        lead.answer = match self.run(&pending) {
+            Ok(taken) => Ok(taken),
             Err(Error::DatabaseUnavailable) => Err(true),
-            Err(_) => Err(false),
+            Err(e) => {
+                log::error!("rate-limit statement failed: {e}");
+                Err(false)
+            }
         };
-        drop(lead);
-        answer.map(|t| (t, 0))
     }
 
-    fn run(&self, key_id: i64, window: f64, limit: i32, n: i32) -> Result<Taken> {
+    fn run(&self, p: &Pending) -> Result<Vec<Taken>> {
         use std::sync::atomic::Ordering::Relaxed;
-        let _pass = self.gate.enter();
         let mut conn = self.pool.get()?;
-        let limit = f64::from(limit);
-        let taken = if n == 1 {
-            let stmt = conn.prepared(TAKE_ONE_SQL, TAKE_ONE_TYPES)?;
-            let row = conn.query_one(&stmt, &[&key_id, &window, &limit])?;
-            let admitted: Option<i32> = row.try_get(0)?;
-            Taken {
-                admitted: i32::from(admitted.is_some()),
-                current: match admitted {
-                    Some(count) => count,
-                    None => row.try_get(1)?,
-                },
-                weighted: row.try_get(2)?,
-                now: row.try_get(3)?,
-            }
-        } else {
-            let stmt = conn.prepared(TAKE_SQL, TAKE_TYPES)?;
-            let row = conn.query_one(&stmt, &[&key_id, &window, &limit, &n])?;
-            Taken {
-                admitted: row.try_get(0)?,
-                current: row.try_get(1)?,
-                weighted: row.try_get(2)?,
-                now: row.try_get(3)?,
-            }
-        };
+        let window = self.window;
+        let stmt = conn.prepared(TAKE_SQL, TAKE_TYPES)?;
+        let rows = conn.query(&stmt, &[&p.keys, &p.counts, &p.limits, &window])?;
+        let mut taken = vec![None; p.keys.len()];
+        for row in rows {
+            let key: i64 = row.try_get(0)?;
+            let entry = *p.index.get(&key).ok_or_else(|| {
+                Error::Internal(format!("counter statement answered for unknown key {key}"))
+            })?;
+            taken[entry] = Some(Taken {
+                admitted: row.try_get(1)?,
+                current: row.try_get(2)?,
+                weighted: row.try_get(3)?,
+                now: row.try_get(4)?,
+            });
+        }
         self.statements.fetch_add(1, Relaxed);
-        self.counted
-            .fetch_add(u64::try_from(n).unwrap_or(0), Relaxed);
-        Ok(taken)
+        self.counted.fetch_add(
+            p.counts
+                .iter()
+                .map(|&n| u64::try_from(n).unwrap_or(0))
+                .sum(),
+            Relaxed,
+        );
+        taken
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::Internal("counter statement skipped a key".into()))
     }
 }
 
-/// A group leader's duty once its statement has run (or failed, or panicked): mark the key
-/// idle for the next group and publish the answer to the members.
+/// A batch leader's duty once its statement has run (or failed, or panicked): publish the
+/// answer, free the connection slot, and wake one member of the next batch to lead it.
 struct Lead<'a> {
     counters: &'a Counters,
-    key_id: i64,
-    group: Arc<Group>,
-    answer: std::result::Result<Taken, bool>,
+    batch: Arc<Batch>,
+    answer: Answer,
 }
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
-        let mut slots = self.counters.lock();
-        if let Some(slot) = slots.get_mut(&self.key_id) {
-            slot.busy = false;
-            if slot.open.is_none() {
-                slots.remove(&self.key_id);
-            }
+        let _ = self
+            .batch
+            .answer
+            .set(std::mem::replace(&mut self.answer, Err(false)));
+        let mut st = self.counters.lock();
+        st.running -= 1;
+        // Under the lock, so a member between its check and its wait cannot miss this.
+        self.batch.cv.notify_all();
+        if !st.pending.keys.is_empty() {
+            st.pending.batch.cv.notify_one();
         }
-        drop(slots);
-        self.counters.idle.notify_all();
-        *self.group.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.answer);
-        self.group.done.notify_all();
     }
 }
 
-/// Blocks until the group's leader publishes the answer.
-fn wait(group: &Group) -> Result<Taken> {
-    let mut answer = group.answer.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        match *answer {
-            Some(Ok(t)) => return Ok(t),
-            Some(Err(true)) => return Err(Error::DatabaseUnavailable),
-            Some(Err(false)) => return Err(Error::Internal("rate-limit statement failed".into())),
-            None => answer = group.done.wait(answer).unwrap_or_else(|p| p.into_inner()),
-        }
+/// One entry's share of a batch's answer.
+fn answer_for(answer: &Answer, entry: usize) -> Result<Taken> {
+    match answer {
+        Ok(taken) => taken
+            .get(entry)
+            .copied()
+            .ok_or_else(|| Error::Internal("rate-limit batch lost an entry".into())),
+        Err(true) => Err(Error::DatabaseUnavailable),
+        Err(false) => Err(Error::Internal("rate-limit statement failed".into())),
     }
 }
 
 pub fn check(app: &App, key_id: i64, limit: i32) -> Result<Decision> {
     let window = f64::from(app.cfg.rate_window_secs);
-    let (t, me) = app.counters.take(key_id, window, limit)?;
+    let (t, me) = app.counters.take(key_id, limit)?;
     Ok(decide_member(t, me, window, limit))
 }
 
@@ -437,28 +425,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_gate_admits_waiters_in_arrival_order() {
-        let gate = Arc::new(FifoGate::new(1));
-        let first = gate.enter();
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut threads = Vec::new();
-        for i in 0..5 {
-            let (g, o) = (gate.clone(), order.clone());
-            threads.push(std::thread::spawn(move || {
-                let _pass = g.enter();
-                o.lock().unwrap().push(i);
-            }));
-            // Each waiter is queued before the next one arrives.
-            while gate.state.lock().unwrap().waiting.len() < i + 1 {
-                std::thread::yield_now();
-            }
-        }
-        drop(first);
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4]);
-        assert_eq!(gate.state.lock().unwrap().free, 1);
+    fn a_batch_has_one_entry_per_key_and_numbers_each_keys_requests_from_zero() {
+        let mut p = Pending::default();
+        let joins: Vec<(usize, i32)> = [7, 9, 7, 7, 3, 9]
+            .iter()
+            .map(|&k| p.join(k, 100 + k as i32))
+            .collect();
+        assert_eq!(joins, [(0, 0), (1, 0), (0, 1), (0, 2), (2, 0), (1, 1)]);
+        assert_eq!(p.keys, [7, 9, 3]);
+        assert_eq!(p.counts, [3, 2, 1]);
+        assert_eq!(p.limits, [107.0, 109.0, 103.0]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Two gateway instances on one database, as in a horizontally scaled deployment: the
-//! limit is counted in Postgres (coalesced per key, exact across instances), and admin
+//! limit is counted in Postgres (batched, exact across instances), and admin
 //! changes made through one instance reach the other by LISTEN/NOTIFY within a second, with
 //! the periodic sync (TOLLGATE_SYNC_SECS) as the safety net.
 mod util;
