@@ -4,10 +4,12 @@
 #   (b) nginx reverse proxy -> (a)                  127.0.0.1:18082
 #   (c) tollgate -> (a), 1000 keys rotated          127.0.0.1:18083
 #   (d) tollgate -> (a), every request on one key   127.0.0.1:18083
+#   (e) tollgate's /healthz: the server layer alone (tiny_http; no auth, database or
+#       upstream), the ceiling of the fixed shape
 # wrk -t1 -c32 --latency, ROUNDS rounds with the cases interleaved (so drift hits all of
 # them alike), medians reported in ONE table with each case's ratio to (b) and its target
-# (issue 6), plus the CPU each request cost tollgate and Postgres (read from /proc around
-# every run: the profile that says where a request's time goes). The logger and analytics
+# (issue 6), plus the CPU each request cost tollgate, Postgres and the whole machine (read
+# from /proc around every run: the profile that says where a request's time goes). The logger and analytics
 # rows come from scripts/bench_analytics.sh when that script exists.
 # Env: BENCH_SECS (10), BENCH_KEYS (1000), BENCH_ROUNDS (3), BENCH_KEEP=1 keeps the temp
 # dir (wrk outputs, logs), BENCH_ANALYTICS=0 skips scripts/bench_analytics.sh. Everything
@@ -100,6 +102,14 @@ ticks() { # ticks <pid>...: summed utime+stime of the given processes
     done
     echo "$sum"
 }
+# Busy CPU ticks of the whole machine (user, nice, system, irq, softirq; not idle, iowait
+# or steal): with wrk, nginx, tollgate and Postgres on the same cores, what a request costs
+# everything together, i.e. how many requests the cores could serve at all.
+machine_ticks() {
+    local _cpu user nice system idle iowait irq softirq
+    read -r _cpu user nice system idle iowait irq softirq _ </proc/stat
+    echo $((user + nice + system + irq + softirq))
+}
 pg_pids() {
     local pm
     pm=$(head -n1 "$REPO/.data/pg/postmaster.pid")
@@ -119,18 +129,18 @@ for r in $(seq 1 "$ROUNDS"); do
     for c in a b c d e; do
         out=$TMP/wrk-$c-$r.txt
         pgp=$(pg_pids)
-        t0=$(ticks "$tg_pid") p0=$(ticks $pgp)
+        t0=$(ticks "$tg_pid") p0=$(ticks $pgp) m0=$(machine_ticks)
         BENCH_KEYS_FILE=$TMP/${KEYS[$c]} wrk -t1 -c32 -d"${SECS}s" --latency \
             -s scripts/bench/rotate.lua "${URL[$c]}" >"$out"
-        t1=$(ticks "$tg_pid") p1=$(ticks $pgp)
+        t1=$(ticks "$tg_pid") p1=$(ticks $pgp) m1=$(machine_ticks)
         # Upstream connections that are not reused pile up in TIME-WAIT (60 s each): count
         # the closed connections to the upstream's port.
         tw=$(ss -Htan state time-wait '( dport = :18081 or sport = :18081 )' | wc -l)
         line=$(grep '^BENCH ' "$out") || { cat "$out" >&2; exit 1; }
         n=$(grep -o 'requests=[0-9]*' <<<"$line" | cut -d= -f2)
         hz=$(getconf CLK_TCK)
-        cpu=$(awk -v t=$((t1 - t0)) -v p=$((p1 - p0)) -v n="$n" -v hz="$hz" \
-            'BEGIN {printf "tg_cpu_us=%.1f pg_cpu_us=%.1f", t*1e6/hz/n, p*1e6/hz/n}')
+        cpu=$(awk -v t=$((t1 - t0)) -v p=$((p1 - p0)) -v m=$((m1 - m0)) -v n="$n" -v hz="$hz" \
+            'BEGIN {printf "tg_cpu_us=%.1f pg_cpu_us=%.1f all_cpu_us=%.1f", t*1e6/hz/n, p*1e6/hz/n, m*1e6/hz/n}')
         cpu="$cpu timewait=$tw"
         echo "round $r/$ROUNDS ${NAME[$c]}: ${line#BENCH } $cpu"
         echo "$c ${line#BENCH } $cpu" >>"$TMP/results.txt"
@@ -171,8 +181,8 @@ ratio() { awk -v x="$1" -v b="$(median b rps)" 'BEGIN {printf "%.2f", x / b}'; }
 echo
 echo "wrk -t1 -c32 -d${SECS}s, median of $ROUNDS rounds; $(nproc) cores shared by wrk, nginx," \
      "tollgate and Postgres (load average before: $load0, after: $(cut -d' ' -f1-3 /proc/loadavg))"
-fmt='%-44s %9s %8s %8s %9s %9s %9s %s\n'
-printf "$fmt" case req/s "p50 ms" "p99 ms" "÷ proxy" "tg µs/rq" "pg µs/rq" target
+fmt='%-44s %9s %8s %8s %9s %9s %9s %9s %s\n'
+printf "$fmt" case req/s "p50 ms" "p99 ms" "÷ proxy" "tg µs/rq" "pg µs/rq" "all µs/rq" target
 for c in a b c d e; do
     target=""
     [[ $c == c ]] && target="≥ 0.35"
@@ -181,13 +191,13 @@ for c in a b c d e; do
     printf "$fmt" "${NAME[$c]}" "$(printf %.0f "$rps")" "$(ms "$(median "$c" p50_us)")" \
         "$(ms "$(median "$c" p99_us)")" "$(ratio "$rps")" \
         "$([[ $c == [cde] ]] && median "$c" tg_cpu_us || echo -)" \
-        "$([[ $c == [cde] ]] && median "$c" pg_cpu_us || echo -)" "$target"
+        "$([[ $c == [cde] ]] && median "$c" pg_cpu_us || echo -)" "$(median "$c" all_cpu_us)" "$target"
 done
 added=$(awk -v c="$(median c p99_us)" -v a="$(median a p99_us)" 'BEGIN {printf "%.2f", (c-a)/1000}')
-printf "$fmt" "added p99 over direct upstream, (c) - (a)" "" "" "$added" "" "" "" "≤ 2 ms"
-printf "$fmt" "logger rows/s [scripts/bench_analytics.sh]" "$(an logger_rows_per_sec)" "" "" "" "" "" "≥ 100000"
-printf "$fmt" "analytics overview 24h @10M rows, ms" "" "$(an analytics_overview_ms)" "" "" "" "" "≤ 50 ms (raw: $(an raw_overview_ms))"
-printf "$fmt" "analytics timeseries 24h @10M rows, ms" "" "$(an analytics_timeseries_ms)" "" "" "" "" "≤ 50 ms (raw: $(an raw_timeseries_ms))"
+printf "$fmt" "added p99 over direct upstream, (c) - (a)" "" "" "$added" "" "" "" "" "≤ 2 ms"
+printf "$fmt" "logger rows/s [scripts/bench_analytics.sh]" "$(an logger_rows_per_sec)" "" "" "" "" "" "" "≥ 100000"
+printf "$fmt" "analytics overview 24h @10M rows, ms" "" "$(an analytics_overview_ms)" "" "" "" "" "" "≤ 50 ms (raw: $(an raw_overview_ms))"
+printf "$fmt" "analytics timeseries 24h @10M rows, ms" "" "$(an analytics_timeseries_ms)" "" "" "" "" "" "≤ 50 ms (raw: $(an raw_timeseries_ms))"
 for c in a b c d e; do
     non2xx=$(grep "^$c " "$TMP/results.txt" | grep -o ' non2xx=[0-9]*' | cut -d= -f2 \
         | awk '{s+=$1} END {print s+0}')
