@@ -11,7 +11,7 @@
 # (issue 6), plus the CPU each request cost tollgate, Postgres and the whole machine (read
 # from /proc around every run: the profile that says where a request's time goes). The logger and analytics
 # rows come from scripts/bench_analytics.sh when that script exists.
-# Env: BENCH_SECS (10), BENCH_KEYS (1000), BENCH_ROUNDS (3), BENCH_KEEP=1 keeps the temp
+# Env: BENCH_SECS (10), BENCH_CONNS (32: wrk connections), BENCH_KEYS (1000), BENCH_ROUNDS (3), BENCH_KEEP=1 keeps the temp
 # dir (wrk outputs, logs), BENCH_ANALYTICS=0 skips scripts/bench_analytics.sh. Everything
 # started here is stopped on exit, and the bench database is dropped.
 set -euo pipefail
@@ -19,6 +19,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO"
 
 SECS=${BENCH_SECS:-10}
+CONNS=${BENCH_CONNS:-32}
 NKEYS=${BENCH_KEYS:-1000}
 ROUNDS=${BENCH_ROUNDS:-3}
 DB=tollgate_bench
@@ -130,7 +131,7 @@ for r in $(seq 1 "$ROUNDS"); do
         out=$TMP/wrk-$c-$r.txt
         pgp=$(pg_pids)
         t0=$(ticks "$tg_pid") p0=$(ticks $pgp) m0=$(machine_ticks)
-        BENCH_KEYS_FILE=$TMP/${KEYS[$c]} wrk -t1 -c32 -d"${SECS}s" --latency \
+        BENCH_KEYS_FILE=$TMP/${KEYS[$c]} wrk -t1 -c"$CONNS" -d"${SECS}s" --latency \
             -s scripts/bench/rotate.lua "${URL[$c]}" >"$out"
         t1=$(ticks "$tg_pid") p1=$(ticks $pgp) m1=$(machine_ticks)
         # Upstream connections that are not reused pile up in TIME-WAIT (60 s each): count
@@ -179,7 +180,7 @@ an() { echo "${AN[$1]:-not run}"; }
 ms() { awk -v u="$1" 'BEGIN {printf "%.2f", u/1000}'; }
 ratio() { awk -v x="$1" -v b="$(median b rps)" 'BEGIN {printf "%.2f", x / b}'; }
 echo
-echo "wrk -t1 -c32 -d${SECS}s, median of $ROUNDS rounds; $(nproc) cores shared by wrk, nginx," \
+echo "wrk -t1 -c$CONNS -d${SECS}s, median of $ROUNDS rounds; $(nproc) cores shared by wrk, nginx," \
      "tollgate and Postgres (load average before: $load0, after: $(cut -d' ' -f1-3 /proc/loadavg))"
 fmt='%-44s %9s %8s %8s %9s %9s %9s %9s %s\n'
 printf "$fmt" case req/s "p50 ms" "p99 ms" "÷ proxy" "tg µs/rq" "pg µs/rq" "all µs/rq" target
@@ -194,7 +195,7 @@ for c in a b c d e; do
         "$([[ $c == [cde] ]] && median "$c" pg_cpu_us || echo -)" "$(median "$c" all_cpu_us)" "$target"
 done
 added=$(awk -v c="$(median c p99_us)" -v a="$(median a p99_us)" 'BEGIN {printf "%.2f", (c-a)/1000}')
-printf "$fmt" "added p99 over direct upstream, (c) - (a)" "" "" "$added" "" "" "" "" "≤ 2 ms"
+printf "$fmt" "added p99 over direct upstream at $CONNS conns, (c) - (a)" "" "" "$added" "" "" "" "" "≤ 2 ms"
 printf "$fmt" "logger rows/s [scripts/bench_analytics.sh]" "$(an logger_rows_per_sec)" "" "" "" "" "" "" "≥ 100000"
 printf "$fmt" "analytics overview 24h @10M rows, ms" "" "$(an analytics_overview_ms)" "" "" "" "" "" "≤ 50 ms (raw: $(an raw_overview_ms))"
 printf "$fmt" "analytics timeseries 24h @10M rows, ms" "" "$(an analytics_timeseries_ms)" "" "" "" "" "" "≤ 50 ms (raw: $(an raw_timeseries_ms))"
