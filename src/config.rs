@@ -84,14 +84,18 @@ pub const DEFAULT_BREAKER_COOLDOWN_MS: u64 = 10_000;
 /// How often tollgate nudges tiny_http's connection pool (see `server::spawn_pool_nudger`):
 /// the longest a new connection can sit queued behind open keep-alive connections.
 pub const POOL_NUDGE: Duration = Duration::from_millis(50);
-/// A nudge the pool has not closed within this long sits queued behind other new
-/// connections, so the nudger sends another at once (each one frees one of them): a burst
-/// of 32 new connections measured p99 0.9 s with one nudge a tick, as the last of them
-/// waited 31 ticks. A served nudge closes in well under a millisecond.
+/// A nudge the pool has not closed within this long counts as queued behind other new
+/// connections, so the nudger sends another at once (each one that starts a fresh pool
+/// thread frees one of them): a burst of 32 new connections measured p99 0.9 s with one
+/// nudge a tick, as the last of them waited 31 ticks. The signal is a heuristic: when every
+/// pool thread is busy a nudge gets a thread of its own and closes as soon as that thread
+/// is scheduled, which on a saturated machine (exactly when connections queue) takes
+/// longer than this. 5 ms measured no burst at all (p99 0.93 s again); 2 ms works, and on a
+/// saturated machine may also fire for nudges that were not queued, hence the cap below.
 pub const POOL_NUDGE_QUEUED: Duration = Duration::from_millis(2);
-/// Most nudges in one tick: bounds the self-connections when the pool is stuck for another
-/// reason (each one is a connection and, at worst, a pool thread).
-pub const POOL_NUDGE_MAX_BURST: u32 = 256;
+/// Most nudges in one tick (each a connection and, at worst, a short-lived pool thread):
+/// twice the 32 new connections the bench opens at once.
+pub const POOL_NUDGE_MAX_BURST: u32 = 64;
 /// How long SIGTERM/SIGINT lets in-flight requests finish and queued log rows reach the
 /// database before the process exits anyway: under Kubernetes' default 30 s termination
 /// grace, so tollgate exits on its own terms before the SIGKILL.

@@ -203,9 +203,10 @@ fn run(
         if disconnected && pending.is_empty() {
             return;
         }
-        if disconnected && Instant::now() < retry_at {
+        if (disconnected || closing) && Instant::now() < retry_at {
             // The database refused the last write: wait out the backoff (the caller of
-            // `shutdown` bounds the whole wait), then try again.
+            // `shutdown` bounds the whole wait), then try again. Closing skips every other
+            // wait, so without this it would spin until the deadline.
             std::thread::sleep(retry_at.saturating_duration_since(Instant::now()));
         }
     }
@@ -221,9 +222,17 @@ fn take_queued(
     buffer_max: usize,
 ) -> bool {
     let mut disconnected = false;
-    while pending.len() < BATCH_MAX * 4 {
+    // Everything queued now (at most the channel's capacity), so that during an outage the
+    // buffer, not the channel, holds the rows and the oldest are the ones dropped.
+    for _ in 0..=rx.len() {
         match rx.try_recv() {
-            Ok(row) => pending.push_back(row),
+            Ok(row) => {
+                pending.push_back(row);
+                if pending.len() > buffer_max {
+                    pending.pop_front();
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             Err(crossbeam_channel::TryRecvError::Empty) => break,
             Err(crossbeam_channel::TryRecvError::Disconnected) => {
                 disconnected = true;
