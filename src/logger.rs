@@ -169,16 +169,14 @@ fn run(
             // thread (a context switch on both sides, per request).
             std::thread::sleep(wait.min(crate::config::LOG_DRAIN_TICK));
         }
+        // Every turn, so rows that queued while a failed write blocked join the bounded
+        // buffer before the next attempt: the bound holds for everything an outage produced.
         disconnected |= take_queued(rx, pending, counters, buffer_max);
         // Closing: everything queued is taken; write it and stop.
         disconnected |= closing && rx.is_empty();
         let due = last_flush.elapsed() >= flush || pending.len() >= BATCH_MAX;
         if (due || disconnected) && !pending.is_empty() && Instant::now() >= retry_at {
             last_flush = Instant::now();
-            // Rows that queued up while the last (failed) attempt blocked join the buffer
-            // now, so the bound holds for everything an outage produced, not only for what
-            // had been taken off the channel before the database came back.
-            take_queued(rx, pending, counters, buffer_max);
             while !pending.is_empty() {
                 let n = pending.len().min(BATCH_MAX);
                 let batch: Vec<&LogRow> = pending.range(..n).collect();
