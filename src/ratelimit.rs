@@ -302,9 +302,9 @@ fn answer_for(answer: &Answer, entry: usize) -> Result<Taken> {
 }
 
 pub fn check(app: &App, key_id: i64, limit: i32) -> Result<Decision> {
-    let window = f64::from(app.cfg.rate_window_secs);
-    let (t, me) = app.counters.take(key_id, limit)?;
-    Ok(decide_member(t, me, window, limit))
+    let counters = &app.counters;
+    let (t, me) = counters.take(key_id, limit)?;
+    Ok(decide_member(t, me, counters.window, limit))
 }
 
 /// This member's decision: the group took positions `current - admitted + 1 ..= current`
