@@ -15,17 +15,15 @@ pub const DEFAULT_WORKERS: usize = 64;
 /// half the workers is plenty and leaves room under Postgres' default `max_connections`.
 pub const DEFAULT_DB_POOL_SIZE: u32 = 16;
 /// Counter statements in flight at once, i.e. counter connections (`synchronous_commit =
-/// off`, see `db::counter_pool`). Requests arriving while they run join the next batch
-/// (see `ratelimit`), so one statement at a time still scales with load: the busier the
-/// gateway, the bigger each batch. One, because every extra statement in flight halves
-/// the batches and on one hot key makes the statements queue on each other's row lock:
-/// `make bench` on this 2-core machine measured 8.5 µs of database time per request with
-/// one and 40 µs with two (pg_stat_statements), and 13.8-15.0 k req/s vs 12.5-13.1 k over
-/// 1000 keys. With the database across a network round trip, raise it
-/// (`TOLLGATE_COUNTER_POOL_SIZE`) so that statements overlap the round trips.
+/// off`, see `store::counter_pool`). Requests arriving while they run join the next batch
+/// (see `gateway::ratelimit`), so one statement at a time still scales with load: the
+/// busier the gateway, the bigger each batch. One, because every extra statement in flight
+/// halves the batches and on one hot key makes the statements queue on each other's row
+/// lock (measured in docs/performance.md). With the database across a network round trip,
+/// raise it so that statements overlap the round trips.
 pub const DEFAULT_COUNTER_POOL_SIZE: u32 = 1;
 /// Extra time a batch's leader waits for more requests to join before running its counter
-/// statement (see `ratelimit`). 0 because a batch already gathers everything that arrives
+/// statement (see `gateway::ratelimit`). 0 because a batch already gathers everything that arrives
 /// while the previous statement is in flight, which under load is the whole burst; a
 /// positive value only delays an idle gateway.
 pub const DEFAULT_COALESCE_WINDOW_US: u64 = 0;
@@ -50,7 +48,7 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 /// without reading it (401, 413, ...). tiny_http drains by allocating the whole remainder
 /// at once; the allocation is lazy (pages are touched only as data arrives), so 1 GiB is
 /// harmless, while a remainder near the machine's memory aborts the process. Anything
-/// larger is abandoned instead (see `server::abandon`).
+/// larger is abandoned instead (see `http::respond::abandon`).
 pub const DRAIN_LIMIT_BYTES: u64 = 1024 * 1024 * 1024;
 /// Log rows that may wait for the logger thread. At ~200 bytes a row this bounds the queue to
 /// ~13 MiB while absorbing several seconds of peak traffic during a slow batch write.
@@ -62,16 +60,15 @@ pub const LOG_DRAIN_TICK: Duration = Duration::from_millis(10);
 /// The logger writes at least this often, so analytics lag traffic by at most this much
 /// (plus the write). One second, not less: each write also upserts one rollup row per key,
 /// route and grain seen in the batch, so over many keys the database's cost per request
-/// falls with the batch's length. `make bench` over 1000 keys: 250 ms gave 13.9 k req/s
-/// with 49 µs of Postgres CPU per request, 1 s 17.3 k req/s with 25-30 µs, 2 s no better.
-/// The dashboard refreshes every 5 s, so nobody watches a lag of one second.
+/// falls with the batch's length (docs/performance.md, "Longer log batches"). The
+/// dashboard refreshes every 5 s, so nobody watches a lag of one second.
 pub const DEFAULT_LOG_FLUSH_MS: u64 = 1_000;
 /// Rows buffered by the logger while the database refuses writes; beyond this the oldest
 /// are dropped and counted, so an outage cannot exhaust memory.
 pub const DEFAULT_LOG_BUFFER_MAX: usize = 1_000_000;
 /// Safety-net full reload of routes and cached key metadata. Changes made through any
-/// replica or in SQL arrive within milliseconds by LISTEN/NOTIFY (`sync`); this reload only
-/// covers notifications lost while the listening connection was down, which `sync` also
+/// replica or in SQL arrive within milliseconds by LISTEN/NOTIFY (`gateway::sync`); this
+/// reload only covers notifications lost while the listening connection was down, which it also
 /// answers with a reload on reconnecting, so it can be rare.
 pub const DEFAULT_SYNC_SECS: u64 = 30;
 /// Longest wait before the LISTEN connection is retried after it fails.
@@ -81,17 +78,16 @@ pub const SYNC_RECONNECT_MAX: Duration = Duration::from_secs(5);
 pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
 /// How long an open circuit refuses before letting one probe through.
 pub const DEFAULT_BREAKER_COOLDOWN_MS: u64 = 10_000;
-/// How often tollgate nudges tiny_http's connection pool (see `server::spawn_pool_nudger`):
+/// How often tollgate nudges tiny_http's connection pool (see `http::server`):
 /// the longest a new connection can sit queued behind open keep-alive connections.
 pub const POOL_NUDGE: Duration = Duration::from_millis(50);
 /// A nudge the pool has not closed within this long counts as queued behind other new
 /// connections, so the nudger sends another at once (each one that starts a fresh pool
-/// thread frees one of them): a burst of 32 new connections measured p99 0.9 s with one
-/// nudge a tick, as the last of them waited 31 ticks. The signal is a heuristic: when every
-/// pool thread is busy a nudge gets a thread of its own and closes as soon as that thread
-/// is scheduled, which on a saturated machine (exactly when connections queue) takes
-/// longer than this. 5 ms measured no burst at all (p99 0.93 s again); 2 ms works, and on a
-/// saturated machine may also fire for nudges that were not queued, hence the cap below.
+/// thread frees one of them). The signal is a heuristic: when every pool thread is busy a
+/// nudge gets a thread of its own and closes as soon as that thread is scheduled, which on
+/// a saturated machine (exactly when connections queue) takes longer than this; 2 ms is the
+/// value that worked (docs/performance.md, "A burst of new connections waits one tick"),
+/// and it may also fire for nudges that were not queued, hence the cap below.
 pub const POOL_NUDGE_QUEUED: Duration = Duration::from_millis(2);
 /// Most nudges in one tick (each a connection and, at worst, a short-lived pool thread):
 /// twice the 32 new connections the bench opens at once.
@@ -163,95 +159,106 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Page size cap on list endpoints (the reference's documented maximum).
 pub const MAX_PAGE_LIMIT: i64 = 100;
 
+/// The value of `RUST_LOG` when it is unset: what `env_logger` shows.
+pub const DEFAULT_LOG_FILTER: &str = "info";
+
+/// Every setting, read from the environment once at start-up. Each field's default is the
+/// `DEFAULT_*` constant named beside it; docs/operations.md lists them, and a test checks
+/// that list against what [`Config::from_vars`] actually reads.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// `DATABASE_URL` (required): libpq key=value string or `postgres://` URL.
     pub database_url: String,
-    /// `ADMIN_SECRET` (required, at least 16 characters): value of `x-admin-secret`.
+    /// `ADMIN_SECRET` (required, at least [`MIN_ADMIN_SECRET_LEN`] characters): value of
+    /// `x-admin-secret`.
     pub admin_secret: String,
-    /// `LISTEN_ADDR`, default `127.0.0.1:3000`.
+    /// `LISTEN_ADDR`; defaults to [`DEFAULT_LISTEN_ADDR`].
     pub listen_addr: String,
-    /// `TOLLGATE_WORKERS`, default 64.
+    /// `TOLLGATE_WORKERS`; defaults to [`DEFAULT_WORKERS`].
     pub workers: usize,
-    /// `TOLLGATE_DB_POOL_SIZE`, default 16.
+    /// `TOLLGATE_DB_POOL_SIZE`; defaults to [`DEFAULT_DB_POOL_SIZE`].
     pub db_pool_size: u32,
-    /// `TOLLGATE_COUNTER_POOL_SIZE`, default 1: counter statements in flight at once.
+    /// `TOLLGATE_COUNTER_POOL_SIZE`; defaults to [`DEFAULT_COUNTER_POOL_SIZE`].
     pub counter_pool_size: u32,
-    /// `TOLLGATE_COALESCE_WINDOW_US`, default 0 (microseconds).
+    /// `TOLLGATE_COALESCE_WINDOW_US`; defaults to [`DEFAULT_COALESCE_WINDOW_US`].
     pub coalesce_window: Duration,
-    /// `TOLLGATE_DB_WAIT_MS`, default 2000.
+    /// `TOLLGATE_DB_WAIT_MS`; defaults to [`DEFAULT_DB_WAIT_MS`].
     pub db_wait: Duration,
-    /// `TOLLGATE_CONNECT_TIMEOUT_MS`, default 2000.
+    /// `TOLLGATE_CONNECT_TIMEOUT_MS`; defaults to [`DEFAULT_CONNECT_TIMEOUT_MS`].
     pub connect_timeout: Duration,
-    /// `TOLLGATE_UPSTREAM_TIMEOUT_MS`, default 30000.
+    /// `TOLLGATE_UPSTREAM_TIMEOUT_MS`; defaults to [`DEFAULT_UPSTREAM_TIMEOUT_MS`].
     pub upstream_timeout: Duration,
-    /// `TOLLGATE_BCRYPT_COST`, default 10 (4..=31; tests use 4).
+    /// `TOLLGATE_BCRYPT_COST` (4..=31; tests use 4); defaults to [`DEFAULT_BCRYPT_COST`].
     pub bcrypt_cost: u32,
-    /// `TOLLGATE_RATE_WINDOW_SECS`, default 60.
+    /// `TOLLGATE_RATE_WINDOW_SECS`; defaults to [`DEFAULT_RATE_WINDOW_SECS`].
     pub rate_window_secs: u32,
-    /// `TOLLGATE_MAX_BODY_BYTES`, default 10 MiB.
+    /// `TOLLGATE_MAX_BODY_BYTES`; defaults to [`DEFAULT_MAX_BODY_BYTES`].
     pub max_body_bytes: u64,
-    /// `TOLLGATE_LOG_QUEUE`, default 65536.
+    /// `TOLLGATE_LOG_QUEUE`; defaults to [`DEFAULT_LOG_QUEUE`].
     pub log_queue: usize,
-    /// `TOLLGATE_LOG_FLUSH_MS`, default 1000.
+    /// `TOLLGATE_LOG_FLUSH_MS`; defaults to [`DEFAULT_LOG_FLUSH_MS`].
     pub log_flush: Duration,
-    /// `TOLLGATE_LOG_BUFFER_MAX`, default 1,000,000 rows (held during an outage, together
-    /// with at most `TOLLGATE_LOG_QUEUE` rows still on the channel).
+    /// `TOLLGATE_LOG_BUFFER_MAX`; defaults to [`DEFAULT_LOG_BUFFER_MAX`] rows (held during
+    /// an outage, together with at most `TOLLGATE_LOG_QUEUE` rows still on the channel).
     pub log_buffer_max: usize,
-    /// `TOLLGATE_SYNC_SECS`, default 30.
+    /// `TOLLGATE_SYNC_SECS`; defaults to [`DEFAULT_SYNC_SECS`].
     pub sync_interval: Duration,
-    /// `TOLLGATE_BREAKER_FAILURES`, default 5.
+    /// `TOLLGATE_BREAKER_FAILURES`; defaults to [`DEFAULT_BREAKER_FAILURES`].
     pub breaker_failures: u32,
-    /// `TOLLGATE_BREAKER_COOLDOWN_MS`, default 10000.
+    /// `TOLLGATE_BREAKER_COOLDOWN_MS`; defaults to [`DEFAULT_BREAKER_COOLDOWN_MS`].
     pub breaker_cooldown: Duration,
-    /// `TOLLGATE_UPSTREAM_MAX_INFLIGHT`, default three quarters of the workers: a hung
+    /// `TOLLGATE_UPSTREAM_MAX_INFLIGHT`; defaults to three quarters of the workers: a hung
     /// upstream can tie up at most this many workers, so the rest keep serving other routes,
     /// while one busy upstream still gets most of the gateway.
     pub upstream_max_in_flight: usize,
-    /// `TOLLGATE_TRUSTED_PROXIES`, default none: comma-separated IPs of edge proxies (e.g.
-    /// `127.0.0.1` behind the shipped nginx edge) whose `X-Forwarded-For` and
+    /// `TOLLGATE_TRUSTED_PROXIES`; defaults to none: comma-separated IPs of edge proxies
+    /// (e.g. `127.0.0.1` behind the shipped nginx edge) whose `X-Forwarded-For` and
     /// `X-Forwarded-Proto` are believed. Anyone else could forge them, so none by default.
     pub trusted_proxies: Vec<std::net::IpAddr>,
-    /// `TOLLGATE_LOG_RETENTION`, default `7d` (`s`, `m`, `h` or `d` suffix).
+    /// `TOLLGATE_LOG_RETENTION` (`s`, `m`, `h` or `d` suffix); defaults to
+    /// [`DEFAULT_LOG_RETENTION`].
     pub log_retention: Duration,
-    /// `TOLLGATE_ROLLUP_RETENTION`, default `90d`.
+    /// `TOLLGATE_ROLLUP_RETENTION`; defaults to [`DEFAULT_ROLLUP_RETENTION`].
     pub rollup_retention: Duration,
-    /// `TOLLGATE_RETENTION_INTERVAL_MS`, default 60000.
+    /// `TOLLGATE_RETENTION_INTERVAL_MS`; defaults to [`DEFAULT_RETENTION_INTERVAL_MS`].
     pub retention_interval: Duration,
-    /// `TOLLGATE_RETENTION_BATCH`, default 5000 rows per DELETE.
+    /// `TOLLGATE_RETENTION_BATCH` (rows per DELETE); defaults to
+    /// [`DEFAULT_RETENTION_BATCH`].
     pub retention_batch: i64,
-    /// `TOLLGATE_METRICS_ADDR`, default unset. `/metrics` is always served on the main
+    /// `TOLLGATE_METRICS_ADDR`; defaults to unset. `/metrics` is always served on the main
     /// listener behind the admin secret (`x-admin-secret` or `Authorization: Bearer`);
     /// when this is set, a second listener here serves `/metrics` without credentials, for
     /// a scraper on a private interface. Unset by default so nothing is exposed unasked.
     pub metrics_addr: Option<String>,
-    /// `TOLLGATE_SHUTDOWN_GRACE_MS`, default 20000 (see `DEFAULT_SHUTDOWN_GRACE_MS`).
+    /// `TOLLGATE_SHUTDOWN_GRACE_MS`; defaults to [`DEFAULT_SHUTDOWN_GRACE_MS`].
     pub shutdown_grace: Duration,
-    /// `TOLLGATE_RATELIMIT_ON_DB_ERROR`: `fail-open` (default) or `fail-closed`. What a
+    /// `TOLLGATE_RATELIMIT_ON_DB_ERROR`: `fail-open` (the default) or `fail-closed`. What a
     /// request with an already-verified key gets when the counter cannot be reached.
     /// Fail-open is the default because during an outage only keys this process has
     /// already verified get this far (unknown keys get 503 anyway): serving known
     /// customers unmetered for the outage beats turning a database blip into a full API
     /// outage. Such responses carry `X-RateLimit-Degraded: 1`. `fail-closed` answers 503.
     pub ratelimit_fail_open: bool,
-    /// `TOLLGATE_BCRYPT_CONCURRENCY`, default half the CPUs (at least 1): bcrypt is pure
-    /// CPU, so this bounds the share of the machine that keys never seen before (a flood of
-    /// wrong secrets, or every key at once after a restart) can take from traffic with
-    /// verified keys. The price is a slower warm-up after a restart (~12 new keys a second
-    /// per slot at cost 10); raise it for many distinct keys and frequent restarts.
+    /// `TOLLGATE_BCRYPT_CONCURRENCY`; defaults to half the CPUs (at least 1): bcrypt is
+    /// pure CPU, so this bounds the share of the machine that keys never seen before (a
+    /// flood of wrong secrets, or every key at once after a restart) can take from traffic
+    /// with verified keys. The price is a slower warm-up after a restart (~12 new keys a
+    /// second per slot at cost 10); raise it for many distinct keys and frequent restarts.
     pub bcrypt_concurrency: usize,
-    /// `TOLLGATE_AUTH_FAIL_LIMIT`, default 30 (0 turns the limit off).
+    /// `TOLLGATE_AUTH_FAIL_LIMIT` (0 turns the limit off); defaults to
+    /// [`DEFAULT_AUTH_FAIL_LIMIT`].
     pub auth_fail_limit: u32,
-    /// `TOLLGATE_ADMIN_FAIL_LIMIT`, default 10 (0 turns the limit off).
+    /// `TOLLGATE_ADMIN_FAIL_LIMIT` (0 turns the limit off); defaults to
+    /// [`DEFAULT_ADMIN_FAIL_LIMIT`].
     pub admin_fail_limit: u32,
-    /// `TOLLGATE_AUTH_FAIL_WINDOW_SECS`, default 60.
+    /// `TOLLGATE_AUTH_FAIL_WINDOW_SECS`; defaults to [`DEFAULT_AUTH_FAIL_WINDOW_SECS`].
     pub auth_fail_window: Duration,
-    /// `TOLLGATE_TEST_PANIC_PATH`, test-only, read by debug builds only (release builds
-    /// ignore it and contain no trigger): requests to this path panic in the handler,
-    /// `<path>/lock` panics while holding the key-cache lock (poisoning it), and
-    /// `<path>/logger` makes the logger thread panic once. The fault tests need a real
-    /// panic inside the real binary; gating it on both the build and a variable keeps it
-    /// out of production binaries and out of ordinary debug runs.
+    /// `TOLLGATE_TEST_PANIC_PATH`, test-only and deliberately not in the operator docs,
+    /// read by debug builds only (release builds ignore it and contain no trigger):
+    /// requests to this path panic in the handler, `<path>/lock` panics while holding the
+    /// key-cache lock (poisoning it), and `<path>/logger` makes the logger thread panic
+    /// once. The fault tests need a real panic inside the real binary; gating it on both the
+    /// build and a variable keeps it out of production binaries and ordinary debug runs.
     #[cfg_attr(not(debug_assertions), allow(dead_code))]
     pub test_panic_path: Option<String>,
 }
@@ -259,78 +266,109 @@ pub struct Config {
 impl Config {
     /// Reads the environment; the error names the variable and what is wrong with it.
     pub fn from_env() -> Result<Config, String> {
-        let database_url = env::var("DATABASE_URL")
-            .ok()
-            .filter(|v| !v.trim().is_empty())
+        Config::from_vars(&|var| env::var(var).ok())
+    }
+
+    /// Reads the settings through `get` (the environment, or a test's map).
+    pub fn from_vars(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
+        Config::read(&Vars::new(get))
+    }
+
+    /// Every variable `from_vars` reads and its default as docs/operations.md writes it,
+    /// in reading order, then `RUST_LOG` (read by `env_logger` in `main`).
+    #[cfg(test)]
+    pub fn documented() -> Vec<(&'static str, String)> {
+        let get = |var: &str| match var {
+            "DATABASE_URL" => Some("host=/nonexistent".to_string()),
+            "ADMIN_SECRET" => Some("x".repeat(MIN_ADMIN_SECRET_LEN)),
+            _ => None,
+        };
+        let vars = Vars::new(&get);
+        Config::read(&vars).expect("the defaults are a valid configuration");
+        let mut seen = vars.seen.into_inner();
+        seen.push(("RUST_LOG", format!("`{DEFAULT_LOG_FILTER}`")));
+        seen
+    }
+
+    fn read(v: &Vars) -> Result<Config, String> {
+        let database_url = v
+            .raw("DATABASE_URL", "(required)")
             .ok_or("DATABASE_URL is not set (e.g. host=/path/to/socket dbname=tollgate)")?;
-        let admin_secret = env::var("ADMIN_SECRET").unwrap_or_default();
+        // Not trimmed: the secret is compared byte for byte.
+        let admin_secret = v
+            .raw(
+                "ADMIN_SECRET",
+                format!("(required, ≥ {MIN_ADMIN_SECRET_LEN} chars)"),
+            )
+            .and_then(|_| (v.get)("ADMIN_SECRET"))
+            .unwrap_or_default();
         if admin_secret.chars().count() < MIN_ADMIN_SECRET_LEN {
             return Err(format!(
                 "ADMIN_SECRET must be set to at least {MIN_ADMIN_SECRET_LEN} characters; \
                  refusing to start with an open or guessable admin API"
             ));
         }
-        let bcrypt_cost = num("TOLLGATE_BCRYPT_COST", DEFAULT_BCRYPT_COST)?;
-        if !(4..=31).contains(&bcrypt_cost) {
-            return Err("TOLLGATE_BCRYPT_COST must be between 4 and 31".into());
-        }
+        let workers = v.num("TOLLGATE_WORKERS", DEFAULT_WORKERS)?;
         let cfg = Config {
             database_url,
             admin_secret,
-            listen_addr: env::var("LISTEN_ADDR").unwrap_or_else(|_| DEFAULT_LISTEN_ADDR.into()),
-            workers: num("TOLLGATE_WORKERS", DEFAULT_WORKERS)?,
-            db_pool_size: num("TOLLGATE_DB_POOL_SIZE", DEFAULT_DB_POOL_SIZE)?,
-            counter_pool_size: num("TOLLGATE_COUNTER_POOL_SIZE", DEFAULT_COUNTER_POOL_SIZE)?,
-            coalesce_window: Duration::from_micros(num(
-                "TOLLGATE_COALESCE_WINDOW_US",
-                DEFAULT_COALESCE_WINDOW_US,
-            )?),
-            db_wait: ms("TOLLGATE_DB_WAIT_MS", DEFAULT_DB_WAIT_MS)?,
-            connect_timeout: ms("TOLLGATE_CONNECT_TIMEOUT_MS", DEFAULT_CONNECT_TIMEOUT_MS)?,
-            upstream_timeout: ms("TOLLGATE_UPSTREAM_TIMEOUT_MS", DEFAULT_UPSTREAM_TIMEOUT_MS)?,
-            bcrypt_cost,
-            rate_window_secs: num("TOLLGATE_RATE_WINDOW_SECS", DEFAULT_RATE_WINDOW_SECS)?,
-            max_body_bytes: num("TOLLGATE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
-            log_queue: num("TOLLGATE_LOG_QUEUE", DEFAULT_LOG_QUEUE)?,
-            log_flush: ms("TOLLGATE_LOG_FLUSH_MS", DEFAULT_LOG_FLUSH_MS)?,
-            log_buffer_max: num("TOLLGATE_LOG_BUFFER_MAX", DEFAULT_LOG_BUFFER_MAX)?,
-            sync_interval: Duration::from_secs(num("TOLLGATE_SYNC_SECS", DEFAULT_SYNC_SECS)?),
-            breaker_failures: num("TOLLGATE_BREAKER_FAILURES", DEFAULT_BREAKER_FAILURES)?,
-            breaker_cooldown: ms("TOLLGATE_BREAKER_COOLDOWN_MS", DEFAULT_BREAKER_COOLDOWN_MS)?,
-            upstream_max_in_flight: 0,
-            trusted_proxies: ips("TOLLGATE_TRUSTED_PROXIES")?,
-            log_retention: age("TOLLGATE_LOG_RETENTION", DEFAULT_LOG_RETENTION)?,
-            rollup_retention: age("TOLLGATE_ROLLUP_RETENTION", DEFAULT_ROLLUP_RETENTION)?,
-            retention_interval: ms(
+            listen_addr: v
+                .raw("LISTEN_ADDR", format!("`{DEFAULT_LISTEN_ADDR}`"))
+                .unwrap_or_else(|| DEFAULT_LISTEN_ADDR.into()),
+            workers,
+            db_pool_size: v.num("TOLLGATE_DB_POOL_SIZE", DEFAULT_DB_POOL_SIZE)?,
+            counter_pool_size: v.num("TOLLGATE_COUNTER_POOL_SIZE", DEFAULT_COUNTER_POOL_SIZE)?,
+            coalesce_window: Duration::from_micros(
+                v.num("TOLLGATE_COALESCE_WINDOW_US", DEFAULT_COALESCE_WINDOW_US)?,
+            ),
+            db_wait: v.ms("TOLLGATE_DB_WAIT_MS", DEFAULT_DB_WAIT_MS)?,
+            connect_timeout: v.ms("TOLLGATE_CONNECT_TIMEOUT_MS", DEFAULT_CONNECT_TIMEOUT_MS)?,
+            upstream_timeout: v.ms("TOLLGATE_UPSTREAM_TIMEOUT_MS", DEFAULT_UPSTREAM_TIMEOUT_MS)?,
+            bcrypt_cost: v.num("TOLLGATE_BCRYPT_COST", DEFAULT_BCRYPT_COST)?,
+            rate_window_secs: v.num("TOLLGATE_RATE_WINDOW_SECS", DEFAULT_RATE_WINDOW_SECS)?,
+            max_body_bytes: v.num("TOLLGATE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
+            log_queue: v.num("TOLLGATE_LOG_QUEUE", DEFAULT_LOG_QUEUE)?,
+            log_flush: v.ms("TOLLGATE_LOG_FLUSH_MS", DEFAULT_LOG_FLUSH_MS)?,
+            log_buffer_max: v.num("TOLLGATE_LOG_BUFFER_MAX", DEFAULT_LOG_BUFFER_MAX)?,
+            sync_interval: Duration::from_secs(v.num("TOLLGATE_SYNC_SECS", DEFAULT_SYNC_SECS)?),
+            breaker_failures: v.num("TOLLGATE_BREAKER_FAILURES", DEFAULT_BREAKER_FAILURES)?,
+            breaker_cooldown: v.ms("TOLLGATE_BREAKER_COOLDOWN_MS", DEFAULT_BREAKER_COOLDOWN_MS)?,
+            upstream_max_in_flight: v.num_derived(
+                "TOLLGATE_UPSTREAM_MAX_INFLIGHT",
+                (workers * 3 / 4).max(1),
+                "¾ of workers",
+            )?,
+            trusted_proxies: v.ips("TOLLGATE_TRUSTED_PROXIES")?,
+            log_retention: v.age("TOLLGATE_LOG_RETENTION", DEFAULT_LOG_RETENTION)?,
+            rollup_retention: v.age("TOLLGATE_ROLLUP_RETENTION", DEFAULT_ROLLUP_RETENTION)?,
+            retention_interval: v.ms(
                 "TOLLGATE_RETENTION_INTERVAL_MS",
                 DEFAULT_RETENTION_INTERVAL_MS,
             )?,
-            retention_batch: num("TOLLGATE_RETENTION_BATCH", DEFAULT_RETENTION_BATCH)?,
-            metrics_addr: env::var("TOLLGATE_METRICS_ADDR")
-                .ok()
-                .filter(|v| !v.trim().is_empty()),
-            shutdown_grace: ms("TOLLGATE_SHUTDOWN_GRACE_MS", DEFAULT_SHUTDOWN_GRACE_MS)?,
-            ratelimit_fail_open: fail_open("TOLLGATE_RATELIMIT_ON_DB_ERROR")?,
-            bcrypt_concurrency: num(
-                "TOLLGATE_BCRYPT_CONCURRENCY",
-                std::thread::available_parallelism().map_or(1, |n| n.get() / 2),
-            )?
-            .max(1),
-            auth_fail_limit: num("TOLLGATE_AUTH_FAIL_LIMIT", DEFAULT_AUTH_FAIL_LIMIT)?,
-            admin_fail_limit: num("TOLLGATE_ADMIN_FAIL_LIMIT", DEFAULT_ADMIN_FAIL_LIMIT)?,
-            auth_fail_window: Duration::from_secs(num(
+            retention_batch: v.num("TOLLGATE_RETENTION_BATCH", DEFAULT_RETENTION_BATCH)?,
+            metrics_addr: v.raw("TOLLGATE_METRICS_ADDR", "(none)"),
+            shutdown_grace: v.ms("TOLLGATE_SHUTDOWN_GRACE_MS", DEFAULT_SHUTDOWN_GRACE_MS)?,
+            ratelimit_fail_open: v.fail_open("TOLLGATE_RATELIMIT_ON_DB_ERROR")?,
+            bcrypt_concurrency: v
+                .num_derived(
+                    "TOLLGATE_BCRYPT_CONCURRENCY",
+                    std::thread::available_parallelism().map_or(1, |n| n.get() / 2),
+                    "half the CPUs (≥ 1)",
+                )?
+                .max(1),
+            auth_fail_limit: v.num("TOLLGATE_AUTH_FAIL_LIMIT", DEFAULT_AUTH_FAIL_LIMIT)?,
+            admin_fail_limit: v.num("TOLLGATE_ADMIN_FAIL_LIMIT", DEFAULT_ADMIN_FAIL_LIMIT)?,
+            auth_fail_window: Duration::from_secs(v.num(
                 "TOLLGATE_AUTH_FAIL_WINDOW_SECS",
                 DEFAULT_AUTH_FAIL_WINDOW_SECS,
             )?),
-            test_panic_path: env::var("TOLLGATE_TEST_PANIC_PATH")
-                .ok()
+            // Test-only: read directly, so it is not listed with the operator's settings.
+            test_panic_path: (v.get)("TOLLGATE_TEST_PANIC_PATH")
                 .filter(|p| cfg!(debug_assertions) && p.starts_with('/')),
         };
-        let mut cfg = cfg;
-        cfg.upstream_max_in_flight = num(
-            "TOLLGATE_UPSTREAM_MAX_INFLIGHT",
-            (cfg.workers * 3 / 4).max(1),
-        )?;
+        if !(4..=31).contains(&cfg.bcrypt_cost) {
+            return Err("TOLLGATE_BCRYPT_COST must be between 4 and 31".into());
+        }
         if cfg.retention_batch < 1 || cfg.retention_interval.is_zero() {
             return Err(
                 "TOLLGATE_RETENTION_BATCH and TOLLGATE_RETENTION_INTERVAL_MS must be > 0".into(),
@@ -351,36 +389,87 @@ impl Config {
     }
 }
 
-fn num<T: std::str::FromStr>(var: &str, default: T) -> Result<T, String> {
-    match env::var(var) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map_err(|_| format!("{var} must be a non-negative whole number, got {v:?}")),
-        _ => Ok(default),
+/// The variables as `Config::read` sees them. Every read names the variable and its
+/// default as the docs show it, and is recorded, so the docs can be checked against the
+/// reads themselves rather than against a second list.
+struct Vars<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+    seen: std::cell::RefCell<Vec<(&'static str, String)>>,
+}
+
+impl<'a> Vars<'a> {
+    fn new(get: &'a dyn Fn(&str) -> Option<String>) -> Vars<'a> {
+        Vars {
+            get,
+            seen: Default::default(),
+        }
     }
-}
 
-fn ips(var: &str) -> Result<Vec<std::net::IpAddr>, String> {
-    let v = env::var(var).unwrap_or_default();
-    v.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .map_err(|_| format!("{var}: {s:?} is not an IP address"))
-        })
-        .collect()
-}
+    /// The variable's value, trimmed; `None` when unset or blank.
+    fn raw(&self, var: &'static str, default_shown: impl Into<String>) -> Option<String> {
+        self.seen.borrow_mut().push((var, default_shown.into()));
+        (self.get)(var)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
 
-/// An age like `90s`, `30m`, `12h` or `7d`, at least one second.
-fn age(var: &str, default: &str) -> Result<Duration, String> {
-    let v = env::var(var)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| default.into());
-    parse_age(v.trim())
-        .ok_or_else(|| format!("{var} must look like 90s, 30m, 12h or 7d, got {v:?}"))
+    fn num<T: std::str::FromStr + std::fmt::Display>(
+        &self,
+        var: &'static str,
+        default: T,
+    ) -> Result<T, String> {
+        let shown = default.to_string();
+        self.num_derived(var, default, shown)
+    }
+
+    /// A number whose default is computed, shown in the docs as `shown`.
+    fn num_derived<T: std::str::FromStr>(
+        &self,
+        var: &'static str,
+        default: T,
+        shown: impl Into<String>,
+    ) -> Result<T, String> {
+        match self.raw(var, shown) {
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("{var} must be a non-negative whole number, got {v:?}")),
+            None => Ok(default),
+        }
+    }
+
+    fn ms(&self, var: &'static str, default: u64) -> Result<Duration, String> {
+        self.num(var, default).map(Duration::from_millis)
+    }
+
+    fn ips(&self, var: &'static str) -> Result<Vec<std::net::IpAddr>, String> {
+        let v = self.raw(var, "(none)").unwrap_or_default();
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| format!("{var}: {s:?} is not an IP address"))
+            })
+            .collect()
+    }
+
+    /// An age like `90s`, `30m`, `12h` or `7d`, at least one second.
+    fn age(&self, var: &'static str, default: &str) -> Result<Duration, String> {
+        let v = self
+            .raw(var, format!("`{default}`"))
+            .unwrap_or_else(|| default.into());
+        parse_age(&v).ok_or_else(|| format!("{var} must look like 90s, 30m, 12h or 7d, got {v:?}"))
+    }
+
+    fn fail_open(&self, var: &'static str) -> Result<bool, String> {
+        match self.raw(var, "`fail-open`").as_deref() {
+            None | Some("fail-open") => Ok(true),
+            Some("fail-closed") => Ok(false),
+            Some(other) => Err(format!(
+                "{var} must be fail-open or fail-closed, got {other:?}"
+            )),
+        }
+    }
 }
 
 fn parse_age(v: &str) -> Option<Duration> {
@@ -393,20 +482,6 @@ fn parse_age(v: &str) -> Option<Duration> {
     };
     let n: u64 = v[..v.len() - 1].parse().ok()?;
     Some(Duration::from_secs(n.checked_mul(unit)?)).filter(|d| !d.is_zero())
-}
-
-fn fail_open(var: &str) -> Result<bool, String> {
-    match env::var(var).unwrap_or_default().trim() {
-        "" | "fail-open" => Ok(true),
-        "fail-closed" => Ok(false),
-        other => Err(format!(
-            "{var} must be fail-open or fail-closed, got {other:?}"
-        )),
-    }
-}
-
-fn ms(var: &str, default: u64) -> Result<Duration, String> {
-    num(var, default).map(Duration::from_millis)
 }
 
 #[cfg(test)]
@@ -431,5 +506,66 @@ mod tests {
         ] {
             assert_eq!(parse_age(bad), None, "{bad}");
         }
+    }
+
+    /// The configuration table of docs/operations.md: `(variable, default)` per row.
+    fn documented_table() -> Vec<(String, String)> {
+        let doc = include_str!("../docs/operations.md");
+        let mut lines = doc
+            .lines()
+            .skip_while(|l| l.trim() != "| variable | default | meaning |")
+            .skip(2);
+        let mut rows = Vec::new();
+        for line in lines.by_ref() {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            if cells.len() < 4 {
+                break;
+            }
+            rows.push((cells[1].trim_matches('`').to_string(), cells[2].to_string()));
+        }
+        rows
+    }
+
+    #[test]
+    fn the_operations_doc_lists_every_setting_with_the_default_the_code_uses() {
+        let table = documented_table();
+        assert!(
+            !table.is_empty(),
+            "no configuration table in docs/operations.md"
+        );
+        let code: Vec<(String, String)> = Config::documented()
+            .into_iter()
+            .map(|(var, default)| (var.to_string(), default))
+            .collect();
+        for row in &table {
+            assert!(
+                code.contains(row),
+                "docs/operations.md says {row:?}; config.rs reads {:?}",
+                code.iter().find(|(v, _)| *v == row.0)
+            );
+        }
+        for read in &code {
+            assert!(
+                table.contains(read),
+                "config.rs reads {read:?}, which docs/operations.md does not list"
+            );
+        }
+        assert_eq!(table.len(), code.len(), "a variable is listed twice");
+    }
+
+    #[test]
+    fn a_bad_value_is_refused_naming_its_variable() {
+        let get = |var: &str| match var {
+            "DATABASE_URL" => Some("host=/x".to_string()),
+            "ADMIN_SECRET" => Some("0123456789abcdef".to_string()),
+            "TOLLGATE_WORKERS" => Some("many".to_string()),
+            _ => None,
+        };
+        let e = Config::from_vars(&get).unwrap_err();
+        assert!(e.contains("TOLLGATE_WORKERS"), "{e}");
+        let short = |var: &str| (var == "DATABASE_URL").then(|| "host=/x".to_string());
+        assert!(Config::from_vars(&short)
+            .unwrap_err()
+            .contains("ADMIN_SECRET"));
     }
 }

@@ -196,16 +196,16 @@ impl From<postgres::Error> for Error {
             .code()
             .is_some_and(|c| c.code().starts_with("57P0") || c.code() == "53300");
         if e.is_closed() || io || outage {
-            log::warn!("database unavailable: {}", crate::db::describe(&e));
+            log::warn!("database unavailable: {}", describe(&e));
             return Error::DatabaseUnavailable;
         }
         // Class 22 (data exception: a NUL in text, a number out of range) is a value the
         // client sent that validation let through: the request's fault, not a 500.
         if e.code().is_some_and(|c| c.code().starts_with("22")) {
-            log::warn!("value refused by the database: {}", crate::db::describe(&e));
+            log::warn!("value refused by the database: {}", describe(&e));
             return Error::BadRequest("a value in the request cannot be stored".into());
         }
-        Error::Internal(format!("database: {}", crate::db::describe(&e)))
+        Error::Internal(format!("database: {}", describe(&e)))
     }
 }
 
@@ -217,3 +217,13 @@ impl From<r2d2::Error> for Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A database error with its server message or cause; `postgres::Error`'s own `Display`
+/// says only "db error" for errors the server reports.
+pub fn describe(e: &postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
+}

@@ -1,28 +1,19 @@
 //! tollgate: a self-hosted API gateway, one synchronous binary plus one PostgreSQL.
 //! `tollgate [serve]` applies migrations and serves; `tollgate migrate` only migrates.
+//!
+//! Layers, bottom to top (docs/architecture.md; `make lint` checks that every `use`
+//! points down): `config`, `error` → `http` → `store` → `logs` → `gateway` →
+//! `operator` → `app` → `main`.
 #![forbid(unsafe_code)]
 
-mod admin;
-mod analytics;
-mod auth;
-mod breaker;
+mod app;
 mod config;
-mod dashboard;
-mod db;
-mod devload;
 mod error;
-mod hostile;
-mod input;
-mod logger;
-mod metrics;
-mod openapi;
-mod proxy;
-mod ratelimit;
-mod retention;
-mod rollup;
-mod server;
-mod sync;
-mod throttle;
+mod gateway;
+mod http;
+mod logs;
+mod operator;
+mod store;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -33,11 +24,14 @@ use std::time::Duration;
 const STARTUP_DB_WAIT: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(config::DEFAULT_LOG_FILTER),
+    )
+    .init();
     let cmd = std::env::args().nth(1).unwrap_or_else(|| "serve".into());
     // Hidden: the counter statement, for `make bench-cluster`'s pgbench; needs no config.
     if cmd == "dev-counter-sql" {
-        println!("{}", ratelimit::TAKE_SQL);
+        println!("{}", store::counters::TAKE_SQL);
         return ExitCode::SUCCESS;
     }
     let cfg = match config::Config::from_env() {
@@ -50,7 +44,7 @@ fn main() -> ExitCode {
     let result = match cmd.as_str() {
         "serve" => serve(cfg),
         "migrate" => migrate(&cfg),
-        // Hidden: synthetic traffic for benchmarks and tests (src/devload.rs).
+        // Hidden: synthetic traffic for benchmarks and tests (src/logs/devload.rs).
         "dev-load-logs" => dev_load_logs(&cfg),
         "-V" | "--version" => {
             println!("tollgate {}", env!("CARGO_PKG_VERSION"));
@@ -70,7 +64,7 @@ fn main() -> ExitCode {
 }
 
 fn migrate(cfg: &config::Config) -> Result<(), String> {
-    let applied = db::migrate(cfg, STARTUP_DB_WAIT).map_err(|e| format!("migrate: {e:?}"))?;
+    let applied = store::migrate(cfg, STARTUP_DB_WAIT).map_err(|e| format!("migrate: {e:?}"))?;
     if applied.is_empty() {
         log::info!("migrations: schema is up to date");
     } else {
@@ -90,36 +84,134 @@ fn dev_load_logs(cfg: &config::Config) -> Result<(), String> {
         None => 86_400,
     };
     migrate(cfg)?;
-    let pool = db::pool(cfg).map_err(|e| e.to_string())?;
-    devload::load(&pool, n, Duration::from_secs(span))
+    let pool = store::pool(cfg).map_err(|e| e.to_string())?;
+    logs::devload::load(&pool, n, Duration::from_secs(span))
 }
 
+/// Builds every layer's state bottom-up, starts the background threads, then serves.
 fn serve(cfg: config::Config) -> Result<(), String> {
     migrate(&cfg)?;
-    let pool = db::pool(&cfg).map_err(|e| e.to_string())?;
-    let logger = logger::Logger::start(
+    let pool = store::pool(&cfg).map_err(|e| e.to_string())?;
+    let counter_pool = store::counter_pool(&cfg).map_err(|e| e.to_string())?;
+    let logger = logs::Logger::start(
         pool.clone(),
         cfg.log_queue,
         cfg.log_flush,
         cfg.log_buffer_max,
     );
-    let agent = proxy::agent(&cfg);
-    let counters = ratelimit::Counters::new(
-        db::counter_pool(&cfg).map_err(|e| e.to_string())?,
-        cfg.rate_window_secs,
-        cfg.coalesce_window,
-    );
-    let app = Arc::new(server::App::new(cfg, pool, logger, agent, counters));
-    let n = app
+    let gateway = gateway::Gateway::new(&cfg, counter_pool);
+    let n = gateway
         .routes
-        .reload(&app.pool)
+        .reload(&pool)
         .map_err(|e| format!("loading routes: {e}"))?;
     log::info!("{n} routes loaded");
-    ratelimit::spawn_purger(app.pool.clone(), app.cfg.rate_window_secs);
-    retention::spawn(app.pool.clone(), &app.cfg);
-    sync::spawn(app.clone());
-    if let Some(addr) = &app.cfg.metrics_addr {
-        metrics::spawn_listener(app.clone(), addr).map_err(|e| e.to_string())?;
+    let app = Arc::new(app::App::new(cfg, pool, gateway, logger));
+    let cfg = &app.cfg;
+    gateway::ratelimit::spawn_purger(app.pool.clone(), cfg.rate_window_secs);
+    logs::retention::spawn(app.pool.clone(), cfg);
+    gateway::sync::spawn(cfg, app.pool.clone(), app.gateway.clone());
+    if let Some(addr) = &cfg.metrics_addr {
+        let side = app.clone();
+        http::server::spawn_single_thread(addr, "metrics", move |method, path| {
+            operator::metrics::side_listener(&side.operator(), method, path)
+        })
+        .map_err(|e| e.to_string())?;
+        log::info!("metrics on http://{addr}/metrics (no credentials)");
     }
-    server::serve(app).map_err(|e| e.to_string())
+    http::server::serve(cfg, app.clone()).map_err(|e| e.to_string())
+}
+
+/// The layer rule, checked: every `crate::<module>` path in a file names a module of a
+/// lower layer, or the file's own module. `make lint` runs this (and so does `make test`).
+#[cfg(test)]
+mod layers {
+    use std::path::{Path, PathBuf};
+
+    /// Bottom to top; docs/architecture.md says why each sits where it does.
+    const ORDER: &[&[&str]] = &[
+        &["config", "error"],
+        &["http"],
+        &["store"],
+        &["logs"],
+        &["gateway"],
+        &["operator"],
+        &["app"],
+        &["main"],
+    ];
+
+    fn rank(module: &str) -> Option<usize> {
+        ORDER.iter().position(|layer| layer.contains(&module))
+    }
+
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("src/ is readable") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// The modules a line names as `crate::<module>` in code: not in a comment, not inside
+    /// a string literal.
+    fn crate_paths(line: &str) -> Vec<&str> {
+        let code = line.split("//").next().unwrap_or("");
+        code.match_indices("crate::")
+            .filter(|(i, _)| !code[..*i].ends_with(|c: char| c.is_alphanumeric() || c == '_'))
+            .filter(|(i, _)| code[..*i].matches('"').count().is_multiple_of(2))
+            .map(|(i, m)| {
+                let rest = &code[i + m.len()..];
+                let end = rest
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn imports_only_point_down() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        let mut upward = Vec::new();
+        for file in &files {
+            let rel = file.strip_prefix(&src).expect("under src/");
+            let first = rel.components().next().expect("a path");
+            let module = first.as_os_str().to_string_lossy();
+            let module = module.trim_end_matches(".rs");
+            let own = rank(module).unwrap_or_else(|| panic!("{rel:?}: add its module to ORDER"));
+            let text = std::fs::read_to_string(file).expect("readable");
+            for (n, line) in text.lines().enumerate() {
+                for used in crate_paths(line) {
+                    let r = rank(used).unwrap_or_else(|| panic!("{rel:?}: unknown module {used}"));
+                    if used != module && r >= own {
+                        upward.push(format!(
+                            "{}:{}: {module} uses crate::{used}",
+                            rel.display(),
+                            n + 1
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(
+            upward.is_empty(),
+            "imports that point up a layer:\n{}",
+            upward.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_check_sees_paths_in_use_lists_and_code() {
+        assert_eq!(crate_paths("use crate::store::{self, Pool};"), ["store"]);
+        assert_eq!(
+            crate_paths("let x = crate::http::Reply::empty(1); // crate::app"),
+            ["http"]
+        );
+        assert!(crate_paths("/// see crate::app").is_empty());
+        assert!(crate_paths("let s = \"crate::app\";").is_empty());
+    }
 }

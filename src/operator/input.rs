@@ -3,7 +3,7 @@
 
 use crate::config::{ADMIN_MAX_BODY_BYTES, MAX_PAGE_LIMIT};
 use crate::error::{Error, Result};
-use crate::server::Ctx;
+use crate::http::Ctx;
 use serde_json::{Map, Value};
 use std::io::Read;
 

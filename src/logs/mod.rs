@@ -1,20 +1,22 @@
 //! The request log: workers hand rows to a bounded channel and never wait; one logger
 //! thread writes them in batches with binary COPY, at least every flush interval, and in
 //! the same transaction stamps `api_keys.last_used_at` and adds the batch to the rollups
-//! (`rollup.rs`). Rows the database refuses are kept (up to a bound) and retried whole, so an
+//! (`store/logs.rs`, `store/rollups.rs`). Rows the database refuses are kept (up to a bound) and retried whole, so an
 //! outage delays logs instead of losing them, and raw rows and rollups never disagree. At
 //! shutdown `Logger::shutdown` writes everything queued before the process exits.
 
-use crate::db::Pool;
+pub mod devload;
+pub mod retention;
+
+use crate::store::logs::{write_batch, LogRow};
+use crate::store::Pool;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
-use postgres::binary_copy::BinaryCopyInWriter;
-use postgres::types::{ToSql, Type};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Rows per COPY: a whole flush interval at ~20 k req/s (the rollups cost per distinct key
 /// in a batch, so longer batches cost less per row), small enough that one batch never
@@ -22,24 +24,6 @@ use std::time::{Duration, Instant, SystemTime};
 pub const BATCH_MAX: usize = 20_000;
 /// Pause between retries while the database refuses writes.
 const RETRY_BACKOFF: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Clone)]
-pub struct LogRow {
-    pub request_id: String,
-    pub api_key_id: Option<i64>,
-    pub user_id: Option<i64>,
-    pub route_id: Option<i64>,
-    pub method: String,
-    pub path: String,
-    pub query: Option<String>,
-    pub status: i32,
-    pub latency_ms: f64,
-    pub bytes_in: i64,
-    pub bytes_out: i64,
-    pub client_ip: String,
-    pub user_agent: Option<String>,
-    pub created_at: SystemTime,
-}
 
 #[derive(Default)]
 pub struct Counters {
@@ -246,72 +230,4 @@ fn take_queued(
         .buffered
         .store(pending.len() as u64, Ordering::Relaxed);
     disconnected
-}
-
-const COPY_SQL: &str = "COPY request_logs (request_id, api_key_id, user_id, route_id, method,
-    path, query, status, latency_ms, bytes_in, bytes_out, client_ip, user_agent, created_at)
-    FROM STDIN BINARY";
-
-const TYPES: &[Type] = &[
-    Type::TEXT,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT4,
-    Type::FLOAT8,
-    Type::INT8,
-    Type::INT8,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-];
-
-/// Stamps each key's newest request time; older stamps never overwrite newer ones.
-const LAST_USED_SQL: &str = "UPDATE api_keys k SET last_used_at = v.t
-    FROM unnest($1::int8[], $2::timestamptz[]) AS v(id, t)
-    WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.t)";
-
-/// Writes one batch: raw rows, rollups and key stamps commit together or not at all.
-pub fn write_batch(pool: &Pool, batch: &[&LogRow]) -> Result<(), String> {
-    let pg = |e: postgres::Error| crate::db::describe(&e);
-    let mut conn = pool.get().map_err(|e| e.to_string())?;
-    let mut tx = conn.transaction().map_err(pg)?;
-    let sink = tx.copy_in(COPY_SQL).map_err(pg)?;
-    let mut w = BinaryCopyInWriter::new(sink, TYPES);
-    for r in batch {
-        let values: [&(dyn ToSql + Sync); 14] = [
-            &r.request_id,
-            &r.api_key_id,
-            &r.user_id,
-            &r.route_id,
-            &r.method,
-            &r.path,
-            &r.query,
-            &r.status,
-            &r.latency_ms,
-            &r.bytes_in,
-            &r.bytes_out,
-            &r.client_ip,
-            &r.user_agent,
-            &r.created_at,
-        ];
-        w.write(&values).map_err(pg)?;
-    }
-    w.finish().map_err(pg)?;
-    crate::rollup::upsert(&mut tx, batch).map_err(pg)?;
-    let mut newest: HashMap<i64, SystemTime> = HashMap::new();
-    for r in batch {
-        if let Some(k) = r.api_key_id {
-            let t = newest.entry(k).or_insert(r.created_at);
-            *t = (*t).max(r.created_at);
-        }
-    }
-    if !newest.is_empty() {
-        let (ids, times): (Vec<i64>, Vec<SystemTime>) = newest.into_iter().unzip();
-        tx.execute(LAST_USED_SQL, &[&ids, &times]).map_err(pg)?;
-    }
-    tx.commit().map_err(pg)
 }

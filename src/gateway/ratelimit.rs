@@ -5,68 +5,22 @@
 //!
 //! Counting is batched: every request that arrives while the counter connections are all
 //! busy joins the next batch, and when a connection frees up one member of that batch runs
-//! one statement for all of it (`TAKE_SQL`). Requests for the same key in a batch become
+//! one statement for all of it (`store::counters::TAKE_SQL`). Requests for the same key in a batch become
 //! one entry of N; the statement locks each key's row once, admits up to N of them and
 //! returns the new total, and each member derives its own position from it. The limit
 //! stays exact across replicas (the row lock serialises every statement that touches a
 //! key) while the database runs one statement per batch instead of one per request, and a
 //! hot key's row is written once per batch.
 
-use crate::db::Pool;
+use super::metrics::Metrics;
 use crate::error::{Error, Result};
-use crate::server::{App, Reply};
-use postgres::types::Type;
+use crate::http::Reply;
+use crate::store::counters::{self, Taken};
+use crate::store::{DbHealth, Pool};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
-
-/// Admits, for each key `$1[i]` (limit `$3[i]`), up to `$2[i]` requests in the window of
-/// `$4` s, for a whole batch in one round trip. The previous bucket is read from the
-/// snapshot (it no longer changes); the current one is upserted in key order (so two
-/// statements, from this replica or another, lock shared rows in the same order and cannot
-/// deadlock), and `ON CONFLICT DO UPDATE ... WHERE` re-checks the limit against the row's
-/// latest version under its lock, so nothing pushes a count past its limit. `last_add`
-/// (sql/005) records what the upsert added, because RETURNING shows only the new count. A
-/// refused key writes nothing; its `current` is read from the snapshot, for its headers.
-/// Prepared once per pooled connection.
-pub const TAKE_SQL: &str = "
-WITH t AS (
-    SELECT e, floor(e / $4)::bigint AS win
-      FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS e) s
-), w AS (
-    SELECT i.k, i.n, i.lim, t.e, t.win,
-           coalesce(p.count, 0)::float8 * (1 - (t.e - t.win * $4) / $4) AS weighted
-      FROM unnest($1::int8[], $2::int4[], $3::float8[]) AS i(k, n, lim)
-     CROSS JOIN t
-      LEFT JOIN rate_limit_counters p ON p.api_key_id = i.k AND p.window_start = t.win - 1
-), c AS (
-    SELECT w.*, greatest(floor(w.lim - w.weighted), 0)::integer AS cap FROM w
-), up AS (
-    INSERT INTO rate_limit_counters AS r (api_key_id, window_start, count, last_add)
-    SELECT k, win, least(n, cap), least(n, cap) FROM c WHERE cap >= 1 ORDER BY k
-    ON CONFLICT (api_key_id, window_start) DO UPDATE
-       SET count = r.count + least(EXCLUDED.count,
-                                   (SELECT cap FROM c WHERE c.k = EXCLUDED.api_key_id) - r.count),
-           last_add = least(EXCLUDED.count,
-                            (SELECT cap FROM c WHERE c.k = EXCLUDED.api_key_id) - r.count)
-     WHERE (SELECT cap FROM c WHERE c.k = EXCLUDED.api_key_id) - r.count >= 1
-    RETURNING r.api_key_id, r.count, r.last_add
-)
-SELECT c.k, coalesce(up.last_add, 0),
-       coalesce(up.count, (SELECT r.count FROM rate_limit_counters r
-                            WHERE r.api_key_id = c.k AND r.window_start = c.win), 0),
-       c.weighted, c.e
-  FROM c LEFT JOIN up ON up.api_key_id = c.k";
-const TAKE_TYPES: &[Type] = &[
-    Type::INT8_ARRAY,
-    Type::INT4_ARRAY,
-    Type::FLOAT8_ARRAY,
-    Type::FLOAT8,
-];
-
-/// Counter rows older than the previous bucket no longer affect any estimate.
-const PURGE_SQL: &str = "DELETE FROM rate_limit_counters
-    WHERE window_start < floor(extract(epoch FROM now()) / $1::float8)::bigint - 1";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -79,15 +33,8 @@ pub struct Decision {
     pub reset_in: u64,
     /// For a refused request: seconds until the estimate admits one more.
     pub retry_after: u64,
-}
-
-/// One key's answer from `TAKE_SQL`.
-#[derive(Clone, Copy, Debug)]
-struct Taken {
-    admitted: i32,
-    current: i32,
-    weighted: f64,
-    now: f64,
+    /// The sliding window's length.
+    pub window_secs: u32,
 }
 
 /// What a batch's statement answered, one `Taken` per entry; `Err(true)` for "database
@@ -143,7 +90,7 @@ struct State {
 }
 
 /// The rate-limit counter: its own pool (`synchronous_commit = off`, see
-/// `db::counter_pool`) and the batch being gathered.
+/// `store::counter_pool`) and the batch being gathered.
 pub struct Counters {
     pool: Pool,
     window: f64,
@@ -152,8 +99,8 @@ pub struct Counters {
     max_running: u32,
     /// Statements run and requests counted by them, for /admin/stats: their ratio is the
     /// batching factor.
-    pub statements: std::sync::atomic::AtomicU64,
-    pub counted: std::sync::atomic::AtomicU64,
+    pub statements: AtomicU64,
+    pub counted: AtomicU64,
 }
 
 impl Counters {
@@ -232,36 +179,35 @@ impl Counters {
     }
 
     fn run(&self, p: &Pending) -> Result<Vec<Taken>> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let mut conn = self.pool.get()?;
-        let window = self.window;
-        let stmt = conn.prepared(TAKE_SQL, TAKE_TYPES)?;
-        let rows = conn.query(&stmt, &[&p.keys, &p.counts, &p.limits, &window])?;
+        let answers = counters::take(&self.pool, &p.keys, &p.counts, &p.limits, self.window)?;
         let mut taken = vec![None; p.keys.len()];
-        for row in rows {
-            let key: i64 = row.try_get(0)?;
-            let entry = *p.index.get(&key).ok_or_else(|| {
-                Error::Internal(format!("counter statement answered for unknown key {key}"))
+        for t in answers {
+            let entry = *p.index.get(&t.key_id).ok_or_else(|| {
+                Error::Internal(format!(
+                    "counter statement answered for unknown key {}",
+                    t.key_id
+                ))
             })?;
-            taken[entry] = Some(Taken {
-                admitted: row.try_get(1)?,
-                current: row.try_get(2)?,
-                weighted: row.try_get(3)?,
-                now: row.try_get(4)?,
-            });
+            taken[entry] = Some(t);
         }
-        self.statements.fetch_add(1, Relaxed);
+        self.statements.fetch_add(1, Ordering::Relaxed);
         self.counted.fetch_add(
             p.counts
                 .iter()
                 .map(|&n| u64::try_from(n).unwrap_or(0))
                 .sum(),
-            Relaxed,
+            Ordering::Relaxed,
         );
         taken
             .into_iter()
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Error::Internal("counter statement skipped a key".into()))
+    }
+
+    /// Counts one request of `key_id` under `limit` and decides it.
+    pub fn check(&self, key_id: i64, limit: i32) -> Result<Decision> {
+        let (t, me) = self.take(key_id, limit)?;
+        Ok(decide_member(t, me, self.window, limit))
     }
 }
 
@@ -301,12 +247,6 @@ fn answer_for(answer: &Answer, entry: usize) -> Result<Taken> {
     }
 }
 
-pub fn check(app: &App, key_id: i64, limit: i32) -> Result<Decision> {
-    let counters = &app.counters;
-    let (t, me) = counters.take(key_id, limit)?;
-    Ok(decide_member(t, me, counters.window, limit))
-}
-
 /// This member's decision: the group took positions `current - admitted + 1 ..= current`
 /// in order, so member `me` is admitted when `me < admitted`, at position
 /// `current - admitted + me + 1`.
@@ -339,6 +279,7 @@ pub fn decide(
         reset_at: bucket_end.ceil() as u64,
         reset_in: (bucket_end - now).ceil().max(0.0) as u64,
         retry_after,
+        window_secs: window as u32,
     }
 }
 
@@ -376,22 +317,22 @@ fn retry_after_secs(current: i32, weighted: f64, now: f64, window: f64, limit: i
 
 impl Decision {
     /// The 429 for a refused request, with `Retry-After` and the limit headers.
-    pub fn refusal(&self, window_secs: u32) -> Reply {
-        let mut reply = Reply::error(&crate::error::Error::RateLimited {
+    pub fn refusal(&self) -> Reply {
+        let mut reply = Reply::error(&Error::RateLimited {
             retry_after: self.retry_after,
         });
-        self.add_headers(&mut reply, window_secs);
+        self.add_headers(&mut reply);
         reply
     }
 
     /// The classic `X-RateLimit-*` trio and the IETF draft's `RateLimit-Policy`/`RateLimit`.
-    pub fn add_headers(&self, reply: &mut Reply, window_secs: u32) {
+    pub fn add_headers(&self, reply: &mut Reply) {
         reply.header("X-RateLimit-Limit", self.limit.to_string());
         reply.header("X-RateLimit-Remaining", self.remaining.to_string());
         reply.header("X-RateLimit-Reset", self.reset_at.to_string());
         reply.header(
             "RateLimit-Policy",
-            format!("\"default\";q={};w={}", self.limit, window_secs),
+            format!("\"default\";q={};w={}", self.limit, self.window_secs),
         );
         reply.header(
             "RateLimit",
@@ -401,22 +342,83 @@ impl Decision {
 }
 
 /// Deletes counter rows no estimate can read any more, every window, forever.
-pub fn spawn_purger(pool: crate::db::Pool, window_secs: u32) {
+pub fn spawn_purger(pool: Pool, window_secs: u32) {
     let every = Duration::from_secs(u64::from(window_secs).max(1));
     let spawned = std::thread::Builder::new()
         .name("ratelimit-purge".into())
         .spawn(move || loop {
             std::thread::sleep(every);
             let window = f64::from(window_secs);
-            match pool.get().map(|mut c| c.execute(PURGE_SQL, &[&window])) {
-                Ok(Ok(n)) if n > 0 => log::debug!("purged {n} old rate-limit rows"),
-                Ok(Err(e)) => log::warn!("rate-limit purge failed: {e}"),
-                Err(e) => log::warn!("rate-limit purge: no connection: {e}"),
+            match counters::purge(&pool, window) {
+                Ok(n) if n > 0 => log::debug!("purged {n} old rate-limit rows"),
+                Err(e) => log::warn!("rate-limit purge failed: {e}"),
                 _ => {}
             }
         });
     if let Err(e) = spawned {
         log::error!("cannot start the rate-limit purge thread: {e}");
+    }
+}
+
+/// The limiter: the counters and what to do when they cannot be reached.
+pub struct Limiter {
+    pub counters: Counters,
+    /// `TOLLGATE_RATELIMIT_ON_DB_ERROR`: admit (true) or answer 503 while the counter is
+    /// unreachable.
+    fail_open: bool,
+    /// Responses sent with `X-RateLimit-Degraded: 1` (counter unreachable, fail-open).
+    pub degraded: AtomicU64,
+}
+
+/// A rate-limit decision, or none because the counter was unreachable and the policy is
+/// fail-open.
+pub enum Limit {
+    Decided(Decision),
+    Degraded,
+}
+
+impl Limiter {
+    pub fn new(counters: Counters, fail_open: bool) -> Limiter {
+        Limiter {
+            counters,
+            fail_open,
+            degraded: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts the request, with the database outage policy applied: while the counter
+    /// cannot be reached, fail-open admits (`Limit::Degraded`) and fail-closed answers 503.
+    /// During a known outage the counter is not even tried (see `DbHealth`), so requests
+    /// with cached keys do not each wait `db_wait` for a connection.
+    pub fn check(&self, health: &DbHealth, key_id: i64, limit: i32) -> Result<Limit> {
+        match health.call(|| self.counters.check(key_id, limit)) {
+            Ok(d) => Ok(Limit::Decided(d)),
+            Err(Error::DatabaseUnavailable) if self.fail_open => Ok(Limit::Degraded),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Limit {
+    /// The 429 to answer, if the request is over its limit.
+    pub fn refusal(&self, metrics: &Metrics) -> Option<Reply> {
+        match self {
+            Limit::Decided(d) if !d.allowed => {
+                metrics.rate_limited();
+                Some(d.refusal())
+            }
+            _ => None,
+        }
+    }
+
+    pub fn add_headers(&self, limiter: &Limiter, reply: &mut Reply) {
+        match self {
+            Limit::Decided(d) => d.add_headers(reply),
+            Limit::Degraded => {
+                limiter.degraded.fetch_add(1, Ordering::Relaxed);
+                reply.header("X-RateLimit-Degraded", "1");
+            }
+        }
     }
 }
 
@@ -470,6 +472,7 @@ mod tests {
     fn group_members_take_consecutive_positions_and_the_rest_are_refused() {
         // limit 10, 7 already counted, a group of 5 arrives: 3 admitted (positions 8..10).
         let t = Taken {
+            key_id: 7,
             admitted: 3,
             current: 10,
             weighted: 0.0,

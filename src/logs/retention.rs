@@ -2,24 +2,14 @@
 //! `log_retention` and rollups older than `rollup_retention` (minute and hour rollups at
 //! most `FINE_ROLLUP_MAX_AGE`), a few thousand rows per statement with a pause between, so
 //! it never holds locks or floods the WAL for long.
-//! Batched deletes rather than partitions: see README ("Retention").
+//! Batched deletes rather than partitions: see docs/api.md ("Retention"). The statements
+//! are in `store/logs.rs` and `store/rollups.rs`.
 
 use crate::config::{Config, FINE_ROLLUP_MAX_AGE, RETENTION_PAUSE};
-use crate::db::Pool;
 use crate::error::Result;
-use crate::rollup::GRAINS;
+use crate::store::rollups::{self, GRAINS};
+use crate::store::{logs, Pool};
 use std::time::Duration;
-
-/// Oldest rows first (the `created_at` index), one batch per statement.
-const DELETE_LOGS: &str = "DELETE FROM request_logs WHERE id = ANY(ARRAY(
-    SELECT id FROM request_logs WHERE created_at < now() - make_interval(secs => $1)
-     ORDER BY created_at LIMIT $2))";
-
-/// One grain at a time, so the primary key (grain, bucket start, ...) finds the rows.
-const DELETE_ROLLUPS: &str = "DELETE FROM request_rollups WHERE ctid = ANY(ARRAY(
-    SELECT ctid FROM request_rollups
-     WHERE grain_secs = $3 AND bucket_start < now() - make_interval(secs => $1)
-     LIMIT $2))";
 
 pub fn spawn(pool: Pool, cfg: &Config) {
     let (logs, rollups) = (cfg.log_retention, cfg.rollup_retention);
@@ -42,9 +32,7 @@ pub fn spawn(pool: Pool, cfg: &Config) {
 /// Deletes everything expired, batch by batch; returns (log rows, rollup rows) deleted.
 fn run_once(pool: &Pool, logs: Duration, rollups: Duration, batch: i64) -> Result<(u64, u64)> {
     let logs_secs = logs.as_secs_f64();
-    let deleted_logs = in_batches(batch, || {
-        Ok(pool.get()?.execute(DELETE_LOGS, &[&logs_secs, &batch])?)
-    })?;
+    let deleted_logs = in_batches(batch, || logs::delete_expired(pool, logs_secs, batch))?;
     let mut deleted_rollups = 0;
     for grain in GRAINS {
         let keep = if grain < 86_400 {
@@ -54,9 +42,7 @@ fn run_once(pool: &Pool, logs: Duration, rollups: Duration, batch: i64) -> Resul
         };
         let rollup_secs = keep.as_secs_f64();
         deleted_rollups += in_batches(batch, || {
-            Ok(pool
-                .get()?
-                .execute(DELETE_ROLLUPS, &[&rollup_secs, &batch, &grain])?)
+            rollups::delete_expired(pool, grain, rollup_secs, batch)
         })?;
     }
     Ok((deleted_logs, deleted_rollups))

@@ -2,7 +2,7 @@
 //! analytics, health, metrics, dashboard), embedded in the binary and served without auth.
 //! tests/openapi.rs checks it against the running binary with schemathesis.
 
-use crate::server::{Body, Reply};
+use crate::http::{Body, Reply};
 
 /// The document, as shipped in `src/openapi.json`.
 pub const DOCUMENT: &str = include_str!("openapi.json");
@@ -65,12 +65,12 @@ mod tests {
     fn every_operator_prefix_is_described_with_json_errors() {
         let d = doc();
         let paths = d["paths"].as_object().expect("paths");
-        for prefix in crate::server::OPERATOR_PREFIXES {
+        for prefix in crate::operator::OPERATOR_PREFIXES {
             assert!(
                 paths
                     .keys()
-                    .any(|p| crate::proxy::prefix_matches(prefix, p)),
-                "{prefix} is dispatched by server.rs but not in openapi.json"
+                    .any(|p| crate::gateway::routes::prefix_matches(prefix, p)),
+                "{prefix} is dispatched by operator::dispatch but not in openapi.json"
             );
         }
         for (path, ops) in paths {

@@ -1,14 +1,12 @@
-//! API keys: the `gw_<publicId>_<secret>` format, minting, and verification. A key's first
-//! use costs one indexed lookup and one bcrypt verify; after that the key cache answers
-//! with a SHA-256 comparison, so bcrypt never sits on the hot path.
+//! API keys: the `gw_<publicId>_<secret>` format, minting, and the cache of verified keys.
+//! A key's first use costs one indexed lookup and one bcrypt verify (`auth.rs`); after
+//! that the cache answers with a SHA-256 comparison, so bcrypt never sits on the hot path.
 
-use crate::config::{BCRYPT_WAIT, FAILED_KEY_CACHE_MAX, FAILED_KEY_TTL};
+use crate::config::{FAILED_KEY_CACHE_MAX, FAILED_KEY_TTL};
 use crate::error::{Error, Result};
-use crate::server::{App, Ctx};
-use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
+use crate::store::keys::KeyInfo;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 use subtle::ConstantTimeEq;
@@ -19,33 +17,6 @@ const PUBLIC_ID_LEN: usize = 12;
 /// Length of the secret (base62): 62^32 ≈ 2^190 bits, well over the 128 required.
 const SECRET_LEN: usize = 32;
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-/// What a verified key may do; everything the later stages need without touching the DB.
-#[derive(Clone, Debug)]
-pub struct KeyInfo {
-    pub id: i64,
-    pub user_id: i64,
-    pub rate_limit: i32,
-    pub write: bool,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub revoked: bool,
-}
-
-/// A request's verified key, plus which header carried it (never forwarded upstream).
-pub struct Authed {
-    pub id: i64,
-    pub user_id: i64,
-    pub rate_limit: i32,
-    write: bool,
-    pub credential_header: &'static str,
-}
-
-impl Authed {
-    /// `read` allows the safe methods only (RFC 9110 §9.2.1); `write` allows everything.
-    pub fn allows(&self, method: &str) -> bool {
-        self.write || matches!(method, "GET" | "HEAD" | "OPTIONS")
-    }
-}
 
 struct Cached {
     /// SHA-256 of the secret that bcrypt accepted; later requests compare against this.
@@ -98,7 +69,7 @@ impl KeyCache {
         });
     }
 
-    fn lookup(&self, public_id: &str, digest: &[u8; 32]) -> Option<Option<KeyInfo>> {
+    pub(super) fn lookup(&self, public_id: &str, digest: &[u8; 32]) -> Option<Option<KeyInfo>> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         let c = map.get(public_id)?;
         // The id is public; the secret's digest is compared in constant time.
@@ -106,14 +77,14 @@ impl KeyCache {
         Some(same.then(|| c.info.clone()))
     }
 
-    fn recently_failed(&self, public_id: &str, digest: &[u8; 32]) -> bool {
+    pub(super) fn recently_failed(&self, public_id: &str, digest: &[u8; 32]) -> bool {
         let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         failed
             .get(&(public_id.to_string(), *digest))
             .is_some_and(|at| at.elapsed() < FAILED_KEY_TTL)
     }
 
-    fn remember_failure(&self, public_id: &str, digest: [u8; 32]) {
+    pub(super) fn remember_failure(&self, public_id: &str, digest: [u8; 32]) {
         let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         if failed.len() >= FAILED_KEY_CACHE_MAX {
             failed.retain(|_, at| at.elapsed() < FAILED_KEY_TTL);
@@ -132,119 +103,14 @@ impl KeyCache {
         panic!("test-only panic while holding the key cache lock");
     }
 
-    fn insert(&self, public_id: &str, digest: [u8; 32], info: KeyInfo) {
+    pub(super) fn insert(&self, public_id: &str, digest: [u8; 32], info: KeyInfo) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         map.insert(public_id.to_string(), Cached { digest, info });
     }
 }
 
-/// Finds, verifies and checks the request's key. A key already verified costs a SHA-256
-/// and a map lookup. Anything else first passes the client IP's failure limit (429 once
-/// it has failed too often), then the cache of recent refusals, and only then reaches the
-/// database and a bounded bcrypt slot; each refusal counts against the IP.
-pub fn authenticate(app: &App, ctx: &Ctx) -> Result<Authed> {
-    let (raw, credential_header) = presented_key(ctx)?;
-    let (public_id, secret) = parse_key(raw).ok_or(Error::InvalidApiKey)?;
-    let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-    let cache = &app.keys;
-    let refuse = || {
-        app.auth_failures.record(&ctx.client_ip);
-        Error::InvalidApiKey
-    };
-    let info = match cache.lookup(public_id, &digest) {
-        Some(Some(info)) => {
-            cache.hits.fetch_add(1, Ordering::Relaxed);
-            info
-        }
-        // Cached id, other secret: certainly wrong, and no bcrypt needed to say so.
-        Some(None) => {
-            app.auth_failures.check(&ctx.client_ip)?;
-            return Err(refuse());
-        }
-        None => {
-            app.auth_failures.check(&ctx.client_ip)?;
-            if cache.recently_failed(public_id, &digest) {
-                return Err(refuse());
-            }
-            cache.misses.fetch_add(1, Ordering::Relaxed);
-            match verify_from_db(app, public_id, secret) {
-                Ok(info) => {
-                    cache.insert(public_id, digest, info.clone());
-                    info
-                }
-                Err(Error::InvalidApiKey) => {
-                    cache.remember_failure(public_id, digest);
-                    return Err(refuse());
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    };
-    if info.revoked {
-        return Err(Error::RevokedApiKey);
-    }
-    if info.expires_at.is_some_and(|t| t <= Utc::now()) {
-        return Err(Error::ExpiredApiKey);
-    }
-    Ok(Authed {
-        id: info.id,
-        user_id: info.user_id,
-        rate_limit: info.rate_limit,
-        write: info.write,
-        credential_header,
-    })
-}
-
-fn verify_from_db(app: &App, public_id: &str, secret: &str) -> Result<KeyInfo> {
-    // While the database is known to be down, unknown keys get 503 at once.
-    let row = app.db_health.call(|| {
-        let mut conn = app.pool.get()?;
-        Ok(conn.query_typed_opt(
-            "SELECT key_hash, id, user_id, rate_limit, scopes, expires_at, revoked_at
-               FROM api_keys WHERE public_id = $1",
-            &[(&public_id, postgres::types::Type::TEXT)],
-        )?)
-    })?;
-    let row = row.ok_or(Error::InvalidApiKey)?;
-    let hash: String = row.get(0);
-    // bcrypt is pure CPU: a bounded number at once keeps cached-key traffic moving.
-    let _slot = app.bcrypt_gate.acquire(BCRYPT_WAIT)?;
-    app.keys
-        .bcrypt_verifications
-        .fetch_add(1, Ordering::Relaxed);
-    if !bcrypt::verify(secret, &hash).unwrap_or(false) {
-        return Err(Error::InvalidApiKey);
-    }
-    Ok(key_info(&row, 1))
-}
-
-/// Reads `id, user_id, rate_limit, scopes, expires_at, revoked_at` starting at column `at`.
-pub fn key_info(row: &postgres::Row, at: usize) -> KeyInfo {
-    let scopes: Vec<String> = row.get(at + 3);
-    let revoked_at: Option<DateTime<Utc>> = row.get(at + 5);
-    KeyInfo {
-        id: row.get(at),
-        user_id: row.get(at + 1),
-        rate_limit: row.get(at + 2),
-        write: scopes.iter().any(|s| s == "write"),
-        expires_at: row.get(at + 4),
-        revoked: revoked_at.is_some(),
-    }
-}
-
-/// The key from `x-api-key`, else from `Authorization: Bearer`, with the header's name.
-fn presented_key(ctx: &Ctx) -> Result<(&str, &'static str)> {
-    if let Some(v) = ctx.header("x-api-key") {
-        return Ok((v.trim(), "x-api-key"));
-    }
-    if let Some(v) = ctx.header("Authorization").and_then(bearer) {
-        return Ok((v, "Authorization"));
-    }
-    Err(Error::MissingApiKey)
-}
-
 /// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
-fn bearer(v: &str) -> Option<&str> {
+pub fn bearer(v: &str) -> Option<&str> {
     let v = v.trim();
     let scheme = v.get(..7)?;
     scheme
@@ -289,21 +155,6 @@ fn random_base62(n: usize) -> Result<String> {
     Ok(out)
 }
 
-/// 128 random bits as 32 hex digits, for request ids.
-pub fn random_hex_id() -> String {
-    let mut b = [0u8; 16];
-    if getrandom::fill(&mut b).is_err() {
-        // Request ids need uniqueness, not secrecy: fall back to time and a counter.
-        static N: AtomicU64 = AtomicU64::new(0);
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        b[..8].copy_from_slice(&t.to_be_bytes());
-        b[8..].copy_from_slice(&N.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,26 +179,6 @@ mod tests {
         ] {
             assert_eq!(parse_key(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn read_scope_allows_only_safe_methods() {
-        let k = Authed {
-            id: 1,
-            user_id: 1,
-            rate_limit: 1,
-            write: false,
-            credential_header: "x-api-key",
-        };
-        assert!(k.allows("GET") && k.allows("HEAD") && k.allows("OPTIONS"));
-        assert!(!k.allows("POST") && !k.allows("DELETE") && !k.allows("PATCH"));
-    }
-
-    #[test]
-    fn request_ids_are_32_hex_digits_and_differ() {
-        let (a, b) = (random_hex_id(), random_hex_id());
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, b);
     }
 
     mod props {

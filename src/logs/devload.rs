@@ -1,11 +1,12 @@
 //! `tollgate dev-load-logs N [SPAN_SECS]`: a hidden development helper that writes N
 //! synthetic log rows, spread evenly over the last SPAN_SECS (default a day), through the
-//! logger's own batch write (`logger::write_batch`: COPY + rollups in one transaction), and
+//! logger's own batch write (`store::logs::write_batch`: COPY + rollups in one transaction), and
 //! reports the rows per second it sustained. Used by `make bench-analytics` and by tests
 //! that need many varied latencies; never by `serve`.
 
-use crate::db::Pool;
-use crate::logger::{write_batch, LogRow, BATCH_MAX};
+use super::BATCH_MAX;
+use crate::store::logs::{write_batch, LogRow};
+use crate::store::Pool;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Distinct keys in the synthetic traffic; each belongs to one of `KEYS / 5` users and

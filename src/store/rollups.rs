@@ -3,7 +3,8 @@
 //! and the one upsert the logger runs in the transaction that copies the raw rows. The
 //! analytics endpoints read these instead of scanning `request_logs`.
 
-use crate::logger::LogRow;
+use super::logs::LogRow;
+use super::Pool;
 use postgres::types::ToSql;
 use postgres::Transaction;
 use std::collections::BTreeMap;
@@ -244,6 +245,24 @@ pub fn upsert(tx: &mut Transaction, rows: &[&LogRow]) -> Result<(), postgres::Er
     Ok(())
 }
 
+/// One grain at a time, so the primary key (grain, bucket start, ...) finds the rows.
+const DELETE_SQL: &str = "DELETE FROM request_rollups WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM request_rollups
+     WHERE grain_secs = $3 AND bucket_start < now() - make_interval(secs => $1)
+     LIMIT $2))";
+
+/// Deletes up to `batch` rollups of `grain` older than `older_than_secs`; returns how many.
+pub fn delete_expired(
+    pool: &Pool,
+    grain: i32,
+    older_than_secs: f64,
+    batch: i64,
+) -> crate::error::Result<u64> {
+    Ok(pool
+        .get()?
+        .execute(DELETE_SQL, &[&older_than_secs, &batch, &grain])?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,7 +312,7 @@ mod tests {
 
     #[test]
     fn the_migration_creates_one_column_per_bucket() {
-        let sql = include_str!("../sql/003_rollups.sql");
+        let sql = include_str!("../../sql/003_rollups.sql");
         let range = format!("FOR i IN 0..{} LOOP", LATENCY_BUCKETS - 1);
         assert!(
             sql.contains(&range),

@@ -3,23 +3,35 @@
 //! to routes or to a key's metadata, so a change made through any replica applies on all
 //! of them within milliseconds; a periodic full reload is the safety net.
 
-use crate::config::SYNC_RECONNECT_MAX;
-use crate::error::Result;
-use crate::server::App;
+use super::keys::KeyCache;
+use super::routes::RouteTable;
+use super::Gateway;
+use crate::config::{Config, SYNC_RECONNECT_MAX};
+use crate::error::{describe, Result};
+use crate::store::{self, Pool};
 use postgres::fallible_iterator::FallibleIterator;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The channel the triggers of sql/004 notify.
-const CHANNEL: &str = "tollgate_config";
+/// What the sync threads keep current.
+struct Synced {
+    cfg: Config,
+    pool: Pool,
+    gateway: Arc<Gateway>,
+}
 
 /// Starts the listener thread and the periodic reload thread.
-pub fn spawn(app: Arc<App>) {
-    let listener = app.clone();
+pub fn spawn(cfg: &Config, pool: Pool, gateway: Arc<Gateway>) {
+    let s = Arc::new(Synced {
+        cfg: cfg.clone(),
+        pool,
+        gateway,
+    });
+    let listener = s.clone();
     spawn_named("sync-listen", move || listen_forever(&listener));
     spawn_named("sync-reload", move || loop {
-        std::thread::sleep(app.cfg.sync_interval);
-        reload_all(&app);
+        std::thread::sleep(s.cfg.sync_interval);
+        reload_all(&s);
     });
 }
 
@@ -31,10 +43,10 @@ fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) {
 
 /// Reconnects with a growing pause after every failure. Each new connection is followed
 /// by a full reload, which covers whatever was notified while no one listened.
-fn listen_forever(app: &App) {
+fn listen_forever(s: &Synced) {
     let mut pause = Duration::from_millis(100);
     loop {
-        match listen(app) {
+        match listen(s) {
             Ok(()) => pause = Duration::from_millis(100),
             Err(e) => log::warn!("config listener: {e}; retrying in {pause:?}"),
         }
@@ -45,15 +57,11 @@ fn listen_forever(app: &App) {
 
 /// Listens until the connection fails. Notifications that arrive together (one admin
 /// transaction, a user's deletion cascading to many keys) are applied with one reload.
-fn listen(app: &App) -> std::result::Result<(), String> {
-    let describe = |e: postgres::Error| crate::db::describe(&e);
-    let pg = crate::db::pg_config(&app.cfg).map_err(|e| e.to_string())?;
-    let mut client = pg.connect(postgres::NoTls).map_err(describe)?;
-    client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
-        .map_err(describe)?;
+fn listen(s: &Synced) -> std::result::Result<(), String> {
+    let describe = |e: postgres::Error| describe(&e);
+    let mut client = store::config_listener(&s.cfg)?;
     log::debug!("config listener connected");
-    reload_all(app);
+    reload_all(s);
     loop {
         let (mut routes, mut keys) = (false, false);
         {
@@ -67,7 +75,7 @@ fn listen(app: &App) -> std::result::Result<(), String> {
             if batch.is_empty() {
                 // Quiet: a trivial query proves the connection is alive.
                 drop(n);
-                client.simple_query("").map_err(describe)?;
+                store::ping_listener(&mut client)?;
                 continue;
             }
             let mut more = n.iter();
@@ -82,40 +90,38 @@ fn listen(app: &App) -> std::result::Result<(), String> {
             }
         }
         if routes {
-            if let Err(e) = app.routes.reload(&app.pool) {
+            if let Err(e) = s.gateway.routes.reload(&s.pool) {
                 log::warn!("route reload after notification failed: {e}");
             }
         }
         if keys {
-            if let Err(e) = refresh_keys(app) {
+            if let Err(e) = refresh_keys(&s.pool, &s.gateway.auth.cache) {
                 log::warn!("key refresh after notification failed: {e}");
             }
         }
     }
 }
 
-fn reload_all(app: &App) {
-    if let Err(e) = app.routes.reload(&app.pool) {
+fn reload_all(s: &Synced) {
+    if let Err(e) = reload_routes(&s.pool, &s.gateway.routes) {
         log::warn!("route reload failed: {e}");
     }
-    if let Err(e) = refresh_keys(app) {
+    if let Err(e) = refresh_keys(&s.pool, &s.gateway.auth.cache) {
         log::warn!("key refresh failed: {e}");
     }
 }
 
 /// Re-reads the metadata (revocation, limit, scopes, expiry) of every cached key; keys
 /// deleted from the database leave the cache.
-fn refresh_keys(app: &App) -> Result<()> {
-    let ids = app.keys.cached_ids();
+fn refresh_keys(pool: &Pool, cache: &KeyCache) -> Result<()> {
+    let ids = cache.cached_ids();
     if ids.is_empty() {
         return Ok(());
     }
-    let rows = app.pool.get()?.query(
-        "SELECT id, user_id, rate_limit, scopes, expires_at, revoked_at
-           FROM api_keys WHERE id = ANY($1)",
-        &[&ids],
-    )?;
-    app.keys
-        .replace_all(rows.iter().map(|r| crate::auth::key_info(r, 0)).collect());
+    cache.replace_all(store::keys::infos(pool, &ids)?);
     Ok(())
+}
+
+fn reload_routes(pool: &Pool, routes: &RouteTable) -> Result<()> {
+    routes.reload(pool).map(|_| ())
 }

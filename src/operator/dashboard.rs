@@ -3,7 +3,7 @@
 //! no data: it asks for the admin secret or an API key and calls `/analytics/*` with it.
 
 use crate::error::{Error, Result};
-use crate::server::{Body, Ctx, Reply};
+use crate::http::{Body, Ctx, Reply};
 
 const INDEX: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/app.js");

@@ -1,0 +1,472 @@
+//! The forward phase, with ureq: method, path, query and body unchanged, end-to-end
+//! headers both ways, the upstream's status and body streamed back; each upstream behind
+//! its circuit breaker and in-flight cap (`breaker.rs`).
+
+use super::breaker::{self, Breakers};
+use super::keys::bearer_key;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::http::{Body, Reply, Request};
+use crate::store::routes::Route;
+use std::io::{self, Read};
+use std::sync::Arc;
+use ureq::http;
+
+/// The forward phase's state: the pooled agent, its pool-less twin for the one retry
+/// after a dead pooled connection, the breakers, and the gateway-wide body limit.
+pub struct Upstreams {
+    agent: ureq::Agent,
+    fresh_agent: ureq::Agent,
+    pub breakers: Arc<Breakers>,
+    max_body_bytes: u64,
+}
+
+impl Upstreams {
+    pub fn new(cfg: &Config) -> Upstreams {
+        Upstreams {
+            agent: agent_with_idle(cfg, cfg.workers),
+            fresh_agent: agent_with_idle(cfg, 0),
+            breakers: Arc::new(Breakers::new(
+                cfg.breaker_failures,
+                cfg.breaker_cooldown,
+                cfg.upstream_max_in_flight,
+            )),
+            max_body_bytes: cfg.max_body_bytes,
+        }
+    }
+
+    /// The body limit for this route: its own, or the gateway's default.
+    pub fn max_body(&self, route: &Route) -> u64 {
+        route
+            .max_body_bytes
+            .map_or(self.max_body_bytes, |n| n as u64)
+    }
+}
+
+/// Connection-specific headers (RFC 9110 §7.6.1) plus those that ureq or tiny_http frame
+/// themselves; none is forwarded in either direction.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "expect",
+];
+
+/// Header names listed in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
+fn connection_listed(headers: &[(String, String)]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// The end-to-end headers of `headers`, minus `also_drop` (lower-case names).
+pub fn end_to_end(headers: &[(String, String)], also_drop: &[&str]) -> Vec<(String, String)> {
+    let listed = connection_listed(headers);
+    headers
+        .iter()
+        .filter(|(k, _)| {
+            let k = k.to_ascii_lowercase();
+            !HOP_BY_HOP.contains(&k.as_str())
+                && !also_drop.contains(&k.as_str())
+                && !listed.contains(&k)
+        })
+        .cloned()
+        .collect()
+}
+
+/// What a proxy adds about the hop it made: `X-Forwarded-For` with the client appended to
+/// any list it arrived with, `X-Forwarded-Proto` (plain HTTP unless a trusted edge said),
+/// `X-Forwarded-Host` (the Host the client asked for) and `Via` (RFC 9110 §7.6.3).
+pub fn forwarding_headers(
+    client: &[(String, String)],
+    peer_ip: &str,
+    proto: &str,
+) -> Vec<(String, String)> {
+    let joined = |name: &str| {
+        let vals: Vec<&str> = client
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty())
+            .collect();
+        vals.join(", ")
+    };
+    let append = |list: String, item: &str| {
+        if list.is_empty() {
+            item.to_string()
+        } else {
+            format!("{list}, {item}")
+        }
+    };
+    let mut out = vec![
+        (
+            "x-forwarded-for".to_string(),
+            append(joined("x-forwarded-for"), peer_ip),
+        ),
+        ("x-forwarded-proto".to_string(), proto.to_string()),
+    ];
+    if let Some((_, host)) = client.iter().find(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        out.push(("x-forwarded-host".to_string(), host.clone()));
+    }
+    out.push(("via".to_string(), append(joined("via"), "1.1 tollgate")));
+    out
+}
+
+/// Upstream URL: the target (without trailing `/`) followed by the request target as sent.
+pub fn upstream_url(target: &str, path: &str, query: Option<&str>) -> String {
+    let mut url = String::with_capacity(target.len() + path.len() + 64);
+    url.push_str(target.trim_end_matches('/'));
+    url.push_str(path);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+/// Forwards the request to the route's upstream and returns its answer, body streamed.
+pub fn forward(
+    up: &Upstreams,
+    route: &Route,
+    rq: &mut Request,
+    credential_header: &str,
+) -> Result<Reply> {
+    let ctx = &rq.ctx;
+    let url = upstream_url(
+        &route.target_url,
+        &route.upstream_path(&ctx.path),
+        ctx.query.as_deref(),
+    );
+    let client_headers = &ctx.headers;
+    // The gateway's credential never travels on: `x-api-key` always, and `Authorization`
+    // whenever it carries a gateway key (even when `x-api-key` was the one used).
+    let key_in_authorization = credential_header.eq_ignore_ascii_case("authorization")
+        || client_headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("authorization") && bearer_key(v).is_some());
+    let credential = if key_in_authorization {
+        "authorization"
+    } else {
+        "x-api-key"
+    };
+    let replaced = [
+        "x-api-key",
+        credential,
+        "x-request-id",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "via",
+    ];
+    let mut headers = end_to_end(client_headers, &replaced);
+    headers.extend(forwarding_headers(client_headers, &ctx.peer_ip, &ctx.proto));
+    headers.push(("x-request-id".into(), ctx.request_id.clone()));
+    if route.preserve_host {
+        if let Some(host) = ctx.header("Host") {
+            headers.push(("host".into(), host.to_string()));
+        }
+    }
+    if let Some(n) = ctx.content_length {
+        // Keep the client's framing: a declared length is forwarded as such, not chunked.
+        headers.push(("content-length".into(), n.to_string()));
+    }
+    let builder = || {
+        headers.iter().fold(
+            http::Request::builder()
+                .method(ctx.method.as_str())
+                .uri(url.as_str()),
+            |b, (k, v)| b.header(k, v),
+        )
+    };
+    let upstream = breaker::upstream_of(&route.target_url);
+    let permit = up.breakers.admit(&upstream)?;
+    let max = up.max_body(route);
+    let has_body = ctx.content_length.is_some_and(|n| n > 0) || ctx.chunked;
+    let mut body = Limited {
+        inner: &mut rq.body,
+        left: max,
+        max,
+        read: 0,
+    };
+    let unforwardable = |e: http::Error| Error::BadRequest(format!("cannot forward: {e}"));
+    // Two calls rather than one `SendBody` variable: `SendBody` is invariant over its
+    // lifetime, so `none()` and a borrowed reader cannot share a binding.
+    let result = if has_body {
+        let request = builder()
+            .body(ureq::SendBody::from_reader(&mut body))
+            .map_err(unforwardable)?;
+        up.agent.run(with_timeouts(&up.agent, route, request))
+    } else {
+        let send = || -> Result<_> {
+            let request = builder()
+                .body(ureq::SendBody::none())
+                .map_err(unforwardable)?;
+            Ok(up.agent.run(with_timeouts(&up.agent, route, request)))
+        };
+        match send()? {
+            // A pooled keep-alive connection the upstream had already closed fails before
+            // any byte of answer; a safe method without a body is retried once (RFC 9110
+            // §9.2.2) on a fresh connection: another idle one from the pool may have been
+            // closed by the upstream just the same.
+            Err(e) if is_stale_connection(&e) && is_idempotent(&ctx.method) => {
+                log::debug!(
+                    "retrying {} {url} after a dead pooled connection: {e}",
+                    ctx.method
+                );
+                let request = builder()
+                    .body(ureq::SendBody::none())
+                    .map_err(unforwardable)?;
+                up.fresh_agent.run(with_timeouts(&up.agent, route, request))
+            }
+            other => other,
+        }
+    };
+    if body.left == 0 && body.read > max {
+        return Err(Error::PayloadTooLarge(max));
+    }
+    let failed = match &result {
+        // An error while sending the client's own body is the client's, not the upstream's.
+        Err(ureq::Error::Io(_)) if has_body => false,
+        Err(_) => true,
+        Ok(r) => route.breaker_on_5xx && r.status().is_server_error(),
+    };
+    up.breakers.finish(&permit, failed);
+    let response = result.map_err(upstream_error)?;
+    let (parts, upstream_body) = response.into_parts();
+    let upstream_headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let len = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let no_body = ctx.method == "HEAD" || matches!(parts.status.as_u16(), 204 | 304);
+    let body = if no_body {
+        Body::Stream {
+            reader: Box::new(io::empty()),
+            len,
+        }
+    } else {
+        Body::Stream {
+            reader: Box::new(Guarded {
+                inner: upstream_body.into_reader(),
+                _permit: permit,
+            }),
+            len,
+        }
+    };
+    Ok(Reply {
+        status: parts.status.as_u16(),
+        headers: end_to_end(&upstream_headers, &[]),
+        body,
+    })
+}
+
+/// Applies a route's own timeouts, when it has any, on top of the agent's.
+fn with_timeouts<S: ureq::AsSendBody>(
+    agent: &ureq::Agent,
+    route: &Route,
+    request: http::Request<S>,
+) -> http::Request<S> {
+    let ms = |v: Option<i32>| v.map(|n| std::time::Duration::from_millis(n as u64));
+    if route.connect_timeout_ms.is_none()
+        && route.read_timeout_ms.is_none()
+        && route.timeout_ms.is_none()
+    {
+        return request;
+    }
+    let mut cfg = agent.configure_request(request);
+    if let Some(d) = ms(route.connect_timeout_ms) {
+        cfg = cfg.timeout_connect(Some(d));
+    }
+    if let Some(d) = ms(route.read_timeout_ms) {
+        cfg = cfg.timeout_recv_response(Some(d)).timeout_per_read(Some(d));
+    }
+    if let Some(d) = ms(route.timeout_ms) {
+        cfg = cfg.timeout_global(Some(d));
+    }
+    cfg.build()
+}
+
+/// The upstream's body; holds the upstream slot until the response has been relayed.
+struct Guarded {
+    inner: ureq::BodyReader<'static>,
+    _permit: breaker::Permit,
+}
+
+impl Read for Guarded {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+fn is_idempotent(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS")
+}
+
+/// Errors that mean the connection died under us rather than that the upstream refused.
+fn is_stale_connection(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        ),
+        ureq::Error::Protocol(_) => true,
+        _ => false,
+    }
+}
+
+fn upstream_error(e: ureq::Error) -> Error {
+    match e {
+        ureq::Error::Timeout(_) => Error::UpstreamTimeout,
+        ureq::Error::Io(ref io) if io.kind() == io::ErrorKind::TimedOut => Error::UpstreamTimeout,
+        ureq::Error::Io(ref io) if io.kind() == io::ErrorKind::WouldBlock => Error::UpstreamTimeout,
+        other => Error::UpstreamUnreachable(other.to_string()),
+    }
+}
+
+/// The client's body as read by ureq: counts what passed and stops at the body limit, so
+/// a chunked upload cannot exceed it either.
+struct Limited<'a> {
+    inner: &'a mut dyn Read,
+    left: u64,
+    max: u64,
+    read: u64,
+}
+
+impl Read for Limited<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            // Probe one byte past the limit: a body of exactly `max` bytes is fine.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => {
+                    self.read += 1;
+                    Err(io::Error::other(format!(
+                        "request body over {} bytes",
+                        self.max
+                    )))
+                }
+            };
+        }
+        let cap = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..cap])?;
+        self.left -= n as u64;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// A ureq agent set up for proxying: no redirects followed, 4xx/5xx are answers not
+/// errors, no proxy from the environment, no decompression or default headers added,
+/// timeouts from the config. `idle`: idle keep-alive connections kept per upstream host
+/// (twice that in all); 0 gives an agent that opens a new connection every time.
+fn agent_with_idle(cfg: &Config, idle: usize) -> ureq::Agent {
+    use ureq::config::AutoHeaderValue;
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .user_agent(AutoHeaderValue::None)
+        .accept(AutoHeaderValue::None)
+        .accept_encoding(AutoHeaderValue::None)
+        .allow_non_standard_methods(true)
+        .max_idle_connections(idle * 2)
+        .max_idle_connections_per_host(idle)
+        .timeout_connect(Some(cfg.connect_timeout))
+        .timeout_recv_response(Some(cfg.upstream_timeout))
+        .timeout_per_read(Some(cfg.upstream_timeout))
+        .build();
+    config.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_are_dropped() {
+        let out = end_to_end(
+            &h(&[
+                ("Connection", "keep-alive, X-Private"),
+                ("X-Private", "1"),
+                ("Keep-Alive", "timeout=5"),
+                ("Set-Cookie", "a=1"),
+                ("Set-Cookie", "b=2"),
+                ("X-Api-Key", "secret"),
+                ("Accept", "*/*"),
+            ]),
+            &["x-api-key"],
+        );
+        assert_eq!(
+            out,
+            h(&[
+                ("Set-Cookie", "a=1"),
+                ("Set-Cookie", "b=2"),
+                ("Accept", "*/*")
+            ])
+        );
+    }
+
+    #[test]
+    fn forwarding_headers_append_to_what_the_client_sent() {
+        let out = forwarding_headers(
+            &h(&[
+                ("Host", "api.example.com"),
+                ("X-Forwarded-For", "10.0.0.1"),
+                ("Via", "1.0 edge"),
+            ]),
+            "127.0.0.1",
+            "http",
+        );
+        assert_eq!(
+            out,
+            h(&[
+                ("x-forwarded-for", "10.0.0.1, 127.0.0.1"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "api.example.com"),
+                ("via", "1.0 edge, 1.1 tollgate"),
+            ])
+        );
+        let bare = forwarding_headers(&[], "::1", "https");
+        assert_eq!(bare[1], ("x-forwarded-proto".into(), "https".into()));
+        assert_eq!(bare[0], ("x-forwarded-for".into(), "::1".into()));
+    }
+
+    #[test]
+    fn upstream_url_keeps_path_and_query_verbatim() {
+        assert_eq!(
+            upstream_url("http://h:1/", "/a%2Fb/c", Some("x=1&x=2&y=&z=%20+")),
+            "http://h:1/a%2Fb/c?x=1&x=2&y=&z=%20+"
+        );
+        assert_eq!(upstream_url("http://h/base", "/a", None), "http://h/base/a");
+        assert_eq!(upstream_url("http://h", "/a", Some("")), "http://h/a?");
+    }
+}

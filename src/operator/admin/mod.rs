@@ -1,0 +1,241 @@
+//! `/admin/*`: users, API keys and routes, behind `x-admin-secret`. Field names and shapes
+//! follow the reference gateway's documented API so existing curl scripts keep working.
+//! Lists answer a JSON array; `X-Next-Cursor` says where the next page starts.
+
+pub mod keys;
+pub mod routes;
+pub mod users;
+
+use super::{check_admin, input, Operator};
+use crate::error::{Error, Result};
+use crate::http::{Reply, Request};
+use input::path_id;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+
+pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
+    let ctx = &rq.ctx;
+    if !check_admin(op, ctx)? {
+        return Err(Error::Unauthorized);
+    }
+    let (pool, gw) = (op.pool, op.gateway);
+    let cache = &gw.auth.cache;
+    let segs: Vec<&str> = ctx.path.split('/').filter(|s| !s.is_empty()).collect();
+    let body = &mut rq.body;
+    match (ctx.method.as_str(), &segs[1..]) {
+        ("POST", ["users"]) => users::create(pool, &input::json_object(body)?),
+        ("GET", ["users"]) => users::list(pool, ctx),
+        ("GET", ["users", id]) => users::get(pool, path_id(id)?),
+        ("DELETE", ["users", id]) => users::delete(pool, cache, &gw.routes, path_id(id)?),
+        ("GET", ["users", id, "api-keys"]) => keys::list(pool, ctx, Some(path_id(id)?)),
+        ("POST", ["api-keys"]) => {
+            keys::create(pool, op.cfg.bcrypt_cost, &input::json_object(body)?)
+        }
+        ("GET", ["api-keys"]) => keys::list(pool, ctx, input::query_id(ctx, "userId")?),
+        ("GET", ["api-keys", id]) => keys::get(pool, path_id(id)?),
+        ("PATCH", ["api-keys", id]) => {
+            keys::update(pool, cache, path_id(id)?, &input::json_object(body)?)
+        }
+        ("DELETE", ["api-keys", id]) => keys::revoke(pool, cache, path_id(id)?),
+        ("POST", ["routes"]) => routes::create(pool, &gw.routes, &input::json_object(body)?),
+        ("GET", ["routes"]) => routes::list(pool, ctx),
+        ("GET", ["routes", id]) => routes::get(pool, path_id(id)?),
+        ("PATCH" | "PUT", ["routes", id]) => {
+            routes::update(pool, &gw.routes, path_id(id)?, &input::json_object(body)?)
+        }
+        ("DELETE", ["routes", id]) => routes::delete(pool, &gw.routes, path_id(id)?),
+        ("GET", ["stats"]) => Ok(Reply::json(200, &stats(op))),
+        (_, ["users" | "api-keys" | "routes" | "stats", ..]) => Err(Error::MethodNotAllowed),
+        _ => Err(Error::NotFound("admin endpoint".into())),
+    }
+}
+
+/// A page of records as a JSON array, `rows` holding up to `limit + 1` of them: when the
+/// extra one is there, `X-Next-Cursor` names the id the next page continues after. (An
+/// array keeps the reference's response shape; the cursor travels in a header.)
+fn paged<T>(mut rows: Vec<T>, limit: i64, id: fn(&T) -> i64, to_json: fn(&T) -> Value) -> Reply {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let items: Vec<Value> = rows.iter().map(to_json).collect();
+    let mut reply = Reply::json(200, &Value::Array(items));
+    if more {
+        if let Some(last) = rows.last() {
+            reply.header("X-Next-Cursor", id(last).to_string());
+        }
+    }
+    reply
+}
+
+fn stats(op: &Operator) -> Value {
+    let l = &op.logger.counters;
+    let k = &op.gateway.auth.cache;
+    let limiter = &op.gateway.limiter;
+    let state = op.pool.state();
+    json!({
+        "logQueueDepth": op.logger.queue_depth(),
+        "logRowsBuffered": l.buffered.load(Ordering::Relaxed),
+        "logRowsWritten": l.written.load(Ordering::Relaxed),
+        "logRowsDropped": l.dropped.load(Ordering::Relaxed),
+        "authCacheHits": k.hits.load(Ordering::Relaxed),
+        "authCacheMisses": k.misses.load(Ordering::Relaxed),
+        "bcryptVerifications": k.bcrypt_verifications.load(Ordering::Relaxed),
+        "abandonedBodies": op.server.abandoned_bodies.load(Ordering::Relaxed),
+        "loggerRestarts": l.restarts.load(Ordering::Relaxed),
+        "rateLimitDegraded": limiter.degraded.load(Ordering::Relaxed),
+        "databaseUp": op.health.is_up(),
+        "dbPoolConnections": state.connections,
+        "dbPoolIdle": state.idle_connections,
+        // Their ratio is how many requests one counter statement served (batching).
+        "counterStatements": limiter.counters.statements.load(Ordering::Relaxed),
+        "counterRequests": limiter.counters.counted.load(Ordering::Relaxed),
+    })
+}
+
+/// The admin API through the fake request: every refusal a handler makes before it needs
+/// the database (which the fixture never reaches).
+#[cfg(test)]
+mod tests {
+    use crate::http::Request;
+    use crate::operator::fixture::{refusal, Fixture, SECRET};
+
+    #[test]
+    fn a_missing_or_wrong_secret_is_401_and_the_right_one_is_required_on_every_path() {
+        let f = Fixture::new();
+        let none = f.send(Request::fake("GET", "/admin/users", &[], b""));
+        assert_eq!(none.status, 401);
+        assert_eq!(none.json_body()["error"]["code"], "unauthorized");
+        let wrong = [("x-admin-secret", "not-the-secret")];
+        let r = f.send(Request::fake("POST", "/admin/routes", &wrong, b"{}"));
+        assert_eq!(r.status, 401);
+        let right = [("x-admin-secret", SECRET)];
+        let r = f.send(Request::fake("GET", "/admin/nothing-here", &right, b""));
+        assert_eq!(r.status, 404);
+    }
+
+    #[test]
+    fn unknown_paths_are_404_and_wrong_methods_405() {
+        let f = Fixture::new();
+        assert_eq!(f.admin("GET", "/admin/widgets", "").status, 404);
+        assert_eq!(f.admin("DELETE", "/admin/stats", "").status, 405);
+        assert_eq!(f.admin("PUT", "/admin/users", "").status, 405);
+        assert_eq!(f.admin("POST", "/admin/api-keys/3", "{}").status, 405);
+    }
+
+    #[test]
+    fn bodies_must_be_one_bounded_json_object() {
+        let f = Fixture::new();
+        for bad in ["", "  ", "not json", "[1,2]", "\"text\"", "{\"email\":"] {
+            let r = f.admin("POST", "/admin/users", bad);
+            assert_eq!(r.status, 400, "{bad:?}");
+            assert_eq!(r.json_body()["error"]["code"], "bad_request", "{bad:?}");
+        }
+        let huge = format!("{{\"name\":\"{}\"}}", "a".repeat(70 * 1024));
+        assert_eq!(f.admin("POST", "/admin/users", &huge).status, 413);
+    }
+
+    #[test]
+    fn path_ids_must_be_positive_integers() {
+        let f = Fixture::new();
+        for path in [
+            "/admin/users/abc",
+            "/admin/users/0",
+            "/admin/api-keys/-1",
+            "/admin/routes/1.5",
+        ] {
+            assert_eq!(
+                refusal(&f.admin("GET", path, "")),
+                (400, "id".to_string()),
+                "{path}"
+            );
+        }
+        let r = f.admin("GET", "/admin/api-keys?userId=x", "");
+        assert_eq!(refusal(&r), (400, "userId".to_string()));
+        let r = f.admin("GET", "/admin/users?limit=0", "");
+        assert_eq!(refusal(&r), (400, "limit".to_string()));
+        let r = f.admin("GET", "/admin/routes?cursor=abc", "");
+        assert_eq!(refusal(&r), (400, "cursor".to_string()));
+    }
+
+    #[test]
+    fn user_fields_are_validated_naming_the_field() {
+        let f = Fixture::new();
+        for (body, field) in [
+            (r#"{"name":"Ada"}"#, "email"),
+            (r#"{"email":"ada@example.com"}"#, "name"),
+            (r#"{"email":"not-an-email","name":"Ada"}"#, "email"),
+            (r#"{"email":7,"name":"Ada"}"#, "email"),
+            (r#"{"email":"ada@example.com","name":"A\u0000da"}"#, "name"),
+        ] {
+            let r = f.admin("POST", "/admin/users", body);
+            assert_eq!(refusal(&r), (400, field.to_string()), "{body}");
+        }
+    }
+
+    #[test]
+    fn key_fields_are_validated_naming_the_field() {
+        let f = Fixture::new();
+        for (body, field) in [
+            (r#"{"name":"k"}"#, "userId"),
+            (r#"{"userId":0,"name":"k"}"#, "userId"),
+            (r#"{"userId":1}"#, "name"),
+            (r#"{"userId":1,"name":"k","rateLimit":0}"#, "rateLimit"),
+            (r#"{"userId":1,"name":"k","rateLimit":"lots"}"#, "rateLimit"),
+            (r#"{"userId":1,"name":"k","scopes":["admin"]}"#, "scopes"),
+            (r#"{"userId":1,"name":"k","scopes":[]}"#, "scopes"),
+            (
+                r#"{"userId":1,"name":"k","expiresAt":"tomorrow"}"#,
+                "expiresAt",
+            ),
+            (
+                r#"{"userId":1,"name":"k","expiresAt":"2001-01-01T00:00:00Z"}"#,
+                "expiresAt",
+            ),
+        ] {
+            let r = f.admin("POST", "/admin/api-keys", body);
+            assert_eq!(refusal(&r), (400, field.to_string()), "{body}");
+        }
+        let r = f.admin("PATCH", "/admin/api-keys/1", r#"{"scopes":"read"}"#);
+        assert_eq!(refusal(&r), (400, "scopes".to_string()));
+    }
+
+    #[test]
+    fn route_fields_are_validated_naming_the_field() {
+        let f = Fixture::new();
+        for (body, field) in [
+            (r#"{"prefix":"/a","targetUrl":"http://h"}"#, "userId"),
+            (r#"{"userId":1,"targetUrl":"http://h"}"#, "prefix"),
+            (r#"{"userId":1,"prefix":"/a"}"#, "targetUrl"),
+            (
+                r#"{"userId":1,"prefix":"/admin","targetUrl":"http://h"}"#,
+                "prefix",
+            ),
+            (
+                r#"{"userId":1,"prefix":"a","targetUrl":"http://h"}"#,
+                "prefix",
+            ),
+            (
+                r#"{"userId":1,"prefix":"/a","targetUrl":"ftp://h"}"#,
+                "targetUrl",
+            ),
+            (
+                r#"{"userId":1,"prefix":"/a","targetUrl":"http://u:p@h"}"#,
+                "targetUrl",
+            ),
+            (
+                r#"{"userId":1,"prefix":"/a","targetUrl":"http://h","methods":[]}"#,
+                "methods",
+            ),
+            (
+                r#"{"userId":1,"prefix":"/a","targetUrl":"http://h","timeoutMs":0}"#,
+                "timeoutMs",
+            ),
+            (
+                r#"{"userId":1,"prefix":"/a","targetUrl":"http://h","host":"a b"}"#,
+                "host",
+            ),
+        ] {
+            let r = f.admin("POST", "/admin/routes", body);
+            assert_eq!(refusal(&r), (400, field.to_string()), "{body}");
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! `/admin/routes`: create, list, read, change and delete routes, and the validation of
+//! every route field. The route table is swapped before the reply leaves.
+
+use super::paged;
+use crate::error::{Error, Result};
+use crate::gateway::routes::RouteTable;
+use crate::http::{target, Ctx, Reply};
+use crate::operator::input::{self, id, required, string};
+use crate::operator::{is_operator_path, ts};
+use crate::store::routes::{self, Route, RouteRecord};
+use crate::store::Pool;
+use serde_json::{json, Map, Value};
+
+fn route_json(r: &RouteRecord) -> Value {
+    let route = &r.route;
+    json!({
+        "id": route.id,
+        "userId": route.user_id,
+        "prefix": route.prefix,
+        "targetUrl": route.target_url,
+        "host": route.host,
+        "stripPrefix": route.strip_prefix,
+        "preserveHost": route.preserve_host,
+        "methods": route.methods,
+        "connectTimeoutMs": route.connect_timeout_ms,
+        "readTimeoutMs": route.read_timeout_ms,
+        "timeoutMs": route.timeout_ms,
+        "maxBodyBytes": route.max_body_bytes,
+        "breakerOn5xx": route.breaker_on_5xx,
+        "createdAt": ts(r.created_at),
+        "updatedAt": ts(r.updated_at),
+    })
+}
+
+/// A route prefix: starts with `/`, no query, fragment, whitespace, `.`/`..` or empty
+/// segments, not a gateway path; stored without a trailing slash so `/users/` and `/users`
+/// are the same route.
+pub fn normalize_prefix(p: &str) -> Result<String> {
+    let bad = |m: &str| Err(Error::field("prefix", m.to_string()));
+    if !p.starts_with('/') {
+        return bad("must start with /");
+    }
+    if p.len() > 512 {
+        return bad("must be at most 512 characters");
+    }
+    if p.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+    {
+        return bad("must not contain spaces, control characters, ? or #");
+    }
+    let trimmed = if p == "/" {
+        "/"
+    } else {
+        p.trim_end_matches('/')
+    };
+    let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+    if trimmed != "/"
+        && trimmed[1..]
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return bad("must not contain empty, . or .. segments");
+    }
+    // Requests are matched after `target::normalize`; a prefix it would rewrite
+    // (`/%61pi`, `/a\\b`, `/a%zz`) could never match, or would match another spelling.
+    if target::normalize(trimmed).ok().as_deref() != Some(trimmed) {
+        return bad("must be written as requests are matched: no backslash, no %-escape of a letter, digit or -._~, no malformed %-escape");
+    }
+    if is_operator_path(trimmed) {
+        return bad("is reserved for the gateway's own endpoints");
+    }
+    Ok(trimmed.to_string())
+}
+
+/// An absolute `http` or `https` URL with a host and no query or fragment.
+pub fn normalize_target(t: &str) -> Result<String> {
+    let bad = |m: &str| Err(Error::field("targetUrl", m.to_string()));
+    if t.len() > 2048 {
+        return bad("must be at most 2048 characters");
+    }
+    let uri: ureq::http::Uri = match t.parse() {
+        Ok(u) => u,
+        Err(_) => return bad("must be an absolute http(s) URL"),
+    };
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return bad("must start with http:// or https://"),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return bad("must name a host");
+    }
+    if uri.query().is_some() || t.contains('#') {
+        return bad("must not have a query or fragment");
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return bad("must not contain credentials");
+    }
+    Ok(t.trim_end_matches('/').to_string())
+}
+
+/// A route `host`: a DNS name (letters, digits, `-`, `.`), stored lower-case, no port.
+pub fn normalize_host(h: &str) -> Result<String> {
+    let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(h)
+    } else {
+        Err(Error::field(
+            "host",
+            "must be a DNS name such as acme.example.com",
+        ))
+    }
+}
+
+/// Allowed `methods`: HTTP method tokens, stored upper-case without duplicates.
+fn methods(v: &Value) -> Result<Option<Vec<String>>> {
+    let bad = || Error::field("methods", "must be a non-empty array of HTTP methods");
+    let list = match v {
+        Value::Null => return Ok(None),
+        Value::Array(a) if !a.is_empty() => a,
+        _ => return Err(bad()),
+    };
+    let mut out: Vec<String> = Vec::new();
+    for m in list {
+        let m = m.as_str().ok_or_else(bad)?.trim().to_ascii_uppercase();
+        let token = !m.is_empty() && m.len() <= 32 && m.bytes().all(|b| b.is_ascii_alphabetic());
+        if !token {
+            return Err(bad());
+        }
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    Ok(Some(out))
+}
+
+fn flag(v: &Value, field: &'static str) -> Result<bool> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::Null => Ok(false),
+        _ => Err(Error::field(field, "must be true or false")),
+    }
+}
+
+/// A nullable whole number within `1..=max` (null clears it back to the default).
+fn limit_field(v: &Value, field: &'static str, max: i64) -> Result<Option<i64>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_i64()
+            .filter(|n| (1..=max).contains(n))
+            .map(Some)
+            .ok_or_else(|| Error::field(field, format!("must be a whole number from 1 to {max}"))),
+        _ => Err(Error::field(field, "must be a number or null")),
+    }
+}
+
+/// Longest per-route timeout: an hour covers long polls and big downloads.
+const MAX_ROUTE_TIMEOUT_MS: i64 = 3_600_000;
+/// Largest per-route body limit (64 GiB); bodies are streamed, never held.
+const MAX_ROUTE_BODY_BYTES: i64 = 64 << 30;
+
+/// Applies the fields present in `body` to `route` (a blank one when creating, the stored
+/// one when updating); absent fields keep their value, `null` resets an option.
+pub fn apply_fields(route: &mut Route, body: &Map<String, Value>) -> Result<()> {
+    if let Some(p) = string(body, "prefix", 512)? {
+        route.prefix = normalize_prefix(&p)?;
+    }
+    if let Some(t) = string(body, "targetUrl", 2048)? {
+        route.target_url = normalize_target(&t)?;
+    }
+    for (field, v) in body {
+        let timeout =
+            |f| Ok::<_, Error>(limit_field(v, f, MAX_ROUTE_TIMEOUT_MS)?.map(|n| n as i32));
+        match field.as_str() {
+            "host" => {
+                route.host = match v {
+                    Value::Null => None,
+                    Value::String(h) => Some(normalize_host(h)?),
+                    _ => return Err(Error::field("host", "must be a string or null")),
+                }
+            }
+            "stripPrefix" => route.strip_prefix = flag(v, "stripPrefix")?,
+            "preserveHost" => route.preserve_host = flag(v, "preserveHost")?,
+            "breakerOn5xx" => route.breaker_on_5xx = flag(v, "breakerOn5xx")?,
+            "methods" => route.methods = methods(v)?,
+            "connectTimeoutMs" => route.connect_timeout_ms = timeout("connectTimeoutMs")?,
+            "readTimeoutMs" => route.read_timeout_ms = timeout("readTimeoutMs")?,
+            "timeoutMs" => route.timeout_ms = timeout("timeoutMs")?,
+            "maxBodyBytes" => {
+                route.max_body_bytes = limit_field(v, "maxBodyBytes", MAX_ROUTE_BODY_BYTES)?
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+pub fn create(pool: &Pool, table: &RouteTable, body: &Map<String, Value>) -> Result<Reply> {
+    let user_id = required(id(body, "userId")?, "userId")?;
+    required(body.get("prefix").filter(|v| !v.is_null()), "prefix")?;
+    required(body.get("targetUrl").filter(|v| !v.is_null()), "targetUrl")?;
+    let mut route = Route {
+        user_id,
+        ..Route::default()
+    };
+    apply_fields(&mut route, body)?;
+    let saved = routes::insert(pool, &route)?;
+    table.reload(pool)?;
+    Ok(Reply::json(201, &route_json(&saved)))
+}
+
+pub fn list(pool: &Pool, ctx: &Ctx) -> Result<Reply> {
+    let (limit, after) = input::page(ctx)?;
+    let user_id = input::query_id(ctx, "userId")?;
+    let rows = routes::list(pool, after, user_id, limit + 1)?;
+    Ok(paged(rows, limit, |r| r.route.id, route_json))
+}
+
+pub fn get(pool: &Pool, id: i64) -> Result<Reply> {
+    let r = routes::get(pool, id)?.ok_or_else(|| Error::NotFound("route".into()))?;
+    Ok(Reply::json(200, &route_json(&r)))
+}
+
+/// Merges the fields present in `body` into the stored route (see `routes::update` for
+/// why under the row's lock) and swaps the table, so the next request sees the change.
+pub fn update(
+    pool: &Pool,
+    table: &RouteTable,
+    id: i64,
+    body: &Map<String, Value>,
+) -> Result<Reply> {
+    let saved = routes::update(pool, id, |route| apply_fields(route, body))?
+        .ok_or_else(|| Error::NotFound("route".into()))?;
+    table.reload(pool)?;
+    Ok(Reply::json(200, &route_json(&saved)))
+}
+
+pub fn delete(pool: &Pool, table: &RouteTable, id: i64) -> Result<Reply> {
+    if !routes::delete(pool, id)? {
+        return Err(Error::NotFound("route".into()));
+    }
+    table.reload(pool)?;
+    Ok(Reply::empty(204))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_normalised_or_refused_naming_the_field() {
+        assert_eq!(normalize_prefix("/users/").unwrap(), "/users");
+        assert_eq!(normalize_prefix("/").unwrap(), "/");
+        assert_eq!(normalize_prefix("/api/v2").unwrap(), "/api/v2");
+        for bad in [
+            "users",
+            "/a b",
+            "/a?b",
+            "/a//b",
+            "/a/../b",
+            "/admin",
+            "/admin/x",
+            "/healthz",
+            "/%61pi",
+            "/a\\b",
+            "/a%zz",
+            "/a/%2e%2e",
+            "/%61dmin",
+        ] {
+            match normalize_prefix(bad) {
+                Err(Error::InvalidField { field, .. }) => assert_eq!(field, "prefix", "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(normalize_prefix("/administrator").is_ok());
+        assert_eq!(normalize_prefix("/caf%C3%A9").unwrap(), "/caf%C3%A9");
+    }
+
+    #[test]
+    fn targets_must_be_absolute_http_urls() {
+        assert_eq!(
+            normalize_target("http://127.0.0.1:8080/").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert!(normalize_target("https://api.example.com/base").is_ok());
+        for bad in [
+            "ftp://x",
+            "127.0.0.1:80",
+            "http://",
+            "http://h/?q=1",
+            "/x",
+            "http://u:p@h",
+        ] {
+            assert!(normalize_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn route_options_are_validated_and_null_resets_them() {
+        let mut r = Route::default();
+        let body = |v: Value| v.as_object().unwrap().clone();
+        apply_fields(
+            &mut r,
+            &body(
+                json!({"prefix": "/a/", "targetUrl": "http://h:1/", "host": "ACME.example.com",
+                         "stripPrefix": true, "methods": ["get", "POST", "GET"], "timeoutMs": 500,
+                         "maxBodyBytes": 1024}),
+            ),
+        )
+        .unwrap();
+        assert_eq!(r.prefix, "/a");
+        assert_eq!(r.target_url, "http://h:1");
+        assert_eq!(r.host.as_deref(), Some("acme.example.com"));
+        assert!(r.strip_prefix);
+        assert_eq!(r.methods, Some(vec!["GET".to_string(), "POST".to_string()]));
+        assert_eq!((r.timeout_ms, r.max_body_bytes), (Some(500), Some(1024)));
+        apply_fields(&mut r, &body(json!({"host": null, "timeoutMs": null}))).unwrap();
+        assert_eq!((r.host.clone(), r.timeout_ms), (None, None));
+        for (bad, field) in [
+            (json!({"host": "a b"}), "host"),
+            (json!({"methods": []}), "methods"),
+            (json!({"methods": ["G T"]}), "methods"),
+            (json!({"timeoutMs": 0}), "timeoutMs"),
+            (json!({"stripPrefix": "yes"}), "stripPrefix"),
+            (json!({"maxBodyBytes": -1}), "maxBodyBytes"),
+        ] {
+            match apply_fields(&mut r, &body(bad.clone())) {
+                Err(Error::InvalidField { field: f, .. }) => assert_eq!(f, field, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! `GET /healthz` (the process serves) and `GET /readyz` (it can reach the database).
+
+use crate::gateway::Gateway;
+use crate::http::Reply;
+use crate::store::{self, DbHealth, Pool};
+use serde_json::json;
+
+pub fn healthz() -> Reply {
+    Reply::json(200, &json!({"status": "ok"}))
+}
+
+/// 200 while the database answers, 503 while it does not; the upstream circuits are listed
+/// but are detail, not readiness: one failing service must not take the gateway out of its
+/// load balancer.
+pub fn readyz(pool: &Pool, health: &DbHealth, gateway: &Gateway) -> Reply {
+    let ok = store::ping(pool);
+    // A successful check ends a known outage for everyone at once.
+    if ok {
+        health.mark_up();
+    } else {
+        health.mark_down();
+    }
+    let upstreams = gateway.upstreams.breakers.snapshot();
+    if ok {
+        let body = json!({"status": "ready", "database": "ok", "upstreams": upstreams});
+        Reply::json(200, &body)
+    } else {
+        let body =
+            json!({"status": "unavailable", "database": "unreachable", "upstreams": upstreams});
+        Reply::json(503, &body)
+    }
+}

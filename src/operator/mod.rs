@@ -1,0 +1,221 @@
+//! The operator endpoints: everything the gateway answers itself rather than forwarding.
+//! [`dispatch`] picks the endpoint by the path's first segment; the admin-secret check
+//! with its per-IP failure limit lives here because admin, analytics and metrics share it.
+//! Operator traffic is not written to `request_logs`: analytics describe client traffic.
+//!
+//! - `admin/`: users, API keys, routes, stats (`x-admin-secret`).
+//! - `analytics.rs`: traffic figures from the rollups (admin secret, or a key for its own).
+//! - `health.rs`, `metrics.rs`, `dashboard.rs`, `openapi.rs`.
+//! - `input.rs`: bounded JSON bodies, query parameters, field validation.
+
+pub mod admin;
+pub mod analytics;
+pub mod dashboard;
+pub mod health;
+pub mod input;
+pub mod metrics;
+pub mod openapi;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::gateway::guards::FailureLimit;
+use crate::gateway::routes::prefix_matches;
+use crate::gateway::Gateway;
+use crate::http::{Ctx, Reply, Request, ServerStats};
+use crate::logs::Logger;
+use crate::store::{DbHealth, Pool};
+use chrono::{DateTime, SecondsFormat, Utc};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// What the operator endpoints read and change, borrowed from the application's state;
+/// each endpoint takes only the parts it uses.
+pub struct Operator<'a> {
+    pub cfg: &'a Config,
+    pub pool: &'a Pool,
+    pub health: &'a DbHealth,
+    pub gateway: &'a Gateway,
+    pub logger: &'a Logger,
+    pub server: &'a ServerStats,
+    /// Failed admin-secret checks per client IP.
+    pub admin_failures: &'a FailureLimit,
+}
+
+/// Paths the gateway answers itself; no route may claim them (checked in admin).
+pub const OPERATOR_PREFIXES: &[&str] = &[
+    "/admin",
+    "/analytics",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/dashboard",
+    "/openapi.json",
+];
+
+pub fn is_operator_path(path: &str) -> bool {
+    OPERATOR_PREFIXES.iter().any(|p| prefix_matches(p, path))
+}
+
+/// Answers an operator request (`is_operator_path` holds for its path).
+pub fn dispatch(op: &Operator, rq: &mut Request) -> Result<Reply> {
+    let ctx = &rq.ctx;
+    let first = ctx.path.split('/').nth(1).unwrap_or("");
+    match (first, ctx.method.as_str()) {
+        ("healthz", "GET" | "HEAD") => Ok(health::healthz()),
+        ("readyz", "GET" | "HEAD") => Ok(health::readyz(op.pool, op.health, op.gateway)),
+        ("healthz" | "readyz", _) => Err(Error::MethodNotAllowed),
+        ("openapi.json", "GET" | "HEAD") if ctx.path == "/openapi.json" => Ok(openapi::reply()),
+        ("openapi.json", _) if ctx.path == "/openapi.json" => Err(Error::MethodNotAllowed),
+        ("admin", _) => admin::handle(op, rq),
+        ("analytics", _) => analytics::handle(op, ctx),
+        ("metrics", _) => metrics::handle(op, ctx),
+        ("dashboard", _) => dashboard::handle(ctx),
+        _ => Err(Error::NotFound("endpoint".into())),
+    }
+}
+
+/// The admin check with the per-IP failure limit: `Ok(true)` for the right secret,
+/// `Ok(false)` when no secret was sent, `Err(Unauthorized)` for a wrong one (counted
+/// against the client IP), and 429 for an IP over its limit whatever it sent, so a
+/// guesser learns nothing more once limited.
+pub fn check_admin(op: &Operator, ctx: &Ctx) -> Result<bool> {
+    match ctx.header("x-admin-secret") {
+        None => Ok(false),
+        Some(given) => check_secret(op, ctx, given, "x-admin-secret").map(|()| true),
+    }
+}
+
+/// `given` against the admin secret under the client IP's failure limit, wherever it was
+/// sent (`how` names that in the log): 429 while the IP is over its limit, `Unauthorized`
+/// for a wrong secret (counted).
+pub fn check_secret(op: &Operator, ctx: &Ctx, given: &str, how: &str) -> Result<()> {
+    op.admin_failures.check(&ctx.client_ip)?;
+    if is_admin_secret(&op.cfg.admin_secret, given) {
+        return Ok(());
+    }
+    op.admin_failures.record(&ctx.client_ip);
+    log::warn!("wrong {how} from {}", ctx.client_ip);
+    Err(Error::Unauthorized)
+}
+
+/// Constant-time check of an admin secret. Both sides are hashed first so neither the
+/// content nor the length of the secret leaks through timing.
+fn is_admin_secret(secret: &str, given: &str) -> bool {
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(secret.as_bytes());
+    a.ct_eq(&b).into()
+}
+
+/// RFC 3339 in UTC with milliseconds, the form every JSON timestamp of the API uses.
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub fn ts_opt(t: Option<DateTime<Utc>>) -> serde_json::Value {
+    t.map_or(serde_json::Value::Null, |t| ts(t).into())
+}
+
+/// The state behind an [`Operator`], for unit tests of handlers through
+/// [`Request::fake`]: a database that is never reached (validation answers before any
+/// query), the real gateway parts, and the admin secret [`fixture::SECRET`].
+#[cfg(test)]
+pub mod fixture {
+    use super::*;
+    use crate::logs::Logger;
+    use crate::store;
+    use std::time::Duration;
+
+    pub const SECRET: &str = "unit-test-admin-secret";
+
+    pub struct Fixture {
+        cfg: Config,
+        pool: Pool,
+        health: DbHealth,
+        gateway: Gateway,
+        logger: Logger,
+        server: ServerStats,
+        failures: FailureLimit,
+    }
+
+    impl Fixture {
+        pub fn new() -> Fixture {
+            let get = |var: &str| {
+                let v = match var {
+                    "DATABASE_URL" => "host=/nonexistent/tollgate-unit-test connect_timeout=1",
+                    "ADMIN_SECRET" => SECRET,
+                    "TOLLGATE_DB_WAIT_MS" => "50",
+                    _ => return None,
+                };
+                Some(v.to_string())
+            };
+            let cfg = Config::from_vars(&get).expect("a valid test configuration");
+            let pool = store::pool(&cfg).expect("a pool");
+            let counters = store::counter_pool(&cfg).expect("a counter pool");
+            Fixture {
+                gateway: Gateway::new(&cfg, counters),
+                logger: Logger::start(pool.clone(), 16, Duration::from_secs(60), 16),
+                health: DbHealth::default(),
+                server: ServerStats::default(),
+                failures: FailureLimit::new(cfg.admin_fail_limit, cfg.auth_fail_window),
+                pool,
+                cfg,
+            }
+        }
+
+        pub fn op(&self) -> Operator<'_> {
+            Operator {
+                cfg: &self.cfg,
+                pool: &self.pool,
+                health: &self.health,
+                gateway: &self.gateway,
+                logger: &self.logger,
+                server: &self.server,
+                admin_failures: &self.failures,
+            }
+        }
+
+        /// Dispatches a request sent with the admin secret, as the server would.
+        pub fn admin(&self, method: &str, target: &str, body: &str) -> Reply {
+            let headers = [("x-admin-secret", SECRET)];
+            self.send(Request::fake(method, target, &headers, body.as_bytes()))
+        }
+
+        pub fn send(&self, mut rq: Request) -> Reply {
+            dispatch(&self.op(), &mut rq).unwrap_or_else(|e| Reply::error(&e))
+        }
+    }
+
+    /// A reply's status and the field its error names (`""` for none).
+    pub fn refusal(r: &Reply) -> (u16, String) {
+        let body = r.json_body();
+        let field = body["error"]["field"].as_str().unwrap_or("").to_string();
+        (r.status, field)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_paths_match_on_segment_boundaries() {
+        assert!(is_operator_path("/admin"));
+        assert!(is_operator_path("/admin/users"));
+        assert!(is_operator_path("/healthz"));
+        assert!(!is_operator_path("/administrator"));
+        assert!(!is_operator_path("/users"));
+    }
+
+    #[test]
+    fn the_admin_secret_is_compared_whole() {
+        assert!(is_admin_secret(
+            "s3cret-s3cret-s3cret",
+            "s3cret-s3cret-s3cret"
+        ));
+        assert!(!is_admin_secret(
+            "s3cret-s3cret-s3cret",
+            "s3cret-s3cret-s3cre"
+        ));
+        assert!(!is_admin_secret("s3cret-s3cret-s3cret", ""));
+    }
+}

@@ -1,0 +1,217 @@
+//! Storage: the connection pools, outage tracking, the migrations, and every SQL
+//! statement the gateway runs, one file per table family. Callers get typed records
+//! (`ApiKey`, `User`, `Route`, `LogRow`, ...), never rows; SQL appears nowhere else.
+
+pub mod analytics;
+pub mod counters;
+mod health;
+pub mod keys;
+pub mod logs;
+mod migrate;
+pub mod rollups;
+pub mod routes;
+pub mod users;
+
+pub use health::DbHealth;
+pub use migrate::migrate;
+
+use crate::config::Config;
+use crate::error::{describe, Error, Result};
+use postgres::types::Type;
+use postgres::{NoTls, Statement};
+use r2d2_postgres::PostgresConnectionManager;
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+type Inner = r2d2::Pool<Manager>;
+
+/// The r2d2 pool plus what r2d2 does not tell: how many callers are inside `get` right now
+/// (waiting for a connection) and how many gave up. Everything else (`state`, ...) is the
+/// r2d2 pool's own, through `Deref`.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Inner,
+    waits: Arc<PoolWaits>,
+}
+
+#[derive(Default)]
+pub struct PoolWaits {
+    /// Callers inside `get` at this moment.
+    pub waiting: AtomicU64,
+    /// `get` calls that timed out (`TOLLGATE_DB_WAIT_MS`) or failed to connect.
+    pub failed: AtomicU64,
+}
+
+impl Pool {
+    pub fn get(&self) -> std::result::Result<r2d2::PooledConnection<Manager>, r2d2::Error> {
+        self.waits.waiting.fetch_add(1, Ordering::Relaxed);
+        let got = self.inner.get();
+        self.waits.waiting.fetch_sub(1, Ordering::Relaxed);
+        if got.is_err() {
+            self.waits.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        got
+    }
+
+    pub fn waits(&self) -> &PoolWaits {
+        &self.waits
+    }
+}
+
+impl Deref for Pool {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+/// `r2d2_postgres`'s manager does the connecting, validating and breakage checks; this
+/// wrapper only hands out a [`Conn`], which keeps the statements prepared on it, so the
+/// hot path (the counter statement) is parsed and planned once per connection.
+#[derive(Debug)]
+pub struct Manager(PostgresConnectionManager<NoTls>);
+
+/// A pooled connection: derefs to `postgres::Client` for ordinary queries, and adds
+/// [`Conn::prepared`] for the statements worth keeping.
+pub struct Conn {
+    client: postgres::Client,
+    prepared: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    /// The statement for `sql`, prepared on this connection the first time it is asked for.
+    /// Only for `&'static str` SQL: a fixed, small set, so the map never grows unbounded.
+    pub fn prepared(&mut self, sql: &'static str, types: &[Type]) -> Result<Statement> {
+        if let Some(s) = self.prepared.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare_typed(sql, types)?;
+        self.prepared.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+impl Deref for Conn {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        &self.client
+    }
+}
+
+impl DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        &mut self.client
+    }
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> std::result::Result<Conn, postgres::Error> {
+        Ok(Conn {
+            client: self.0.connect()?,
+            prepared: HashMap::new(),
+        })
+    }
+
+    fn is_valid(&self, conn: &mut Conn) -> std::result::Result<(), postgres::Error> {
+        self.0.is_valid(&mut conn.client)
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        self.0.has_broken(&mut conn.client)
+    }
+}
+
+pub fn pg_config(cfg: &Config) -> Result<postgres::Config> {
+    let mut pg: postgres::Config = cfg
+        .database_url
+        .parse()
+        .map_err(|e| Error::Internal(format!("DATABASE_URL: {e}")))?;
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(Duration::from_secs(5));
+    }
+    if pg.get_application_name().is_none() {
+        pg.application_name("tollgate");
+    }
+    Ok(pg)
+}
+
+/// A pool that starts even while the database is down (`build_unchecked`): requests that
+/// need it get 503 until it returns, everything else keeps working.
+pub fn pool(cfg: &Config) -> Result<Pool> {
+    Ok(build(pg_config(cfg)?, cfg.db_pool_size, cfg.db_wait))
+}
+
+/// The pool the rate-limit counters use: its sessions commit with `synchronous_commit =
+/// off`, so a counter transaction does not wait for its WAL flush (the hot key's row lock
+/// is held for microseconds instead of a disk flush). A crash can lose the last few hundred
+/// ms of counts (at most 3 × `wal_writer_delay`), never corrupt them; log and admin writes
+/// use the other pool and stay durable. Its one statement (`counters::TAKE_SQL`) also runs
+/// with a generic plan: with array parameters Postgres otherwise keeps re-planning it for
+/// every execution (docs/performance.md).
+pub fn counter_pool(cfg: &Config) -> Result<Pool> {
+    let mut pg = pg_config(cfg)?;
+    const SESSION: &str = "-c synchronous_commit=off -c plan_cache_mode=force_generic_plan";
+    let options = match pg.get_options() {
+        Some(o) => format!("{o} {SESSION}"),
+        None => SESSION.to_string(),
+    };
+    pg.options(&options);
+    Ok(build(pg, cfg.counter_pool_size, cfg.db_wait))
+}
+
+fn build(config: postgres::Config, size: u32, wait: Duration) -> Pool {
+    let inner = r2d2::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(size.min(4)))
+        .connection_timeout(wait)
+        .test_on_check_out(false)
+        .build_unchecked(Manager(PostgresConnectionManager::new(config, NoTls)));
+    Pool {
+        inner,
+        waits: Arc::default(),
+    }
+}
+
+/// Whether the database answers a trivial query (`/readyz`).
+pub fn ping(pool: &Pool) -> bool {
+    pool.get()
+        .ok()
+        .is_some_and(|mut c| c.simple_query("SELECT 1").is_ok())
+}
+
+/// The channel the triggers of sql/004 notify when a route or a key's metadata changes.
+pub const CONFIG_CHANNEL: &str = "tollgate_config";
+
+/// A connection of its own (not pooled) listening on [`CONFIG_CHANNEL`].
+pub fn config_listener(cfg: &Config) -> std::result::Result<postgres::Client, String> {
+    let pg = pg_config(cfg).map_err(|e| e.to_string())?;
+    let mut client = pg.connect(NoTls).map_err(|e| describe(&e))?;
+    client
+        .batch_execute(&format!("LISTEN {CONFIG_CHANNEL}"))
+        .map_err(|e| describe(&e))?;
+    Ok(client)
+}
+
+/// Proves a quiet listening connection is still alive (an empty query).
+pub fn ping_listener(client: &mut postgres::Client) -> std::result::Result<(), String> {
+    client
+        .simple_query("")
+        .map(|_| ())
+        .map_err(|e| describe(&e))
+}
+
+/// True when a database error is a unique-constraint violation (mapped to 409 by callers).
+fn is_unique_violation(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
+/// True when a database error is a foreign-key violation (the referenced row is gone).
+fn is_fk_violation(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
+}

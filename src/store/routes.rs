@@ -1,0 +1,211 @@
+//! `routes`: every statement on the table, and the route record the gateway matches on.
+
+use super::{is_fk_violation, is_unique_violation, Pool};
+use crate::error::{Error, Result};
+use chrono::{DateTime, Utc};
+use postgres::types::ToSql;
+use postgres::Row;
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Route {
+    pub id: i64,
+    pub user_id: i64,
+    pub prefix: String,
+    pub target_url: String,
+    /// Only requests whose `Host` (lower-case, port removed) is this; `None` for any host.
+    pub host: Option<String>,
+    /// Forward `/users/7` as `/7` for prefix `/users`.
+    pub strip_prefix: bool,
+    /// Send the client's `Host` upstream instead of the target's.
+    pub preserve_host: bool,
+    /// Allowed methods (upper-case); `None` allows all.
+    pub methods: Option<Vec<String>>,
+    pub connect_timeout_ms: Option<i32>,
+    pub read_timeout_ms: Option<i32>,
+    /// Whole exchange, response body included.
+    pub timeout_ms: Option<i32>,
+    pub max_body_bytes: Option<i64>,
+    /// Whether upstream 5xx answers count as failures for the circuit breaker.
+    pub breaker_on_5xx: bool,
+}
+
+/// A route with its row's timestamps, as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct RouteRecord {
+    pub route: Route,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The columns [`Route::from_row`] reads, in order, then the two timestamps.
+const COLS: &str = "id, user_id, prefix, target_url, host, strip_prefix, preserve_host, \
+    methods, connect_timeout_ms, read_timeout_ms, timeout_ms, max_body_bytes, breaker_on_5xx, \
+    created_at, updated_at";
+
+/// Every field but `id` and `user_id`, as `UPDATE ... SET` binds them (see `params`).
+const VALUES: &str = "host = $2, strip_prefix = $3, preserve_host = $4, methods = $5, \
+    connect_timeout_ms = $6, read_timeout_ms = $7, timeout_ms = $8, max_body_bytes = $9, \
+    breaker_on_5xx = $10, prefix = $11, target_url = $12";
+
+impl Route {
+    fn from_row(r: &Row) -> Route {
+        Route {
+            id: r.get(0),
+            user_id: r.get(1),
+            prefix: r.get(2),
+            target_url: r.get(3),
+            host: r.get(4),
+            strip_prefix: r.get(5),
+            preserve_host: r.get(6),
+            methods: r.get(7),
+            connect_timeout_ms: r.get(8),
+            read_timeout_ms: r.get(9),
+            timeout_ms: r.get(10),
+            max_body_bytes: r.get(11),
+            breaker_on_5xx: r.get(12),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 12] {
+        [
+            &self.id,
+            &self.host,
+            &self.strip_prefix,
+            &self.preserve_host,
+            &self.methods,
+            &self.connect_timeout_ms,
+            &self.read_timeout_ms,
+            &self.timeout_ms,
+            &self.max_body_bytes,
+            &self.breaker_on_5xx,
+            &self.prefix,
+            &self.target_url,
+        ]
+    }
+
+    pub fn allows(&self, method: &str) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|x| x == method))
+    }
+
+    /// The path sent upstream: as received, or without the prefix (`/` if nothing is left).
+    pub fn upstream_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
+        if !self.strip_prefix || self.prefix == "/" {
+            return path.into();
+        }
+        match path.strip_prefix(self.prefix.as_str()) {
+            Some("") => "/".into(),
+            Some(rest) => rest.into(),
+            None => path.into(),
+        }
+    }
+}
+
+impl RouteRecord {
+    fn from_row(r: &Row) -> RouteRecord {
+        RouteRecord {
+            route: Route::from_row(r),
+            created_at: r.get(13),
+            updated_at: r.get(14),
+        }
+    }
+}
+
+/// Every route, for the gateway's in-memory table.
+pub fn load_all(pool: &Pool) -> Result<Vec<Route>> {
+    let sql = format!("SELECT {COLS} FROM routes");
+    let rows = pool.get()?.query(sql.as_str(), &[])?;
+    Ok(rows.iter().map(Route::from_row).collect())
+}
+
+/// Inserts `route` (its `id` is ignored) with every field, in one transaction.
+pub fn insert(pool: &Pool, route: &Route) -> Result<RouteRecord> {
+    let mut conn = pool.get()?;
+    let mut tx = conn.transaction()?;
+    let row = written(
+        tx.query_one(
+            "INSERT INTO routes (user_id, prefix, target_url) VALUES ($1, $2, $3) RETURNING id",
+            &[&route.user_id, &route.prefix, &route.target_url],
+        ),
+        &route.prefix,
+    )?;
+    let route = Route {
+        id: row.get(0),
+        ..route.clone()
+    };
+    save(tx, &route)
+}
+
+/// Reads, changes (`apply`) and writes a route in one transaction, its row locked, so two
+/// concurrent edits of different fields cannot undo each other. `None`: no such route.
+pub fn update(
+    pool: &Pool,
+    id: i64,
+    apply: impl FnOnce(&mut Route) -> Result<()>,
+) -> Result<Option<RouteRecord>> {
+    let mut conn = pool.get()?;
+    let mut tx = conn.transaction()?;
+    let sql = format!("SELECT {COLS} FROM routes WHERE id = $1 FOR UPDATE");
+    let Some(current) = tx.query_opt(sql.as_str(), &[&id])? else {
+        return Ok(None);
+    };
+    let mut route = Route::from_row(&current);
+    apply(&mut route)?;
+    save(tx, &route).map(Some)
+}
+
+/// Writes every field of `route` to its row and commits.
+fn save(mut tx: postgres::Transaction<'_>, route: &Route) -> Result<RouteRecord> {
+    let sql =
+        format!("UPDATE routes SET {VALUES}, updated_at = now() WHERE id = $1 RETURNING {COLS}");
+    let row = written(tx.query_one(sql.as_str(), &route.params()), &route.prefix)?;
+    tx.commit()?;
+    Ok(RouteRecord::from_row(&row))
+}
+
+/// A write's outcome: a duplicate prefix is 409, an unknown user the body's fault.
+fn written(result: std::result::Result<Row, postgres::Error>, prefix: &str) -> Result<Row> {
+    match result {
+        Ok(row) => Ok(row),
+        Err(e) if is_unique_violation(&e) => Err(Error::Conflict(format!(
+            "this user already has a route with prefix {prefix} for this host"
+        ))),
+        Err(e) if is_fk_violation(&e) => Err(Error::field("userId", "no such user")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Up to `limit` routes with ids above `after`, of one user or of all.
+pub fn list(pool: &Pool, after: i64, user_id: Option<i64>, limit: i64) -> Result<Vec<RouteRecord>> {
+    let sql = format!(
+        "SELECT {COLS} FROM routes WHERE id > $1 AND ($2::int8 IS NULL OR user_id = $2)
+         ORDER BY id LIMIT $3"
+    );
+    let rows = pool
+        .get()?
+        .query(sql.as_str(), &[&after, &user_id, &limit])?;
+    Ok(rows.iter().map(RouteRecord::from_row).collect())
+}
+
+pub fn get(pool: &Pool, id: i64) -> Result<Option<RouteRecord>> {
+    let sql = format!("SELECT {COLS} FROM routes WHERE id = $1");
+    let row = pool.get()?.query_opt(sql.as_str(), &[&id])?;
+    Ok(row.as_ref().map(RouteRecord::from_row))
+}
+
+/// Deletes a route; false if absent.
+pub fn delete(pool: &Pool, id: i64) -> Result<bool> {
+    let n = pool
+        .get()?
+        .execute("DELETE FROM routes WHERE id = $1", &[&id])?;
+    Ok(n > 0)
+}
+
+/// Prefixes of these routes by id (analytics).
+pub fn prefixes(pool: &Pool, ids: &[i64]) -> Result<Vec<(i64, String)>> {
+    let rows = pool
+        .get()?
+        .query("SELECT id, prefix FROM routes WHERE id = ANY($1)", &[&ids])?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
