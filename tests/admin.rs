@@ -1,93 +1,86 @@
-//! Admin CRUD for keys and routes, cascades in the database, and hostile input that must
-//! come back as a 4xx JSON error, never a 500.
-mod util;
+//! The admin API: the secret it needs; users, keys and routes created, listed, fetched,
+//! updated and deleted, with their cascades in the database; input that must come back as a
+//! 400 JSON error naming the field, never a 500; unknown paths; pagination; the stats
+//! counters.
 
+use crate::util::{Gateway, Upstream, ADMIN_SECRET};
 use serde_json::{json, Value};
-use util::{Gateway, Upstream, ADMIN_SECRET};
 
 #[test]
-fn routes_can_be_fetched_listed_updated_and_deleted() {
+fn admin_endpoints_refuse_a_missing_or_wrong_secret() {
     let gw = Gateway::start();
-    let (a, b) = (Upstream::start(), Upstream::start());
-    let user = gw.create_user("a@example.com");
-    let other = gw.create_user("b@example.com");
-    let (key, _) = gw.create_key(user, json!({}));
-    let created = gw.admin_post(
-        "/admin/routes",
-        json!({"userId": user, "prefix": "/svc", "targetUrl": a.addr}),
-    );
-    assert_eq!(created.status, 201, "{}", created.body);
-    let route = created.json();
-    let id = route["id"].as_i64().unwrap();
-    assert_eq!(route["userId"], user);
-    assert_eq!(route["prefix"], "/svc");
-    assert_eq!(route["targetUrl"], a.addr.as_str());
-    assert!(
-        route["createdAt"].is_string() && route["updatedAt"].is_string(),
-        "{route}"
-    );
-    gw.create_route(other, "/other", &a.addr);
-    let dup = gw.admin_post(
-        "/admin/routes",
-        json!({"userId": user, "prefix": "/svc", "targetUrl": b.addr}),
+    for secret in [None, Some("wrong-secret-but-long-enough")] {
+        let headers: Vec<(&str, &str)> =
+            secret.map(|s| ("x-admin-secret", s)).into_iter().collect();
+        let r = gw.request("GET", "/admin/users", &headers, None);
+        assert_eq!((r.status, r.code().as_str()), (401, "unauthorized"));
+        let r = gw.request("POST", "/admin/users", &headers, Some(b"{}"));
+        assert_eq!(r.status, 401);
+    }
+}
+
+#[test]
+fn users_can_be_created_listed_fetched_and_deleted_with_their_keys() {
+    let gw = Gateway::start();
+    let id = gw.create_user("a@example.com");
+    let dup = gw.admin(
+        "POST",
+        "/admin/users",
+        Some(json!({"email": "a@example.com", "name": "x"})),
     );
     assert_eq!((dup.status, dup.code().as_str()), (409, "conflict"));
-    let same_prefix_other_user = gw.admin_post(
-        "/admin/routes",
-        json!({"userId": other, "prefix": "/svc", "targetUrl": b.addr}),
+    let got = gw.admin("GET", &format!("/admin/users/{id}"), None).json();
+    assert_eq!(got["email"], "a@example.com");
+    let (key, key_id) = gw.create_key(id, json!({}));
+    let keys = gw
+        .admin("GET", &format!("/admin/users/{id}/api-keys"), None)
+        .json();
+    assert_eq!(keys[0]["id"], key_id);
+    assert!(keys[0].get("rawKey").is_none());
+    assert!(keys[0]["keyPrefix"].as_str().unwrap().starts_with("gw_"));
+    assert!(key.starts_with(keys[0]["keyPrefix"].as_str().unwrap()));
+    assert_eq!(
+        gw.admin("DELETE", &format!("/admin/users/{id}"), None)
+            .status,
+        204
     );
     assert_eq!(
-        same_prefix_other_user.status, 201,
-        "prefixes are unique per user only"
+        gw.admin("GET", &format!("/admin/users/{id}"), None).status,
+        404
     );
-    let nobody = gw.admin_post(
-        "/admin/routes",
-        json!({"userId": 987654, "prefix": "/x", "targetUrl": b.addr}),
-    );
-    assert!([400, 404].contains(&nobody.status), "{}", nobody.body);
-    assert_eq!(nobody.json()["error"]["field"], "userId");
-    assert_eq!(gw.admin_get(&format!("/admin/routes/{id}")).json(), route);
-    let listed = gw.admin_get(&format!("/admin/routes?userId={user}")).json();
-    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
-    assert_eq!(listed[0]["id"], id);
-    assert_eq!(
-        gw.admin_get("/admin/routes")
-            .json()
-            .as_array()
+    assert_eq!(gw.with_key("GET", "/x", &key).status, 401);
+}
+
+#[test]
+fn deleting_a_user_removes_its_keys_and_routes_rows() {
+    let gw = Gateway::start();
+    let up = Upstream::start();
+    let gone = gw.create_user("gone@example.com");
+    let kept = gw.create_user("kept@example.com");
+    let (gone_key, _) = gw.create_key(gone, json!({}));
+    let (kept_key, _) = gw.create_key(kept, json!({}));
+    gw.create_route(gone, "/g", &up.addr);
+    gw.create_route(kept, "/k", &up.addr);
+    assert_eq!(gw.with_key("GET", "/g", &gone_key).status, 200);
+    assert_eq!(gw.admin_delete(&format!("/admin/users/{gone}")).status, 204);
+    let mut db = gw.db();
+    for table in ["api_keys", "routes"] {
+        let n: i64 = db
+            .query_one(
+                &format!("SELECT count(*) FROM {table} WHERE user_id = $1") as &str,
+                &[&gone],
+            )
             .unwrap()
-            .len(),
-        3
-    );
-
-    let r = gw.admin_patch(
-        &format!("/admin/routes/{id}"),
-        json!({"prefix": "/svc2", "targetUrl": b.addr}),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(
-        (r.json()["prefix"].clone(), r.json()["targetUrl"].clone()),
-        (json!("/svc2"), json!(b.addr))
-    );
-    assert_eq!(gw.with_key("GET", "/svc", &key).code(), "route_not_found");
-    assert_eq!(gw.with_key("GET", "/svc2/x", &key).status, 200);
-    assert_eq!(b.last().target, "/svc2/x");
-    assert!(a.requests().is_empty());
-    let bad = gw.admin_patch(&format!("/admin/routes/{id}"), json!({"prefix": "nope"}));
-    assert_eq!(
-        (bad.status, bad.json()["error"]["field"].clone()),
-        (400, json!("prefix"))
-    );
-
-    assert_eq!(gw.admin_delete(&format!("/admin/routes/{id}")).status, 204);
-    let gone = gw.admin_get(&format!("/admin/routes/{id}"));
-    assert_eq!((gone.status, gone.code().as_str()), (404, "not_found"));
-    assert_eq!(gw.with_key("GET", "/svc2/x", &key).status, 404);
-    let n: i64 = gw
-        .db()
-        .query_one("SELECT count(*) FROM routes WHERE id = $1", &[&id])
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 0);
+            .get(0);
+        assert_eq!(n, 0, "{table} rows of the deleted user remain");
+    }
+    assert_eq!(gw.with_key("GET", "/g", &gone_key).status, 401);
+    assert_eq!(gw.with_key("GET", "/k", &kept_key).status, 200);
+    let users = gw.admin_get("/admin/users").json();
+    assert_eq!(users.as_array().unwrap().len(), 1);
+    assert_eq!(users[0]["id"], kept);
+    assert_eq!(users[0]["email"], "kept@example.com");
+    assert!(users[0]["createdAt"].is_string());
 }
 
 #[test]
@@ -188,35 +181,207 @@ fn creating_a_key_for_an_unknown_user_is_refused_naming_user_id_and_stores_nothi
 }
 
 #[test]
-fn deleting_a_user_removes_its_keys_and_routes_rows() {
+fn routes_can_be_fetched_listed_updated_and_deleted() {
     let gw = Gateway::start();
-    let up = Upstream::start();
-    let gone = gw.create_user("gone@example.com");
-    let kept = gw.create_user("kept@example.com");
-    let (gone_key, _) = gw.create_key(gone, json!({}));
-    let (kept_key, _) = gw.create_key(kept, json!({}));
-    gw.create_route(gone, "/g", &up.addr);
-    gw.create_route(kept, "/k", &up.addr);
-    assert_eq!(gw.with_key("GET", "/g", &gone_key).status, 200);
-    assert_eq!(gw.admin_delete(&format!("/admin/users/{gone}")).status, 204);
-    let mut db = gw.db();
-    for table in ["api_keys", "routes"] {
-        let n: i64 = db
-            .query_one(
-                &format!("SELECT count(*) FROM {table} WHERE user_id = $1") as &str,
-                &[&gone],
-            )
+    let (a, b) = (Upstream::start(), Upstream::start());
+    let user = gw.create_user("a@example.com");
+    let other = gw.create_user("b@example.com");
+    let (key, _) = gw.create_key(user, json!({}));
+    let created = gw.admin_post(
+        "/admin/routes",
+        json!({"userId": user, "prefix": "/svc", "targetUrl": a.addr}),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let route = created.json();
+    let id = route["id"].as_i64().unwrap();
+    assert_eq!(route["userId"], user);
+    assert_eq!(route["prefix"], "/svc");
+    assert_eq!(route["targetUrl"], a.addr.as_str());
+    assert!(
+        route["createdAt"].is_string() && route["updatedAt"].is_string(),
+        "{route}"
+    );
+    gw.create_route(other, "/other", &a.addr);
+    let dup = gw.admin_post(
+        "/admin/routes",
+        json!({"userId": user, "prefix": "/svc", "targetUrl": b.addr}),
+    );
+    assert_eq!((dup.status, dup.code().as_str()), (409, "conflict"));
+    let same_prefix_other_user = gw.admin_post(
+        "/admin/routes",
+        json!({"userId": other, "prefix": "/svc", "targetUrl": b.addr}),
+    );
+    assert_eq!(
+        same_prefix_other_user.status, 201,
+        "prefixes are unique per user only"
+    );
+    let nobody = gw.admin_post(
+        "/admin/routes",
+        json!({"userId": 987654, "prefix": "/x", "targetUrl": b.addr}),
+    );
+    assert!([400, 404].contains(&nobody.status), "{}", nobody.body);
+    assert_eq!(nobody.json()["error"]["field"], "userId");
+    assert_eq!(gw.admin_get(&format!("/admin/routes/{id}")).json(), route);
+    let listed = gw.admin_get(&format!("/admin/routes?userId={user}")).json();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["id"], id);
+    assert_eq!(
+        gw.admin_get("/admin/routes")
+            .json()
+            .as_array()
             .unwrap()
-            .get(0);
-        assert_eq!(n, 0, "{table} rows of the deleted user remain");
+            .len(),
+        3
+    );
+
+    let r = gw.admin_patch(
+        &format!("/admin/routes/{id}"),
+        json!({"prefix": "/svc2", "targetUrl": b.addr}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.json()["prefix"].clone(), r.json()["targetUrl"].clone()),
+        (json!("/svc2"), json!(b.addr))
+    );
+    assert_eq!(gw.with_key("GET", "/svc", &key).code(), "route_not_found");
+    assert_eq!(gw.with_key("GET", "/svc2/x", &key).status, 200);
+    assert_eq!(b.last().target, "/svc2/x");
+    assert!(a.requests().is_empty());
+    let bad = gw.admin_patch(&format!("/admin/routes/{id}"), json!({"prefix": "nope"}));
+    assert_eq!(
+        (bad.status, bad.json()["error"]["field"].clone()),
+        (400, json!("prefix"))
+    );
+
+    assert_eq!(gw.admin_delete(&format!("/admin/routes/{id}")).status, 204);
+    let gone = gw.admin_get(&format!("/admin/routes/{id}"));
+    assert_eq!((gone.status, gone.code().as_str()), (404, "not_found"));
+    assert_eq!(gw.with_key("GET", "/svc2/x", &key).status, 404);
+    let n: i64 = gw
+        .db()
+        .query_one("SELECT count(*) FROM routes WHERE id = $1", &[&id])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn bad_admin_input_gets_400_naming_the_field_never_500() {
+    let gw = Gateway::start();
+    let user = gw.create_user("a@example.com");
+    let cases: Vec<(&str, &str, Value, &str)> = vec![
+        ("POST", "/admin/users", json!({"name": "x"}), "email"),
+        (
+            "POST",
+            "/admin/users",
+            json!({"email": 5, "name": "x"}),
+            "email",
+        ),
+        (
+            "POST",
+            "/admin/users",
+            json!({"email": "not-an-email", "name": "x"}),
+            "email",
+        ),
+        (
+            "POST",
+            "/admin/users",
+            json!({"email": "b@example.com"}),
+            "name",
+        ),
+        ("POST", "/admin/api-keys", json!({"name": "k"}), "userId"),
+        (
+            "POST",
+            "/admin/api-keys",
+            json!({"userId": "abc", "name": "k"}),
+            "userId",
+        ),
+        (
+            "POST",
+            "/admin/api-keys",
+            json!({"userId": 999999, "name": "k"}),
+            "userId",
+        ),
+        (
+            "POST",
+            "/admin/api-keys",
+            json!({"userId": user, "name": "k", "rateLimit": 0}),
+            "rateLimit",
+        ),
+        (
+            "POST",
+            "/admin/api-keys",
+            json!({"userId": user, "name": "k", "rateLimit": "5"}),
+            "rateLimit",
+        ),
+        (
+            "POST",
+            "/admin/api-keys",
+            json!({"userId": user, "name": "k", "scopes": ["admin"]}),
+            "scopes",
+        ),
+        (
+            "POST",
+            "/admin/api-keys",
+            json!({"userId": user, "name": "k", "expiresAt": "tomorrow"}),
+            "expiresAt",
+        ),
+        (
+            "POST",
+            "/admin/routes",
+            json!({"userId": user, "prefix": "users", "targetUrl": "http://h"}),
+            "prefix",
+        ),
+        (
+            "POST",
+            "/admin/routes",
+            json!({"userId": user, "prefix": "/admin", "targetUrl": "http://h"}),
+            "prefix",
+        ),
+        (
+            "POST",
+            "/admin/routes",
+            json!({"userId": user, "prefix": "/a", "targetUrl": "ftp://h"}),
+            "targetUrl",
+        ),
+        (
+            "POST",
+            "/admin/routes",
+            json!({"userId": user, "prefix": "/a", "targetUrl": "not a url"}),
+            "targetUrl",
+        ),
+        (
+            "POST",
+            "/admin/routes",
+            json!({"userId": user, "prefix": "/a"}),
+            "targetUrl",
+        ),
+        ("GET", "/admin/users/abc", Value::Null, "id"),
+        ("GET", "/admin/users?limit=-1", Value::Null, "limit"),
+    ];
+    for (method, path, body, field) in cases {
+        let body = (!body.is_null()).then_some(body);
+        let r = gw.admin(method, path, body.clone());
+        assert_eq!(r.status, 400, "{method} {path} {body:?}: {}", r.body);
+        assert_eq!(
+            r.json()["error"]["field"],
+            field,
+            "{method} {path} {body:?}"
+        );
     }
-    assert_eq!(gw.with_key("GET", "/g", &gone_key).status, 401);
-    assert_eq!(gw.with_key("GET", "/k", &kept_key).status, 200);
-    let users = gw.admin_get("/admin/users").json();
-    assert_eq!(users.as_array().unwrap().len(), 1);
-    assert_eq!(users[0]["id"], kept);
-    assert_eq!(users[0]["email"], "kept@example.com");
-    assert!(users[0]["createdAt"].is_string());
+    for raw in [&b"{not json"[..], b"[1,2]", b""] {
+        let r = gw.request(
+            "POST",
+            "/admin/users",
+            &[("x-admin-secret", ADMIN_SECRET)],
+            Some(raw),
+        );
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "bad_request"),
+            "{raw:?}"
+        );
+    }
 }
 
 #[test]
@@ -502,6 +667,39 @@ fn unknown_admin_paths_and_methods_are_json_errors() {
             r.body
         );
     }
+}
+
+#[test]
+fn lists_paginate_with_a_cursor_and_cap_the_limit_at_100() {
+    let gw = Gateway::start();
+    let ids: Vec<i64> = (0..5)
+        .map(|i| gw.create_user(&format!("u{i}@example.com")))
+        .collect();
+    let mut seen = Vec::new();
+    let mut path = "/admin/users?limit=2".to_string();
+    loop {
+        let r = gw.admin("GET", &path, None);
+        assert_eq!(r.status, 200);
+        let page = r.json();
+        assert!(page.as_array().unwrap().len() <= 2);
+        seen.extend(
+            page.as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["id"].as_i64().unwrap()),
+        );
+        match r.header("x-next-cursor") {
+            Some(c) => path = format!("/admin/users?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    for i in 5..105 {
+        gw.create_user(&format!("u{i}@example.com"));
+    }
+    let r = gw.admin("GET", "/admin/users?limit=1000", None);
+    assert_eq!(r.json().as_array().unwrap().len(), 100);
+    assert!(r.header("x-next-cursor").is_some());
 }
 
 #[test]

@@ -3,8 +3,7 @@
 //! real-world WSGI stack), the harness `Upstream` where the raw request must be compared
 //! byte for byte, or a tiny `std::net` server in this file where neither can produce the
 //! case (a 1 GiB body, a 200 MiB sink).
-mod util;
-
+use crate::util::{free_port, Gateway, Upstream};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,7 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use util::{free_port, Gateway, Upstream};
 
 /// httpbin under gunicorn on a free loopback port; stopped (workers included) on drop.
 struct Httpbin {
@@ -280,7 +278,7 @@ fn host_of(addr: &str) -> &str {
 }
 
 fn setup(env: &[(&str, &str)]) -> (Gateway, i64, String) {
-    util::gateway_with_key("fidelity@example.com", env)
+    crate::util::gateway_with_key("fidelity@example.com", env)
 }
 
 /// A header of httpbin's `/headers` or `/anything` echo, by case-insensitive name.

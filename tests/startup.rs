@@ -1,9 +1,10 @@
-//! Start-up configuration, migrations, and readiness that follows the database.
-mod util;
+//! Start-up: configuration refused with a message, unknown subcommands, migrations, and the
+//! two probes: liveness (`/healthz`) and readiness (`/readyz`), which follows the database.
 
+use crate::util::{free_port, run_tollgate_ok, Gateway, TestDb, ADMIN_SECRET};
+use serde_json::json;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use util::{free_port, Gateway, TestDb, ADMIN_SECRET};
 
 /// Runs the binary with exactly `env` (plus PATH) and waits at most 15 s for it to exit.
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -31,6 +32,24 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_server_refuses_to_start_without_a_strong_admin_secret() {
+    let db = TestDb::create();
+    for secret in [None, Some("short")] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.env_clear()
+            .env("DATABASE_URL", db.url())
+            .env("LISTEN_ADDR", "127.0.0.1:1");
+        if let Some(s) = secret {
+            cmd.env("ADMIN_SECRET", s);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("ADMIN_SECRET"), "{err}");
+    }
 }
 
 #[test]
@@ -78,6 +97,20 @@ fn an_unknown_subcommand_is_refused() {
         &[("DATABASE_URL", &url), ("ADMIN_SECRET", ADMIN_SECRET)],
     );
     assert!(!out.status.success());
+}
+
+#[test]
+fn migrate_applies_the_schema_and_is_idempotent() {
+    let db = TestDb::create();
+    for _ in 0..2 {
+        run_tollgate_ok(&["migrate"], &db.url());
+    }
+    let n: i64 = db
+        .client()
+        .query_one("SELECT count(*) FROM schema_migrations", &[])
+        .unwrap()
+        .get(0);
+    assert!(n >= 2);
 }
 
 #[test]
@@ -168,6 +201,16 @@ fn migrate_creates_the_schema_with_its_indexes_and_a_second_run_changes_nothing(
 }
 
 #[test]
+fn health_and_readiness_answer() {
+    let gw = Gateway::start();
+    let r = gw.get("/healthz", &[]);
+    assert_eq!((r.status, r.json()["status"].clone()), (200, json!("ok")));
+    let r = gw.get("/readyz", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["database"], "ok");
+}
+
+#[test]
 fn readiness_follows_the_database_while_liveness_does_not() {
     let gw = Gateway::start_with(&[("TOLLGATE_DB_WAIT_MS", "500")]);
     let ready = gw.get("/readyz", &[]);
@@ -175,7 +218,7 @@ fn readiness_follows_the_database_while_liveness_does_not() {
     assert_eq!(ready.json()["status"], "ready", "{}", ready.body);
     assert_eq!(ready.json()["database"], "ok", "{}", ready.body);
     let mut admin = postgres::Client::connect(
-        &format!("{} dbname=postgres", util::pg_base()),
+        &format!("{} dbname=postgres", crate::util::pg_base()),
         postgres::NoTls,
     )
     .unwrap();
