@@ -328,6 +328,12 @@ fn bad_admin_input_gets_400_naming_the_field_never_500() {
         ),
         (
             "POST",
+            "/admin/api-keys",
+            json!({"userId": user, "name": "k", "expiresAt": "2020-01-01T00:00:00Z"}),
+            "expiresAt",
+        ),
+        (
+            "POST",
             "/admin/routes",
             json!({"userId": user, "prefix": "users", "targetUrl": "http://h"}),
             "prefix",

@@ -1,6 +1,7 @@
-//! Hostile authentication traffic: floods of well-formed keys with wrong secrets, per-IP
-//! limits on failed key and admin-secret checks, and secrets kept out of the logs.
-//! Client IPs are told apart with `X-Forwarded-For` from a trusted 127.0.0.1.
+//! Failed credential checks: per-IP limits on failed key and admin-secret checks, a wrong
+//! key that costs one bcrypt verification however often it is sent, and floods of
+//! well-formed keys with wrong secrets. Client IPs are told apart with `X-Forwarded-For`
+//! from a trusted 127.0.0.1. (That no secret reaches the log is a test in `auth`.)
 use crate::util::{Gateway, ADMIN_SECRET};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -221,59 +222,4 @@ fn failed_admin_secrets_are_limited_per_ip_and_even_the_right_secret_then_gets_4
     );
     assert_eq!(r.status, 429, "{}", r.body);
     assert_eq!(admin(ADMIN_SECRET, "10.2.0.2").status, 200);
-}
-
-#[test]
-fn secrets_and_raw_keys_never_reach_the_log_even_at_debug_level() {
-    let (gw, up, user) = crate::util::gateway_with_api_route(&[("RUST_LOG", "debug")]);
-    let (key, key_id) = gw.create_key(user, json!({"rateLimit": 1_000_000}));
-    let secret_part = key.rsplit('_').next().unwrap().to_string();
-    assert_eq!(gw.with_key_direct("GET", "/api/a?x=1", &key).status, 200);
-    let bearer = format!("Bearer {key}");
-    let r = gw.direct("POST", "/api/b", &[("Authorization", &bearer)], Some(b"{}"));
-    assert_eq!(r.status, 200);
-    assert_eq!(
-        gw.with_key_direct("GET", "/analytics/overview", &key)
-            .status,
-        200
-    );
-    let wrong_admin = "wrong-admin-secret-0123456789";
-    assert_eq!(
-        gw.direct(
-            "GET",
-            "/admin/users",
-            &[("x-admin-secret", wrong_admin)],
-            None
-        )
-        .status,
-        401
-    );
-    let wrong = wrong_key(&key, 4242);
-    assert_eq!(gw.with_key_direct("GET", "/api/c", &wrong).status, 401);
-    // A key created, then rotated out.
-    assert_eq!(
-        gw.admin_delete(&format!("/admin/api-keys/{key_id}")).status,
-        200
-    );
-    assert_eq!(gw.with_key_direct("GET", "/api/d", &key).status, 401);
-    gw.wait_for_log_rows(5);
-    let out = gw.output();
-    assert!(out.contains("DEBUG"), "not a debug-level run:\n{out}");
-    for (what, s) in [
-        ("admin secret", ADMIN_SECRET),
-        ("wrong admin secret", wrong_admin),
-        ("raw key", key.as_str()),
-        ("key secret", secret_part.as_str()),
-        ("wrong key secret", wrong.rsplit('_').next().unwrap()),
-    ] {
-        assert!(
-            !out.contains(s),
-            "the {what} appears in the gateway's output"
-        );
-    }
-    // Nor in what the upstream was sent.
-    for seen in up.requests() {
-        let all = format!("{:?}", seen.headers);
-        assert!(!all.contains(&secret_part), "key forwarded upstream: {all}");
-    }
 }
