@@ -3,7 +3,7 @@
 //! that consume nothing, exactness under concurrent bursts (counter statements batched
 //! across requests and keys, each request with its own position), and old windows purged.
 
-use crate::util::{gateway_with_api_route, Gateway, Resp, Upstream};
+use crate::util::{gateway_with_api_route, Gateway, Resp, Upstream, BEHIND_EDGE};
 use serde_json::json;
 use std::sync::Barrier;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,52 +37,25 @@ fn num(r: &Resp, name: &str) -> u64 {
         .unwrap_or_else(|_| panic!("{name} not a number: {:?}", r.header(name)))
 }
 
+/// Each admitted request carries the limit headers, counting down; the 429 carries them
+/// all, with Reset at the end of the bucket and a Retry-After that is when one more fits.
 #[test]
-fn the_sixth_request_at_limit_five_gets_429_with_retry_after() {
-    let (gw, _up, user) = setup(&[]);
-    let (key, _) = gw.create_key(user, json!({"rateLimit": 5}));
-    for i in 0..5 {
-        let r = gw.with_key("GET", "/api", &key);
-        assert_eq!(r.status, 200, "request {i}");
-        assert_eq!(r.header("x-ratelimit-limit"), Some("5"));
-        assert_eq!(
-            r.header("x-ratelimit-remaining"),
-            Some(&*(4 - i).to_string())
-        );
-        assert_eq!(r.header("ratelimit-policy"), Some("\"default\";q=5;w=60"));
-        let rl = r.header("ratelimit").unwrap();
-        assert!(
-            rl.starts_with(&format!("\"default\";r={};t=", 4 - i)),
-            "{rl}"
-        );
-        let reset: u64 = r.header("x-ratelimit-reset").unwrap().parse().unwrap();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        assert!(reset > now && reset <= now + 61, "{reset} vs {now}");
-    }
-    let r = gw.with_key("GET", "/api", &key);
-    assert_eq!((r.status, r.code().as_str()), (429, "rate_limited"));
-    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
-    // Until the estimate admits one more: up to the rest of this bucket plus part of the
-    // next, where this bucket's count still weighs in (so at most two windows).
-    assert!((1..=120).contains(&retry), "{retry}");
-    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
-}
-
-#[test]
-fn the_429_carries_every_limit_header_and_reset_is_the_end_of_the_bucket() {
+fn admitted_requests_and_the_429_carry_every_limit_header_and_reset_is_the_end_of_the_bucket() {
     let (gw, up, user) = setup(&[("TOLLGATE_RATE_WINDOW_SECS", "4")]);
     let (key, _) = gw.create_key(user, json!({"rateLimit": 2}));
     align(4.0, 0.2);
     let bucket_end = ((now_secs() / 4.0).floor() as u64 + 1) * 4;
-    let r = gw.with_key("GET", "/api", &key);
-    assert_eq!(r.status, 200);
-    assert_eq!(r.header("ratelimit-policy"), Some("\"default\";q=2;w=4"));
-    assert_eq!(num(&r, "x-ratelimit-remaining"), 1);
-    assert_eq!(num(&r, "x-ratelimit-reset"), bucket_end);
-    assert_eq!(gw.with_key("GET", "/api", &key).status, 200);
+    for remaining in [1, 0] {
+        let r = gw.with_key("GET", "/api", &key);
+        assert_eq!(r.status, 200);
+        assert_eq!(num(&r, "x-ratelimit-limit"), 2);
+        assert_eq!(num(&r, "x-ratelimit-remaining"), remaining);
+        assert_eq!(num(&r, "x-ratelimit-reset"), bucket_end);
+        assert_eq!(r.header("ratelimit-policy"), Some("\"default\";q=2;w=4"));
+        let rl = r.header("ratelimit").expect("RateLimit header");
+        let counted_down = format!("\"default\";r={remaining};t=");
+        assert!(rl.starts_with(&counted_down), "{rl}");
+    }
     let r = gw.with_key("GET", "/api", &key);
     assert_eq!((r.status, r.code().as_str()), (429, "rate_limited"));
     assert!(r.header("content-type").unwrap_or("").contains("json"));
@@ -185,10 +158,32 @@ fn a_full_window_after_a_burst_the_whole_quota_is_back_and_not_before() {
     assert_eq!(gw.with_key("GET", "/api", &key).status, 429);
 }
 
+/// Nothing refused is counted: not what is refused before the limit stage (no route, a
+/// scope the key lacks), not what the limit refuses however often it is sent, so the full
+/// quota is back when the admitted requests' bucket has passed.
 #[test]
-fn refused_requests_do_not_consume_quota() {
-    let (gw, _up, user) = setup(&[("TOLLGATE_RATE_WINDOW_SECS", "2")]);
-    let (key, id) = gw.create_key(user, json!({"rateLimit": 3}));
+fn refused_requests_consume_no_quota_whether_refused_before_or_by_the_limit() {
+    let (gw, up, user) = setup(&[("TOLLGATE_RATE_WINDOW_SECS", "2")]);
+    let (key, id) = gw.create_key(user, json!({"rateLimit": 3, "scopes": ["read"]}));
+    let counted = || -> i64 {
+        gw.db()
+            .query_one(
+                "SELECT coalesce(sum(count), 0)::int8 FROM rate_limit_counters
+                  WHERE api_key_id = $1",
+                &[&id],
+            )
+            .unwrap()
+            .get(0)
+    };
+    for _ in 0..5 {
+        assert_eq!(gw.with_key("GET", "/no-such-route", &key).status, 404);
+        assert_eq!(gw.with_key("POST", "/api", &key).status, 403);
+    }
+    assert_eq!(
+        counted(),
+        0,
+        "requests refused before the limit stage were counted"
+    );
     align(2.0, 0.1);
     for _ in 0..3 {
         assert_eq!(gw.with_key("GET", "/api", &key).status, 200);
@@ -197,15 +192,8 @@ fn refused_requests_do_not_consume_quota() {
     for _ in 0..20 {
         assert_eq!(gw.with_key("GET", "/api", &key).status, 429);
     }
-    let mut db = gw.db.client();
-    let total: i64 = db
-        .query_one(
-            "SELECT coalesce(sum(count), 0)::int8 FROM rate_limit_counters WHERE api_key_id = $1",
-            &[&id],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(total, 3);
+    assert_eq!(counted(), 3);
+    assert_eq!(up.requests().len(), 3);
     // Two windows later the previous bucket is empty again: the full quota is back.
     align(2.0, 0.1);
     align(2.0, 0.1);
@@ -214,90 +202,10 @@ fn refused_requests_do_not_consume_quota() {
     }
 }
 
+/// Concurrent requests on one key: exactly the limit is admitted, each admitted request
+/// gets its own position (its own Remaining), and they share counter statements.
 #[test]
-fn requests_refused_before_the_limit_stage_consume_no_quota() {
-    let (gw, up, user) = setup(&[]);
-    let (key, id) = gw.create_key(user, json!({"rateLimit": 2, "scopes": ["read"]}));
-    for _ in 0..5 {
-        assert_eq!(gw.with_key("GET", "/no-such-route", &key).status, 404);
-        assert_eq!(gw.with_key("POST", "/api", &key).status, 403);
-    }
-    let n: i64 = gw
-        .db()
-        .query_one(
-            "SELECT coalesce(sum(count), 0)::int8 FROM rate_limit_counters WHERE api_key_id = $1",
-            &[&id],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 0, "refused requests were counted");
-    assert_eq!(gw.with_key("GET", "/api", &key).status, 200);
-    assert_eq!(gw.with_key("GET", "/api", &key).status, 200);
-    assert_eq!(gw.with_key("GET", "/api", &key).status, 429);
-    assert_eq!(up.requests().len(), 2);
-}
-
-#[test]
-fn each_key_has_its_own_quota_even_for_the_same_user() {
-    let (gw, _up, user) = setup(&[]);
-    let (a, _) = gw.create_key(user, json!({"rateLimit": 2}));
-    let (b, _) = gw.create_key(user, json!({"rateLimit": 2}));
-    for _ in 0..2 {
-        assert_eq!(gw.with_key("GET", "/api", &a).status, 200);
-    }
-    assert_eq!(gw.with_key("GET", "/api", &a).status, 429);
-    for _ in 0..2 {
-        assert_eq!(gw.with_key("GET", "/api", &b).status, 200);
-    }
-    assert_eq!(gw.with_key("GET", "/api", &b).status, 429);
-}
-
-#[test]
-fn concurrent_requests_on_one_key_admit_exactly_the_limit() {
-    let (gw, _up, user) = setup(&[]);
-    let (key, _) = gw.create_key(user, json!({"rateLimit": 10}));
-    let gw = std::sync::Arc::new(gw);
-    let handles: Vec<_> = (0..20)
-        .map(|_| {
-            let (gw, key) = (gw.clone(), key.clone());
-            std::thread::spawn(move || gw.with_key("GET", "/api", &key).status)
-        })
-        .collect();
-    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        10,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 429).count(),
-        10,
-        "{statuses:?}"
-    );
-}
-
-#[test]
-fn concurrent_bursts_on_two_keys_admit_exactly_each_limit() {
-    let (gw, _up, user) = setup(&[]);
-    let (a, _) = gw.create_key(user, json!({"rateLimit": 6}));
-    let (b, _) = gw.create_key(user, json!({"rateLimit": 4}));
-    let gw = std::sync::Arc::new(gw);
-    let handles: Vec<_> = (0..24)
-        .map(|i| {
-            let gw = gw.clone();
-            let key = if i % 2 == 0 { a.clone() } else { b.clone() };
-            std::thread::spawn(move || (i % 2, gw.with_key("GET", "/api", &key).status))
-        })
-        .collect();
-    let results: Vec<(i32, u16)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let ok = |k| results.iter().filter(|(w, s)| *w == k && *s == 200).count();
-    let limited = |k| results.iter().filter(|(w, s)| *w == k && *s == 429).count();
-    assert_eq!((ok(0), limited(0)), (6, 6), "{results:?}");
-    assert_eq!((ok(1), limited(1)), (4, 8), "{results:?}");
-}
-
-#[test]
-fn a_burst_on_one_key_shares_counter_statements_and_each_request_gets_its_own_position() {
+fn a_burst_on_one_key_admits_exactly_the_limit_in_shared_statements_each_at_its_own_position() {
     // A 20 ms gathering window (TOLLGATE_COALESCE_WINDOW_US) makes groups certain even on a
     // slow machine; an hour-long window keeps the estimate free of a previous bucket.
     let (gw, up, user) = gateway_with_api_route(&[
@@ -339,24 +247,33 @@ fn a_burst_on_one_key_shares_counter_statements_and_each_request_gets_its_own_po
         stats["counterRequests"].as_u64().unwrap(),
     );
     assert_eq!(counted, CLIENTS as u64);
-    assert!(
-        statements < counted,
-        "{statements} statements for {counted} requests: nothing was coalesced"
-    );
+    // Batching is judged where the burst reaches tollgate as sent: behind the edge, nginx
+    // opens connections of its own to tollgate and may spread the burst beyond the
+    // gathering window, so there exactness and positions are what is asserted.
+    if !BEHIND_EDGE {
+        assert!(
+            statements < counted,
+            "{statements} statements for {counted} requests: nothing was coalesced"
+        );
+    }
     assert_eq!(gw.counted_requests(), LIMIT as i64);
 }
 
+/// Concurrent bursts on several keys: each key gets exactly its own limit, each admitted
+/// request its own position, and one counter statement serves several keys.
 #[test]
-fn requests_for_different_keys_share_one_statement_and_each_key_gets_exactly_its_limit() {
+fn bursts_on_several_keys_share_statements_and_each_key_gets_exactly_its_own_limit() {
     let (gw, up, user) = gateway_with_api_route(&[
         ("TOLLGATE_COALESCE_WINDOW_US", "20000"),
         ("TOLLGATE_RATE_WINDOW_SECS", "3600"),
     ]);
-    const KEYS: usize = 6;
-    const LIMIT: usize = 4;
+    // Keys of one user with quotas of their own, and different ones.
+    const LIMITS: [usize; 6] = [4, 3, 5, 4, 3, 5];
+    const KEYS: usize = LIMITS.len();
     const PER_KEY: usize = 6;
-    let keys: Vec<String> = (0..KEYS)
-        .map(|_| gw.create_key(user, json!({ "rateLimit": LIMIT })).0)
+    let keys: Vec<String> = LIMITS
+        .iter()
+        .map(|limit| gw.create_key(user, json!({ "rateLimit": limit })).0)
         .collect();
     // One request each first, so that bcrypt (first use only) does not spread the burst.
     for key in &keys {
@@ -381,31 +298,39 @@ fn requests_for_different_keys_share_one_statement_and_each_key_gets_exactly_its
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    for k in 0..KEYS {
+    for (k, limit) in LIMITS.into_iter().enumerate() {
         let mut remaining: Vec<i64> = answers
             .iter()
             .filter(|(key, status, _)| *key == k && *status == 200)
             .map(|(_, _, rem)| rem.as_deref().unwrap_or("none").parse().unwrap())
             .collect();
         remaining.sort_unstable();
-        // The warm-up took position 1; the burst gets positions 2..=LIMIT, once each.
+        // The warm-up took position 1; the burst gets positions 2..=limit, once each.
         assert_eq!(
             remaining,
-            (0..LIMIT as i64 - 1).collect::<Vec<_>>(),
-            "{answers:?}"
+            (0..limit as i64 - 1).collect::<Vec<_>>(),
+            "key {k}: {answers:?}"
         );
         let refused = answers.iter().filter(|(key, s, _)| *key == k && *s == 429);
-        assert_eq!(refused.count(), PER_KEY - (LIMIT - 1), "{answers:?}");
+        assert_eq!(
+            refused.count(),
+            PER_KEY - (limit - 1),
+            "key {k}: {answers:?}"
+        );
     }
     let stats = gw.admin_get("/admin/stats").json();
     let statements = stats["counterStatements"].as_u64().unwrap() - before;
-    // Per-key grouping alone would need at least one statement per key.
-    assert!(
-        statements < KEYS as u64,
-        "{statements} statements for {KEYS} keys: no batch spanned keys"
-    );
-    assert_eq!(gw.counted_requests(), (KEYS * LIMIT) as i64);
-    assert_eq!(up.requests().len(), KEYS * LIMIT);
+    // Per-key grouping alone would need at least one statement per key. (Judged on the
+    // direct run only, as in the one-key burst above.)
+    if !BEHIND_EDGE {
+        assert!(
+            statements < KEYS as u64,
+            "{statements} statements for {KEYS} keys: no batch spanned keys"
+        );
+    }
+    let total: usize = LIMITS.iter().sum();
+    assert_eq!(gw.counted_requests(), total as i64);
+    assert_eq!(up.requests().len(), total);
 }
 
 #[test]
