@@ -1,7 +1,7 @@
 //! Start-up: configuration refused with a message, unknown subcommands, migrations, and the
 //! two probes: liveness (`/healthz`) and readiness (`/readyz`), which follows the database.
 
-use crate::util::{free_port, run_tollgate_ok, Gateway, TestDb, ADMIN_SECRET};
+use crate::util::{free_port, Gateway, TestDb, ADMIN_SECRET};
 use serde_json::json;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -34,44 +34,33 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// `serve` (also when no subcommand is given) refuses an admin secret that is missing or
+/// shorter than 16 characters, saying so and without echoing it.
 #[test]
-fn the_server_refuses_to_start_without_a_strong_admin_secret() {
-    let db = TestDb::create();
-    for secret in [None, Some("short")] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-        cmd.env_clear()
-            .env("DATABASE_URL", db.url())
-            .env("LISTEN_ADDR", "127.0.0.1:1");
-        if let Some(s) = secret {
-            cmd.env("ADMIN_SECRET", s);
-        }
-        let out = cmd.output().unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("ADMIN_SECRET"), "{err}");
-    }
-}
-
-#[test]
-fn a_fifteen_character_admin_secret_is_refused_with_a_message() {
+fn the_server_refuses_to_start_without_an_admin_secret_of_16_characters_or_more() {
     let db = TestDb::create();
     let listen = format!("127.0.0.1:{}", free_port());
     let url = db.url();
-    let out = run(
-        &["serve"],
-        &[
-            ("DATABASE_URL", &url),
-            ("ADMIN_SECRET", "0123456789abcde"),
-            ("LISTEN_ADDR", &listen),
-        ],
-    );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("ADMIN_SECRET") && err.contains("16"), "{err}");
-    assert!(
-        !err.contains("0123456789abcde"),
-        "the rejected secret is echoed: {err}"
-    );
+    for (args, secret) in [
+        (&[][..], None),
+        (&["serve"][..], None),
+        (&["serve"][..], Some("short")),
+        (&["serve"][..], Some("0123456789abcde")),
+    ] {
+        let mut env = vec![("DATABASE_URL", url.as_str()), ("LISTEN_ADDR", &listen)];
+        env.extend(secret.map(|s| ("ADMIN_SECRET", s)));
+        let out = run(args, &env);
+        assert!(!out.status.success(), "{args:?} {secret:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("ADMIN_SECRET"), "{args:?} {secret:?}: {err}");
+        if let Some(secret) = secret {
+            assert!(err.contains("16"), "{secret}: {err}");
+            assert!(
+                !err.contains(secret),
+                "the rejected secret is echoed: {err}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -97,20 +86,6 @@ fn an_unknown_subcommand_is_refused() {
         &[("DATABASE_URL", &url), ("ADMIN_SECRET", ADMIN_SECRET)],
     );
     assert!(!out.status.success());
-}
-
-#[test]
-fn migrate_applies_the_schema_and_is_idempotent() {
-    let db = TestDb::create();
-    for _ in 0..2 {
-        run_tollgate_ok(&["migrate"], &db.url());
-    }
-    let n: i64 = db
-        .client()
-        .query_one("SELECT count(*) FROM schema_migrations", &[])
-        .unwrap()
-        .get(0);
-    assert!(n >= 2);
 }
 
 #[test]
@@ -190,7 +165,7 @@ fn migrate_creates_the_schema_with_its_indexes_and_a_second_run_changes_nothing(
         .collect()
     };
     let first = versions(&mut c);
-    assert!(!first.is_empty());
+    assert!(first.len() >= 2, "{first:?}");
     migrate();
     assert_eq!(
         versions(&mut c),
@@ -201,18 +176,13 @@ fn migrate_creates_the_schema_with_its_indexes_and_a_second_run_changes_nothing(
 }
 
 #[test]
-fn health_and_readiness_answer() {
-    let gw = Gateway::start();
-    let r = gw.get("/healthz", &[]);
-    assert_eq!((r.status, r.json()["status"].clone()), (200, json!("ok")));
-    let r = gw.get("/readyz", &[]);
-    assert_eq!(r.status, 200);
-    assert_eq!(r.json()["database"], "ok");
-}
-
-#[test]
 fn readiness_follows_the_database_while_liveness_does_not() {
     let gw = Gateway::start_with(&[("TOLLGATE_DB_WAIT_MS", "500")]);
+    let live = gw.get("/healthz", &[]);
+    assert_eq!(
+        (live.status, live.json()["status"].clone()),
+        (200, json!("ok"))
+    );
     let ready = gw.get("/readyz", &[]);
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["status"], "ready", "{}", ready.body);
