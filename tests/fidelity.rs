@@ -750,6 +750,9 @@ fn hop_by_hop_headers_and_the_credential_never_reach_httpbin() {
     ] {
         assert_eq!(echoed(&v, name), None, "{name} reached the upstream: {v}");
     }
+    // Nor does the Connection header tollgate sends name the header it dropped.
+    let connection = echoed(&v, "connection").unwrap_or("").to_ascii_lowercase();
+    assert!(!connection.contains("x-secret-hop"), "{connection}");
     let text = v.to_string();
     assert!(!text.contains(&key), "the key reached the upstream: {text}");
 
@@ -1000,20 +1003,5 @@ fn max_body_bytes_refuses_declared_and_streamed_chunked_bodies_over_the_limit() 
         up.requests().len(),
         1,
         "only the body within the limit arrived"
-    );
-}
-
-#[test]
-fn route_timeout_ms_answers_504_json() {
-    let up = Upstream::start();
-    let (gw, user, key) = setup(&[]);
-    gw.create_route_with(user, "/slow", &up.addr, json!({"timeoutMs": 300}));
-    let t0 = Instant::now();
-    let r = gw.with_key_direct("GET", "/slow/slow/3000", &key);
-    assert_eq!((r.status, r.code().as_str()), (504, "upstream_timeout"));
-    assert!(
-        t0.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        t0.elapsed()
     );
 }

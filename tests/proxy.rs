@@ -210,38 +210,6 @@ fn request_id_is_generated_or_kept_and_travels_both_ways() {
 }
 
 #[test]
-fn hop_by_hop_headers_and_those_named_in_connection_are_not_forwarded() {
-    let (gw, up, _user, key) = setup(&[]);
-    // Straight to the gateway, also in the edge run: nginx forwards a header the client's
-    // Connection names (it drops only its own hop-by-hop set), so this is tollgate's check.
-    let req = format!(
-        "GET /api/hop HTTP/1.1\r\nHost: {}\r\nx-api-key: {key}\r\n\
-         Connection: close, X-Hop-Secret\r\nX-Hop-Secret: do-not-forward\r\n\
-         Keep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\n\
-         X-End-To-End: yes\r\n\r\n",
-        gw.direct_addr.trim_start_matches("http://")
-    );
-    let out = raw_request(&gw.direct_addr, req.as_bytes(), Duration::from_secs(5));
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    let seen = up.last();
-    for h in [
-        "x-hop-secret",
-        "keep-alive",
-        "te",
-        "proxy-connection",
-        "x-api-key",
-    ] {
-        assert_eq!(seen.header(h), None, "{h} forwarded: {:?}", seen.headers);
-    }
-    let connection = seen
-        .headers_named("connection")
-        .join(",")
-        .to_ascii_lowercase();
-    assert!(!connection.contains("x-hop-secret"), "{connection}");
-    assert_eq!(seen.header("x-end-to-end"), Some("yes"));
-}
-
-#[test]
 fn repeated_request_headers_all_arrive_in_order() {
     let (gw, up, _user, key) = setup(&[]);
     let req = format!(
@@ -259,23 +227,6 @@ fn repeated_request_headers_all_arrive_in_order() {
         "{:?}",
         seen.headers
     );
-}
-
-#[test]
-fn a_chunked_request_body_is_forwarded_whole() {
-    let (gw, up, _user, key) = setup(&[]);
-    let req = format!(
-        "POST /api/chunked HTTP/1.1\r\nHost: {}\r\nx-api-key: {key}\r\n\
-         Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
-         5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
-        host(&gw)
-    );
-    let out = raw_close(&gw, req.as_bytes());
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    let seen = up.last();
-    assert_eq!(seen.method, "POST");
-    assert_eq!(String::from_utf8_lossy(&seen.body), "hello world");
-    assert_eq!(seen.header("content-type"), Some("text/plain"));
 }
 
 #[test]
@@ -335,29 +286,6 @@ fn chunked_and_close_delimited_upstream_bodies_reach_the_client_whole() {
 }
 
 #[test]
-fn head_and_204_answers_leave_a_kept_alive_connection_in_step() {
-    let (gw, _up, _user, key) = setup(&[]);
-    let h = host(&gw);
-    let req = format!(
-        "HEAD /api/first HTTP/1.1\r\nHost: {h}\r\nx-api-key: {key}\r\n\r\n\
-         GET /api/status/204 HTTP/1.1\r\nHost: {h}\r\nx-api-key: {key}\r\n\r\n\
-         GET /api/third HTTP/1.1\r\nHost: {h}\r\nx-api-key: {key}\r\nConnection: close\r\n\r\n"
-    );
-    let out = raw_close(&gw, req.as_bytes());
-    let statuses: Vec<&str> = out
-        .split("\r\n")
-        .filter(|l| l.starts_with("HTTP/1.1 "))
-        .collect();
-    assert_eq!(statuses.len(), 3, "{out}");
-    assert!(statuses[0].starts_with("HTTP/1.1 200"), "{out}");
-    assert!(statuses[1].starts_with("HTTP/1.1 204"), "{out}");
-    assert!(statuses[2].starts_with("HTTP/1.1 200"), "{out}");
-    // The only body on the wire is the third answer's echo.
-    assert_eq!(out.matches("\"target\"").count(), 1, "{out}");
-    assert!(out.contains("/api/third"), "{out}");
-}
-
-#[test]
 fn repeated_or_non_numeric_content_length_and_te_with_cl_get_400() {
     let (gw, up, _user, key) = setup(&[]);
     let h = host(&gw);
@@ -365,6 +293,7 @@ fn repeated_or_non_numeric_content_length_and_te_with_cl_get_400() {
         format!("POST /api HTTP/1.1\r\nHost: {h}\r\nx-api-key: {key}\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
         format!("POST /api HTTP/1.1\r\nHost: {h}\r\nx-api-key: {key}\r\nContent-Length: abc\r\n\r\nabc"),
         format!("POST /api HTTP/1.1\r\nHost: {h}\r\nx-api-key: {key}\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+        format!("POST /api HTTP/1.1\r\nHost: {h}\r\nx-api-key: {key}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
     ];
     for req in &cases {
         let out = raw_request(&gw.addr, req.as_bytes(), Duration::from_millis(700));
@@ -381,32 +310,12 @@ fn repeated_or_non_numeric_content_length_and_te_with_cl_get_400() {
     assert_eq!(gw.get("/healthz", &[]).status, 200);
 }
 
+/// A body over the limit (TOLLGATE_MAX_BODY_BYTES) gets 413 whether its length is declared
+/// or it comes chunked, and none of it reaches the upstream; exactly the limit passes; a
+/// declared length far beyond anything drainable neither crashes nor stalls the gateway.
 #[test]
-fn a_chunked_body_over_the_limit_gets_413_and_never_reaches_the_upstream() {
-    let (gw, up, _user, key) = setup(&[("TOLLGATE_MAX_BODY_BYTES", "100")]);
-    let chunk = "y".repeat(80);
-    let req = format!(
-        "POST /api/big HTTP/1.1\r\nHost: {}\r\nx-api-key: {key}\r\n\
-         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
-         50\r\n{chunk}\r\n50\r\n{chunk}\r\n0\r\n\r\n",
-        host(&gw)
-    );
-    let out = raw_close(&gw, req.as_bytes());
-    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
-    assert!(out.contains("payload_too_large"), "{out}");
-    assert!(
-        up.requests().iter().all(|s| s.body.len() <= 100),
-        "an oversized body reached the upstream"
-    );
-    assert_eq!(gw.get("/healthz", &[]).status, 200);
-}
-
-#[test]
-fn oversized_bodies_get_413_and_ambiguous_framing_gets_400() {
-    let gw = Gateway::start_with(&[("TOLLGATE_MAX_BODY_BYTES", "1000")]);
-    let up = Upstream::start();
-    let (user, key, _) = user_with_key(&gw, "a@example.com");
-    gw.create_route(user, "/api", &up.addr);
+fn bodies_over_the_limit_get_413_whether_declared_or_chunked() {
+    let (gw, up, _user, key) = setup(&[("TOLLGATE_MAX_BODY_BYTES", "1000")]);
     let big = vec![b'x'; 1001];
     let r = gw.request("POST", "/api", &[("x-api-key", &key)], Some(&big));
     assert_eq!((r.status, r.code().as_str()), (413, "payload_too_large"));
@@ -416,14 +325,20 @@ fn oversized_bodies_get_413_and_ambiguous_framing_gets_400() {
             .status,
         200
     );
-    let smuggle = format!(
-        "POST /api HTTP/1.1\r\nHost: x\r\nx-api-key: {key}\r\nContent-Length: 5\r\n\
-         Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    let chunk = "y".repeat(600);
+    let chunked = format!(
+        "POST /api/big HTTP/1.1\r\nHost: {}\r\nx-api-key: {key}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n",
+        host(&gw)
     );
-    let out = raw_request(&gw.addr, smuggle.as_bytes(), Duration::from_millis(500));
-    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
-    assert!(out.contains("bad_request"), "{out}");
-    // A declared length far beyond anything drainable neither crashes nor stalls the gateway.
+    let out = raw_close(&gw, chunked.as_bytes());
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains("payload_too_large"), "{out}");
+    assert!(
+        up.requests().iter().all(|s| s.body.len() <= 1000),
+        "an oversized body reached the upstream"
+    );
     let huge = format!(
         "POST /api HTTP/1.1\r\nHost: x\r\nx-api-key: {key}\r\nContent-Length: 10000000000000\r\n\r\nabc"
     );
@@ -433,21 +348,11 @@ fn oversized_bodies_get_413_and_ambiguous_framing_gets_400() {
 }
 
 #[test]
-fn dead_upstream_is_502_and_slow_upstream_is_504() {
-    let gw = Gateway::start_with(&[("TOLLGATE_UPSTREAM_TIMEOUT_MS", "500")]);
-    let up = Upstream::start();
-    let (user, key, _) = user_with_key(&gw, "a@example.com");
+fn a_dead_upstream_is_502_and_a_slow_one_504_promptly_and_the_next_request_is_served() {
+    let (gw, up, user, key) = setup(&[("TOLLGATE_UPSTREAM_TIMEOUT_MS", "300")]);
     gw.create_route(user, "/dead", &dead_upstream());
-    gw.create_route(user, "/slow", &up.addr);
     let r = gw.with_key("GET", "/dead", &key);
     assert_eq!((r.status, r.code().as_str()), (502, "upstream_unreachable"));
-    let r = gw.with_key("GET", "/slow/slow/2000", &key);
-    assert_eq!((r.status, r.code().as_str()), (504, "upstream_timeout"));
-}
-
-#[test]
-fn an_upstream_timeout_answers_504_promptly_and_the_next_request_is_served() {
-    let (gw, up, _user, key) = setup(&[("TOLLGATE_UPSTREAM_TIMEOUT_MS", "300")]);
     let t = Instant::now();
     let r = gw.with_key("GET", "/api/slow/2000", &key);
     assert_eq!((r.status, r.code().as_str()), (504, "upstream_timeout"));
