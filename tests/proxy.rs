@@ -1,9 +1,9 @@
-//! Routing and forwarding: prefix matching on segment boundaries, the longest prefix, a
-//! key's own routes only, route changes without a restart, the gateway's own paths never
-//! proxied; method, path, query, headers and body as sent, the request id both ways,
-//! hop-by-hop headers dropped, statuses and bodies of every framing relayed as answered;
-//! bodies over the limit and ambiguous framing refused; dead and slow upstreams; JSON
-//! errors.
+//! Routing and forwarding through the recording upstream: prefix matching on segment
+//! boundaries, the longest prefix, a key's own routes only, route changes without a
+//! restart, the gateway's own paths never proxied; method, path, query, headers and body as
+//! sent, the request id both ways, statuses and bodies of every framing relayed as
+//! answered; bodies over the limit and ambiguous framing refused; dead and slow upstreams;
+//! JSON errors. (Against httpbin, and hop-by-hop headers: `fidelity`.)
 
 use crate::util::{dead_upstream, raw_request, Gateway, Upstream};
 use serde_json::json;
