@@ -13,25 +13,26 @@ build:            ## release binary: target/release/tollgate
 run: build        ## private Postgres + db `tollgate` + admin secret, then serve (LISTEN_ADDR, default 127.0.0.1:3000)
 	scripts/run.sh
 
-test:             ## private Postgres, then cargo test (stops the cluster only if it started it)
+test:             ## private Postgres, then cargo test --all-targets (stops the cluster only if it started it)
 	scripts/test.sh
 
 bench:            ## one table: nginx upstream vs nginx proxy vs tollgate, ratios and targets (BENCH_SECS, default 10)
 	scripts/bench.sh
 
 bench-analytics:  ## analytics from rollups vs raw scans at 10 M log rows, and logger rows/s (BENCH_ANALYTICS_ROWS)
-	scripts/bench_analytics.sh
+	scripts/bench-analytics.sh
+
+bench-cluster:    ## two replicas behind haproxy on one database: throughput, exact limit, revoke latency
+	scripts/bench-cluster.sh
+
 soak:             ## SOAK_SECS (default 600) of mixed traffic; RSS, threads, fds sampled every 10 s must stay flat
 	scripts/soak.sh
-bench-cluster:    ## two replicas behind haproxy on one database: throughput, exact limit, revoke latency
-	scripts/bench_cluster.sh
 
 fmt:
 	cargo fmt
 
-lint:
-	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
+lint:             ## cargo fmt --check, cargo clippy --all-targets -- -D warnings, the layer-import check
+	scripts/lint.sh
 
 demo: build       ## scripted walk-through against a throw-away database
 	scripts/demo.sh

@@ -10,9 +10,9 @@
 # them alike), medians reported in ONE table with each case's ratio to (b) and its target
 # (issue 6), plus the CPU each request cost tollgate, Postgres and the whole machine (read
 # from /proc around every run: the profile that says where a request's time goes). The logger and analytics
-# rows come from scripts/bench_analytics.sh when that script exists.
+# rows come from scripts/bench-analytics.sh when that script exists.
 # Env: BENCH_SECS (10), BENCH_CONNS (32: wrk connections), BENCH_KEYS (1000), BENCH_ROUNDS (3), BENCH_KEEP=1 keeps the temp
-# dir (wrk outputs, logs), BENCH_ANALYTICS=0 skips scripts/bench_analytics.sh. Everything
+# dir (wrk outputs, logs), BENCH_ANALYTICS=0 skips scripts/bench-analytics.sh. Everything
 # started here is stopped on exit, and the bench database is dropped.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -27,7 +27,7 @@ UP=127.0.0.1:18081 PX=127.0.0.1:18082 GW=127.0.0.1:18083
 G=http://$GW
 
 scripts/deps.sh pg bench cargo
-. scripts/bench/common.sh
+. scripts/lib/bench-common.sh
 refuse_busy bench $UP $PX $GW
 cargo build --release
 load0=$(cut -d' ' -f1-3 /proc/loadavg) # other work on the machine skews every case
@@ -38,7 +38,7 @@ bench_start bench "$DB"
 # instance its own prefix (pid file, error log, temp dirs); -e avoids /var/log/nginx.
 start_nginx() { # start_nginx <name> <conf>
     mkdir -p "$TMP/$1"
-    nginx -p "$TMP/$1/" -c "$REPO/scripts/bench/$2" -e "$TMP/$1/error.log" &
+    nginx -p "$TMP/$1/" -c "$REPO/scripts/conf/$2" -e "$TMP/$1/error.log" &
     pids+=($!)
 }
 start_nginx upstream upstream.conf
@@ -132,7 +132,7 @@ for r in $(seq 1 "$ROUNDS"); do
         pgp=$(pg_pids)
         t0=$(ticks "$tg_pid") p0=$(ticks $pgp) m0=$(machine_ticks)
         BENCH_KEYS_FILE=$TMP/${KEYS[$c]} wrk -t1 -c"$CONNS" -d"${SECS}s" --latency \
-            -s scripts/bench/rotate.lua "${URL[$c]}" >"$out"
+            -s scripts/conf/rotate.lua "${URL[$c]}" >"$out"
         t1=$(ticks "$tg_pid") p1=$(ticks $pgp) m1=$(machine_ticks)
         # Upstream connections that are not reused pile up in TIME-WAIT (60 s each): count
         # the closed connections to the upstream's port.
@@ -160,9 +160,9 @@ statuses=$(scripts/pg.sh psql "$DB" -tAXc \
 
 # The logger and analytics benchmark prints `name value` lines for this table.
 declare -A AN=()
-if [[ -x scripts/bench_analytics.sh && ${BENCH_ANALYTICS:-1} != 0 ]]; then
-    echo "bench: running scripts/bench_analytics.sh"
-    if scripts/bench_analytics.sh >"$TMP/analytics.txt" 2>"$TMP/analytics.err"; then
+if [[ -x scripts/bench-analytics.sh && ${BENCH_ANALYTICS:-1} != 0 ]]; then
+    echo "bench: running scripts/bench-analytics.sh"
+    if scripts/bench-analytics.sh >"$TMP/analytics.txt" 2>"$TMP/analytics.err"; then
         while read -r k v; do
             [[ $k =~ ^(logger_rows_per_sec|analytics_overview_ms|analytics_timeseries_ms|raw_overview_ms|raw_timeseries_ms)$ ]] \
                 && AN[$k]=$v
@@ -171,7 +171,7 @@ if [[ -x scripts/bench_analytics.sh && ${BENCH_ANALYTICS:-1} != 0 ]]; then
         grep -Ev '^(logger_rows_per_sec|analytics_|raw_(overview|timeseries)_ms)' "$TMP/analytics.txt" \
             >"$TMP/analytics.table" || true
     else
-        echo "bench: scripts/bench_analytics.sh failed; tail of its stderr:" >&2
+        echo "bench: scripts/bench-analytics.sh failed; tail of its stderr:" >&2
         tail -n 5 "$TMP/analytics.err" >&2
     fi
 fi
@@ -196,7 +196,7 @@ for c in a b c d e; do
 done
 added=$(awk -v c="$(median c p99_us)" -v a="$(median a p99_us)" 'BEGIN {printf "%.2f", (c-a)/1000}')
 printf "$fmt" "added p99 over direct upstream at $CONNS conns, (c) - (a)" "" "" "$added" "" "" "" "" "≤ 2 ms"
-printf "$fmt" "logger rows/s [scripts/bench_analytics.sh]" "$(an logger_rows_per_sec)" "" "" "" "" "" "" "≥ 100000"
+printf "$fmt" "logger rows/s [scripts/bench-analytics.sh]" "$(an logger_rows_per_sec)" "" "" "" "" "" "" "≥ 100000"
 printf "$fmt" "analytics overview 24h @10M rows, ms" "" "$(an analytics_overview_ms)" "" "" "" "" "" "≤ 50 ms (raw: $(an raw_overview_ms))"
 printf "$fmt" "analytics timeseries 24h @10M rows, ms" "" "$(an analytics_timeseries_ms)" "" "" "" "" "" "≤ 50 ms (raw: $(an raw_timeseries_ms))"
 for c in a b c d e; do
@@ -211,6 +211,6 @@ echo "tollgate /admin/stats: $stats"
 echo "tollgate responses by status (request_logs): $statuses"
 if [[ -s $TMP/analytics.table ]]; then
     echo
-    echo "scripts/bench_analytics.sh:"
+    echo "scripts/bench-analytics.sh:"
     cat "$TMP/analytics.table"
 fi

@@ -30,7 +30,7 @@ scripts/pg.sh dropdb "$DB"
 scripts/pg.sh createdb "$DB"
 
 mkdir -p "$TMP/up" # the bench's upstream: 200 "ok\n" on 127.0.0.1:18081
-nginx -p "$TMP/up/" -c "$REPO/scripts/bench/upstream.conf" -e "$TMP/up/error.log" &
+nginx -p "$TMP/up/" -c "$REPO/scripts/conf/upstream.conf" -e "$TMP/up/error.log" &
 pids+=($!)
 S=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 ADMIN_SECRET=$S DATABASE_URL=$(scripts/pg.sh url "$DB") LISTEN_ADDR=$GW \

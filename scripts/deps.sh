@@ -6,9 +6,9 @@
 #   scripts/deps.sh cargo   only checks that a Rust toolchain is on PATH
 #   scripts/deps.sh soak    python3 and curl (load generator and admin calls of scripts/soak.sh)
 #   scripts/deps.sh httpbin httpbin + gunicorn from PyPI in a venv at .data/venv (the
-#                           upstream of tests/fidelity.rs; python3-venv from Debian if needed)
-#   scripts/deps.sh browser chromium + chromium-driver (tests/dashboard.rs drives the page)
-#   scripts/deps.sh promtool prometheus, for `promtool check metrics` in tests/metrics.rs
+#                           upstream of the fidelity tests; python3-venv from Debian if needed)
+#   scripts/deps.sh browser chromium + chromium-driver (tests/browser.rs drives the dashboard)
+#   scripts/deps.sh promtool prometheus, for `promtool check metrics` in the metrics tests
 #   scripts/deps.sh schemathesis  schemathesis from PyPI into the same venv (tests/openapi.rs)
 # Several purposes may be given at once. Needs root only when something is missing.
 set -euo pipefail

@@ -47,7 +47,7 @@ UP_PORT=$(free_port)
 SECRET=soak-admin-secret-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
 G=http://127.0.0.1:$GW_PORT
 
-python3 scripts/soak/load.py upstream "$UP_PORT" &
+python3 scripts/lib/soak-load.py upstream "$UP_PORT" &
 UP_PID=$!
 DATABASE_URL=$(scripts/pg.sh url "$DB") ADMIN_SECRET=$SECRET LISTEN_ADDR=127.0.0.1:$GW_PORT \
     TOLLGATE_TRUSTED_PROXIES=127.0.0.1 RUST_LOG=warn \
@@ -67,7 +67,7 @@ key() { admin POST /admin/api-keys "{\"userId\":$USER_ID,\"name\":\"$1\",\"rateL
 KEYS="{\"valid\":\"$(key valid 100000000)\",\"limited\":\"$(key limited 60)\",\"victim\":\"$(key victim 100)\"}"
 
 echo "soak: ${SECS}s of mixed traffic against pid $GW_PID; samples every ${EVERY}s, warm-up ${WARMUP}s"
-python3 scripts/soak/load.py clients "$G" "$SECS" "$KEYS" >"$WORK/tally.json" &
+python3 scripts/lib/soak-load.py clients "$G" "$SECS" "$KEYS" >"$WORK/tally.json" &
 LOAD_PID=$!
 
 sample() { # elapsed rss_kib threads fds

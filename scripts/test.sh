@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# `make test`: the private Postgres, then every test. The tests create and drop their own
-# databases in it (TOLLGATE_TEST_PG has no dbname). The cluster is stopped at the end only
-# when this script started it, so a cluster you are using for `make run` keeps running.
+# `make test`: the private Postgres, then every test (docs/testing.md): the unit tests, the
+# integration crate tests/tests.rs and the process-shape crates beside it, among them
+# tests/edge.rs, which runs the client-facing topics again behind the shipped nginx edge.
+# The tests create and drop their own databases in the cluster (TOLLGATE_TEST_PG has no
+# dbname). It is stopped at the end only when this script started it, so a cluster you
+# are using for `make run` keeps running.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO"
 
 scripts/deps.sh pg edge cargo httpbin schemathesis browser promtool
-# tests/fidelity.rs runs httpbin under this gunicorn as a real-world upstream.
+# The fidelity tests run httpbin under this gunicorn as a real-world upstream.
 TOLLGATE_TEST_GUNICORN=$REPO/.data/venv/bin/gunicorn
 export TOLLGATE_TEST_GUNICORN
 # tests/openapi.rs runs schemathesis against GET /openapi.json.
@@ -22,9 +25,3 @@ export TOLLGATE_TEST_PG
 
 cargo build
 cargo test --all-targets -- --test-threads=4
-# The proxy suites once more with the shipped nginx edge (scripts/edge/nginx.conf) in front
-# of every gateway: what passes direct must pass behind the edge too.
-# (fidelity and resilience talk to the gateway directly: their uploads and upstream faults
-# are the gateway's own behaviour, not the edge's.)
-TOLLGATE_TEST_VIA_EDGE=1 cargo test --test proxy_and_logs --test auth_and_limits \
-    --test admin_and_analytics --test ratelimit --test logging_analytics -- --test-threads=4

@@ -1,6 +1,11 @@
 //! Faults inside tollgate's own process and its database: graceful shutdown on SIGTERM,
 //! a second signal, a real Postgres outage (private cluster killed under load), and panics
-//! in a handler, in the logger thread and while holding a lock.
+//! in a handler, in the logger thread and while holding a lock. A crate of its own: its
+//! tests signal and wait for the gateway process, and kill and restart a Postgres cluster
+//! of their own (`PrivatePg`), never the shared one.
+
+// The whole harness; this crate uses part of it.
+#[allow(dead_code)]
 mod util;
 
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! The harness every integration test uses: a fresh database on the test Postgres cluster,
 //! a real upstream HTTP server that records what it receives, and the real `tollgate`
-//! binary in between. Everything started here is stopped when its handle is dropped.
-#![allow(dead_code)]
+//! binary in between; in the crate tests/edge.rs, the shipped nginx edge in front of it.
+//! Everything started here is stopped when its handle is dropped.
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -346,8 +346,8 @@ pub fn dead_upstream() -> String {
 
 /// The real binary with its own database.
 pub struct Gateway {
-    /// Where tests send requests: the gateway itself, or the nginx edge in front of it when
-    /// `TOLLGATE_TEST_VIA_EDGE=1` (`make test` runs the suite both ways).
+    /// Where tests send requests: the gateway itself, or in the crate tests/edge.rs the
+    /// nginx edge in front of it (see `BEHIND_EDGE`).
     pub addr: String,
     /// The gateway itself, whatever is in front of it.
     pub direct_addr: String,
@@ -401,16 +401,6 @@ impl Gateway {
         Gateway::start_on(TestDb::create(), env)
     }
 
-    /// A second instance on this gateway's database (the database stays owned by `self`).
-    pub fn start_beside(&self, env: &[(&str, &str)]) -> Gateway {
-        let db = TestDb {
-            name: self.db.name.clone(),
-            owned: false,
-            base: self.db.base.clone(),
-        };
-        Gateway::start_on(db, env)
-    }
-
     /// A gateway on a database made by the caller (e.g. on a `PrivatePg`).
     pub fn start_on(db: TestDb, env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
@@ -428,7 +418,7 @@ impl Gateway {
             .env("TOLLGATE_WORKERS", "32")
             .env("TOLLGATE_DB_POOL_SIZE", "8")
             .env("RUST_LOG", "info");
-        if via_edge() {
+        if BEHIND_EDGE {
             cmd.env("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1");
         }
         for (k, v) in env {
@@ -471,7 +461,7 @@ impl Gateway {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        if via_edge() {
+        if BEHIND_EDGE {
             let edge = Edge::start(&gw.direct_addr);
             gw.addr = edge.addr.clone();
             gw.edge = Some(edge);
@@ -674,11 +664,6 @@ impl Gateway {
             .get(0)
     }
 
-    /// Raw bytes to the gateway; everything it answers until it closes or goes quiet.
-    pub fn raw_request(&self, bytes: &[u8]) -> String {
-        raw_request(&self.addr, bytes, Duration::from_millis(1500))
-    }
-
     /// Waits (at most 10 s) until `request_logs` holds at least `n` rows; returns the count.
     pub fn wait_for_log_rows(&self, n: i64) -> i64 {
         self.wait_for_log_rows_within(n, Duration::from_secs(10))
@@ -703,6 +688,21 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+}
+
+/// What only the process-shape crates use: a second instance on one database
+/// (tests/cluster.rs), signals and the exit status (tests/faults.rs).
+#[allow(dead_code)] // compiled, unused, in the other crates
+impl Gateway {
+    /// A second instance on this gateway's database (the database stays owned by `self`).
+    pub fn start_beside(&self, env: &[(&str, &str)]) -> Gateway {
+        let db = TestDb {
+            name: self.db.name.clone(),
+            owned: false,
+            base: self.db.base.clone(),
+        };
+        Gateway::start_on(db, env)
     }
 
     /// Sends a signal (`TERM`, `INT`, ...) to the gateway process.
@@ -732,23 +732,26 @@ impl Gateway {
 /// A PostgreSQL cluster of one test's own, for tests that stop and start the database:
 /// initdb in a temp dir as user `postgres`, unix socket in that dir, no TCP listener, so
 /// the shared test cluster is never touched. Stopped and deleted on drop.
+#[allow(dead_code)] // tests/faults.rs only; compiled, unused, in the other crates
 pub struct PrivatePg {
     pub dir: std::path::PathBuf,
     port: u16,
 }
 
-const PGBIN: &str = "/usr/lib/postgresql/15/bin";
-
-fn as_postgres(args: &[&str]) -> std::process::Output {
-    Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .args(args)
-        .current_dir("/")
-        .output()
-        .expect("runuser (the tests run as root, like `make test`)")
-}
-
+#[allow(dead_code)] // as the struct
 impl PrivatePg {
+    const BIN: &'static str = "/usr/lib/postgresql/15/bin";
+
+    /// Runs a Postgres program as the `postgres` user (initdb and the server refuse root).
+    fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--", &format!("{}/{program}", Self::BIN)])
+            .args(args)
+            .current_dir("/")
+            .output()
+            .expect("runuser (the tests run as root, like `make test`)")
+    }
+
     pub fn start() -> PrivatePg {
         let dir = std::env::temp_dir().join(unique("tollgate-pg"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -762,15 +765,10 @@ impl PrivatePg {
             port: free_port(),
         };
         let data = pg.data();
-        let out = as_postgres(&[
-            &format!("{PGBIN}/initdb"),
-            "-D",
-            &data,
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-        ]);
+        let out = Self::as_postgres(
+            "initdb",
+            &["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync"],
+        );
         assert!(out.status.success(), "initdb: {:?}", out);
         pg.start_again();
         pg
@@ -797,17 +795,19 @@ impl PrivatePg {
             self.port
         );
         let log = self.dir.join("pg.log");
-        let out = as_postgres(&[
-            &format!("{PGBIN}/pg_ctl"),
-            "-D",
-            &self.data(),
-            "-l",
-            log.to_str().unwrap(),
-            "-o",
-            &opts,
-            "-w",
-            "start",
-        ]);
+        let out = Self::as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-w",
+                "start",
+            ],
+        );
         assert!(out.status.success(), "pg_ctl start: {:?}", out);
     }
 
@@ -818,15 +818,10 @@ impl PrivatePg {
     }
 
     fn stop_immediately(&self) -> std::process::Output {
-        as_postgres(&[
-            &format!("{PGBIN}/pg_ctl"),
-            "-D",
-            &self.data(),
-            "-m",
-            "immediate",
-            "-w",
-            "stop",
-        ])
+        Self::as_postgres(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        )
     }
 }
 
@@ -865,10 +860,11 @@ pub fn raw_request(addr: &str, bytes: &[u8], quiet: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Whether this run puts the shipped nginx edge in front of every gateway.
-pub fn via_edge() -> bool {
-    std::env::var("TOLLGATE_TEST_VIA_EDGE").is_ok_and(|v| v == "1")
-}
+/// Whether every gateway this crate starts has the shipped nginx edge in front of it: true
+/// in the crate tests/edge.rs (whose name is the switch) and nowhere else. There `addr` is
+/// the edge's address, `direct_addr` the gateway's own, and the gateway believes the edge's
+/// `X-Forwarded-For` (TOLLGATE_TRUSTED_PROXIES=127.0.0.1).
+pub const BEHIND_EDGE: bool = matches!(env!("CARGO_CRATE_NAME").as_bytes(), b"edge");
 
 /// nginx with the shipped edge configuration (scripts/edge/nginx.conf) in front of one
 /// gateway.

@@ -1,12 +1,11 @@
-//! Hostile authentication traffic: floods of well-formed keys with wrong secrets, per-IP
-//! limits on failed key and admin-secret checks, and secrets kept out of the logs.
-//! Client IPs are told apart with `X-Forwarded-For` from a trusted 127.0.0.1.
-mod util;
-
+//! Failed credential checks: per-IP limits on failed key and admin-secret checks, a wrong
+//! key that costs one bcrypt verification however often it is sent, and floods of
+//! well-formed keys with wrong secrets. Client IPs are told apart with `X-Forwarded-For`
+//! from a trusted 127.0.0.1. (That no secret reaches the log is a test in `auth`.)
+use crate::util::{Gateway, ADMIN_SECRET};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use util::{Gateway, ADMIN_SECRET};
 
 const TRUST_LOOPBACK: (&str, &str) = ("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1");
 
@@ -25,7 +24,7 @@ fn stats(gw: &Gateway, field: &str) -> i64 {
 
 #[test]
 fn failed_key_checks_from_one_ip_get_429_with_retry_after_and_other_ips_are_unaffected() {
-    let (gw, _user, key) = util::gateway_with_key(
+    let (gw, _user, key) = crate::util::gateway_with_key(
         "ip-limit@example.com",
         &[TRUST_LOOPBACK, ("TOLLGATE_AUTH_FAIL_LIMIT", "5")],
     );
@@ -62,7 +61,7 @@ fn failed_key_checks_from_one_ip_get_429_with_retry_after_and_other_ips_are_unaf
 
 #[test]
 fn a_repeated_wrong_key_costs_one_bcrypt_verification() {
-    let (gw, user, _key) = util::gateway_with_key("failure-cache@example.com", &[]);
+    let (gw, user, _key) = crate::util::gateway_with_key("failure-cache@example.com", &[]);
     // A key this process never verified: its wrong secret would need bcrypt each time.
     let (other, _) = gw.create_key(user, json!({}));
     let bad = wrong_key(&other, 7);
@@ -103,7 +102,7 @@ fn a_flood_of_wrong_secrets_leaves_valid_traffic_p99_within_twice_unflooded() {
     // Production bcrypt cost: each unguarded wrong secret would burn ~85 ms of CPU. The
     // default limit (30 failures), over a window longer than the test even on a slow
     // machine, so the flood's budget of bcrypt verifications is spent once.
-    let (gw, up, user) = util::gateway_with_api_route(&[
+    let (gw, up, user) = crate::util::gateway_with_api_route(&[
         TRUST_LOOPBACK,
         ("TOLLGATE_BCRYPT_COST", "10"),
         ("TOLLGATE_AUTH_FAIL_WINDOW_SECS", "600"),
@@ -223,59 +222,4 @@ fn failed_admin_secrets_are_limited_per_ip_and_even_the_right_secret_then_gets_4
     );
     assert_eq!(r.status, 429, "{}", r.body);
     assert_eq!(admin(ADMIN_SECRET, "10.2.0.2").status, 200);
-}
-
-#[test]
-fn secrets_and_raw_keys_never_reach_the_log_even_at_debug_level() {
-    let (gw, up, user) = util::gateway_with_api_route(&[("RUST_LOG", "debug")]);
-    let (key, key_id) = gw.create_key(user, json!({"rateLimit": 1_000_000}));
-    let secret_part = key.rsplit('_').next().unwrap().to_string();
-    assert_eq!(gw.with_key_direct("GET", "/api/a?x=1", &key).status, 200);
-    let bearer = format!("Bearer {key}");
-    let r = gw.direct("POST", "/api/b", &[("Authorization", &bearer)], Some(b"{}"));
-    assert_eq!(r.status, 200);
-    assert_eq!(
-        gw.with_key_direct("GET", "/analytics/overview", &key)
-            .status,
-        200
-    );
-    let wrong_admin = "wrong-admin-secret-0123456789";
-    assert_eq!(
-        gw.direct(
-            "GET",
-            "/admin/users",
-            &[("x-admin-secret", wrong_admin)],
-            None
-        )
-        .status,
-        401
-    );
-    let wrong = wrong_key(&key, 4242);
-    assert_eq!(gw.with_key_direct("GET", "/api/c", &wrong).status, 401);
-    // A key created, then rotated out.
-    assert_eq!(
-        gw.admin_delete(&format!("/admin/api-keys/{key_id}")).status,
-        200
-    );
-    assert_eq!(gw.with_key_direct("GET", "/api/d", &key).status, 401);
-    gw.wait_for_log_rows(5);
-    let out = gw.output();
-    assert!(out.contains("DEBUG"), "not a debug-level run:\n{out}");
-    for (what, s) in [
-        ("admin secret", ADMIN_SECRET),
-        ("wrong admin secret", wrong_admin),
-        ("raw key", key.as_str()),
-        ("key secret", secret_part.as_str()),
-        ("wrong key secret", wrong.rsplit('_').next().unwrap()),
-    ] {
-        assert!(
-            !out.contains(s),
-            "the {what} appears in the gateway's output"
-        );
-    }
-    // Nor in what the upstream was sent.
-    for seen in up.requests() {
-        let all = format!("{:?}", seen.headers);
-        assert!(!all.contains(&secret_part), "key forwarded upstream: {all}");
-    }
 }

@@ -2,11 +2,9 @@
 //! receives the normalised path) or refused with a JSON error (and the upstream receives
 //! nothing); none reaches an operator endpoint without its credentials, and the gateway
 //! keeps serving. The table these tests follow is in README "Hostile input".
-mod util;
-
+use crate::util::{Gateway, Upstream, ADMIN_SECRET};
 use serde_json::{json, Value};
 use std::time::Duration;
-use util::{Gateway, Upstream, ADMIN_SECRET};
 
 fn setup() -> (Gateway, Upstream, String) {
     let gw = Gateway::start();
@@ -24,7 +22,7 @@ fn raw(gw: &Gateway, target: &[u8], headers: &str) -> (u16, String) {
     req.extend_from_slice(b" HTTP/1.1\r\nHost: hostile.test\r\nConnection: close\r\n");
     req.extend_from_slice(headers.as_bytes());
     req.extend_from_slice(b"\r\n");
-    let out = util::raw_request(&gw.direct_addr, &req, Duration::from_secs(5));
+    let out = crate::util::raw_request(&gw.direct_addr, &req, Duration::from_secs(5));
     let status = out
         .strip_prefix("HTTP/1.1 ")
         .and_then(|s| s.get(..3))
@@ -232,12 +230,12 @@ fn non_ascii_in_a_header_or_the_path_closes_the_connection_without_forwarding() 
     bad_value.extend_from_slice(b"X-Bad: \xff\xfe\r\n\r\n");
     let mut req = b"GET /users/7 HTTP/1.1\r\nHost: h\r\n".to_vec();
     req.extend_from_slice(&bad_value);
-    let out = util::raw_request(&gw.direct_addr, &req, Duration::from_secs(3));
+    let out = crate::util::raw_request(&gw.direct_addr, &req, Duration::from_secs(3));
     assert_eq!(out, "", "no answer expected");
     let mut req = b"GET /users/caf\xc3\xa9 HTTP/1.1\r\nHost: h\r\n".to_vec();
     req.extend_from_slice(with_key.as_bytes());
     req.extend_from_slice(b"\r\n");
-    let out = util::raw_request(&gw.direct_addr, &req, Duration::from_secs(3));
+    let out = crate::util::raw_request(&gw.direct_addr, &req, Duration::from_secs(3));
     assert_eq!(out, "", "no answer expected");
     assert!(up.requests().is_empty());
     assert_eq!(gw.with_key("GET", "/users/7", &key).status, 200);

@@ -22,7 +22,7 @@ PGBIN=/usr/lib/postgresql/15/bin
 scripts/deps.sh pg bench cargo
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 GB=127.0.0.1:$(free_port) LB1=127.0.0.1:$(free_port)
-. scripts/bench/common.sh
+. scripts/lib/bench-common.sh
 refuse_busy bench-cluster $UP $LB $GA $GB $LB1
 cargo build --release
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -31,7 +31,7 @@ bench_start bench-cluster "$DB"
 psql_db() { scripts/pg.sh psql "$DB" -tAX "$@"; }
 
 mkdir -p "$TMP/upstream"
-nginx -p "$TMP/upstream/" -c "$REPO/scripts/bench/upstream.conf" -e "$TMP/upstream/error.log" &
+nginx -p "$TMP/upstream/" -c "$REPO/scripts/conf/upstream.conf" -e "$TMP/upstream/error.log" &
 pids+=($!)
 
 ADMIN_SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -55,7 +55,7 @@ start_replica b "$GB"
 wait_http "http://$GB/readyz"
 
 # The load-balancer configuration the README shows, plus a second frontend with A alone.
-sed -e "s/@LB@/$LB/; s/@LB1@/$LB1/; s/@A@/$GA/g; s/@B@/$GB/g" scripts/bench/haproxy.cfg \
+sed -e "s/@LB@/$LB/; s/@LB1@/$LB1/; s/@A@/$GA/g; s/@B@/$GB/g" scripts/conf/haproxy.cfg \
     >"$TMP/haproxy.cfg"
 haproxy -db -f "$TMP/haproxy.cfg" 2>"$TMP/haproxy.log" &
 pids+=($!)
@@ -85,7 +85,7 @@ for base in "$A" "$B"; do
 done
 
 run_wrk() { # run_wrk <name> <url> <keys file>: prints the BENCH line
-    BENCH_KEYS_FILE=$3 wrk -t1 -c32 -d"${SECS}s" --latency -s scripts/bench/rotate.lua "$2" \
+    BENCH_KEYS_FILE=$3 wrk -t1 -c32 -d"${SECS}s" --latency -s scripts/conf/rotate.lua "$2" \
         >"$TMP/wrk-$1.txt"
     grep '^BENCH ' "$TMP/wrk-$1.txt" | cut -d' ' -f2-
 }

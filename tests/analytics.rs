@@ -1,12 +1,12 @@
-//! Rollups against the raw rows they summarise, and the analytics endpoints built on them:
-//! counts per dimension and grain, percentiles from histogram buckets against
-//! `percentile_cont`, zero-filled timeseries, top keys, paging and filters of `recent`,
-//! scoping of key holders, 400s naming the field, and the retention job.
-mod util;
+//! The analytics endpoints against exactly what the test sent, and the rollups they read
+//! against the raw rows they summarise: counts per dimension and grain, percentiles from
+//! histogram buckets against `percentile_cont`, zero-filled timeseries, top routes and keys,
+//! paging and filters of `recent`, scoping of key holders, 400s naming the field, the
+//! retention job, and a rollup write that fails.
 
+use crate::util::{run_tollgate_ok, Gateway, Upstream};
 use serde_json::{json, Value};
 use std::time::Duration;
-use util::{run_tollgate_ok, Gateway, Upstream};
 
 /// Histogram buckets per rollup row (`rollup::LATENCY_BUCKETS`).
 const BUCKETS: usize = 76;
@@ -43,7 +43,7 @@ fn assert_within_a_bucket(got: &Value, exact: f64, what: &str) {
 
 /// Mixed traffic: two users, three keys (one rate-limited at 2 a minute), two routes,
 /// 2xx, 4xx from the upstream, 5xx, 429, an unrouted path and a bad key.
-fn traffic(gw: &Gateway, up: &Upstream) -> (i64, i64, String, i64, String, i64) {
+fn mixed_traffic(gw: &Gateway, up: &Upstream) -> (i64, i64, String, i64, String, i64) {
     let alice = gw.create_user("alice@example.com");
     let bob = gw.create_user("bob@example.com");
     let (ak, ak_id) = gw.create_key(alice, json!({"rateLimit": 1000, "name": "alice-main"}));
@@ -75,6 +75,107 @@ fn traffic(gw: &Gateway, up: &Upstream) -> (i64, i64, String, i64, String, i64) 
     (alice, bob, ak, ak_id, bk, bk_id)
 }
 
+fn alice_and_bob_traffic(gw: &Gateway) -> (Upstream, i64, String, i64, String) {
+    let up = Upstream::start();
+    let alice = gw.create_user("alice@example.com");
+    let bob = gw.create_user("bob@example.com");
+    let (alice_key, _) = gw.create_key(alice, json!({"rateLimit": 1000}));
+    let (bob_key, _) = gw.create_key(bob, json!({"rateLimit": 1000}));
+    gw.create_route(alice, "/a", &up.addr);
+    gw.create_route(bob, "/b", &up.addr);
+    for _ in 0..7 {
+        assert_eq!(gw.with_key("GET", "/a/ok", &alice_key).status, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(gw.with_key("GET", "/a/status/500", &alice_key).status, 500);
+    }
+    for _ in 0..2 {
+        assert_eq!(gw.with_key("GET", "/b/ok", &bob_key).status, 200);
+    }
+    assert_eq!(gw.wait_for_log_rows(12), 12);
+    (up, alice, alice_key, bob, bob_key)
+}
+
+#[test]
+fn analytics_numbers_equal_what_was_sent_and_keys_see_only_their_user() {
+    let gw = Gateway::start();
+    let (_up, alice, alice_key, bob, _bob_key) = alice_and_bob_traffic(&gw);
+    let all = gw.admin("GET", "/analytics/overview", None).json();
+    assert_eq!(all["totalRequests"], 12);
+    assert_eq!(all["errorCount"], 3);
+    assert_eq!(all["errorRate"], "25.00");
+    assert!(all["avgLatencyMs"].as_f64().unwrap() > 0.0);
+    let a = gw
+        .admin("GET", &format!("/analytics/overview?userId={alice}"), None)
+        .json();
+    assert_eq!(
+        (a["totalRequests"].clone(), a["errorRate"].clone()),
+        (json!(10), json!("30.00"))
+    );
+    let b = gw
+        .admin("GET", &format!("/analytics/overview?userId={bob}"), None)
+        .json();
+    assert_eq!(b["totalRequests"], 2);
+    // Alice's key sees exactly Alice's traffic, whatever it asks for.
+    let mine = gw.with_key("GET", "/analytics/overview", &alice_key).json();
+    assert_eq!(
+        (mine["totalRequests"].clone(), mine["errorCount"].clone()),
+        (json!(10), json!(3))
+    );
+    let other = gw.with_key(
+        "GET",
+        &format!("/analytics/overview?userId={bob}"),
+        &alice_key,
+    );
+    assert_eq!(other.status, 403);
+    let recent = gw.with_key("GET", "/analytics/recent", &alice_key).json();
+    assert_eq!(recent.as_array().unwrap().len(), 10);
+    assert!(recent
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["userId"] == alice));
+}
+
+#[test]
+fn timeseries_top_routes_and_recent_reflect_the_traffic() {
+    let gw = Gateway::start();
+    let (_up, _alice, _k, _bob, _bk) = alice_and_bob_traffic(&gw);
+    let ts = gw.admin("GET", "/analytics/timeseries", None).json();
+    let ts = ts.as_array().unwrap();
+    assert_eq!(ts.len(), 24);
+    let last = ts.last().unwrap();
+    assert_eq!(
+        (last["count"].clone(), last["errorCount"].clone()),
+        (json!(12), json!(3))
+    );
+    assert_eq!(
+        ts.iter().map(|h| h["count"].as_i64().unwrap()).sum::<i64>(),
+        12
+    );
+    // Top routes are per route (its prefix), from the rollups: /a/ok and /a/status/500
+    // both count for /a.
+    let top = gw.admin("GET", "/analytics/top-routes", None).json();
+    assert_eq!(top[0]["path"], "/a");
+    assert_eq!(top[0]["count"], 10);
+    assert_eq!(top[0]["errorCount"], 3);
+    assert_eq!(top[1]["path"], "/b");
+    assert_eq!(top[1]["count"], 2);
+    let recent = gw.admin("GET", "/analytics/recent", None).json();
+    let recent = recent.as_array().unwrap();
+    assert_eq!(recent.len(), 12);
+    assert_eq!(recent[0]["path"], "/b/ok", "newest first");
+    let short = gw
+        .admin("GET", "/analytics/timeseries?window=3h", None)
+        .json();
+    assert_eq!(short.as_array().unwrap().len(), 3);
+    let bad = gw.admin("GET", "/analytics/overview?window=forever", None);
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"]["field"], "window");
+    let none = gw.get("/analytics/overview", &[]);
+    assert_eq!(none.status, 401);
+}
+
 /// Bucket start, user, key, route, status class, count, 4xx, 5xx, 429, bytes in, bytes out.
 type Dims = (i64, i64, i64, i64, i16, i64, i64, i64, i64, i64, i64);
 
@@ -82,7 +183,7 @@ type Dims = (i64, i64, i64, i64, i16, i64, i64, i64, i64, i64, i64);
 fn rollups_equal_the_raw_rows_for_every_dimension_and_grain() {
     let gw = Gateway::start();
     let up = Upstream::start();
-    traffic(&gw, &up);
+    mixed_traffic(&gw, &up);
     let mut db = gw.db();
     for grain in [60i32, 3_600, 86_400] {
         let rollups: Vec<Dims> = db
@@ -313,7 +414,7 @@ fn timeseries_buckets_are_zero_filled_and_each_equals_its_raw_rows() {
 fn top_keys_rank_keys_with_their_names_and_users_and_requests_without_a_key() {
     let gw = Gateway::start();
     let up = Upstream::start();
-    let (alice, bob, _ak, ak_id, _bk, bk_id) = traffic(&gw, &up);
+    let (alice, bob, _ak, ak_id, _bk, bk_id) = mixed_traffic(&gw, &up);
     let top = gw.admin_get("/analytics/top-keys").json();
     let top = arr(&top);
     assert_eq!(top[0]["keyId"], ak_id);
@@ -352,7 +453,7 @@ fn top_keys_rank_keys_with_their_names_and_users_and_requests_without_a_key() {
 fn recent_pages_with_a_cursor_and_filters_by_status_route_and_key() {
     let gw = Gateway::start();
     let up = Upstream::start();
-    let (_alice, _bob, _ak, ak_id, _bk, _bk_id) = traffic(&gw, &up);
+    let (_alice, _bob, _ak, ak_id, _bk, _bk_id) = mixed_traffic(&gw, &up);
     let total = gw.wait_for_log_rows(19);
     let mut seen = Vec::new();
     let mut path = "/analytics/recent?limit=5".to_string();
@@ -396,10 +497,159 @@ fn recent_pages_with_a_cursor_and_filters_by_status_route_and_key() {
 }
 
 #[test]
-fn a_key_holder_sees_only_its_own_users_figures_on_every_endpoint() {
+fn recent_is_newest_first_defaults_to_twenty_and_caps_the_limit_at_a_hundred() {
     let gw = Gateway::start();
     let up = Upstream::start();
-    let (alice, bob, ak, _ak_id, _bk, bk_id) = traffic(&gw, &up);
+    let user = gw.create_user("a@example.com");
+    let (key, _) = gw.create_key(user, json!({"rateLimit": 1000}));
+    gw.create_route(user, "/api", &up.addr);
+    for i in 0..105 {
+        assert_eq!(
+            gw.with_key("GET", &format!("/api/r/{i}?i={i}"), &key)
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        gw.wait_for_log_rows_within(105, Duration::from_secs(5)),
+        105
+    );
+    let paths = |v: Value| -> Vec<String> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|r| r["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let expect = |from: i32, n: i32| -> Vec<String> {
+        (0..n).map(|k| format!("/api/r/{}", from - k)).collect()
+    };
+    let recent = gw.admin_get("/analytics/recent").json();
+    assert_eq!(paths(recent.clone()), expect(104, 20));
+    let first = &recent[0];
+    for field in [
+        "id",
+        "requestId",
+        "apiKeyId",
+        "userId",
+        "routeId",
+        "method",
+        "path",
+        "query",
+        "status",
+        "latencyMs",
+        "bytesIn",
+        "bytesOut",
+        "clientIp",
+        "userAgent",
+        "createdAt",
+    ] {
+        assert!(
+            first.get(field).is_some(),
+            "recent row lacks {field}: {first}"
+        );
+    }
+    assert_eq!(first["query"], "i=104");
+    assert_eq!(
+        paths(gw.admin_get("/analytics/recent?limit=5").json()),
+        expect(104, 5)
+    );
+    assert_eq!(
+        paths(gw.admin_get("/analytics/recent?limit=1000").json()),
+        expect(104, 100)
+    );
+    let mine = gw.with_key("GET", "/analytics/recent?limit=3", &key);
+    assert_eq!(mine.status, 200, "{}", mine.body);
+    assert_eq!(paths(mine.json()), expect(104, 3));
+    for bad in ["0", "-1", "abc"] {
+        let r = gw.admin_get(&format!("/analytics/recent?limit={bad}"));
+        assert_eq!(r.status, 400, "limit={bad}: {}", r.body);
+    }
+}
+
+#[test]
+fn the_admin_filters_by_key_and_route_and_top_routes_ignore_the_query() {
+    let gw = Gateway::start();
+    let up = Upstream::start();
+    let user = gw.create_user("a@example.com");
+    let (k1, k1_id) = gw.create_key(user, json!({"rateLimit": 1000}));
+    let (k2, k2_id) = gw.create_key(user, json!({"rateLimit": 1000}));
+    let ra = gw.create_route(user, "/a", &up.addr);
+    let rb = gw.create_route(user, "/b", &up.addr);
+    for i in 0..3 {
+        gw.with_key("GET", &format!("/a?i={i}"), &k1);
+    }
+    for i in 0..2 {
+        gw.with_key("GET", &format!("/a?j={i}"), &k2);
+    }
+    for _ in 0..4 {
+        gw.with_key("GET", "/b/x", &k2);
+    }
+    assert_eq!(gw.wait_for_log_rows_within(9, Duration::from_secs(3)), 9);
+    let overview = |q: &str| gw.admin_get(&format!("/analytics/overview{q}")).json();
+    assert_eq!(count(&overview("")), 9);
+    assert_eq!(count(&overview(&format!("?keyId={k1_id}"))), 3);
+    assert_eq!(count(&overview(&format!("?keyId={k2_id}"))), 6);
+    assert_eq!(count(&overview(&format!("?routeId={rb}"))), 4);
+    assert_eq!(count(&overview(&format!("?routeId={ra}&keyId={k2_id}"))), 2);
+    assert_eq!(count(&overview(&format!("?userId={user}&routeId={ra}"))), 5);
+    assert_eq!(count(&overview("?userId=999999")), 0);
+    let top = gw.admin_get("/analytics/top-routes").json();
+    let got: Vec<(String, i64)> = top
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["path"].as_str().unwrap().to_string(),
+                t["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    // Per route, named by its prefix (rollups keep the route, not the raw path).
+    assert_eq!(got, vec![("/a".to_string(), 5), ("/b".to_string(), 4)]);
+    let top_k2 = gw
+        .admin_get(&format!("/analytics/top-routes?keyId={k2_id}"))
+        .json();
+    assert_eq!(top_k2[0]["path"], "/b");
+    assert_eq!(top_k2[0]["routeId"], rb);
+    assert_eq!(top_k2[0]["count"], 4);
+    // The key holder's view is its user's, whichever of the user's keys asks.
+    let via_k1 = gw.with_key("GET", "/analytics/overview", &k1).json();
+    assert_eq!(count(&via_k1), 9);
+    let ts = gw
+        .admin_get(&format!("/analytics/timeseries?routeId={rb}"))
+        .json();
+    let ts = ts.as_array().unwrap();
+    assert_eq!(ts.len(), 24);
+    let hour = chrono::Utc::now().format("%Y-%m-%dT%H:00:00Z").to_string();
+    let last = ts.last().unwrap();
+    if last["hour"] == hour.as_str() {
+        assert_eq!(last["count"], 4, "{last}");
+    } else {
+        // The hour turned between the requests and this check.
+        assert_eq!(
+            ts[ts.len() - 2]["hour"].as_str().map(|h| h < hour.as_str()),
+            Some(true)
+        );
+    }
+    let hours: Vec<&str> = ts.iter().map(|h| h["hour"].as_str().unwrap()).collect();
+    let mut sorted = hours.clone();
+    sorted.sort();
+    assert_eq!(hours, sorted, "oldest first");
+    assert_eq!(
+        ts.iter().map(|h| h["count"].as_i64().unwrap()).sum::<i64>(),
+        4
+    );
+}
+
+/// A key holder sees its own user's figures on every analytics endpoint, and no filter
+/// shows it anything of another user's.
+#[test]
+fn a_key_holder_sees_only_its_own_users_figures_through_every_endpoint_and_filter() {
+    let gw = Gateway::start();
+    let up = Upstream::start();
+    let (alice, bob, ak, _ak_id, _bk, bk_id) = mixed_traffic(&gw, &up);
     let get = |p: &str| gw.with_key("GET", p, &ak);
     assert_eq!(count(&get("/analytics/overview").json()), 13);
     let keys = get("/analytics/top-keys").json();
@@ -428,6 +678,46 @@ fn a_key_holder_sees_only_its_own_users_figures_on_every_endpoint() {
         arr(&via_bob_key).len(),
         0,
         "bob's key filtered within alice's user"
+    );
+    // No filter naming bob's key, route or user, alone or beside alice's, shows alice
+    // anything of bob's: a 403, or alice's own figures at most.
+    let bob_route = gw.admin_get(&format!("/admin/routes?userId={bob}")).json()[0]["id"]
+        .as_i64()
+        .unwrap();
+    for q in [
+        format!("?keyId={bk_id}"),
+        format!("?routeId={bob_route}"),
+        format!("?userId={bob}"),
+        format!("?userId={alice}&userId={bob}"),
+    ] {
+        for endpoint in ["overview", "recent", "top-routes", "top-keys", "timeseries"] {
+            let r = get(&format!("/analytics/{endpoint}{q}"));
+            let leaked = ["\"/b", "/nowhere", "bob-main"]
+                .iter()
+                .any(|bobs| r.body.contains(bobs));
+            assert!(
+                r.status == 403 || (r.status == 200 && !leaked),
+                "{endpoint}{q}: {} {}",
+                r.status,
+                r.body
+            );
+            if r.status == 200 && endpoint == "overview" {
+                assert!(count(&r.json()) <= 13, "{endpoint}{q}: {}", r.body);
+            }
+            if r.status == 200 && endpoint == "timeseries" {
+                let n: i64 = arr(&r.json())
+                    .iter()
+                    .map(|p| p["count"].as_i64().unwrap())
+                    .sum();
+                assert!(n <= 13, "{endpoint}{q}: {}", r.body);
+            }
+        }
+    }
+    assert!(
+        get("/analytics/overview")
+            .header("x-ratelimit-limit")
+            .is_some(),
+        "analytics via a key carries limit headers"
     );
 }
 

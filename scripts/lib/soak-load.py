@@ -1,7 +1,7 @@
 """Soak load for scripts/soak.sh: a slow-capable upstream and mixed client traffic.
 
-  load.py upstream PORT              serve: /slow/<ms> sleeps first; everything answers 200 JSON
-  load.py clients URL SECS KEYS_JSON drive the gateway for SECS seconds, then print a JSON tally
+  soak-load.py upstream PORT              serve: /slow/<ms> sleeps first; everything answers 200 JSON
+  soak-load.py clients URL SECS KEYS_JSON drive the gateway for SECS seconds, then print a JSON tally
 
 Mixed traffic, each kind on its own keep-alive connections: valid fast requests, valid
 requests to a slow upstream (400 ms), a key over its rate limit (429), and well-formed keys

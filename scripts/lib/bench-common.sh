@@ -1,4 +1,4 @@
-# Sourced by scripts/bench.sh and scripts/bench_cluster.sh: what both do before measuring.
+# Sourced by scripts/bench.sh and scripts/bench-cluster.sh: what both do before measuring.
 #   refuse_busy <name> <addr>...   exit if anything listens on one of the addresses
 #   bench_start <name> <db>        temp dir $TMP, a fresh database <db> on the private
 #                                  cluster, and a cleanup on exit that kills every pid in

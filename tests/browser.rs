@@ -1,0 +1,451 @@
+//! `/dashboard` in a real browser: headless Chromium driven through `chromedriver` with the
+//! W3C WebDriver protocol (plain JSON over HTTP). The test signs in with the admin secret,
+//! waits for the cards and checks them against `/analytics/overview`, then saves a
+//! screenshot to `target/dashboard-test.png`. `make test` installs both through
+//! `scripts/deps.sh browser`. A crate of its own: it drives a browser process (chromedriver
+//! and Chromium) beside the gateway. The page as served is `dashboard` in tests/tests.rs.
+
+// The whole harness; this crate uses part of it.
+#[allow(dead_code)]
+mod util;
+
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use util::{free_port, Gateway, Upstream, ADMIN_SECRET};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// The browser itself; Debian's `/usr/bin/chromium` is a wrapper script around it.
+const CHROMIUM: &[&str] = &["/usr/lib/chromium/chromium", "/usr/bin/chromium"];
+/// W3C WebDriver's key for an element reference in JSON.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// chromedriver, the browser session and its profile directory; all gone on drop, also
+/// when the test fails half-way.
+struct Browser {
+    base: String,
+    session: Option<String>,
+    driver: Child,
+    profile: std::path::PathBuf,
+    agent: ureq::Agent,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = free_port();
+        let profile =
+            std::env::temp_dir().join(format!("tollgate-chromium-{}-{}", std::process::id(), port));
+        std::fs::create_dir_all(&profile).unwrap();
+        let driver = Command::new(CHROMEDRIVER)
+            .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver (make test installs it: scripts/deps.sh browser)");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let mut b = Browser {
+            base: format!("http://127.0.0.1:{port}"),
+            session: None,
+            driver,
+            profile,
+            agent,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = b
+                .agent
+                .get(format!("{}/status", b.base))
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_to_string().ok())
+                .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+                .is_some_and(|v| v["value"]["ready"] == json!(true));
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let binary = CHROMIUM
+            .iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("chromium is installed");
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--window-size=1400,1800",
+            &format!("--user-data-dir={}", b.profile.display()),
+        ];
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": binary, "args": args}
+        }}});
+        let v = b.call("POST", "/session", Some(caps));
+        let id = v["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_string();
+        b.session = Some(id);
+        b
+    }
+
+    /// One WebDriver command; returns its `value`, failing the test on a WebDriver error.
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}{path}", self.base);
+        let result = match body {
+            Some(b) => self
+                .agent
+                .run(
+                    ureq::http::Request::builder()
+                        .method(method)
+                        .uri(&url)
+                        .header("content-type", "application/json")
+                        .body(b.to_string())
+                        .unwrap(),
+                )
+                .map(|r| r.into_body()),
+            None => self
+                .agent
+                .run(
+                    ureq::http::Request::builder()
+                        .method(method)
+                        .uri(&url)
+                        .body(())
+                        .unwrap(),
+                )
+                .map(|r| r.into_body()),
+        };
+        let text = result
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+            .read_to_string()
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
+        if v["value"]["error"].is_string() {
+            panic!("{method} {path}: {}", v["value"]);
+        }
+        v["value"].clone()
+    }
+
+    fn session_path(&self, rest: &str) -> String {
+        format!("/session/{}{rest}", self.session.as_deref().unwrap_or(""))
+    }
+
+    fn cmd(&self, method: &str, rest: &str, body: Option<Value>) -> Value {
+        self.call(method, &self.session_path(rest), body)
+    }
+
+    fn open(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({ "url": url })));
+    }
+
+    fn find(&self, css: &str) -> String {
+        let v = self.cmd(
+            "POST",
+            "/element",
+            Some(json!({"using": "css selector", "value": css})),
+        );
+        v[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_string()
+    }
+
+    fn text(&self, css: &str) -> String {
+        let id = self.find(css);
+        self.cmd("GET", &format!("/element/{id}/text"), None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css);
+        self.cmd(
+            "POST",
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        );
+    }
+
+    fn click(&self, css: &str) {
+        let id = self.find(css);
+        self.cmd("POST", &format!("/element/{id}/click"), Some(json!({})));
+    }
+
+    fn script(&self, js: &str) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": js, "args": []})),
+        )
+    }
+
+    fn screenshot(&self) -> Vec<u8> {
+        let b64 = self.cmd("GET", "/screenshot", None);
+        base64_decode(b64.as_str().expect("screenshot is base64"))
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(id) = self.session.take() {
+            // Ends the browser; a failed call still leaves the kills below.
+            let _ = self
+                .agent
+                .delete(format!("{}/session/{id}", self.base))
+                .call();
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        // Any browser process still running from this test's own profile directory.
+        let marker = format!("--user-data-dir={}", self.profile.display());
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                if cmdline.split('\0').any(|a| a == marker) {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// Standard base64 (RFC 4648 §4) with padding, as WebDriver returns screenshots.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let clean: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
+    let mut out = Vec::with_capacity(clean.len() / 4 * 3);
+    for chunk in clean.chunks(4) {
+        let data: Vec<u8> = chunk.iter().copied().filter(|c| *c != b'=').collect();
+        let mut n = 0u32;
+        for (i, c) in data.iter().enumerate() {
+            n |= val(*c) << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..data.len()]);
+    }
+    out
+}
+
+/// Waits (30 s at most) until a JavaScript expression yields a non-empty string.
+fn wait_for(browser: &Browser, expr: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = browser.script(&format!("return ({expr}) || ''"));
+        if let Some(s) = v.as_str().filter(|s| !s.is_empty()) {
+            return s.to_string();
+        }
+        assert!(Instant::now() < deadline, "waited in vain for {expr}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Picks a window in the selector and waits until the page has loaded it (its load
+/// counter moves past `after`); returns the new counter.
+fn choose_window(browser: &Browser, window: &str, after: &str) -> String {
+    browser.script(&format!(
+        "const w = document.getElementById('window'); w.value = '{window}'; \
+         w.dispatchEvent(new Event('change')); return 0"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = wait_for(browser, "document.body.dataset.loaded");
+        if now != after {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reload after choosing {window}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A number as the page shows it: thousands separators removed.
+fn shown_number(text: &str) -> f64 {
+    text.replace(',', "")
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not a number on screen: {text:?}"))
+}
+
+#[test]
+fn base64_decodes_padded_input() {
+    assert_eq!(base64_decode("aGVsbG8="), b"hello");
+    assert_eq!(base64_decode("aGk="), b"hi");
+    assert_eq!(base64_decode("YWJj"), b"abc");
+    assert_eq!(base64_decode("iVBORw0KGgo="), b"\x89PNG\r\n\x1a\n");
+}
+
+#[test]
+fn dashboard_in_headless_chromium_shows_the_overview_numbers() {
+    let gw = Gateway::start();
+    let up = Upstream::start();
+    let user = gw.create_user("dash@example.com");
+    gw.create_route(user, "/api", &up.addr);
+    let (key, _) = gw.create_key(user, json!({"rateLimit": 1000, "name": "main key"}));
+    let (tight, _) = gw.create_key(user, json!({"rateLimit": 2, "name": "tight key"}));
+    let mut sent = 0;
+    for i in 0..12 {
+        let r = gw.with_key_direct("GET", &format!("/api/items/{i}"), &key);
+        assert_eq!(r.status, 200);
+        sent += 1;
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            gw.with_key_direct("GET", "/api/status/404", &key).status,
+            404
+        );
+        assert_eq!(
+            gw.with_key_direct("POST", "/api/status/503", &key).status,
+            503
+        );
+        assert_eq!(gw.direct("GET", "/api/anon", &[], None).status, 401);
+        sent += 3;
+    }
+    for expected in [200, 200, 429, 429] {
+        assert_eq!(gw.with_key_direct("GET", "/api/t", &tight).status, expected);
+        sent += 1;
+    }
+    assert_eq!(gw.wait_for_log_rows(sent), sent);
+    let overview = gw.admin_get("/analytics/overview").json();
+    assert_eq!(overview["totalRequests"], json!(sent));
+
+    let browser = Browser::start();
+    browser.open(&format!("{}/dashboard", gw.direct_addr));
+    // A wrong secret sends the page back to the sign-in form with the server's reason.
+    browser.type_into("#credential", "not-the-admin-secret");
+    browser.click("#sign-in");
+    let refused = wait_for(
+        &browser,
+        "document.getElementById('login-error').textContent",
+    );
+    assert!(refused.starts_with("Refused"), "{refused}");
+    browser.type_into("#credential", ADMIN_SECRET);
+    browser.click("#sign-in");
+    let first = wait_for(&browser, "document.body.dataset.loaded");
+
+    let total = browser.text("#totalRequests");
+    assert_eq!(
+        shown_number(&total),
+        overview["totalRequests"].as_f64().unwrap()
+    );
+    let errors = browser.text("#errorCount");
+    assert_eq!(
+        shown_number(&errors),
+        overview["errorCount"].as_f64().unwrap()
+    );
+    assert_eq!(
+        browser.text("#errorRate"),
+        overview["errorRate"].as_str().unwrap()
+    );
+    let avg = shown_number(&browser.text("#avgLatencyMs"));
+    let want = overview["avgLatencyMs"].as_f64().unwrap();
+    assert!(
+        (avg - want).abs() < 0.0051,
+        "avg latency {avg} on screen, {want} served"
+    );
+    // Fields of the full analytics contract, when this server reports them.
+    for field in ["clientErrors", "serverErrors", "rateLimited"] {
+        if let Some(n) = overview[field].as_f64() {
+            assert_eq!(
+                shown_number(&browser.text(&format!("#{field}"))),
+                n,
+                "{field}"
+            );
+        }
+    }
+    for field in ["p50Ms", "p95Ms", "p99Ms"] {
+        if let Some(n) = overview[field].as_f64() {
+            let shown = shown_number(&browser.text(&format!("#{field}")));
+            let tolerance = if n >= 100.0 { 0.51 } else { 0.0051 };
+            assert!((shown - n).abs() < tolerance, "{field}: {shown} vs {n}");
+        }
+    }
+
+    // The stylesheet and the charts made it through the content security policy.
+    let radius = browser
+        .script("return getComputedStyle(document.querySelector('.card')).borderTopLeftRadius");
+    assert_eq!(radius, json!("10px"), "app.css applied");
+    let bars = browser.script("return document.querySelectorAll('#chart-requests rect').length");
+    assert!(
+        bars.as_u64().unwrap_or(0) >= 1,
+        "request bars drawn: {bars}"
+    );
+    let recent = browser.script("return document.querySelectorAll('#recent tr').length");
+    assert_eq!(
+        recent,
+        json!(15),
+        "the recent table shows the 15 newest requests"
+    );
+    let routes = browser.text("#top-routes");
+    assert!(routes.contains("/api"), "{routes}");
+
+    // Another window: a fresh load, and all of this traffic is within 15 minutes too.
+    let second = choose_window(&browser, "15m", &first);
+    assert_eq!(
+        shown_number(&browser.text("#totalRequests")),
+        overview["totalRequests"].as_f64().unwrap()
+    );
+    choose_window(&browser, "24h", &second);
+
+    // The page's own requests (page, script, style, analytics calls) are operator traffic
+    // and it asks for no favicon: none of it lands in the request log.
+    let rows: i64 = gw
+        .db()
+        .query_one("SELECT count(*) FROM request_logs", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, sent, "the dashboard added no client traffic");
+
+    let png = browser.screenshot();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-test.png");
+    std::fs::write(&out, &png).unwrap();
+
+    // Signed in with an API key, the page shows that key's user only: the anonymous 401s
+    // belong to nobody and drop out.
+    browser.click("#sign-out");
+    browser.type_into("#credential", &key);
+    browser.click("#sign-in");
+    wait_for(&browser, "document.body.dataset.loaded");
+    let own = gw
+        .admin_get(&format!("/analytics/overview?userId={user}"))
+        .json();
+    assert_eq!(own["totalRequests"], json!(sent - 3));
+    assert_eq!(
+        shown_number(&browser.text("#totalRequests")),
+        own["totalRequests"].as_f64().unwrap()
+    );
+    assert!(browser.text("#who").starts_with("API key"));
+    drop(browser);
+}

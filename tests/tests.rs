@@ -1,0 +1,36 @@
+//! The integration tests that run against the shared test cluster: the real `tollgate`
+//! binary, started per test on a fresh database of the Postgres cluster `make test` starts
+//! (TOLLGATE_TEST_PG), in front of real upstreams. One crate, a module per topic; add a test
+//! to the topic it belongs to. Tests that need a process shape of their own are crates
+//! beside this one: faults, cluster, edge, browser, openapi (docs/testing.md says why).
+
+mod util;
+
+// The admin API: its secret, CRUD of users, keys and routes, validation, paging, stats.
+mod admin;
+// Analytics endpoints and the rollups they read; retention.
+mod analytics;
+// API keys: where the credential goes, bad keys, expiry, scopes, revocation, the cache.
+mod auth;
+// `/dashboard` served without credentials under a self-only content security policy.
+mod dashboard;
+// Per-IP limits on failed key and admin-secret checks; bcrypt floods.
+mod failed_credentials;
+// Forwarding fidelity against httpbin: methods, paths, headers, streaming, route options.
+mod fidelity;
+// Hostile paths and headers: normalised or refused, never reaching what they aim at.
+mod hostile_input;
+// The request log: one row per gateway answer, its columns, a full queue.
+mod logging;
+// `/metrics`: access, the text exposition format, values against known traffic.
+mod metrics;
+// Routing and forwarding through the recording upstream; framing and size limits.
+mod proxy;
+// The sliding-window rate limit: headers, the window, exactness under bursts.
+mod ratelimit;
+// One test per fixed bug.
+mod regression;
+// Start-up configuration, migrations, liveness and readiness.
+mod startup;
+// Upstream faults: timeouts, the circuit breaker, retries, a hung upstream, leaks.
+mod upstream_faults;
