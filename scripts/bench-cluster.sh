@@ -54,7 +54,7 @@ wait_http "http://$GA/readyz"
 start_replica b "$GB"
 wait_http "http://$GB/readyz"
 
-# The load-balancer configuration the README shows, plus a second frontend with A alone.
+# The load-balancer configuration docs/operations.md ("Running more than one") shows, plus a second frontend with A alone.
 sed -e "s/@LB@/$LB/; s/@LB1@/$LB1/; s/@A@/$GA/g; s/@B@/$GB/g" scripts/conf/haproxy.cfg \
     >"$TMP/haproxy.cfg"
 haproxy -db -f "$TMP/haproxy.cfg" 2>"$TMP/haproxy.log" &

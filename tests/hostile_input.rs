@@ -1,7 +1,7 @@
 //! Hostile paths and headers against the real binary: each is normalised (and the upstream
 //! receives the normalised path) or refused with a JSON error (and the upstream receives
 //! nothing); none reaches an operator endpoint without its credentials, and the gateway
-//! keeps serving. The table these tests follow is in README "Hostile input".
+//! keeps serving. The table these tests follow is in docs/operations.md, "Paths and headers".
 use crate::util::{Gateway, Upstream, ADMIN_SECRET};
 use serde_json::{json, Value};
 use std::time::Duration;

@@ -378,7 +378,7 @@ fn a_dead_pooled_connection_is_retried_for_get_but_never_for_post() {
     assert_eq!(posts, 1, "the POST reached the upstream {posts} times");
 }
 
-// Worker-pool policy (README, "Behaviour under faults"): a request holds a worker for its
+// Worker-pool policy (docs/operations.md, "Upstream failures"): a request holds a worker for its
 // whole life, so each upstream may have at most TOLLGATE_UPSTREAM_MAX_INFLIGHT requests in
 // flight (three quarters of TOLLGATE_WORKERS by default: 6 of 8 here); the next ones to the
 // same upstream get 503 `upstream_busy` at once, and the remaining workers keep serving
