@@ -3,7 +3,7 @@
 //! real-world WSGI stack), the harness `Upstream` where the raw request must be compared
 //! byte for byte, or a tiny `std::net` server in this file where neither can produce the
 //! case (a 1 GiB body, a 200 MiB sink).
-use crate::util::{free_port, Gateway, Upstream};
+use crate::util::{free_port, proc_status_kib, Gateway, Upstream};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -291,16 +291,6 @@ fn echoed<'a>(v: &'a Value, name: &str) -> Option<&'a str> {
         .and_then(|(_, v)| v.as_str())
 }
 
-/// Peak resident set of a process (`VmHWM`), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status")
-}
-
 // ---------------------------------------------------------------------------------------
 // Methods
 
@@ -449,7 +439,7 @@ fn a_one_gib_download_streams_through_with_gateway_rss_under_64_mib() {
     }
     assert_eq!(total, GIB);
     let secs = t0.elapsed().as_secs_f64();
-    let peak = peak_rss_kib(gw.pid());
+    let peak = proc_status_kib(gw.pid(), "VmHWM");
     eprintln!(
         "1 GiB download through tollgate: {secs:.1} s ({:.0} MiB/s), gateway VmHWM {:.1} MiB",
         1024.0 / secs,
@@ -514,7 +504,7 @@ fn a_200_mib_streamed_upload_passes_through_with_gateway_rss_under_64_mib() {
     let secs = t0.elapsed().as_secs_f64();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, SIZE.to_string(), "bytes the upstream counted");
-    let peak = peak_rss_kib(gw.pid());
+    let peak = proc_status_kib(gw.pid(), "VmHWM");
     eprintln!(
         "200 MiB upload through tollgate: {secs:.1} s ({:.0} MiB/s), gateway VmHWM {:.1} MiB",
         200.0 / secs,

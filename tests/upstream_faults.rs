@@ -1,6 +1,6 @@
 //! Upstream faults: timeouts, refusals, the circuit breaker, the retry of a dead pooled
 //! connection, a hung upstream next to healthy ones, and no leaks after many failures.
-use crate::util::{dead_upstream, Gateway, Upstream};
+use crate::util::{dead_upstream, proc_status_kib, Gateway, Upstream};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -445,16 +445,6 @@ fn count_entries(dir: String) -> usize {
         .count()
 }
 
-/// Resident memory of `pid` in KiB, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
-}
-
 #[test]
 fn a_thousand_requests_to_a_dead_upstream_leak_no_threads_sockets_or_memory() {
     let (gw, user, key) = setup(&[("TOLLGATE_BREAKER_FAILURES", "1000000")]);
@@ -478,9 +468,9 @@ fn a_thousand_requests_to_a_dead_upstream_leak_no_threads_sockets_or_memory() {
     // Memory: the first thousand may still grow allocator arenas and pools to their
     // working size; a second thousand must not grow it further (a leak of even 1 KiB a
     // request would show as 1 MiB).
-    let rss0 = rss_kib(pid);
+    let rss0 = proc_status_kib(pid, "VmRSS");
     hit(1000);
-    let rss1 = rss_kib(pid);
+    let rss1 = proc_status_kib(pid, "VmRSS");
     // Give the logger a flush and any finished connection thread time to go away.
     let deadline = Instant::now() + Duration::from_secs(5);
     let (tasks1, fds1) = loop {
