@@ -219,7 +219,12 @@ fn handle<H: Handler>(handler: &H, limits: &Limits, mut raw: tiny_http::Request)
     let headers = raw
         .headers()
         .iter()
-        .map(|h| (h.field.as_str().as_str().to_owned(), h.value.as_str().to_owned()))
+        .map(|h| {
+            (
+                h.field.as_str().as_str().to_owned(),
+                h.value.as_str().to_owned(),
+            )
+        })
         .collect();
     let peer = raw.remote_addr().map(|a| a.ip());
     let ctx = context::build(
