@@ -133,3 +133,41 @@ fn a_burst_of_new_connections_is_read_at_once_not_after_other_requests_finish() 
     let ok = results.iter().filter(|(s, _, _)| s == "200").count();
     assert_eq!(ok, 24, "{results:?}");
 }
+
+/// Issue 11's restructure took tiny_http's body reader before the handler ran, and taking
+/// it answers `Expect: 100-continue`: a request refused before its body (401, 404, 413)
+/// got `100 Continue` first, inviting an upload that was then thrown away. The reader is
+/// now taken on the first read.
+#[test]
+fn only_a_request_whose_body_is_read_gets_100_continue() {
+    let (gw, _up, user) = gateway_with_api_route(&[]);
+    let (key, _) = gw.create_key(user, json!({}));
+    let h = gw.addr.trim_start_matches("http://");
+    let wrong = format!("gw_{}_{}", "A".repeat(12), "B".repeat(32));
+    let send = |key: &str, path: &str, length: &str, body: &str| {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {h}\r\nx-api-key: {key}\r\n\
+             Expect: 100-continue\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+        );
+        raw_request(
+            h,
+            format!("{head}{body}").as_bytes(),
+            Duration::from_secs(2),
+        )
+    };
+    for (key, path, length, status) in [
+        (wrong.as_str(), "/api", "5", "401"),
+        (key.as_str(), "/nowhere", "5", "404"),
+        (key.as_str(), "/api", "99999999999", "413"),
+    ] {
+        let answer = send(key, path, length, "");
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {answer}"
+        );
+        assert!(!answer.contains("100 Continue"), "{path}: {answer}");
+    }
+    let admitted = send(&key, "/api", "5", "hello");
+    assert!(admitted.starts_with("HTTP/1.1 100 Continue"), "{admitted}");
+    assert!(admitted.contains("HTTP/1.1 200"), "{admitted}");
+}

@@ -77,7 +77,10 @@ pub struct RequestBody<'a> {
 }
 
 enum Source<'a> {
-    Socket(&'a mut dyn Read),
+    /// Taken from tiny_http on the first read only: `as_reader` answers `Expect:
+    /// 100-continue` with `100 Continue`, which a request refused before its body must
+    /// not get.
+    Socket(&'a mut tiny_http::Request),
     /// A fake request's body.
     #[cfg(test)]
     Bytes(io::Cursor<Vec<u8>>),
@@ -93,7 +96,7 @@ impl RequestBody<'_> {
 impl Read for RequestBody<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = match &mut self.inner {
-            Source::Socket(r) => r.read(buf)?,
+            Source::Socket(rq) => rq.as_reader().read(buf)?,
             #[cfg(test)]
             Source::Bytes(c) => c.read(buf)?,
         };
@@ -103,7 +106,7 @@ impl Read for RequestBody<'_> {
 }
 
 impl<'a> Request<'a> {
-    fn from_socket(ctx: Ctx, body: &'a mut dyn Read) -> Request<'a> {
+    fn from_socket(ctx: Ctx, body: &'a mut tiny_http::Request) -> Request<'a> {
         Request {
             ctx,
             body: RequestBody {

@@ -235,7 +235,7 @@ fn handle<H: Handler>(handler: &H, limits: &Limits, mut raw: tiny_http::Request)
         &limits.trusted_proxies,
     );
     let mut trace = H::Trace::default();
-    let mut rq = Request::from_socket(ctx, raw.as_reader());
+    let mut rq = Request::from_socket(ctx, &mut raw);
     let reply = catch_unwind(AssertUnwindSafe(|| handler.handle(&mut rq, &mut trace)))
         .unwrap_or_else(|_| {
             log::error!("handler panicked on {} {}", rq.ctx.method, rq.ctx.path);
