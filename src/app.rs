@@ -9,7 +9,7 @@ use crate::gateway::guards::FailureLimit;
 use crate::gateway::{self, Gateway};
 use crate::http::{target, Ctx, Handler, Reply, Request, Sent, ServerStats};
 use crate::logs::Logger;
-use crate::operator::{self, Operator};
+use crate::operator::{self, AdminSecret, Operator};
 use crate::store::logs::LogRow;
 use crate::store::{DbHealth, Pool};
 use std::sync::Arc;
@@ -31,7 +31,7 @@ pub struct App {
 #[derive(Default)]
 pub struct Trace {
     /// Client traffic (logged), as opposed to an operator request (not logged).
-    gateway: bool,
+    client: bool,
     ids: gateway::Trace,
 }
 
@@ -51,13 +51,16 @@ impl App {
     /// The operator endpoints' view of the state.
     pub fn operator(&self) -> Operator<'_> {
         Operator {
-            cfg: &self.cfg,
+            admin: AdminSecret {
+                secret: &self.cfg.admin_secret,
+                failures: &self.admin_failures,
+            },
+            bcrypt_cost: self.cfg.bcrypt_cost,
             pool: &self.pool,
             health: &self.health,
             gateway: &self.gateway,
             logger: &self.logger,
             server: &self.server,
-            admin_failures: &self.admin_failures,
         }
     }
 
@@ -83,26 +86,26 @@ impl Handler for App {
     fn handle(&self, rq: &mut Request, trace: &mut Trace) -> Reply {
         // A refused request is hostile traffic at the gateway: logged like any gateway
         // request. Decided first, so a request whose handler panics is logged too.
-        trace.gateway = rq.ctx.refused.is_some() || !operator::is_operator_path(&rq.ctx.path);
+        trace.client = rq.ctx.refused.is_some() || !operator::is_operator_path(&rq.ctx.path);
         #[cfg(debug_assertions)]
         self.test_panic(&rq.ctx);
         let result = match (rq.ctx.bad_framing, &rq.ctx.refused) {
             (Some(why), _) => Err(Error::BadRequest(why.into())),
             (None, Some(e)) => Ok(Reply::error(e)),
-            (None, None) if trace.gateway => {
+            (None, None) if trace.client => {
                 gateway::handle(&self.gateway, &self.pool, &self.health, rq, &mut trace.ids)
             }
             (None, None) => operator::dispatch(&self.operator(), rq),
         };
         let mut reply = result.unwrap_or_else(|e| Reply::error(&e));
-        if trace.gateway {
+        if trace.client {
             reply.header("X-Request-Id", rq.ctx.request_id.clone());
         }
         reply
     }
 
     fn finish(&self, ctx: &Ctx, trace: Trace, status: u16, sent: Sent) {
-        if !trace.gateway {
+        if !trace.client {
             return;
         }
         let seconds = ctx.started.elapsed().as_secs_f64();
@@ -133,7 +136,7 @@ impl Handler for App {
     }
 
     /// Writes every queued log row by `deadline`.
-    fn drain(&self, deadline: Instant) {
+    fn on_shutdown(&self, deadline: Instant) {
         let lost = self.logger.shutdown(deadline);
         if lost > 0 {
             log::error!("shutdown: {lost} log rows could not be written in time");

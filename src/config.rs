@@ -158,6 +158,28 @@ pub const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Page size cap on list endpoints (the reference's documented maximum).
 pub const MAX_PAGE_LIMIT: i64 = 100;
+/// How long start-up (`serve`, `migrate`) waits for the database before giving up: long
+/// enough for a database started alongside the gateway (systemd, compose, `make run`).
+pub const STARTUP_DB_WAIT: Duration = Duration::from_secs(30);
+/// Connect timeout of every database connection, unless `DATABASE_URL` sets one.
+pub const DB_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between the logger's retries while the database refuses writes.
+pub const LOG_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// First pause before the LISTEN connection is retried; it doubles up to
+/// `SYNC_RECONNECT_MAX`.
+pub const SYNC_RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// How long a quiet LISTEN connection waits before proving it is alive with a query.
+pub const SYNC_LIVENESS: Duration = Duration::from_secs(10);
+/// Analytics `?window=` when absent, and its bounds: a quarter hour of minutes up to 30
+/// days (rollups are kept 90 days by default, so 30 days is answerable with room to spare).
+pub const ANALYTICS_DEFAULT_WINDOW: &str = "24h";
+pub const ANALYTICS_MIN_WINDOW_SECS: u64 = 15 * 60;
+pub const ANALYTICS_MAX_WINDOW_SECS: u64 = 30 * 86_400;
+/// Analytics `?limit=` when absent: `top-routes` and `top-keys`, then `recent`.
+pub const ANALYTICS_TOP_DEFAULT: i64 = 10;
+pub const ANALYTICS_RECENT_DEFAULT: i64 = 20;
+/// Most points a timeseries returns: a day of minutes, a month of hours.
+pub const ANALYTICS_MAX_POINTS: i64 = 1_440;
 
 /// The value of `RUST_LOG` when it is unset: what `env_logger` shows.
 pub const DEFAULT_LOG_FILTER: &str = "info";
@@ -259,7 +281,7 @@ pub struct Config {
     /// key-cache lock (poisoning it), and `<path>/logger` makes the logger thread panic
     /// once. The fault tests need a real panic inside the real binary; gating it on both the
     /// build and a variable keeps it out of production binaries and ordinary debug runs.
-    #[cfg_attr(not(debug_assertions), allow(dead_code))]
+    #[cfg(debug_assertions)]
     pub test_panic_path: Option<String>,
 }
 
@@ -296,11 +318,10 @@ impl Config {
             .ok_or("DATABASE_URL is not set (e.g. host=/path/to/socket dbname=tollgate)")?;
         // Not trimmed: the secret is compared byte for byte.
         let admin_secret = v
-            .raw(
+            .exact(
                 "ADMIN_SECRET",
                 format!("(required, ≥ {MIN_ADMIN_SECRET_LEN} chars)"),
             )
-            .and_then(|_| (v.get)("ADMIN_SECRET"))
             .unwrap_or_default();
         if admin_secret.chars().count() < MIN_ADMIN_SECRET_LEN {
             return Err(format!(
@@ -363,8 +384,8 @@ impl Config {
                 DEFAULT_AUTH_FAIL_WINDOW_SECS,
             )?),
             // Test-only: read directly, so it is not listed with the operator's settings.
-            test_panic_path: (v.get)("TOLLGATE_TEST_PANIC_PATH")
-                .filter(|p| cfg!(debug_assertions) && p.starts_with('/')),
+            #[cfg(debug_assertions)]
+            test_panic_path: (v.get)("TOLLGATE_TEST_PANIC_PATH").filter(|p| p.starts_with('/')),
         };
         if !(4..=31).contains(&cfg.bcrypt_cost) {
             return Err("TOLLGATE_BCRYPT_COST must be between 4 and 31".into());
@@ -405,12 +426,16 @@ impl<'a> Vars<'a> {
         }
     }
 
-    /// The variable's value, trimmed; `None` when unset or blank.
+    /// The variable's value, trimmed; `None` when unset or blank (a blank variable counts
+    /// as unset, so `LISTEN_ADDR=` means the default, not an empty address).
     fn raw(&self, var: &'static str, default_shown: impl Into<String>) -> Option<String> {
+        self.exact(var, default_shown).map(|v| v.trim().to_string())
+    }
+
+    /// The variable's value as set, untrimmed; `None` when unset or blank.
+    fn exact(&self, var: &'static str, default_shown: impl Into<String>) -> Option<String> {
         self.seen.borrow_mut().push((var, default_shown.into()));
-        (self.get)(var)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
+        (self.get)(var).filter(|v| !v.trim().is_empty())
     }
 
     fn num<T: std::str::FromStr + std::fmt::Display>(
@@ -565,6 +590,29 @@ mod tests {
         assert!(e.contains("TOLLGATE_WORKERS"), "{e}");
         let short = |var: &str| (var == "DATABASE_URL").then(|| "host=/x".to_string());
         assert!(Config::from_vars(&short)
+            .unwrap_err()
+            .contains("ADMIN_SECRET"));
+    }
+
+    #[test]
+    fn a_blank_variable_counts_as_unset_and_the_secret_is_kept_as_set() {
+        let get = |var: &str| match var {
+            "DATABASE_URL" => Some(" host=/x ".to_string()),
+            "ADMIN_SECRET" => Some(" 0123456789abcdef ".to_string()),
+            "LISTEN_ADDR" | "TOLLGATE_WORKERS" => Some("  ".to_string()),
+            _ => None,
+        };
+        let cfg = Config::from_vars(&get).unwrap();
+        assert_eq!(cfg.listen_addr, DEFAULT_LISTEN_ADDR);
+        assert_eq!(cfg.workers, DEFAULT_WORKERS);
+        assert_eq!(cfg.database_url, "host=/x");
+        assert_eq!(cfg.admin_secret, " 0123456789abcdef ");
+        let spaces = |var: &str| match var {
+            "DATABASE_URL" => Some("host=/x".to_string()),
+            "ADMIN_SECRET" => Some(" ".repeat(20)),
+            _ => None,
+        };
+        assert!(Config::from_vars(&spaces)
             .unwrap_err()
             .contains("ADMIN_SECRET"));
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 
 /// Upper bounds (seconds) of the request-duration histogram: from a cached-key hit on a
 /// local upstream (~1 ms) to the default upstream timeout (30 s), roughly 2.5x apart.
-pub const LATENCY_BUCKETS: &[f64] = &[
+pub const DURATION_BUCKETS_SECS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
@@ -55,7 +55,7 @@ pub struct Metrics {
     /// By route id (`None`: no route was chosen, e.g. 401 or 404). Read lock + atomic add
     /// on the hot path; the write lock only the first time a route is seen.
     requests: RwLock<HashMap<Option<i64>, Arc<ByClass>>>,
-    /// Non-cumulative counts per bucket of `LATENCY_BUCKETS`, then one for +Inf.
+    /// Non-cumulative counts per bucket of `DURATION_BUCKETS_SECS`, then one for +Inf.
     latency_buckets: [AtomicU64; 15],
     latency_sum_micros: AtomicU64,
     rate_limited: AtomicU64,
@@ -77,10 +77,10 @@ impl Metrics {
             map.entry(route_id).or_default().clone()
         });
         counters.0[class].fetch_add(1, Ordering::Relaxed);
-        let bucket = LATENCY_BUCKETS
+        let bucket = DURATION_BUCKETS_SECS
             .iter()
             .position(|b| seconds <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
+            .unwrap_or(DURATION_BUCKETS_SECS.len());
         self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.latency_sum_micros
             .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
@@ -100,7 +100,7 @@ impl Metrics {
 pub struct Snapshot {
     /// Answers by route id (`None`: no route chosen) and status class 1xx..5xx, by id.
     pub by_route: Vec<(Option<i64>, [u64; 5])>,
-    /// Non-cumulative counts per bucket of `LATENCY_BUCKETS`, then +Inf.
+    /// Non-cumulative counts per bucket of `DURATION_BUCKETS_SECS`, then +Inf.
     pub latency_buckets: Vec<u64>,
     pub latency_sum_secs: f64,
     pub rate_limited: u64,
@@ -161,7 +161,7 @@ mod tests {
     fn bucket_count_matches_the_bounds_plus_inf() {
         assert_eq!(
             Metrics::default().snapshot().latency_buckets.len(),
-            LATENCY_BUCKETS.len() + 1
+            DURATION_BUCKETS_SECS.len() + 1
         );
     }
 }

@@ -351,7 +351,7 @@ pub fn spawn_purger(pool: Pool, window_secs: u32) {
             let window = f64::from(window_secs);
             match counters::purge(&pool, window) {
                 Ok(n) if n > 0 => log::debug!("purged {n} old rate-limit rows"),
-                Err(e) => log::warn!("rate-limit purge failed: {e}"),
+                Err(e) => log::warn!("rate-limit purge failed: {e:?}"),
                 _ => {}
             }
         });

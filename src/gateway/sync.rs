@@ -6,12 +6,11 @@
 use super::keys::KeyCache;
 use super::routes::RouteTable;
 use super::Gateway;
-use crate::config::{Config, SYNC_RECONNECT_MAX};
+use crate::config::{Config, SYNC_LIVENESS, SYNC_RECONNECT_MAX, SYNC_RECONNECT_MIN};
 use crate::error::{describe, Result};
 use crate::store::{self, Pool};
 use postgres::fallible_iterator::FallibleIterator;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// What the sync threads keep current.
 struct Synced {
@@ -44,10 +43,10 @@ fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) {
 /// Reconnects with a growing pause after every failure. Each new connection is followed
 /// by a full reload, which covers whatever was notified while no one listened.
 fn listen_forever(s: &Synced) {
-    let mut pause = Duration::from_millis(100);
+    let mut pause = SYNC_RECONNECT_MIN;
     loop {
         match listen(s) {
-            Ok(()) => pause = Duration::from_millis(100),
+            Ok(()) => pause = SYNC_RECONNECT_MIN,
             Err(e) => log::warn!("config listener: {e}; retrying in {pause:?}"),
         }
         std::thread::sleep(pause);
@@ -67,10 +66,7 @@ fn listen(s: &Synced) -> std::result::Result<(), String> {
         {
             let mut n = client.notifications();
             // Wakes up now and then to notice a dead connection even when all is quiet.
-            let first = n
-                .timeout_iter(Duration::from_secs(10))
-                .next()
-                .map_err(describe)?;
+            let first = n.timeout_iter(SYNC_LIVENESS).next().map_err(describe)?;
             let mut batch: Vec<_> = first.into_iter().collect();
             if batch.is_empty() {
                 // Quiet: a trivial query proves the connection is alive.

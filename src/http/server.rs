@@ -22,9 +22,9 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, rq: &mut Request, trace: &mut Self::Trace) -> Reply;
     /// Called once the answer has been written (or the connection given up).
     fn finish(&self, ctx: &Ctx, trace: Self::Trace, status: u16, sent: Sent);
-    /// Called once after the workers stopped: write out whatever is still queued, by
-    /// `deadline`.
-    fn drain(&self, deadline: Instant);
+    /// Called once after the workers stopped: write out whatever is still queued (the log),
+    /// by `deadline`.
+    fn on_shutdown(&self, deadline: Instant);
     fn stats(&self) -> &ServerStats;
 }
 
@@ -140,7 +140,7 @@ fn shutdown<H: Handler>(
     }
     // The last reference (once the workers are gone) closes the listening socket.
     drop(server);
-    handler.drain(deadline.max(Instant::now() + config::SHUTDOWN_LOG_FLUSH_MIN));
+    handler.on_shutdown(deadline.max(Instant::now() + config::SHUTDOWN_LOG_FLUSH_MIN));
 }
 
 /// tiny_http 0.12 runs each connection on a pool thread for the connection's whole life,

@@ -8,6 +8,7 @@
 pub mod devload;
 pub mod retention;
 
+use crate::config::{LOG_DRAIN_TICK, LOG_RETRY_BACKOFF};
 use crate::store::logs::{write_batch, LogRow};
 use crate::store::Pool;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -22,8 +23,6 @@ use std::time::{Duration, Instant};
 /// in a batch, so longer batches cost less per row), small enough that one batch never
 /// holds the rollup rows' locks for long (~0.1-0.2 s).
 pub const BATCH_MAX: usize = 20_000;
-/// Pause between retries while the database refuses writes.
-const RETRY_BACKOFF: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct Counters {
@@ -151,7 +150,7 @@ fn run(
             // Rows wait for the flush anyway: sleep in slices and take what queued meanwhile,
             // instead of blocking on the channel, which made every request's send wake this
             // thread (a context switch on both sides, per request).
-            std::thread::sleep(wait.min(crate::config::LOG_DRAIN_TICK));
+            std::thread::sleep(wait.min(LOG_DRAIN_TICK));
         }
         // Every turn, so rows that queued while a failed write blocked join the bounded
         // buffer before the next attempt: the bound holds for everything an outage produced.
@@ -171,7 +170,7 @@ fn run(
                     }
                     Err(e) => {
                         log::warn!("log write failed, {} rows kept: {e}", pending.len());
-                        retry_at = Instant::now() + RETRY_BACKOFF;
+                        retry_at = Instant::now() + LOG_RETRY_BACKOFF;
                         break;
                     }
                 }

@@ -5,6 +5,11 @@
 //! own user's traffic (and its calls count against its rate limit like any other request).
 
 use super::{check_admin, input, ts, Operator};
+use crate::config::{
+    ANALYTICS_DEFAULT_WINDOW as DEFAULT_WINDOW, ANALYTICS_MAX_POINTS as MAX_POINTS,
+    ANALYTICS_MAX_WINDOW_SECS as MAX_WINDOW_SECS, ANALYTICS_MIN_WINDOW_SECS as MIN_WINDOW_SECS,
+    ANALYTICS_RECENT_DEFAULT as RECENT_DEFAULT, ANALYTICS_TOP_DEFAULT as TOP_DEFAULT,
+};
 use crate::error::{Error, Result};
 use crate::http::{Ctx, Reply};
 use crate::store::analytics::{self, Filter, Group, Totals};
@@ -30,23 +35,13 @@ impl Scope {
     }
 }
 
-/// `?window=` bounds: a quarter hour of minutes up to 30 days (rollups are kept 90 days by
-/// default, so 30 days is answerable with room to spare).
-const MIN_WINDOW_SECS: u64 = 15 * 60;
-const MAX_WINDOW_SECS: u64 = 30 * 86_400;
-const DEFAULT_WINDOW: &str = "24h";
-const TOP_DEFAULT: i64 = 10;
-const RECENT_DEFAULT: i64 = 20;
-/// Most points a timeseries returns: a day of minutes, a month of hours.
-const MAX_POINTS: i64 = 1_440;
-
 pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
     if ctx.method != "GET" && ctx.method != "HEAD" {
         return Err(Error::MethodNotAllowed);
     }
     let gw = op.gateway;
     let mut limit_headers = None;
-    let own_user = if check_admin(op, ctx)? {
+    let own_user = if check_admin(op.admin, ctx)? {
         None
     } else {
         let key = gw.auth.authenticate(op.pool, op.health, ctx)?;

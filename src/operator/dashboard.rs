@@ -1,5 +1,5 @@
 //! `GET /dashboard`: the operator page, embedded in the binary (HTML, script and style
-//! from `src/dashboard/`, no build step, nothing fetched from elsewhere). The page holds
+//! from `src/operator/dashboard/`, no build step, nothing fetched from elsewhere). The page holds
 //! no data: it asks for the admin secret or an API key and calls `/analytics/*` with it.
 
 use crate::error::{Error, Result};

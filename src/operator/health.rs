@@ -1,6 +1,6 @@
 //! `GET /healthz` (the process serves) and `GET /readyz` (it can reach the database).
 
-use crate::gateway::Gateway;
+use crate::gateway::breaker::Breakers;
 use crate::http::Reply;
 use crate::store::{self, DbHealth, Pool};
 use serde_json::json;
@@ -12,7 +12,7 @@ pub fn healthz() -> Reply {
 /// 200 while the database answers, 503 while it does not; the upstream circuits are listed
 /// but are detail, not readiness: one failing service must not take the gateway out of its
 /// load balancer.
-pub fn readyz(pool: &Pool, health: &DbHealth, gateway: &Gateway) -> Reply {
+pub fn readyz(pool: &Pool, health: &DbHealth, breakers: &Breakers) -> Reply {
     let ok = store::ping(pool);
     // A successful check ends a known outage for everyone at once.
     if ok {
@@ -20,7 +20,7 @@ pub fn readyz(pool: &Pool, health: &DbHealth, gateway: &Gateway) -> Reply {
     } else {
         health.mark_down();
     }
-    let upstreams = gateway.upstreams.breakers.snapshot();
+    let upstreams = breakers.snapshot();
     if ok {
         let body = json!({"status": "ready", "database": "ok", "upstreams": upstreams});
         Reply::json(200, &body)

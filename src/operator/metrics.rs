@@ -5,7 +5,7 @@
 use super::{check_admin, check_secret, Operator};
 use crate::error::{Error, Result};
 use crate::gateway::keys::bearer;
-use crate::gateway::metrics::LATENCY_BUCKETS;
+use crate::gateway::metrics::DURATION_BUCKETS_SECS;
 use crate::http::{Body, Ctx, Reply};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,12 +18,12 @@ pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
     }
     // Both forms count against the client IP's admin failure limit like /admin does, so
     // this endpoint is no way around it for someone guessing the secret.
-    if !check_admin(op, ctx)? {
+    if !check_admin(op.admin, ctx)? {
         let secret = ctx
             .header("Authorization")
             .and_then(bearer)
             .ok_or(Error::Unauthorized)?;
-        check_secret(op, ctx, secret, "bearer admin secret")?;
+        check_secret(op.admin, ctx, secret, "bearer admin secret")?;
     }
     Ok(reply(op))
 }
@@ -97,7 +97,7 @@ fn render(op: &Operator) -> String {
     let mut cumulative = 0;
     for (i, c) in m.latency_buckets.iter().enumerate() {
         cumulative += c;
-        let le = LATENCY_BUCKETS
+        let le = DURATION_BUCKETS_SECS
             .get(i)
             .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
         let _ = writeln!(

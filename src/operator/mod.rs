@@ -16,7 +16,6 @@ pub mod input;
 pub mod metrics;
 pub mod openapi;
 
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gateway::guards::FailureLimit;
 use crate::gateway::routes::prefix_matches;
@@ -31,14 +30,21 @@ use subtle::ConstantTimeEq;
 /// What the operator endpoints read and change, borrowed from the application's state;
 /// each endpoint takes only the parts it uses.
 pub struct Operator<'a> {
-    pub cfg: &'a Config,
+    pub admin: AdminSecret<'a>,
+    /// Cost of the bcrypt hash of a new key's secret.
+    pub bcrypt_cost: u32,
     pub pool: &'a Pool,
     pub health: &'a DbHealth,
     pub gateway: &'a Gateway,
     pub logger: &'a Logger,
     pub server: &'a ServerStats,
-    /// Failed admin-secret checks per client IP.
-    pub admin_failures: &'a FailureLimit,
+}
+
+/// The admin secret and the failed attempts at it per client IP.
+#[derive(Clone, Copy)]
+pub struct AdminSecret<'a> {
+    pub secret: &'a str,
+    pub failures: &'a FailureLimit,
 }
 
 /// Paths the gateway answers itself; no route may claim them (checked in admin).
@@ -62,7 +68,11 @@ pub fn dispatch(op: &Operator, rq: &mut Request) -> Result<Reply> {
     let first = ctx.path.split('/').nth(1).unwrap_or("");
     match (first, ctx.method.as_str()) {
         ("healthz", "GET" | "HEAD") => Ok(health::healthz()),
-        ("readyz", "GET" | "HEAD") => Ok(health::readyz(op.pool, op.health, op.gateway)),
+        ("readyz", "GET" | "HEAD") => Ok(health::readyz(
+            op.pool,
+            op.health,
+            &op.gateway.upstreams.breakers,
+        )),
         ("healthz" | "readyz", _) => Err(Error::MethodNotAllowed),
         ("openapi.json", "GET" | "HEAD") if ctx.path == "/openapi.json" => Ok(openapi::reply()),
         ("openapi.json", _) if ctx.path == "/openapi.json" => Err(Error::MethodNotAllowed),
@@ -78,22 +88,22 @@ pub fn dispatch(op: &Operator, rq: &mut Request) -> Result<Reply> {
 /// `Ok(false)` when no secret was sent, `Err(Unauthorized)` for a wrong one (counted
 /// against the client IP), and 429 for an IP over its limit whatever it sent, so a
 /// guesser learns nothing more once limited.
-pub fn check_admin(op: &Operator, ctx: &Ctx) -> Result<bool> {
+pub fn check_admin(admin: AdminSecret, ctx: &Ctx) -> Result<bool> {
     match ctx.header("x-admin-secret") {
         None => Ok(false),
-        Some(given) => check_secret(op, ctx, given, "x-admin-secret").map(|()| true),
+        Some(given) => check_secret(admin, ctx, given, "x-admin-secret").map(|()| true),
     }
 }
 
 /// `given` against the admin secret under the client IP's failure limit, wherever it was
 /// sent (`how` names that in the log): 429 while the IP is over its limit, `Unauthorized`
 /// for a wrong secret (counted).
-pub fn check_secret(op: &Operator, ctx: &Ctx, given: &str, how: &str) -> Result<()> {
-    op.admin_failures.check(&ctx.client_ip)?;
-    if is_admin_secret(&op.cfg.admin_secret, given) {
+pub fn check_secret(admin: AdminSecret, ctx: &Ctx, given: &str, how: &str) -> Result<()> {
+    admin.failures.check(&ctx.client_ip)?;
+    if is_admin_secret(admin.secret, given) {
         return Ok(());
     }
-    op.admin_failures.record(&ctx.client_ip);
+    admin.failures.record(&ctx.client_ip);
     log::warn!("wrong {how} from {}", ctx.client_ip);
     Err(Error::Unauthorized)
 }
@@ -128,7 +138,7 @@ pub mod fixture {
     pub const SECRET: &str = "unit-test-admin-secret";
 
     pub struct Fixture {
-        cfg: Config,
+        cfg: crate::config::Config,
         pool: Pool,
         health: DbHealth,
         gateway: Gateway,
@@ -148,7 +158,7 @@ pub mod fixture {
                 };
                 Some(v.to_string())
             };
-            let cfg = Config::from_vars(&get).expect("a valid test configuration");
+            let cfg = crate::config::Config::from_vars(&get).expect("a valid test configuration");
             let pool = store::pool(&cfg).expect("a pool");
             let counters = store::counter_pool(&cfg).expect("a counter pool");
             Fixture {
@@ -164,13 +174,16 @@ pub mod fixture {
 
         pub fn op(&self) -> Operator<'_> {
             Operator {
-                cfg: &self.cfg,
+                admin: AdminSecret {
+                    secret: &self.cfg.admin_secret,
+                    failures: &self.failures,
+                },
+                bcrypt_cost: self.cfg.bcrypt_cost,
                 pool: &self.pool,
                 health: &self.health,
                 gateway: &self.gateway,
                 logger: &self.logger,
                 server: &self.server,
-                admin_failures: &self.failures,
             }
         }
 

@@ -4,7 +4,7 @@
 
 use crate::http::{Body, Reply};
 
-/// The document, as shipped in `src/openapi.json`.
+/// The document, as shipped in `src/operator/openapi.json`.
 pub const DOCUMENT: &str = include_str!("openapi.json");
 
 pub fn reply() -> Reply {
@@ -21,7 +21,7 @@ mod tests {
     use serde_json::Value;
 
     fn doc() -> Value {
-        serde_json::from_str(DOCUMENT).expect("src/openapi.json is JSON")
+        serde_json::from_str(DOCUMENT).expect("src/operator/openapi.json is JSON")
     }
 
     #[test]

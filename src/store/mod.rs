@@ -15,7 +15,7 @@ pub mod users;
 pub use health::DbHealth;
 pub use migrate::migrate;
 
-use crate::config::Config;
+use crate::config::{Config, DB_CONNECT_TIMEOUT};
 use crate::error::{describe, Error, Result};
 use postgres::types::Type;
 use postgres::{NoTls, Statement};
@@ -133,7 +133,7 @@ pub fn pg_config(cfg: &Config) -> Result<postgres::Config> {
         .parse()
         .map_err(|e| Error::Internal(format!("DATABASE_URL: {e}")))?;
     if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(Duration::from_secs(5));
+        pg.connect_timeout(DB_CONNECT_TIMEOUT);
     }
     if pg.get_application_name().is_none() {
         pg.application_name("tollgate");

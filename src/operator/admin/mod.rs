@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 
 pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
     let ctx = &rq.ctx;
-    if !check_admin(op, ctx)? {
+    if !check_admin(op.admin, ctx)? {
         return Err(Error::Unauthorized);
     }
     let (pool, gw) = (op.pool, op.gateway);
@@ -28,9 +28,7 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         ("GET", ["users", id]) => users::get(pool, path_id(id)?),
         ("DELETE", ["users", id]) => users::delete(pool, cache, &gw.routes, path_id(id)?),
         ("GET", ["users", id, "api-keys"]) => keys::list(pool, ctx, Some(path_id(id)?)),
-        ("POST", ["api-keys"]) => {
-            keys::create(pool, op.cfg.bcrypt_cost, &input::json_object(body)?)
-        }
+        ("POST", ["api-keys"]) => keys::create(pool, op.bcrypt_cost, &input::json_object(body)?),
         ("GET", ["api-keys"]) => keys::list(pool, ctx, input::query_id(ctx, "userId")?),
         ("GET", ["api-keys", id]) => keys::get(pool, path_id(id)?),
         ("PATCH", ["api-keys", id]) => {
