@@ -3,7 +3,7 @@
 //! real-world WSGI stack), the harness `Upstream` where the raw request must be compared
 //! byte for byte, or a tiny `std::net` server in this file where neither can produce the
 //! case (a 1 GiB body, a 200 MiB sink).
-use crate::util::{free_port, proc_status_kib, Gateway, Upstream};
+use crate::util::{free_port, headers_named, proc_status_kib, read_head, Gateway, Upstream};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -120,28 +120,6 @@ impl Drop for TinyServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = TcpStream::connect(self.addr.trim_start_matches("http://"));
-    }
-}
-
-/// Reads a request head (request line and headers) from `r`.
-fn read_head(r: &mut impl BufRead) -> Option<(String, Vec<(String, String)>)> {
-    let mut line = String::new();
-    if r.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).ok()? == 0 {
-            return None;
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            return Some((line.trim_end().to_string(), headers));
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
     }
 }
 
@@ -457,10 +435,9 @@ fn serve_sink(conn: TcpStream) {
     let mut r = BufReader::new(conn.try_clone().unwrap());
     let mut w = conn;
     while let Some((_, headers)) = read_head(&mut r) {
-        let len = headers
-            .iter()
-            .find(|(k, _)| k == "content-length")
-            .map(|(_, v)| v.parse::<u64>().unwrap());
+        let len = headers_named(&headers, "content-length")
+            .first()
+            .map(|v| v.parse::<u64>().unwrap());
         let count = match len {
             Some(n) => std::io::copy(&mut (&mut r).take(n), &mut std::io::sink()).unwrap(),
             None => u64::MAX, // not framed by length: the test fails on this

@@ -1,6 +1,6 @@
 //! Upstream faults: timeouts, refusals, the circuit breaker, the retry of a dead pooled
 //! connection, a hung upstream next to healthy ones, and no leaks after many failures.
-use crate::util::{dead_upstream, proc_status_kib, Gateway, Upstream};
+use crate::util::{dead_upstream, headers_named, proc_status_kib, read_head, Gateway, Upstream};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -250,26 +250,11 @@ fn upstream_5xx_opens_the_circuit_only_with_breaker_on_5xx() {
 
 /// Reads one request (head and Content-Length body); returns its method.
 fn read_request(r: &mut impl BufRead) -> Option<String> {
-    let mut line = String::new();
-    if r.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let mut len = 0usize;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).ok()? == 0 {
-            return None;
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().ok()?;
-            }
-        }
-    }
+    let (line, headers) = read_head(r)?;
+    let len = match headers_named(&headers, "content-length").first() {
+        Some(v) => v.parse().ok()?,
+        None => 0,
+    };
     let mut body = vec![0; len];
     r.read_exact(&mut body).ok()?;
     Some(line.split(' ').next().unwrap_or("").to_string())

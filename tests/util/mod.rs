@@ -197,31 +197,36 @@ impl Drop for Upstream {
     }
 }
 
+/// Reads one request head off a connection: the request line (without its CRLF) and the
+/// headers as sent, names in their own case; `None` once the connection ends or fails.
+pub fn read_head(r: &mut impl BufRead) -> Option<(String, Vec<(String, String)>)> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            return Some((line.trim_end().to_string(), headers));
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+}
+
 fn serve_conn(conn: TcpStream, seen: &Mutex<Vec<Seen>>) {
     let mut out = conn.try_clone().unwrap();
     let mut r = BufReader::new(conn);
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.trim_end().splitn(3, ' ');
+    while let Some((line, headers)) = read_head(&mut r) {
+        let mut parts = line.splitn(3, ' ');
         let method = parts.next().unwrap_or("").to_string();
         let target = parts.next().unwrap_or("").to_string();
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
         let get = |n: &str| {
             headers
                 .iter()
