@@ -6,7 +6,7 @@ use super::breaker::{self, Breakers};
 use super::keys::bearer_key;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::http::{Body, Reply, Request};
+use crate::http::{Body, Reply, Request, RequestBody};
 use crate::store::routes::Route;
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -196,9 +196,7 @@ pub fn forward(
     let has_body = ctx.content_length.is_some_and(|n| n > 0) || ctx.chunked;
     let mut body = Limited {
         inner: &mut rq.body,
-        left: max,
         max,
-        read: 0,
     };
     let unforwardable = |e: http::Error| Error::BadRequest(format!("cannot forward: {e}"));
     // Two calls rather than one `SendBody` variable: `SendBody` is invariant over its
@@ -233,7 +231,7 @@ pub fn forward(
             other => other,
         }
     };
-    if body.left == 0 && body.read > max {
+    if rq.body.bytes_read() > max {
         return Err(Error::PayloadTooLarge(max));
     }
     let failed = match &result {
@@ -342,38 +340,29 @@ fn upstream_error(e: ureq::Error) -> Error {
     }
 }
 
-/// The client's body as read by ureq: counts what passed and stops at the body limit, so
-/// a chunked upload cannot exceed it either.
-struct Limited<'a> {
-    inner: &'a mut dyn Read,
-    left: u64,
+/// The client's body as read by ureq, stopped at the body limit, so a chunked upload
+/// cannot exceed it either. What has passed is the `RequestBody`'s own count.
+struct Limited<'a, 'b> {
+    inner: &'a mut RequestBody<'b>,
     max: u64,
-    read: u64,
 }
 
-impl Read for Limited<'_> {
+impl Read for Limited<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
+        let left = self.max.saturating_sub(self.inner.bytes_read());
+        if left == 0 {
             // Probe one byte past the limit: a body of exactly `max` bytes is fine.
             let mut probe = [0u8; 1];
             return match self.inner.read(&mut probe)? {
                 0 => Ok(0),
-                _ => {
-                    self.read += 1;
-                    Err(io::Error::other(format!(
-                        "request body over {} bytes",
-                        self.max
-                    )))
-                }
+                _ => Err(io::Error::other(format!(
+                    "request body over {} bytes",
+                    self.max
+                ))),
             };
         }
-        let cap = buf
-            .len()
-            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..cap])?;
-        self.left -= n as u64;
-        self.read += n as u64;
-        Ok(n)
+        let cap = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        self.inner.read(&mut buf[..cap])
     }
 }
 

@@ -71,7 +71,7 @@ fn listen(s: &Synced) -> std::result::Result<(), String> {
             if batch.is_empty() {
                 // Quiet: a trivial query proves the connection is alive.
                 drop(n);
-                store::ping_listener(&mut client)?;
+                store::alive(&mut client)?;
                 continue;
             }
             let mut more = n.iter();

@@ -180,9 +180,7 @@ fn build(config: postgres::Config, size: u32, wait: Duration) -> Pool {
 
 /// Whether the database answers a trivial query (`/readyz`).
 pub fn ping(pool: &Pool) -> bool {
-    pool.get()
-        .ok()
-        .is_some_and(|mut c| c.simple_query("SELECT 1").is_ok())
+    pool.get().ok().is_some_and(|mut c| alive(&mut c).is_ok())
 }
 
 /// The channel the triggers of sql/004 notify when a route or a key's metadata changes.
@@ -198,8 +196,8 @@ pub fn config_listener(cfg: &Config) -> std::result::Result<postgres::Client, St
     Ok(client)
 }
 
-/// Proves a quiet listening connection is still alive (an empty query).
-pub fn ping_listener(client: &mut postgres::Client) -> std::result::Result<(), String> {
+/// Proves a connection is alive with an empty query (a quiet listening one, a pooled one).
+pub fn alive(client: &mut postgres::Client) -> std::result::Result<(), String> {
     client
         .simple_query("")
         .map(|_| ())

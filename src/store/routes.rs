@@ -120,7 +120,7 @@ pub fn load_all(pool: &Pool) -> Result<Vec<Route>> {
 }
 
 /// Inserts `route` (its `id` is ignored) with every field, in one transaction.
-pub fn insert(pool: &Pool, route: &Route) -> Result<RouteRecord> {
+pub fn insert(pool: &Pool, mut route: Route) -> Result<RouteRecord> {
     let mut conn = pool.get()?;
     let mut tx = conn.transaction()?;
     let row = written(
@@ -130,10 +130,7 @@ pub fn insert(pool: &Pool, route: &Route) -> Result<RouteRecord> {
         ),
         &route.prefix,
     )?;
-    let route = Route {
-        id: row.get(0),
-        ..route.clone()
-    };
+    route.id = row.get(0);
     save(tx, &route)
 }
 

@@ -213,7 +213,7 @@ pub fn create(pool: &Pool, table: &RouteTable, body: &Map<String, Value>) -> Res
         ..Route::default()
     };
     apply_fields(&mut route, body)?;
-    let saved = routes::insert(pool, &route)?;
+    let saved = routes::insert(pool, route)?;
     table.reload(pool)?;
     Ok(Reply::json(201, &route_json(&saved)))
 }
