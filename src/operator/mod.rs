@@ -163,7 +163,7 @@ pub mod fixture {
             let counters = store::counter_pool(&cfg).expect("a counter pool");
             Fixture {
                 gateway: Gateway::new(&cfg, counters),
-                logger: Logger::start(pool.clone(), 16, Duration::from_secs(60), 16),
+                logger: Logger::start(pool.clone(), 16, Duration::from_millis(10), 16),
                 health: DbHealth::default(),
                 server: ServerStats::default(),
                 failures: FailureLimit::new(cfg.admin_fail_limit, cfg.auth_fail_window),
@@ -195,6 +195,15 @@ pub mod fixture {
 
         pub fn send(&self, mut rq: Request) -> Reply {
             dispatch(&self.op(), &mut rq).unwrap_or_else(|e| Reply::error(&e))
+        }
+    }
+
+    impl Drop for Fixture {
+        /// Stops the logger thread, which would otherwise outlive the test holding a pool
+        /// that keeps trying the unreachable database.
+        fn drop(&mut self) {
+            self.logger
+                .shutdown(std::time::Instant::now() + Duration::from_secs(1));
         }
     }
 
