@@ -158,6 +158,13 @@ pub const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Page size cap on list endpoints (the reference's documented maximum).
 pub const MAX_PAGE_LIMIT: i64 = 100;
+/// Most named limits on one key, user or plan: every one is a column of the subject's
+/// counter row, checked on every request.
+pub const MAX_LIMITS: usize = 16;
+/// Longest sliding window a limit may have: one day (longer periods are quotas).
+pub const MAX_LIMIT_WINDOW_SECS: u32 = 86_400;
+/// Largest limit or quota: far above any real allowance, far below the counters' range.
+pub const MAX_QUOTA: i64 = 1_000_000_000_000;
 /// How long start-up (`serve`, `migrate`) waits for the database before giving up: long
 /// enough for a database started alongside the gateway (systemd, compose, `make run`).
 pub const STARTUP_DB_WAIT: Duration = Duration::from_secs(30);

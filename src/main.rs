@@ -102,6 +102,10 @@ fn serve(cfg: config::Config) -> Result<(), String> {
         .reload(&pool)
         .map_err(|e| format!("loading routes: {e}"))?;
     log::info!("{n} routes loaded");
+    gateway
+        .plans
+        .reload(&pool)
+        .map_err(|e| format!("loading plans: {e}"))?;
     let app = Arc::new(app::App::new(cfg, pool, gateway, logger));
     let cfg = &app.cfg;
     gateway::ratelimit::spawn_purger(app.pool.clone(), cfg.rate_window_secs);

@@ -97,7 +97,9 @@ impl Auth {
         Ok(Authed {
             id: info.id,
             user_id: info.user_id,
-            rate_limit: info.rate_limit,
+            rate_limit: info
+                .rate_limit
+                .unwrap_or(crate::config::DEFAULT_KEY_RATE_LIMIT),
             write: info.write,
             credential_header,
         })

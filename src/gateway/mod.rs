@@ -19,6 +19,7 @@ pub mod forward;
 pub mod guards;
 pub mod keys;
 pub mod metrics;
+pub mod policy;
 pub mod ratelimit;
 pub mod routes;
 pub mod sync;
@@ -39,6 +40,7 @@ pub struct Gateway {
     pub auth: Auth,
     pub routes: RouteTable,
     pub limiter: Limiter,
+    pub plans: policy::Plans,
     pub upstreams: Upstreams,
     pub metrics: Metrics,
 }
@@ -56,6 +58,7 @@ impl Gateway {
                 ratelimit::Counters::new(counter_pool, cfg.rate_window_secs, cfg.coalesce_window),
                 cfg.ratelimit_fail_open,
             ),
+            plans: policy::Plans::default(),
             upstreams: Upstreams::new(cfg),
             metrics: Metrics::default(),
         }
@@ -68,6 +71,10 @@ pub struct Trace {
     pub api_key_id: Option<i64>,
     pub user_id: Option<i64>,
     pub route_id: Option<i64>,
+    /// The plan the key's limits came from, for usage by plan.
+    pub plan_id: Option<i64>,
+    /// The limit phase's verdict: admitted, refused by a limit or quota, or not reached.
+    pub admitted: Option<bool>,
 }
 
 /// The gateway path: auth → scope → route → rate limit → forward. A request for a path

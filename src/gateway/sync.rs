@@ -62,7 +62,7 @@ fn listen(s: &Synced) -> std::result::Result<(), String> {
     log::debug!("config listener connected");
     reload_all(s);
     loop {
-        let (mut routes, mut keys) = (false, false);
+        let (mut routes, mut keys, mut plans) = (false, false, false);
         {
             let mut n = client.notifications();
             // Wakes up now and then to notice a dead connection even when all is quiet.
@@ -81,6 +81,8 @@ fn listen(s: &Synced) -> std::result::Result<(), String> {
             for note in &batch {
                 match note.payload() {
                     "routes" => routes = true,
+                    "plans" => plans = true,
+                    // "key:<id>" and "user:<id>": cached keys carry their user's fields.
                     _ => keys = true,
                 }
             }
@@ -88,6 +90,11 @@ fn listen(s: &Synced) -> std::result::Result<(), String> {
         if routes {
             if let Err(e) = s.gateway.routes.reload(&s.pool) {
                 log::warn!("route reload after notification failed: {e}");
+            }
+        }
+        if plans {
+            if let Err(e) = s.gateway.plans.reload(&s.pool) {
+                log::warn!("plan reload after notification failed: {e}");
             }
         }
         if keys {
@@ -102,6 +109,9 @@ fn reload_all(s: &Synced) {
     if let Err(e) = reload_routes(&s.pool, &s.gateway.routes) {
         log::warn!("route reload failed: {e}");
     }
+    if let Err(e) = s.gateway.plans.reload(&s.pool) {
+        log::warn!("plan reload failed: {e}");
+    }
     if let Err(e) = refresh_keys(&s.pool, &s.gateway.auth.cache) {
         log::warn!("key refresh failed: {e}");
     }
@@ -109,7 +119,7 @@ fn reload_all(s: &Synced) {
 
 /// Re-reads the metadata (revocation, limit, scopes, expiry) of every cached key; keys
 /// deleted from the database leave the cache.
-fn refresh_keys(pool: &Pool, cache: &KeyCache) -> Result<()> {
+pub fn refresh_keys(pool: &Pool, cache: &KeyCache) -> Result<()> {
     let ids = cache.cached_ids();
     if ids.is_empty() {
         return Ok(());

@@ -97,3 +97,30 @@ pub fn take(
 pub fn purge(pool: &Pool, window: f64) -> Result<u64> {
     Ok(pool.get()?.execute(PURGE_SQL, &[&window])?)
 }
+
+/// Zeroes the quota period of a key (`'k'`) or user (`'u'`): the count starts again now,
+/// the period's boundaries stay. False if the subject does not exist.
+pub fn reset_quota(pool: &Pool, kind: Subject, id: i64) -> Result<bool> {
+    let n = pool.get()?.execute(
+        "UPDATE limit_counters SET quota_used = 0 WHERE kind = $1 AND owner_id = $2",
+        &[&kind.code(), &id],
+    )?;
+    Ok(n > 0)
+}
+
+/// Whose counters: a key's own, or a user's counted across all of its keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    Key,
+    User,
+}
+
+impl Subject {
+    /// The `limit_counters.kind` value.
+    pub fn code(self) -> i8 {
+        match self {
+            Subject::Key => b'k' as i8,
+            Subject::User => b'u' as i8,
+        }
+    }
+}

@@ -1,14 +1,21 @@
 //! `api_keys`: every statement on the table, and the one mapping of its row.
 
+use super::plans::{no_such_plan, Change, Policy, PolicyChanges};
 use super::{is_fk_violation, Pool};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use postgres::types::Type;
 use postgres::Row;
 
-/// The columns [`ApiKey::from_row`] reads, in order.
-const COLS: &str = "id, user_id, name, public_id, scopes, rate_limit, expires_at, \
-                    revoked_at, last_used_at, created_at";
+/// The columns [`ApiKey::from_row`] reads, in order, from `k` (a key row) joined with its
+/// user `u` (whose limit fields the key's own inherit from; see `gateway::policy`).
+const COLS: &str = "k.id, k.user_id, k.name, k.public_id, k.scopes, k.rate_limit, k.expires_at, \
+    k.revoked_at, k.last_used_at, k.created_at, k.plan_id, k.limits, k.quota, \
+    u.plan_id, u.limits, u.quota, u.created_at";
+
+/// `FROM` for [`COLS`]; statements that change a key select from their `RETURNING *` as `k`.
+const FROM: &str = "api_keys k JOIN users u ON u.id = k.user_id";
+const FROM_CHANGED: &str = "k JOIN users u ON u.id = k.user_id";
 
 /// A key as stored (never its secret or hash).
 #[derive(Clone, Debug)]
@@ -18,11 +25,16 @@ pub struct ApiKey {
     pub name: String,
     pub public_id: String,
     pub scopes: Vec<String>,
-    pub rate_limit: i32,
+    /// The key's own limit named `default` over the gateway window, if it has one.
+    pub rate_limit: Option<i32>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    pub own: Policy,
+    /// The user's limit fields and creation time.
+    pub owner: Policy,
+    pub owner_created_at: DateTime<Utc>,
 }
 
 /// What a verified key may do; everything the gateway's stages need without touching the
@@ -31,10 +43,14 @@ pub struct ApiKey {
 pub struct KeyInfo {
     pub id: i64,
     pub user_id: i64,
-    pub rate_limit: i32,
+    pub rate_limit: Option<i32>,
     pub write: bool,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked: bool,
+    pub created_at: DateTime<Utc>,
+    pub own: Policy,
+    pub owner: Policy,
+    pub owner_created_at: DateTime<Utc>,
 }
 
 impl ApiKey {
@@ -51,6 +67,9 @@ impl ApiKey {
             revoked_at: r.get(at + 7),
             last_used_at: r.get(at + 8),
             created_at: r.get(at + 9),
+            own: Policy::from_row(r, at + 10),
+            owner: Policy::from_row(r, at + 13),
+            owner_created_at: r.get(at + 16),
         }
     }
 
@@ -62,13 +81,17 @@ impl ApiKey {
             write: self.scopes.iter().any(|s| s == "write"),
             expires_at: self.expires_at,
             revoked: self.revoked_at.is_some(),
+            created_at: self.created_at,
+            own: self.own.clone(),
+            owner: self.owner.clone(),
+            owner_created_at: self.owner_created_at,
         }
     }
 }
 
 /// The bcrypt hash and the record of the key with this public id, for verification.
 pub fn find_for_verify(pool: &Pool, public_id: &str) -> Result<Option<(String, ApiKey)>> {
-    let sql = format!("SELECT key_hash, {COLS} FROM api_keys WHERE public_id = $1");
+    let sql = format!("SELECT k.key_hash, {COLS} FROM {FROM} WHERE k.public_id = $1");
     let row = pool
         .get()?
         .query_typed_opt(sql.as_str(), &[(&public_id, Type::TEXT)])?;
@@ -77,7 +100,7 @@ pub fn find_for_verify(pool: &Pool, public_id: &str) -> Result<Option<(String, A
 
 /// The current metadata of these keys; ids that no longer exist are absent.
 pub fn infos(pool: &Pool, ids: &[i64]) -> Result<Vec<KeyInfo>> {
-    let sql = format!("SELECT {COLS} FROM api_keys WHERE id = ANY($1)");
+    let sql = format!("SELECT {COLS} FROM {FROM} WHERE k.id = ANY($1)");
     let rows = pool.get()?.query(sql.as_str(), &[&ids])?;
     Ok(rows.iter().map(|r| ApiKey::from_row(r, 0).info()).collect())
 }
@@ -96,18 +119,37 @@ pub struct NewKey<'a> {
     pub name: &'a str,
     pub public_id: &'a str,
     pub hash: &'a str,
-    pub rate_limit: i32,
+    pub rate_limit: Option<i32>,
     pub scopes: &'a [String],
     pub expires_at: Option<DateTime<Utc>>,
+    pub own: &'a Policy,
 }
 
-/// Inserts a key; a `user_id` that names no user is the body's fault (400 on `userId`).
+/// A foreign key violation is the body's fault: a user or plan it names does not exist.
+fn missing_reference(e: &postgres::Error) -> Error {
+    let plan = e
+        .as_db_error()
+        .and_then(|d| d.constraint())
+        .is_some_and(|c| c.contains("plan"));
+    if plan {
+        no_such_plan()
+    } else {
+        Error::field("userId", "no such user")
+    }
+}
+
+/// Inserts a key; a user or plan that does not exist is 400 on `userId` / `planId`.
 pub fn insert(pool: &Pool, k: &NewKey) -> Result<ApiKey> {
     let sql = format!(
-        "INSERT INTO api_keys (user_id, name, public_id, key_hash, rate_limit, scopes, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLS}"
+        "WITH k AS (
+            INSERT INTO api_keys (user_id, name, public_id, key_hash, rate_limit, scopes,
+                                  expires_at, plan_id, limits, quota)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *)
+         SELECT {COLS} FROM {FROM_CHANGED}"
     );
-    let params: [&(dyn postgres::types::ToSql + Sync); 7] = [
+    let limits = super::plans::limits_to_db(&k.own.limits);
+    let quota = super::plans::quota_to_db(&k.own.quota);
+    let params: [&(dyn postgres::types::ToSql + Sync); 10] = [
         &k.user_id,
         &k.name,
         &k.public_id,
@@ -115,10 +157,13 @@ pub fn insert(pool: &Pool, k: &NewKey) -> Result<ApiKey> {
         &k.rate_limit,
         &k.scopes,
         &k.expires_at,
+        &k.own.plan_id,
+        &limits,
+        &quota,
     ];
     match pool.get()?.query_one(sql.as_str(), &params) {
         Ok(row) => Ok(ApiKey::from_row(&row, 0)),
-        Err(e) if is_fk_violation(&e) => Err(Error::field("userId", "no such user")),
+        Err(e) if is_fk_violation(&e) => Err(missing_reference(&e)),
         Err(e) => Err(e.into()),
     }
 }
@@ -126,8 +171,8 @@ pub fn insert(pool: &Pool, k: &NewKey) -> Result<ApiKey> {
 /// Up to `limit` keys with ids above `after`, of one user or of all.
 pub fn list(pool: &Pool, after: i64, user_id: Option<i64>, limit: i64) -> Result<Vec<ApiKey>> {
     let sql = format!(
-        "SELECT {COLS} FROM api_keys WHERE id > $1 AND ($2::int8 IS NULL OR user_id = $2)
-         ORDER BY id LIMIT $3"
+        "SELECT {COLS} FROM {FROM} WHERE k.id > $1 AND ($2::int8 IS NULL OR k.user_id = $2)
+         ORDER BY k.id LIMIT $3"
     );
     let rows = pool
         .get()?
@@ -136,7 +181,7 @@ pub fn list(pool: &Pool, after: i64, user_id: Option<i64>, limit: i64) -> Result
 }
 
 pub fn get(pool: &Pool, id: i64) -> Result<Option<ApiKey>> {
-    let sql = format!("SELECT {COLS} FROM api_keys WHERE id = $1");
+    let sql = format!("SELECT {COLS} FROM {FROM} WHERE k.id = $1");
     let row = pool.get()?.query_opt(sql.as_str(), &[&id])?;
     Ok(row.map(|r| ApiKey::from_row(&r, 0)))
 }
@@ -144,40 +189,61 @@ pub fn get(pool: &Pool, id: i64) -> Result<Option<ApiKey>> {
 /// What a `PATCH` changes; `None` keeps the stored value.
 pub struct KeyChanges {
     pub name: Option<String>,
-    pub rate_limit: Option<i32>,
+    pub rate_limit: Change<i32>,
     pub scopes: Option<Vec<String>>,
     pub expires_at: Option<DateTime<Utc>>,
     /// Sets `expires_at` to NULL (wins over `expires_at`).
     pub clear_expiry: bool,
+    pub policy: PolicyChanges,
 }
 
 pub fn update(pool: &Pool, id: i64, c: &KeyChanges) -> Result<Option<ApiKey>> {
     let sql = format!(
-        "UPDATE api_keys SET name = coalesce($2, name), rate_limit = coalesce($3, rate_limit),
-                scopes = coalesce($4, scopes),
-                expires_at = CASE WHEN $6 THEN NULL ELSE coalesce($5, expires_at) END
-          WHERE id = $1 RETURNING {COLS}"
+        "WITH k AS (
+            UPDATE api_keys SET name = coalesce($2, name),
+                   rate_limit = CASE WHEN $7 THEN $3 ELSE rate_limit END,
+                   scopes = coalesce($4, scopes),
+                   expires_at = CASE WHEN $6 THEN NULL ELSE coalesce($5, expires_at) END,
+                   {}
+             WHERE id = $1 RETURNING *)
+         SELECT {COLS} FROM {FROM_CHANGED}",
+        PolicyChanges::set_sql(8)
     );
+    let (rate_changed, rate) = c.rate_limit.bind();
+    let (p, plan, l, limits, q, quota) = c.policy.values();
     let row = pool.get()?.query_opt(
         sql.as_str(),
         &[
             &id,
             &c.name,
-            &c.rate_limit,
+            &rate,
             &c.scopes,
             &c.expires_at,
             &c.clear_expiry,
+            &rate_changed,
+            &p,
+            &plan,
+            &l,
+            &limits,
+            &q,
+            &quota,
         ],
-    )?;
-    Ok(row.map(|r| ApiKey::from_row(&r, 0)))
+    );
+    match row {
+        Ok(row) => Ok(row.map(|r| ApiKey::from_row(&r, 0))),
+        Err(e) if is_fk_violation(&e) => Err(no_such_plan()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Revokes a key (the row stays, for the logs and analytics); revoking twice keeps the
 /// first time.
 pub fn revoke(pool: &Pool, id: i64) -> Result<Option<ApiKey>> {
     let sql = format!(
-        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
-         RETURNING {COLS}"
+        "WITH k AS (
+            UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
+            RETURNING *)
+         SELECT {COLS} FROM {FROM_CHANGED}"
     );
     let row = pool.get()?.query_opt(sql.as_str(), &[&id])?;
     Ok(row.map(|r| ApiKey::from_row(&r, 0)))

@@ -24,6 +24,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "005_batched_counters",
         include_str!("../../sql/005_batched_counters.sql"),
     ),
+    ("006_plans", include_str!("../../sql/006_plans.sql")),
 ];
 
 /// Applies pending migrations, retrying the first connection for up to `wait` so that a

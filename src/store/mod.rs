@@ -8,6 +8,7 @@ mod health;
 pub mod keys;
 pub mod logs;
 mod migrate;
+pub mod plans;
 pub mod rollups;
 pub mod routes;
 pub mod users;

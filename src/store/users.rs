@@ -1,11 +1,12 @@
 //! `users`: every statement on the table.
 
-use super::{is_unique_violation, Pool};
+use super::plans::{no_such_plan, Policy, PolicyChanges};
+use super::{is_fk_violation, is_unique_violation, Pool};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use postgres::Row;
 
-const COLS: &str = "id, email, name, created_at";
+const COLS: &str = "id, email, name, created_at, plan_id, limits, quota";
 
 #[derive(Clone, Debug)]
 pub struct User {
@@ -13,6 +14,8 @@ pub struct User {
     pub email: String,
     pub name: String,
     pub created_at: DateTime<Utc>,
+    /// The plan its keys inherit, and the limits and quota counted across all its keys.
+    pub policy: Policy,
 }
 
 impl User {
@@ -22,18 +25,57 @@ impl User {
             email: r.get(1),
             name: r.get(2),
             created_at: r.get(3),
+            policy: Policy::from_row(r, 4),
         }
     }
 }
 
-/// Inserts a user; a taken email is 409.
-pub fn insert(pool: &Pool, email: &str, name: &str) -> Result<User> {
-    let sql = format!("INSERT INTO users (email, name) VALUES ($1, $2) RETURNING {COLS}");
-    match pool.get()?.query_one(sql.as_str(), &[&email, &name]) {
+fn email_taken(email: &str) -> Error {
+    Error::Conflict(format!("a user with email {email} exists"))
+}
+
+/// Inserts a user; a taken email is 409, a plan that does not exist 400 on `planId`.
+pub fn insert(pool: &Pool, email: &str, name: &str, policy: &Policy) -> Result<User> {
+    let sql = format!(
+        "INSERT INTO users (email, name, plan_id, limits, quota) VALUES ($1, $2, $3, $4, $5)
+         RETURNING {COLS}"
+    );
+    let limits = super::plans::limits_to_db(&policy.limits);
+    let quota = super::plans::quota_to_db(&policy.quota);
+    match pool.get()?.query_one(
+        sql.as_str(),
+        &[&email, &name, &policy.plan_id, &limits, &quota],
+    ) {
         Ok(row) => Ok(User::from_row(&row)),
-        Err(e) if is_unique_violation(&e) => {
-            Err(Error::Conflict(format!("a user with email {email} exists")))
-        }
+        Err(e) if is_unique_violation(&e) => Err(email_taken(email)),
+        Err(e) if is_fk_violation(&e) => Err(no_such_plan()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What a user `PATCH` changes; `None` / `Change::Keep` keeps the stored value.
+#[derive(Default)]
+pub struct UserChanges {
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub policy: PolicyChanges,
+}
+
+pub fn update(pool: &Pool, id: i64, c: &UserChanges) -> Result<Option<User>> {
+    let sql = format!(
+        "UPDATE users SET email = coalesce($2, email), name = coalesce($3, name), {}
+          WHERE id = $1 RETURNING {COLS}",
+        PolicyChanges::set_sql(4)
+    );
+    let (p, plan, l, limits, q, quota) = c.policy.values();
+    let row = pool.get()?.query_opt(
+        sql.as_str(),
+        &[&id, &c.email, &c.name, &p, &plan, &l, &limits, &q, &quota],
+    );
+    match row {
+        Ok(row) => Ok(row.as_ref().map(User::from_row)),
+        Err(e) if is_unique_violation(&e) => Err(email_taken(c.email.as_deref().unwrap_or(""))),
+        Err(e) if is_fk_violation(&e) => Err(no_such_plan()),
         Err(e) => Err(e.into()),
     }
 }

@@ -10,6 +10,7 @@ use crate::http::{Ctx, Reply};
 use crate::operator::input::{self, id, int, required, string};
 use crate::operator::{ts, ts_opt};
 use crate::store::keys::{self, ApiKey, KeyChanges, NewKey};
+use crate::store::plans::Change;
 use crate::store::Pool;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
@@ -100,9 +101,10 @@ pub fn create(pool: &Pool, bcrypt_cost: u32, body: &Map<String, Value>) -> Resul
             name: &name,
             public_id: &public_id,
             hash: &hash,
-            rate_limit: limit,
+            rate_limit: Some(limit),
             scopes: &scopes,
             expires_at: expires,
+            own: &Default::default(),
         },
     )?;
     let mut v = key_json(&key);
@@ -126,10 +128,14 @@ pub fn get(pool: &Pool, id: i64) -> Result<Reply> {
 pub fn update(pool: &Pool, cache: &KeyCache, id: i64, body: &Map<String, Value>) -> Result<Reply> {
     let changes = KeyChanges {
         name: string(body, "name", 200)?,
-        rate_limit: rate_limit(body)?,
+        rate_limit: match rate_limit(body)? {
+            Some(n) => Change::Set(n),
+            None => Change::Keep,
+        },
         scopes: scopes(body)?,
         expires_at: expires_at(body)?,
         clear_expiry: body.get("expiresAt") == Some(&Value::Null),
+        policy: Default::default(),
     };
     let key = keys::update(pool, id, &changes)?.ok_or_else(|| Error::NotFound("API key".into()))?;
     cache.update(key.info());

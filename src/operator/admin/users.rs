@@ -26,7 +26,7 @@ pub fn create(pool: &Pool, body: &Map<String, Value>) -> Result<Reply> {
     if !valid_email(&email) {
         return Err(Error::field("email", "must be an email address"));
     }
-    let user = users::insert(pool, &email, &name)?;
+    let user = users::insert(pool, &email, &name, &Default::default())?;
     Ok(Reply::json(201, &user_json(&user)))
 }
 

@@ -1,0 +1,158 @@
+-- Plans, several named limits, quotas and owner-wide limits (issue 12). docs/limits.md
+-- explains the model; src/store/plans.rs reads and writes the JSON shapes stored here.
+
+-- A plan: named limits ([{"name","limit","windowSecs"}]) and an optional quota
+-- ({"limit","period","anchor"}), validated by the admin API before they are stored.
+CREATE TABLE plans (
+    id          bigserial PRIMARY KEY,
+    name        text NOT NULL UNIQUE,
+    limits      jsonb NOT NULL DEFAULT '[]',
+    quota       jsonb,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- A key's own limits replace its plan's; NULL inherits. `rate_limit` stays the
+-- single limit named "default" over the gateway window, and may now be NULL (a key on a
+-- plan needs none). Deleting a plan that a key or user is on is refused (409).
+ALTER TABLE api_keys
+    ALTER COLUMN rate_limit DROP NOT NULL,
+    ADD COLUMN plan_id bigint REFERENCES plans(id),
+    ADD COLUMN limits  jsonb,
+    ADD COLUMN quota   jsonb;
+CREATE INDEX api_keys_plan_idx ON api_keys (plan_id) WHERE plan_id IS NOT NULL;
+
+-- A user's plan is inherited by its keys (counted per key); the user's own limits and
+-- quota are counted across all of its keys (owner-wide).
+ALTER TABLE users
+    ADD COLUMN plan_id bigint REFERENCES plans(id),
+    ADD COLUMN limits  jsonb,
+    ADD COLUMN quota   jsonb;
+CREATE INDEX users_plan_idx ON users (plan_id) WHERE plan_id IS NOT NULL;
+
+-- Every counter of one key ('k') or one user ('u') in one row, so that the batched
+-- statement (src/store/counters.rs) locks one row per subject and writes it once per
+-- batch, however many limits the subject has. For each sliding limit, identified by
+-- "<name>/<windowSecs>", the row keeps the bucket it last counted in, that bucket's count
+-- and the one before it (the sliding estimate needs both). The quota keeps the start of
+-- the period it counts (Unix seconds) and the count in it: a new period starts at 0, and a
+-- changed quota limit keeps the count.
+CREATE TABLE limit_counters (
+    kind         "char" NOT NULL CHECK (kind IN ('k', 'u')),
+    owner_id     bigint NOT NULL,
+    names        text[] NOT NULL DEFAULT '{}',
+    buckets      bigint[] NOT NULL DEFAULT '{}',
+    counts       bigint[] NOT NULL DEFAULT '{}',
+    prevs        bigint[] NOT NULL DEFAULT '{}',
+    quota_start  bigint NOT NULL DEFAULT 0,
+    quota_used   bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, owner_id)
+)
+-- Rewritten by every batch: room on the page keeps those updates HOT.
+WITH (fillfactor = 50);
+
+-- The statement only locks rows (it cannot lock a row that does not exist yet within one
+-- statement), so every key and user has its row from birth.
+CREATE FUNCTION tollgate_counter_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO limit_counters (kind, owner_id)
+        VALUES (CASE TG_TABLE_NAME WHEN 'users' THEN 'u' ELSE 'k' END, NEW.id)
+        ON CONFLICT DO NOTHING;
+    ELSE
+        DELETE FROM limit_counters
+         WHERE kind = CASE TG_TABLE_NAME WHEN 'users' THEN 'u' ELSE 'k' END
+           AND owner_id = OLD.id;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER users_counter_row AFTER INSERT OR DELETE ON users
+    FOR EACH ROW EXECUTE FUNCTION tollgate_counter_row();
+CREATE TRIGGER api_keys_counter_row AFTER INSERT OR DELETE ON api_keys
+    FOR EACH ROW EXECUTE FUNCTION tollgate_counter_row();
+
+INSERT INTO limit_counters (kind, owner_id) SELECT 'u', id FROM users;
+INSERT INTO limit_counters (kind, owner_id) SELECT 'k', id FROM api_keys;
+
+-- @@DROP_OLD_COUNTERS@@
+
+-- Where a quota period that contains `at` starts and ends. 'calendar': UTC days and
+-- months. 'created' (anchor = the key's or user's creation time): days start at the
+-- anchor's time of day; months on the anchor's day of the month at its time of day,
+-- clamped to the month's length (created Jan 31: Feb 28/29, Mar 31, Apr 30, ...).
+CREATE FUNCTION tollgate_period(period text, anchor timestamptz, at timestamptz,
+                                OUT period_start timestamptz, OUT period_end timestamptz)
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    a    timestamp := coalesce(anchor, 'epoch'::timestamptz) AT TIME ZONE 'UTC';
+    t    timestamp := at AT TIME ZONE 'UTC';
+    tod  interval := a - date_trunc('day', a);
+    m    timestamp;
+    s    timestamp;
+BEGIN
+    IF period = 'day' THEN
+        s := date_trunc('day', t - tod) + tod;
+        period_start := s AT TIME ZONE 'UTC';
+        period_end := (s + interval '1 day') AT TIME ZONE 'UTC';
+        RETURN;
+    END IF;
+    IF anchor IS NULL THEN
+        s := date_trunc('month', t);
+        period_start := s AT TIME ZONE 'UTC';
+        period_end := (s + interval '1 month') AT TIME ZONE 'UTC';
+        RETURN;
+    END IF;
+    -- The anchored start in t's month; if t is before it, the one in the month before.
+    m := date_trunc('month', t);
+    s := tollgate_month_anchor(m, a, tod);
+    IF s > t THEN
+        m := m - interval '1 month';
+        s := tollgate_month_anchor(m, a, tod);
+    END IF;
+    period_start := s AT TIME ZONE 'UTC';
+    period_end := tollgate_month_anchor(m + interval '1 month', a, tod) AT TIME ZONE 'UTC';
+END $$;
+
+-- The anchor's day of the month (clamped to the month's last day) in the month starting
+-- at `month`, at the anchor's time of day.
+CREATE FUNCTION tollgate_month_anchor(month timestamp, a timestamp, tod interval)
+RETURNS timestamp LANGUAGE sql IMMUTABLE AS $$
+    SELECT month
+           + make_interval(days => least(extract(day FROM a)::int,
+                                         extract(day FROM month + interval '1 month'
+                                                          - interval '1 day')::int) - 1)
+           + tod
+$$;
+
+-- Plans, users' limits and keys' limits are cached by every replica: tell them.
+CREATE FUNCTION tollgate_notify_plans() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('tollgate_config', 'plans');
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER plans_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON plans
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate_notify_plans();
+
+CREATE FUNCTION tollgate_notify_user() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('tollgate_config', 'user:' || NEW.id);
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER users_notify_update AFTER UPDATE ON users
+    FOR EACH ROW
+    WHEN ((OLD.plan_id, OLD.limits, OLD.quota) IS DISTINCT FROM
+          (NEW.plan_id, NEW.limits, NEW.quota))
+    EXECUTE FUNCTION tollgate_notify_user();
+
+DROP TRIGGER api_keys_notify_update ON api_keys;
+CREATE TRIGGER api_keys_notify_update AFTER UPDATE ON api_keys
+    FOR EACH ROW
+    WHEN ((OLD.user_id, OLD.rate_limit, OLD.scopes, OLD.expires_at, OLD.revoked_at,
+           OLD.key_hash, OLD.public_id, OLD.plan_id, OLD.limits, OLD.quota)
+          IS DISTINCT FROM
+          (NEW.user_id, NEW.rate_limit, NEW.scopes, NEW.expires_at, NEW.revoked_at,
+           NEW.key_hash, NEW.public_id, NEW.plan_id, NEW.limits, NEW.quota))
+    EXECUTE FUNCTION tollgate_notify_key();
