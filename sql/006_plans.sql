@@ -75,54 +75,49 @@ CREATE TRIGGER api_keys_counter_row AFTER INSERT OR DELETE ON api_keys
 INSERT INTO limit_counters (kind, owner_id) SELECT 'u', id FROM users;
 INSERT INTO limit_counters (kind, owner_id) SELECT 'k', id FROM api_keys;
 
--- @@DROP_OLD_COUNTERS@@
+-- Replaced by limit_counters. Counts restart at the upgrade (the old rows do not say which
+-- window length they were counted in).
+DROP TABLE rate_limit_counters;
 
--- Where a quota period that contains `at` starts and ends. 'calendar': UTC days and
--- months. 'created' (anchor = the key's or user's creation time): days start at the
--- anchor's time of day; months on the anchor's day of the month at its time of day,
--- clamped to the month's length (created Jan 31: Feb 28/29, Mar 31, Apr 30, ...).
-CREATE FUNCTION tollgate_period(period text, anchor timestamptz, at timestamptz,
-                                OUT period_start timestamptz, OUT period_end timestamptz)
-LANGUAGE plpgsql IMMUTABLE AS $$
-DECLARE
-    a    timestamp := coalesce(anchor, 'epoch'::timestamptz) AT TIME ZONE 'UTC';
-    t    timestamp := at AT TIME ZONE 'UTC';
-    tod  interval := a - date_trunc('day', a);
-    m    timestamp;
-    s    timestamp;
-BEGIN
-    IF period = 'day' THEN
-        s := date_trunc('day', t - tod) + tod;
-        period_start := s AT TIME ZONE 'UTC';
-        period_end := (s + interval '1 day') AT TIME ZONE 'UTC';
-        RETURN;
-    END IF;
-    IF anchor IS NULL THEN
-        s := date_trunc('month', t);
-        period_start := s AT TIME ZONE 'UTC';
-        period_end := (s + interval '1 month') AT TIME ZONE 'UTC';
-        RETURN;
-    END IF;
-    -- The anchored start in t's month; if t is before it, the one in the month before.
-    m := date_trunc('month', t);
-    s := tollgate_month_anchor(m, a, tod);
-    IF s > t THEN
-        m := m - interval '1 month';
-        s := tollgate_month_anchor(m, a, tod);
-    END IF;
-    period_start := s AT TIME ZONE 'UTC';
-    period_end := tollgate_month_anchor(m + interval '1 month', a, tod) AT TIME ZONE 'UTC';
-END $$;
+-- Quota periods. 'calendar' (anchor NULL): UTC days and months. 'created' (anchor = the
+-- key's or user's creation time): days start at the anchor's time of day; months on the
+-- anchor's day of the month at its time of day, clamped to the month's length (created
+-- Jan 31: Feb 28/29, Mar 31, Apr 30, ...). Plain SQL expressions, so the planner inlines
+-- them into the counter statement instead of calling a function per row.
 
--- The anchor's day of the month (clamped to the month's last day) in the month starting
--- at `month`, at the anchor's time of day.
-CREATE FUNCTION tollgate_month_anchor(month timestamp, a timestamp, tod interval)
+-- The anchor's day of the month (clamped to the month's last day) in the month starting at
+-- `month`, at the anchor's time of day (all in UTC).
+CREATE FUNCTION tollgate_month_anchor(month timestamp, a timestamp)
 RETURNS timestamp LANGUAGE sql IMMUTABLE AS $$
     SELECT month
            + make_interval(days => least(extract(day FROM a)::int,
                                          extract(day FROM month + interval '1 month'
                                                           - interval '1 day')::int) - 1)
-           + tod
+           + (a - date_trunc('day', a))
+$$;
+
+-- Start (UTC, as a timestamp) of the period that contains `t` (UTC).
+CREATE FUNCTION tollgate_period_start(period text, a timestamp, t timestamp)
+RETURNS timestamp LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN a IS NULL AND period = 'day' THEN date_trunc('day', t)
+        WHEN a IS NULL THEN date_trunc('month', t)
+        WHEN period = 'day' THEN date_trunc('day', t - (a - date_trunc('day', a)))
+                                 + (a - date_trunc('day', a))
+        WHEN tollgate_month_anchor(date_trunc('month', t), a) <= t
+            THEN tollgate_month_anchor(date_trunc('month', t), a)
+        ELSE tollgate_month_anchor(date_trunc('month', t) - interval '1 month', a)
+    END
+$$;
+
+-- End of the period that starts at `s` (a value of tollgate_period_start).
+CREATE FUNCTION tollgate_period_end(period text, a timestamp, s timestamp)
+RETURNS timestamp LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN period = 'day' THEN s + interval '1 day'
+        WHEN a IS NULL THEN s + interval '1 month'
+        ELSE tollgate_month_anchor(date_trunc('month', s) + interval '1 month', a)
+    END
 $$;
 
 -- Plans, users' limits and keys' limits are cached by every replica: tell them.

@@ -163,6 +163,9 @@ pub const MAX_PAGE_LIMIT: i64 = 100;
 pub const MAX_LIMITS: usize = 16;
 /// Longest sliding window a limit may have: one day (longer periods are quotas).
 pub const MAX_LIMIT_WINDOW_SECS: u32 = 86_400;
+/// A request whose key is on a plan this replica does not know reloads the plans, at most
+/// this often (the notification of a new plan normally arrives first).
+pub const PLAN_MISS_RELOAD_EVERY: Duration = Duration::from_millis(200);
 /// Largest limit or quota: far above any real allowance, far below the counters' range.
 pub const MAX_QUOTA: i64 = 1_000_000_000_000;
 /// How long start-up (`serve`, `migrate`) waits for the database before giving up: long
@@ -290,6 +293,11 @@ pub struct Config {
     /// build and a variable keeps it out of production binaries and ordinary debug runs.
     #[cfg(debug_assertions)]
     pub test_panic_path: Option<String>,
+    /// `TOLLGATE_TEST_CLOCK_SHIFT_SECS`, test-only like `test_panic_path` and read by debug
+    /// builds only: seconds added to the database clock in the counter statement, so tests
+    /// can put the gateway seconds before a day or month boundary without waiting for it.
+    /// Always 0 in release builds.
+    pub clock_shift_secs: f64,
 }
 
 impl Config {
@@ -393,6 +401,14 @@ impl Config {
             // Test-only: read directly, so it is not listed with the operator's settings.
             #[cfg(debug_assertions)]
             test_panic_path: (v.get)("TOLLGATE_TEST_PANIC_PATH").filter(|p| p.starts_with('/')),
+            clock_shift_secs: if cfg!(debug_assertions) {
+                (v.get)("TOLLGATE_TEST_CLOCK_SHIFT_SECS")
+                    .and_then(|s| s.trim().parse::<f64>().ok())
+                    .filter(|s| s.is_finite())
+                    .unwrap_or(0.0)
+            } else {
+                0.0
+            },
         };
         if !(4..=31).contains(&cfg.bcrypt_cost) {
             return Err("TOLLGATE_BCRYPT_COST must be between 4 and 31".into());

@@ -30,8 +30,15 @@ pub enum Error {
     UriTooLong(usize),
     /// A header value, or the header section, is longer than this many bytes.
     HeaderTooLarge(usize),
+    /// Over a named rate limit (`limit` is its name as the headers show it).
     RateLimited {
         retry_after: u64,
+        limit: String,
+    },
+    /// Over a quota (`limit` is `quota` or `user.quota`); `retry_after` reaches its reset.
+    QuotaExceeded {
+        retry_after: u64,
+        limit: String,
     },
     UpstreamUnreachable(String),
     UpstreamTimeout,
@@ -76,7 +83,9 @@ impl Error {
             Error::PayloadTooLarge(_) => 413,
             Error::UriTooLong(_) => 414,
             Error::HeaderTooLarge(_) => 431,
-            Error::RateLimited { .. } | Error::TooManyFailures { .. } => 429,
+            Error::RateLimited { .. }
+            | Error::QuotaExceeded { .. }
+            | Error::TooManyFailures { .. } => 429,
             Error::Internal(_) => 500,
             Error::UpstreamUnreachable(_) => 502,
             Error::DatabaseUnavailable
@@ -106,6 +115,7 @@ impl Error {
             Error::UriTooLong(_) => "uri_too_long",
             Error::HeaderTooLarge(_) => "header_too_large",
             Error::RateLimited { .. } => "rate_limited",
+            Error::QuotaExceeded { .. } => "quota_exceeded",
             Error::TooManyFailures { .. } => "too_many_failed_attempts",
             Error::AuthBusy => "auth_busy",
             Error::UpstreamUnreachable(_) => "upstream_unreachable",
@@ -121,7 +131,8 @@ impl Error {
     /// Seconds a client should wait before trying again, for the `Retry-After` header.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Error::RateLimited { retry_after }
+            Error::RateLimited { retry_after, .. }
+            | Error::QuotaExceeded { retry_after, .. }
             | Error::CircuitOpen { retry_after }
             | Error::TooManyFailures { retry_after } => Some(*retry_after),
             Error::UpstreamBusy | Error::DatabaseUnavailable | Error::AuthBusy => Some(1),
@@ -131,8 +142,12 @@ impl Error {
 
     pub fn body(&self) -> serde_json::Value {
         let mut err = json!({ "code": self.code(), "message": self.to_string() });
-        if let Error::InvalidField { field, .. } = self {
-            err["field"] = json!(field);
+        match self {
+            Error::InvalidField { field, .. } => err["field"] = json!(field),
+            Error::RateLimited { limit, .. } | Error::QuotaExceeded { limit, .. } => {
+                err["limit"] = json!(limit)
+            }
+            _ => {}
         }
         json!({ "error": err })
     }
@@ -164,8 +179,11 @@ impl fmt::Display for Error {
             Error::HeaderTooLarge(max) => {
                 write!(f, "request header is larger than {max} bytes")
             }
-            Error::RateLimited { retry_after } => {
-                write!(f, "rate limit exceeded; retry in {retry_after} s")
+            Error::RateLimited { retry_after, limit } => {
+                write!(f, "rate limit \"{limit}\" exceeded; retry in {retry_after} s")
+            }
+            Error::QuotaExceeded { retry_after, limit } => {
+                write!(f, "quota \"{limit}\" used up; it resets in {retry_after} s")
             }
             Error::UpstreamUnreachable(why) => write!(f, "upstream unreachable: {why}"),
             Error::UpstreamTimeout => write!(f, "upstream did not answer in time"),

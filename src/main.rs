@@ -108,7 +108,6 @@ fn serve(cfg: config::Config) -> Result<(), String> {
         .map_err(|e| format!("loading plans: {e}"))?;
     let app = Arc::new(app::App::new(cfg, pool, gateway, logger));
     let cfg = &app.cfg;
-    gateway::ratelimit::spawn_purger(app.pool.clone(), cfg.rate_window_secs);
     logs::retention::spawn(app.pool.clone(), cfg);
     gateway::sync::spawn(cfg, app.pool.clone(), app.gateway.clone());
     if let Some(addr) = &cfg.metrics_addr {

@@ -165,16 +165,7 @@ fn a_full_window_after_a_burst_the_whole_quota_is_back_and_not_before() {
 fn refused_requests_consume_no_quota_whether_refused_before_or_by_the_limit() {
     let (gw, up, user) = setup(&[("TOLLGATE_RATE_WINDOW_SECS", "2")]);
     let (key, id) = gw.create_key(user, json!({"rateLimit": 3, "scopes": ["read"]}));
-    let counted = || -> i64 {
-        gw.db()
-            .query_one(
-                "SELECT coalesce(sum(count), 0)::int8 FROM rate_limit_counters
-                  WHERE api_key_id = $1",
-                &[&id],
-            )
-            .unwrap()
-            .get(0)
-    };
+    let counted = || gw.counted_for_key(Some(id));
     for _ in 0..5 {
         assert_eq!(gw.with_key("GET", "/no-such-route", &key).status, 404);
         assert_eq!(gw.with_key("POST", "/api", &key).status, 403);
@@ -333,26 +324,29 @@ fn bursts_on_several_keys_share_statements_and_each_key_gets_exactly_its_own_lim
     assert_eq!(up.requests().len(), total);
 }
 
+/// Counters live in one row per key and per user, created with it and removed with it (a
+/// user's deletion cascades to its keys), so nothing needs purging in the background.
 #[test]
-fn old_counter_windows_are_purged_in_the_background() {
-    // 1 s window: a bucket older than the previous one can no longer affect any estimate,
-    // and the purge thread (one pass per window) deletes it.
-    let (gw, _up, user) = setup(&[("TOLLGATE_RATE_WINDOW_SECS", "1")]);
+fn counter_rows_come_and_go_with_their_keys_and_users() {
+    let (gw, _up, user) = setup(&[]);
     let (key, id) = gw.create_key(user, json!({"rateLimit": 100}));
     assert_eq!(gw.with_key("GET", "/api", &key).status, 200);
-    let mut db = gw.db.client();
-    let rows = |db: &mut postgres::Client| -> i64 {
-        db.query_one(
-            "SELECT count(*) FROM rate_limit_counters WHERE api_key_id = $1",
-            &[&id],
-        )
-        .unwrap()
-        .get(0)
+    let rows = || -> i64 {
+        gw.db()
+            .query_one(
+                "SELECT count(*) FROM limit_counters
+                  WHERE (kind = 'k' AND owner_id = $1) OR (kind = 'u' AND owner_id = $2)",
+                &[&id, &user],
+            )
+            .unwrap()
+            .get(0)
     };
-    assert_eq!(rows(&mut db), 1);
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while rows(&mut db) > 0 {
-        assert!(Instant::now() < deadline, "counter row never purged");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert_eq!(rows(), 2);
+    assert_eq!(gw.counted_for_key(Some(id)), 1);
+    assert_eq!(
+        gw.admin("DELETE", &format!("/admin/users/{user}"), None)
+            .status,
+        204
+    );
+    assert_eq!(rows(), 0);
 }

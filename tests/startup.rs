@@ -117,7 +117,8 @@ fn migrate_creates_the_schema_with_its_indexes_and_a_second_run_changes_nothing(
         .collect();
     for t in [
         "api_keys",
-        "rate_limit_counters",
+        "limit_counters",
+        "plans",
         "request_logs",
         "routes",
         "schema_migrations",

@@ -22,6 +22,8 @@ mod fidelity;
 mod hostile_input;
 // The request log: one row per gateway answer, its columns, a full queue.
 mod logging;
+// Named limits, quotas and owner-wide limits: enforcement, headers, periods, exactness.
+mod limits;
 // `/metrics`: access, the text exposition format, values against known traffic.
 mod metrics;
 // Routing and forwarding through the recording upstream; framing and size limits.

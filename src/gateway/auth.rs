@@ -12,12 +12,14 @@ use crate::store::{DbHealth, Pool};
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// A request's verified key, plus which header carried it (never forwarded upstream).
 pub struct Authed {
     pub id: i64,
     pub user_id: i64,
-    pub rate_limit: i32,
+    /// Everything cached about the key, its limit fields among them.
+    pub info: Arc<KeyInfo>,
     write: bool,
     pub credential_header: &'static str,
 }
@@ -25,7 +27,7 @@ pub struct Authed {
 impl Authed {
     /// `read` allows the safe methods only (RFC 9110 §9.2.1); `write` allows everything.
     pub fn allows(&self, method: &str) -> bool {
-        self.write || matches!(method, "GET" | "HEAD" | "OPTIONS")
+        scope_allows(self.write, method)
     }
 }
 
@@ -77,6 +79,7 @@ impl Auth {
                 cache.misses.fetch_add(1, Ordering::Relaxed);
                 match self.verify_from_db(pool, health, public_id, secret) {
                     Ok(info) => {
+                        let info = Arc::new(info);
                         cache.insert(public_id, digest, info.clone());
                         info
                     }
@@ -97,10 +100,8 @@ impl Auth {
         Ok(Authed {
             id: info.id,
             user_id: info.user_id,
-            rate_limit: info
-                .rate_limit
-                .unwrap_or(crate::config::DEFAULT_KEY_RATE_LIMIT),
             write: info.write,
+            info,
             credential_header,
         })
     }
@@ -138,20 +139,19 @@ fn presented_key(ctx: &Ctx) -> Result<(&str, &'static str)> {
     Err(Error::MissingApiKey)
 }
 
+fn scope_allows(write: bool, method: &str) -> bool {
+    write || matches!(method, "GET" | "HEAD" | "OPTIONS")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn read_scope_allows_only_safe_methods() {
-        let k = Authed {
-            id: 1,
-            user_id: 1,
-            rate_limit: 1,
-            write: false,
-            credential_header: "x-api-key",
-        };
-        assert!(k.allows("GET") && k.allows("HEAD") && k.allows("OPTIONS"));
-        assert!(!k.allows("POST") && !k.allows("DELETE") && !k.allows("PATCH"));
+        let read = |m| scope_allows(false, m);
+        assert!(read("GET") && read("HEAD") && read("OPTIONS"));
+        assert!(!read("POST") && !read("DELETE") && !read("PATCH"));
+        assert!(scope_allows(true, "DELETE"));
     }
 }

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::store::keys::KeyInfo;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use subtle::ConstantTimeEq;
 
@@ -21,7 +21,8 @@ const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrst
 struct Cached {
     /// SHA-256 of the secret that bcrypt accepted; later requests compare against this.
     digest: [u8; 32],
-    info: KeyInfo,
+    /// Shared with the requests using it, so a lookup copies a pointer, not the limits.
+    info: Arc<KeyInfo>,
 }
 
 /// Verified keys by public id. Entries are only ever created after a successful bcrypt
@@ -41,7 +42,7 @@ impl KeyCache {
     pub fn update(&self, info: KeyInfo) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.values_mut().find(|c| c.info.id == info.id) {
-            c.info = info;
+            c.info = Arc::new(info);
         }
     }
 
@@ -62,14 +63,18 @@ impl KeyCache {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, c| match by_id.get(&c.info.id) {
             Some(k) => {
-                c.info = k.clone();
+                c.info = Arc::new(k.clone());
                 true
             }
             None => false,
         });
     }
 
-    pub(super) fn lookup(&self, public_id: &str, digest: &[u8; 32]) -> Option<Option<KeyInfo>> {
+    pub(super) fn lookup(
+        &self,
+        public_id: &str,
+        digest: &[u8; 32],
+    ) -> Option<Option<Arc<KeyInfo>>> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         let c = map.get(public_id)?;
         // The id is public; the secret's digest is compared in constant time.
@@ -103,7 +108,7 @@ impl KeyCache {
         panic!("test-only panic while holding the key cache lock");
     }
 
-    pub(super) fn insert(&self, public_id: &str, digest: [u8; 32], info: KeyInfo) {
+    pub(super) fn insert(&self, public_id: &str, digest: [u8; 32], info: Arc<KeyInfo>) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         map.insert(public_id.to_string(), Cached { digest, info });
     }

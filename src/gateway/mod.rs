@@ -6,7 +6,8 @@
 //! 2. **scope**: a `read` key may only use the safe methods.
 //! 3. **route** (`routes.rs`): the owner's longest matching prefix, its methods, and the
 //!    body limit from the declared length.
-//! 4. **rate limit** (`ratelimit.rs`): counted in Postgres, in batches.
+//! 4. **limits** (`policy.rs`, `ratelimit.rs`): which limits and quotas apply, counted in
+//!    Postgres, in batches.
 //! 5. **forward** (`forward.rs`, `breaker.rs`): to the upstream and back.
 //!
 //! Each phase fills the request's [`Trace`], so its log row names whatever was known when
@@ -41,6 +42,8 @@ pub struct Gateway {
     pub routes: RouteTable,
     pub limiter: Limiter,
     pub plans: policy::Plans,
+    /// The window of a key's `rateLimit` (`TOLLGATE_RATE_WINDOW_SECS`).
+    pub rate_window_secs: u32,
     pub upstreams: Upstreams,
     pub metrics: Metrics,
 }
@@ -55,13 +58,34 @@ impl Gateway {
             ),
             routes: RouteTable::default(),
             limiter: Limiter::new(
-                ratelimit::Counters::new(counter_pool, cfg.rate_window_secs, cfg.coalesce_window),
+                ratelimit::Counters::new(counter_pool, cfg.coalesce_window, cfg.clock_shift_secs),
                 cfg.ratelimit_fail_open,
             ),
             plans: policy::Plans::default(),
+            rate_window_secs: cfg.rate_window_secs,
             upstreams: Upstreams::new(cfg),
             metrics: Metrics::default(),
         }
+    }
+}
+
+impl Gateway {
+    /// Counts a request of `key` against every limit and quota that applies to it (see
+    /// `policy.rs`), with the outage policy; records the plan and the verdict in `trace`.
+    pub fn count(
+        &self,
+        pool: &Pool,
+        health: &DbHealth,
+        key: &auth::Authed,
+        trace: &mut Trace,
+    ) -> Result<ratelimit::Limit> {
+        let limits = self
+            .plans
+            .limits_for(pool, &key.info, self.rate_window_secs);
+        trace.plan_id = limits.plan_id;
+        let limit = self.limiter.check(health, key.id, key.user_id, &limits)?;
+        trace.admitted = Some(limit.admitted());
+        Ok(limit)
     }
 }
 
@@ -77,7 +101,7 @@ pub struct Trace {
     pub admitted: Option<bool>,
 }
 
-/// The gateway path: auth → scope → route → rate limit → forward. A request for a path
+/// The gateway path: auth → scope → route → limits → forward. A request for a path
 /// its key has no route for is refused before it is counted, so typos do not eat quota.
 pub fn handle(
     gw: &Gateway,
@@ -115,8 +139,8 @@ pub fn handle(
     if rq.ctx.content_length.is_some_and(|n| n > max) {
         return Err(Error::PayloadTooLarge(max));
     }
-    // 4. rate limit
-    let limit = gw.limiter.check(health, key.id, key.rate_limit)?;
+    // 4. limits
+    let limit = gw.count(pool, health, &key, trace)?;
     if let Some(refused) = limit.refusal(&gw.metrics) {
         return Ok(refused);
     }

@@ -3,21 +3,126 @@
 //! counted across all of the user's keys. Plans are cached here and reloaded when any
 //! replica changes one (the `plans` notification, `sync.rs`).
 
+use crate::config::{DEFAULT_KEY_RATE_LIMIT, PLAN_MISS_RELOAD_EVERY};
 use crate::error::Result;
-use crate::store::plans::{self, Plan};
+use crate::store::keys::KeyInfo;
+use crate::store::plans::{self, Anchor, LimitSpec, Period, Plan, QuotaSpec};
 use crate::store::Pool;
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+/// One limit or quota a request is counted against.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Check {
+    /// The limit's name; `quota` for the quota.
+    pub name: Arc<str>,
+    /// The sliding window in seconds; 0 for the quota.
+    pub window_secs: u32,
+    pub limit: i64,
+    /// The quota's period, and where its periods start (`None`: the UTC calendar).
+    pub period: Option<Period>,
+    pub anchor: Option<DateTime<Utc>>,
+}
+
+/// Everything one key's requests are counted against.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Limits {
+    /// The plan the key's limits or quota came from, if any.
+    pub plan_id: Option<i64>,
+    /// Counted for this key alone.
+    pub key: Vec<Check>,
+    /// The user's own limits and quota, counted across all of the user's keys.
+    pub user: Vec<Check>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        self.key.is_empty() && self.user.is_empty()
+    }
+}
+
+/// The name the quota goes by in headers, errors and `/me`.
+pub const QUOTA_NAME: &str = "quota";
+
+fn window_checks(limits: &[LimitSpec]) -> impl Iterator<Item = Check> + '_ {
+    limits.iter().map(|l| Check {
+        name: l.name.clone(),
+        window_secs: l.window_secs,
+        limit: l.limit,
+        period: None,
+        anchor: None,
+    })
+}
+
+fn quota_check(q: &QuotaSpec, created: DateTime<Utc>) -> Check {
+    Check {
+        name: QUOTA_NAME.into(),
+        window_secs: 0,
+        limit: q.limit,
+        period: Some(q.period),
+        anchor: (q.anchor == Anchor::Created).then_some(created),
+    }
+}
+
+/// The checks for one key. Its own `rateLimit` (the limit `default` over the gateway
+/// window) and `limits` replace its plan's limits; its own quota replaces its plan's; the
+/// plan is the key's own, else its user's; with neither, the gateway default applies. The
+/// user's own limits and quota are counted owner-wide, on top.
+pub fn resolve(k: &KeyInfo, plan: Option<&Plan>, window_secs: u32) -> Limits {
+    let mut key: Vec<Check> = Vec::new();
+    let own_limits = k.rate_limit.is_some() || k.own.limits.is_some();
+    if let Some(n) = k.rate_limit {
+        key.push(Check {
+            name: "default".into(),
+            window_secs,
+            limit: i64::from(n),
+            period: None,
+            anchor: None,
+        });
+    }
+    key.extend(window_checks(k.own.limits.as_deref().unwrap_or_default()));
+    match plan {
+        Some(p) if !own_limits => key.extend(window_checks(&p.limits)),
+        None if !own_limits => key.push(Check {
+            name: "default".into(),
+            window_secs,
+            limit: i64::from(DEFAULT_KEY_RATE_LIMIT),
+            period: None,
+            anchor: None,
+        }),
+        _ => {}
+    }
+    if let Some(q) = k.own.quota.as_ref().or(plan.and_then(|p| p.quota.as_ref())) {
+        key.push(quota_check(q, k.created_at));
+    }
+    let mut user: Vec<Check> =
+        window_checks(k.owner.limits.as_deref().unwrap_or_default()).collect();
+    if let Some(q) = &k.owner.quota {
+        user.push(quota_check(q, k.owner_created_at));
+    }
+    Limits {
+        plan_id: plan.map(|p| p.id),
+        key,
+        user,
+    }
+}
 
 /// Every plan by id (plans are tiers: few, read on every request, changed rarely).
 #[derive(Default)]
 pub struct Plans {
     map: RwLock<Arc<HashMap<i64, Arc<Plan>>>>,
+    /// When a request last found its plan missing and reloaded.
+    last_miss: Mutex<Option<Instant>>,
+    /// Held from read to replace, so a reload that read earlier never stores last.
+    reloading: Mutex<()>,
 }
 
 impl Plans {
     /// Re-reads every plan.
     pub fn reload(&self, pool: &Pool) -> Result<()> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let fresh: HashMap<i64, Arc<Plan>> = plans::list(pool)?
             .into_iter()
             .map(|p| (p.id, Arc::new(p)))
@@ -32,5 +137,35 @@ impl Plans {
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
             .cloned()
+    }
+
+    /// The key's checks. A plan this replica has not heard of yet (created a moment ago
+    /// on another replica, its notification still on the way) is read from the database
+    /// rather than counted under the wrong limits; at most one such reload per
+    /// `PLAN_MISS_RELOAD_EVERY`.
+    pub fn limits_for(&self, pool: &Pool, k: &KeyInfo, window_secs: u32) -> Limits {
+        let Some(id) = k.own.plan_id.or(k.owner.plan_id) else {
+            return resolve(k, None, window_secs);
+        };
+        let mut plan = self.get(id);
+        if plan.is_none() && self.may_reload_on_miss() {
+            if let Err(e) = self.reload(pool) {
+                log::warn!("plan reload for plan {id} failed: {e}");
+            }
+            plan = self.get(id);
+        }
+        if plan.is_none() {
+            log::warn!("key {} is on plan {id}, which does not exist", k.id);
+        }
+        resolve(k, plan.as_deref(), window_secs)
+    }
+
+    fn may_reload_on_miss(&self) -> bool {
+        let mut last = self.last_miss.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < PLAN_MISS_RELOAD_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 }

@@ -1,45 +1,61 @@
-//! The sliding-window limit, counted in Postgres, and the headers it yields. The estimate
-//! is the previous bucket's count weighted by the share of it still inside the window plus
-//! the current bucket's count; a request is admitted, and only then counted, when that
-//! estimate plus one stays within the limit.
+//! Limits and quotas, counted in Postgres, and the headers they yield. Each sliding limit's
+//! estimate is the previous bucket's count weighted by the share of it still inside the
+//! window plus the current bucket's count; a quota counts admitted requests per period. A
+//! request is admitted, and only then counted, when every limit and quota that applies to
+//! it (`policy.rs`) has room for one more.
 //!
 //! Counting is batched: every request that arrives while the counter connections are all
 //! busy joins the next batch, and when a connection frees up one member of that batch runs
-//! one statement for all of it (`store::counters::TAKE_SQL`). Requests for the same key in a batch become
-//! one entry of N; the statement locks each key's row once, admits up to N of them and
-//! returns the new total, and each member derives its own position from it. The limit
-//! stays exact across replicas (the row lock serialises every statement that touches a
-//! key) while the database runs one statement per batch instead of one per request, and a
-//! hot key's row is written once per batch.
+//! one statement for all of it (`store::counters::TAKE_SQL`). Requests for the same key in
+//! a batch become one entry of N; the statement locks each key's and user's counter row
+//! once, admits up to N of them and returns the counts before them, and each member derives
+//! its own position from that. The limits stay exact across replicas (the row locks
+//! serialise every statement that touches a key or user) while the database runs one
+//! statement per batch instead of one per request or per limit.
 
 use super::metrics::Metrics;
+use super::policy::{Check, Limits};
 use crate::error::{Error, Result};
 use crate::http::Reply;
-use crate::store::counters::{self, Taken};
+use crate::store::counters::{self, Subject, Taken};
 use crate::store::{DbHealth, Pool};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+/// Where one limit or quota stands for one request.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
-    pub allowed: bool,
-    pub limit: i32,
+pub struct LimitState {
+    /// As headers show it: the limit's name (`quota` for the quota), prefixed `user.` for
+    /// the user's owner-wide ones.
+    pub name: String,
+    pub quota: bool,
+    pub limit: i64,
+    /// The window (the quota: the current period's length), in seconds.
+    pub window_secs: u64,
     pub remaining: i64,
-    /// Unix time (seconds) at which the current bucket ends.
+    /// Unix time (seconds) at which the current bucket or period ends.
     pub reset_at: u64,
     /// Seconds from now until `reset_at`.
     pub reset_in: u64,
-    /// For a refused request: seconds until the estimate admits one more.
+    /// Seconds until it admits one more request; 0 while it has room.
     pub retry_after: u64,
-    /// The sliding window's length.
-    pub window_secs: u32,
 }
 
-/// What a batch's statement answered, one `Taken` per entry; `Err(true)` for "database
-/// unavailable", `Err(false)` for any other failure.
-type Answer = std::result::Result<Vec<Taken>, bool>;
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Every limit and quota of the request, key's first, in their configured order.
+    pub states: Vec<LimitState>,
+    /// The one the headers describe: the refusing one that clears last, or for an
+    /// admitted request the one closest to refusing.
+    pub shown: usize,
+}
+
+/// What a batch's statement answered, one list of checks per entry; `Err(true)` for
+/// "database unavailable", `Err(false)` for any other failure.
+type Answer = std::result::Result<Vec<Vec<Taken>>, bool>;
 
 /// Requests waiting for one statement. Members wait on `cv` with the counters' lock.
 #[derive(Default)]
@@ -54,8 +70,12 @@ struct Pending {
     batch: Arc<Batch>,
     index: HashMap<i64, usize>,
     keys: Vec<i64>,
+    users: Vec<i64>,
     counts: Vec<i32>,
-    limits: Vec<f64>,
+    /// Each entry's own checks.
+    key_checks: Vec<Vec<Check>>,
+    /// Each user's owner-wide checks, as its first request in the batch saw them.
+    user_checks: HashMap<i64, Vec<Check>>,
     /// A member has taken the lead and lingers (`TOLLGATE_COALESCE_WINDOW_US`) before
     /// running it; nobody else may lead it meanwhile.
     claimed: bool,
@@ -64,7 +84,7 @@ struct Pending {
 impl Pending {
     /// Adds one request; returns its entry and its 0-based position among the entry's
     /// requests.
-    fn join(&mut self, key_id: i64, limit: i32) -> (usize, i32) {
+    fn join(&mut self, key_id: i64, user_id: i64, limits: &Limits) -> (usize, i32) {
         match self.index.get(&key_id) {
             Some(&entry) => {
                 let me = self.counts[entry];
@@ -75,11 +95,44 @@ impl Pending {
                 let entry = self.keys.len();
                 self.index.insert(key_id, entry);
                 self.keys.push(key_id);
+                self.users.push(user_id);
                 self.counts.push(1);
-                self.limits.push(f64::from(limit));
+                self.key_checks.push(limits.key.clone());
+                self.user_checks
+                    .entry(user_id)
+                    .or_insert_with(|| limits.user.clone());
                 (entry, 0)
             }
         }
+    }
+
+    /// The statement's arrays.
+    fn to_batch(&self) -> counters::Batch {
+        let mut b = counters::Batch {
+            keys: self.keys.clone(),
+            users: self.users.clone(),
+            counts: self.counts.clone(),
+            checks: Default::default(),
+        };
+        let mut add = |subject: Subject, owner: i64, checks: &[Check]| {
+            let c = &mut b.checks;
+            for k in checks {
+                c.subjects.push(subject.code());
+                c.owners.push(owner);
+                c.names.push(k.name.to_string());
+                c.windows.push(k.window_secs as i32);
+                c.limits.push(k.limit);
+                c.periods.push(k.period.map(|p| p.as_str()));
+                c.anchors.push(k.anchor);
+            }
+        };
+        for (i, checks) in self.key_checks.iter().enumerate() {
+            add(Subject::Key, self.keys[i], checks);
+        }
+        for (user, checks) in &self.user_checks {
+            add(Subject::User, *user, checks);
+        }
+        b
     }
 }
 
@@ -89,12 +142,13 @@ struct State {
     running: u32,
 }
 
-/// The rate-limit counter: its own pool (`synchronous_commit = off`, see
-/// `store::counter_pool`) and the batch being gathered.
+/// The counter: its own pool (`synchronous_commit = off`, see `store::counter_pool`) and
+/// the batch being gathered.
 pub struct Counters {
     pool: Pool,
-    window: f64,
     linger: Duration,
+    /// Seconds added to the database's clock (tests of period boundaries only).
+    clock_shift: f64,
     state: Mutex<State>,
     max_running: u32,
     /// Statements run and requests counted by them, for /admin/stats: their ratio is the
@@ -104,14 +158,13 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// `window_secs` is the sliding window (`TOLLGATE_RATE_WINDOW_SECS`); `linger` how
-    /// long a batch's leader waits for more members before running it.
-    pub fn new(pool: Pool, window_secs: u32, linger: Duration) -> Counters {
+    /// `linger` is how long a batch's leader waits for more members before running it.
+    pub fn new(pool: Pool, linger: Duration, clock_shift: f64) -> Counters {
         Counters {
             max_running: pool.max_size().max(1),
             pool,
-            window: f64::from(window_secs),
             linger,
+            clock_shift,
             state: Mutex::new(State {
                 pending: Pending::default(),
                 running: 0,
@@ -125,13 +178,13 @@ impl Counters {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Joins the pending batch and returns this request's answer and its 0-based position
-    /// among its key's requests in the batch. Leads the batch (runs its statement) when a
-    /// counter connection is free; otherwise waits until the batch has been answered or a
-    /// connection frees up while it is still pending.
-    fn take(&self, key_id: i64, limit: i32) -> Result<(Taken, i32)> {
+    /// Joins the pending batch and returns this request's entry's answer and its 0-based
+    /// position among its key's requests in the batch. Leads the batch (runs its
+    /// statement) when a counter connection is free; otherwise waits until the batch has
+    /// been answered or a connection frees up while it is still pending.
+    fn take(&self, key_id: i64, user_id: i64, limits: &Limits) -> Result<(Vec<Taken>, i32)> {
         let mut st = self.lock();
-        let (entry, me) = st.pending.join(key_id, limit);
+        let (entry, me) = st.pending.join(key_id, user_id, limits);
         let batch = st.pending.batch.clone();
         loop {
             if let Some(answer) = batch.answer.get() {
@@ -178,17 +231,14 @@ impl Counters {
         };
     }
 
-    fn run(&self, p: &Pending) -> Result<Vec<Taken>> {
-        let answers = counters::take(&self.pool, &p.keys, &p.counts, &p.limits, self.window)?;
-        let mut taken = vec![None; p.keys.len()];
+    fn run(&self, p: &Pending) -> Result<Vec<Vec<Taken>>> {
+        let answers = counters::take(&self.pool, &p.to_batch(), self.clock_shift)?;
+        let mut taken = vec![Vec::new(); p.keys.len()];
         for t in answers {
-            let entry = *p.index.get(&t.key_id).ok_or_else(|| {
-                Error::Internal(format!(
-                    "counter statement answered for unknown key {}",
-                    t.key_id
-                ))
+            let entry = taken.get_mut(t.entry).ok_or_else(|| {
+                Error::Internal(format!("counter statement answered for entry {}", t.entry))
             })?;
-            taken[entry] = Some(t);
+            entry.push(t);
         }
         self.statements.fetch_add(1, Ordering::Relaxed);
         self.counted.fetch_add(
@@ -198,16 +248,22 @@ impl Counters {
                 .sum(),
             Ordering::Relaxed,
         );
-        taken
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| Error::Internal("counter statement skipped a key".into()))
+        Ok(taken)
     }
 
-    /// Counts one request of `key_id` under `limit` and decides it.
-    pub fn check(&self, key_id: i64, limit: i32) -> Result<Decision> {
-        let (t, me) = self.take(key_id, limit)?;
-        Ok(decide_member(t, me, self.window, limit))
+    /// Counts one request of `key_id` (of `user_id`) under `limits` and decides it.
+    pub fn check(&self, key_id: i64, user_id: i64, limits: &Limits) -> Result<Decision> {
+        let (taken, me) = self.take(key_id, user_id, limits)?;
+        decide_member(&taken, me)
+    }
+
+    /// Where every limit and quota of a key stands, counting nothing (`GET /me`).
+    pub fn peek(&self, key_id: i64, user_id: i64, limits: &Limits) -> Result<Vec<LimitState>> {
+        let mut p = Pending::default();
+        p.join(key_id, user_id, limits);
+        p.counts[0] = 0;
+        let taken = self.run(&p)?.into_iter().next().unwrap_or_default();
+        Ok(taken.iter().map(|t| state(t, t.before, false)).collect())
     }
 }
 
@@ -236,59 +292,91 @@ impl Drop for Lead<'_> {
 }
 
 /// One entry's share of a batch's answer.
-fn answer_for(answer: &Answer, entry: usize) -> Result<Taken> {
+fn answer_for(answer: &Answer, entry: usize) -> Result<Vec<Taken>> {
     match answer {
         Ok(taken) => taken
             .get(entry)
-            .copied()
+            .cloned()
             .ok_or_else(|| Error::Internal("rate-limit batch lost an entry".into())),
         Err(true) => Err(Error::DatabaseUnavailable),
         Err(false) => Err(Error::Internal("rate-limit statement failed".into())),
     }
 }
 
-/// This member's decision: the group took positions `current - admitted + 1 ..= current`
-/// in order, so member `me` is admitted when `me < admitted`, at position
-/// `current - admitted + me + 1`.
-fn decide_member(t: Taken, me: i32, window: f64, limit: i32) -> Decision {
-    let position = (me < t.admitted).then(|| t.current - t.admitted + me + 1);
-    decide(position, t.current, t.weighted, t.now, window, limit)
+/// This member's decision: the entry's requests took positions `before + 1 ..= before +
+/// admitted` of every check in order, so member `me` is admitted when `me < admitted`, and
+/// then counts as `before + me + 1`; a refused member sees every check after the admitted
+/// ones.
+fn decide_member(taken: &[Taken], me: i32) -> Result<Decision> {
+    let admitted = taken
+        .first()
+        .map(|t| t.admitted)
+        .ok_or_else(|| Error::Internal("counter statement answered no check".into()))?;
+    let allowed = i64::from(me) < admitted;
+    let count = |t: &Taken| {
+        if allowed {
+            t.before + i64::from(me) + 1
+        } else {
+            t.before + admitted
+        }
+    };
+    let states: Vec<LimitState> = taken.iter().map(|t| state(t, count(t), !allowed)).collect();
+    let shown = if allowed {
+        // Closest to refusing: fewest left, the shorter window on a tie.
+        (0..states.len())
+            .min_by_key(|&i| (states[i].remaining, states[i].window_secs))
+            .unwrap_or(0)
+    } else {
+        // The refusal that lasts longest is the one the client must wait out.
+        (0..states.len())
+            .max_by_key(|&i| states[i].retry_after)
+            .unwrap_or(0)
+    };
+    Ok(Decision {
+        allowed,
+        states,
+        shown,
+    })
 }
 
-/// Turns the statement's answer into the decision and its header values.
-pub fn decide(
-    admitted: Option<i32>,
-    current: i32,
-    weighted: f64,
-    now: f64,
-    window: f64,
-    limit: i32,
-) -> Decision {
-    let count = f64::from(admitted.unwrap_or(current));
-    let bucket_end = ((now / window).floor() + 1.0) * window;
-    let remaining = (f64::from(limit) - weighted - count).floor().max(0.0) as i64;
-    let retry_after = if admitted.is_some() {
-        0
+/// One check after `count` requests, with the time to wait if `refused` and it is full.
+fn state(t: &Taken, count: i64, refused: bool) -> LimitState {
+    let quota = t.window == 0;
+    let room = if quota {
+        t.limit as f64 - count as f64
     } else {
-        retry_after_secs(current, weighted, now, window, limit)
+        t.limit as f64 - t.weighted - count as f64
     };
-    Decision {
-        allowed: admitted.is_some(),
-        limit,
-        remaining,
-        reset_at: bucket_end.ceil() as u64,
-        reset_in: (bucket_end - now).ceil().max(0.0) as u64,
+    let reset_in = (t.ends - t.now).ceil().max(0.0) as u64;
+    let full = room < 1.0;
+    let retry_after = match (refused && full, quota) {
+        (false, _) => 0,
+        (true, true) => reset_in.max(1),
+        (true, false) => retry_after_secs(count, t.weighted, t.now, f64::from(t.window), t.limit),
+    };
+    let prefix = if t.owner_wide { "user." } else { "" };
+    LimitState {
+        name: format!("{prefix}{}", t.name),
+        quota,
+        limit: t.limit,
+        window_secs: if quota {
+            t.period_secs.round().max(1.0) as u64
+        } else {
+            t.window as u64
+        },
+        remaining: room.floor().max(0.0) as i64,
+        reset_at: t.ends.ceil() as u64,
+        reset_in,
         retry_after,
-        window_secs: window as u32,
     }
 }
 
 /// Seconds until `prev·(1 − x/W) + cur + 1 ≤ limit` holds again, solving for the elapsed
 /// share `x` of the current bucket or, when the current bucket alone is full, of the next
 /// one (where today's count becomes the weighted previous). Rounded up, at least 1.
-fn retry_after_secs(current: i32, weighted: f64, now: f64, window: f64, limit: i32) -> u64 {
-    let limit = f64::from(limit);
-    let cur = f64::from(current);
+fn retry_after_secs(current: i64, weighted: f64, now: f64, window: f64, limit: i64) -> u64 {
+    let limit = limit as f64;
+    let cur = current as f64;
     let start = (now / window).floor() * window;
     let elapsed = now - start;
     // The previous bucket's raw count, recovered from its weight.
@@ -316,47 +404,52 @@ fn retry_after_secs(current: i32, weighted: f64, now: f64, window: f64, limit: i
 }
 
 impl Decision {
-    /// The 429 for a refused request, with `Retry-After` and the limit headers.
+    fn shown(&self) -> Option<&LimitState> {
+        self.states.get(self.shown)
+    }
+
+    /// The 429 for a refused request: which limit refused, `Retry-After` until it admits
+    /// again, and the limit headers.
     pub fn refusal(&self) -> Reply {
-        let mut reply = Reply::error(&Error::RateLimited {
-            retry_after: self.retry_after,
-        });
+        let (name, quota, retry) = match self.shown() {
+            Some(s) => (s.name.clone(), s.quota, s.retry_after.max(1)),
+            None => (String::new(), false, 1),
+        };
+        let err = if quota {
+            Error::QuotaExceeded {
+                retry_after: retry,
+                limit: name,
+            }
+        } else {
+            Error::RateLimited {
+                retry_after: retry,
+                limit: name,
+            }
+        };
+        let mut reply = Reply::error(&err);
         self.add_headers(&mut reply);
         reply
     }
 
-    /// The classic `X-RateLimit-*` trio and the IETF draft's `RateLimit-Policy`/`RateLimit`.
+    /// The IETF draft's `RateLimit-Policy` (every limit and quota) and `RateLimit` (the
+    /// shown one), and the classic `X-RateLimit-*` trio describing the shown one.
     pub fn add_headers(&self, reply: &mut Reply) {
-        reply.header("X-RateLimit-Limit", self.limit.to_string());
-        reply.header("X-RateLimit-Remaining", self.remaining.to_string());
-        reply.header("X-RateLimit-Reset", self.reset_at.to_string());
-        reply.header(
-            "RateLimit-Policy",
-            format!("\"default\";q={};w={}", self.limit, self.window_secs),
-        );
+        let Some(s) = self.shown() else {
+            return;
+        };
+        reply.header("X-RateLimit-Limit", s.limit.to_string());
+        reply.header("X-RateLimit-Remaining", s.remaining.to_string());
+        reply.header("X-RateLimit-Reset", s.reset_at.to_string());
+        let policies: Vec<String> = self
+            .states
+            .iter()
+            .map(|p| format!("\"{}\";q={};w={}", p.name, p.limit, p.window_secs))
+            .collect();
+        reply.header("RateLimit-Policy", policies.join(", "));
         reply.header(
             "RateLimit",
-            format!("\"default\";r={};t={}", self.remaining, self.reset_in),
+            format!("\"{}\";r={};t={}", s.name, s.remaining, s.reset_in),
         );
-    }
-}
-
-/// Deletes counter rows no estimate can read any more, every window, forever.
-pub fn spawn_purger(pool: Pool, window_secs: u32) {
-    let every = Duration::from_secs(u64::from(window_secs).max(1));
-    let spawned = std::thread::Builder::new()
-        .name("ratelimit-purge".into())
-        .spawn(move || loop {
-            std::thread::sleep(every);
-            let window = f64::from(window_secs);
-            match counters::purge(&pool, window) {
-                Ok(n) if n > 0 => log::debug!("purged {n} old rate-limit rows"),
-                Err(e) => log::warn!("rate-limit purge failed: {e:?}"),
-                _ => {}
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("cannot start the rate-limit purge thread: {e}");
     }
 }
 
@@ -370,11 +463,12 @@ pub struct Limiter {
     pub degraded: AtomicU64,
 }
 
-/// A rate-limit decision, or none because the counter was unreachable and the policy is
-/// fail-open.
+/// A limit decision; none because the counter was unreachable and the policy is
+/// fail-open; or none because nothing limits the key (a plan without limits or quota).
 pub enum Limit {
     Decided(Decision),
     Degraded,
+    Unlimited,
 }
 
 impl Limiter {
@@ -390,8 +484,17 @@ impl Limiter {
     /// cannot be reached, fail-open admits (`Limit::Degraded`) and fail-closed answers 503.
     /// During a known outage the counter is not even tried (see `DbHealth`), so requests
     /// with cached keys do not each wait `db_wait` for a connection.
-    pub fn check(&self, health: &DbHealth, key_id: i64, limit: i32) -> Result<Limit> {
-        match health.call(|| self.counters.check(key_id, limit)) {
+    pub fn check(
+        &self,
+        health: &DbHealth,
+        key_id: i64,
+        user_id: i64,
+        limits: &Limits,
+    ) -> Result<Limit> {
+        if limits.is_empty() {
+            return Ok(Limit::Unlimited);
+        }
+        match health.call(|| self.counters.check(key_id, user_id, limits)) {
             Ok(d) => Ok(Limit::Decided(d)),
             Err(Error::DatabaseUnavailable) if self.fail_open => Ok(Limit::Degraded),
             Err(e) => Err(e),
@@ -400,7 +503,7 @@ impl Limiter {
 }
 
 impl Limit {
-    /// The 429 to answer, if the request is over its limit.
+    /// The 429 to answer, if the request is over a limit or quota.
     pub fn refusal(&self, metrics: &Metrics) -> Option<Reply> {
         match self {
             Limit::Decided(d) if !d.allowed => {
@@ -411,6 +514,14 @@ impl Limit {
         }
     }
 
+    /// Whether the limit phase admitted the request.
+    pub fn admitted(&self) -> bool {
+        match self {
+            Limit::Decided(d) => d.allowed,
+            Limit::Degraded | Limit::Unlimited => true,
+        }
+    }
+
     pub fn add_headers(&self, limiter: &Limiter, reply: &mut Reply) {
         match self {
             Limit::Decided(d) => d.add_headers(reply),
@@ -418,6 +529,7 @@ impl Limit {
                 limiter.degraded.fetch_add(1, Ordering::Relaxed);
                 reply.header("X-RateLimit-Degraded", "1");
             }
+            Limit::Unlimited => {}
         }
     }
 }
@@ -425,74 +537,158 @@ impl Limit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::policy::QUOTA_NAME;
+
+    fn check(name: &str, window_secs: u32, limit: i64) -> Check {
+        Check {
+            name: name.into(),
+            window_secs,
+            limit,
+            period: None,
+            anchor: None,
+        }
+    }
+
+    fn taken(name: &str, window: i32, limit: i64, admitted: i64, before: i64) -> Taken {
+        Taken {
+            entry: 0,
+            admitted,
+            owner_wide: false,
+            name: name.into(),
+            window,
+            limit,
+            before,
+            weighted: 0.0,
+            ends: 1_080.0,
+            period_secs: 60.0,
+            now: 1_030.0,
+        }
+    }
 
     #[test]
     fn a_batch_has_one_entry_per_key_and_numbers_each_keys_requests_from_zero() {
         let mut p = Pending::default();
         let joins: Vec<(usize, i32)> = [7, 9, 7, 7, 3, 9]
             .iter()
-            .map(|&k| p.join(k, 100 + k as i32))
+            .map(|&k| {
+                let limits = Limits {
+                    key: vec![check("default", 60, 100 + k)],
+                    ..Default::default()
+                };
+                p.join(k, 1, &limits)
+            })
             .collect();
         assert_eq!(joins, [(0, 0), (1, 0), (0, 1), (0, 2), (2, 0), (1, 1)]);
-        assert_eq!(p.keys, [7, 9, 3]);
-        assert_eq!(p.counts, [3, 2, 1]);
-        assert_eq!(p.limits, [107.0, 109.0, 103.0]);
+        let b = p.to_batch();
+        assert_eq!(b.keys, [7, 9, 3]);
+        assert_eq!(b.counts, [3, 2, 1]);
+        assert_eq!(b.checks.limits, [107, 109, 103]);
     }
 
     #[test]
-    fn admitted_request_reports_what_is_left() {
-        // 30 s into a 60 s bucket, 10 in the previous bucket (weighted 5), 3 now.
-        let d = decide(Some(3), 3, 5.0, 1_030.0, 60.0, 10);
+    fn a_users_owner_wide_checks_are_sent_once_per_batch() {
+        let mut p = Pending::default();
+        let limits = Limits {
+            key: vec![check("default", 60, 10)],
+            user: vec![check("minute", 60, 15)],
+            ..Default::default()
+        };
+        p.join(1, 5, &limits);
+        p.join(2, 5, &limits);
+        let b = p.to_batch();
+        assert_eq!(b.checks.owners, [1, 2, 5]);
+        assert_eq!(b.checks.subjects, [b'k' as i8, b'k' as i8, b'u' as i8]);
+    }
+
+    #[test]
+    fn admitted_request_reports_what_is_left_of_the_tightest_limit() {
+        // 30 s into a 60 s bucket, previous bucket weighted 5, 2 counted before this one.
+        let mut minute = taken("minute", 60, 10, 1, 2);
+        minute.weighted = 5.0;
+        let day = taken("day", 86_400, 1_000, 1, 2);
+        let d = decide_member(&[minute, day], 0).unwrap();
         assert!(d.allowed);
-        assert_eq!(d.remaining, 2);
-        assert_eq!(d.reset_at, 1_080);
-        assert_eq!(d.reset_in, 50);
-        assert_eq!(d.retry_after, 0);
+        assert_eq!(d.shown, 0);
+        assert_eq!(d.states[0].remaining, 2);
+        assert_eq!(d.states[0].reset_at, 1_080);
+        assert_eq!(d.states[0].reset_in, 50);
+        assert_eq!(d.states[1].remaining, 997);
+    }
+
+    #[test]
+    fn group_members_take_consecutive_positions_and_the_rest_are_refused() {
+        // limit 10, 7 already counted, a group of 5 arrives: 3 admitted (positions 8..10).
+        let t = taken("default", 60, 10, 3, 7);
+        let d: Vec<Decision> = (0..5)
+            .map(|me| decide_member(std::slice::from_ref(&t), me).unwrap())
+            .collect();
+        assert_eq!(
+            d.iter().map(|d| d.allowed).collect::<Vec<_>>(),
+            [true, true, true, false, false]
+        );
+        assert_eq!(
+            d.iter().map(|d| d.states[0].remaining).collect::<Vec<_>>(),
+            [2, 1, 0, 0, 0]
+        );
+        assert!(d[3].states[0].retry_after >= 1);
+    }
+
+    #[test]
+    fn a_full_quota_refuses_until_its_period_ends_and_names_itself() {
+        let quota = Taken {
+            window: 0,
+            ends: 2_000.0,
+            ..taken(QUOTA_NAME, 0, 5, 0, 5)
+        };
+        let minute = taken("minute", 60, 100, 0, 3);
+        let d = decide_member(&[minute, quota], 0).unwrap();
+        assert!(!d.allowed);
+        assert_eq!(d.states[d.shown].name, "quota");
+        assert_eq!(d.states[d.shown].retry_after, 970);
+        let body = d.refusal().json_body();
+        assert_eq!(body["error"]["code"], "quota_exceeded");
+        assert_eq!(body["error"]["limit"], "quota");
+    }
+
+    #[test]
+    fn every_policy_is_listed_and_the_closest_is_reported() {
+        let burst = taken("burst", 1, 10, 1, 8);
+        let mut user = taken("minute", 60, 600, 1, 100);
+        user.owner_wide = true;
+        let d = decide_member(&[burst, user], 0).unwrap();
+        let mut reply = Reply::empty(200);
+        d.add_headers(&mut reply);
+        let h = |n: &str| {
+            let found = reply.headers.iter().find(|(k, _)| k == n);
+            found.map(|(_, v)| v.clone()).unwrap_or_default()
+        };
+        assert_eq!(
+            h("RateLimit-Policy"),
+            "\"burst\";q=10;w=1, \"user.minute\";q=600;w=60"
+        );
+        assert_eq!(h("RateLimit"), "\"burst\";r=1;t=50");
+        assert_eq!(h("X-RateLimit-Limit"), "10");
     }
 
     #[test]
     fn refused_request_waits_until_the_previous_bucket_has_slid_far_enough() {
         // 10 s into the bucket, previous bucket had 6 (weighted 5), 5 now, limit 10:
         // needs 6·(1 − x/60) ≤ 4, x ≥ 20 s, so 10 s from now.
-        let d = decide(None, 5, 6.0 * (50.0 / 60.0), 1_210.0, 60.0, 10);
-        assert!(!d.allowed);
-        assert_eq!(d.remaining, 0);
-        assert_eq!(d.retry_after, 10);
+        assert_eq!(
+            retry_after_secs(5, 6.0 * (50.0 / 60.0), 1_210.0, 60.0, 10),
+            10
+        );
     }
 
     #[test]
     fn full_current_bucket_waits_into_the_next_one() {
         // limit 5, 5 used now, 20 s into the bucket: next bucket needs 5·(1 − x/60) + 1 ≤ 5,
         // x ≥ 12 s, so 40 + 12 s.
-        let d = decide(None, 5, 0.0, 1_220.0, 60.0, 5);
-        assert_eq!(d.retry_after, 52);
-    }
-
-    #[test]
-    fn group_members_take_consecutive_positions_and_the_rest_are_refused() {
-        // limit 10, 7 already counted, a group of 5 arrives: 3 admitted (positions 8..10).
-        let t = Taken {
-            key_id: 7,
-            admitted: 3,
-            current: 10,
-            weighted: 0.0,
-            now: 1_030.0,
-        };
-        let d: Vec<Decision> = (0..5).map(|me| decide_member(t, me, 60.0, 10)).collect();
-        assert_eq!(
-            d.iter().map(|d| d.allowed).collect::<Vec<_>>(),
-            [true, true, true, false, false]
-        );
-        assert_eq!(
-            d.iter().map(|d| d.remaining).collect::<Vec<_>>(),
-            [2, 1, 0, 0, 0]
-        );
-        assert!(d[3].retry_after >= 1);
+        assert_eq!(retry_after_secs(5, 0.0, 1_220.0, 60.0, 5), 52);
     }
 
     #[test]
     fn retry_after_is_at_least_one_second() {
-        let d = decide(None, 0, 1.0, 1_259.9, 60.0, 1);
-        assert!(d.retry_after >= 1);
+        assert!(retry_after_secs(0, 1.0, 1_259.9, 60.0, 1) >= 1);
     }
 }

@@ -6,13 +6,16 @@ use crate::http::Ctx;
 use crate::store::routes::{self, Route};
 use crate::store::Pool;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Routes by owner, each owner's list longest prefix first, swapped whole on reload so a
 /// request never sees half a change.
 #[derive(Default)]
 pub struct RouteTable {
     by_user: RwLock<Arc<HashMap<i64, Vec<Arc<Route>>>>>,
+    /// Held from read to replace: two reloads at once (an admin change and the sync
+    /// thread) must not let the one that read first store last, over the fresher table.
+    reloading: Mutex<()>,
 }
 
 impl RouteTable {
@@ -58,6 +61,7 @@ impl RouteTable {
 
     /// Re-reads every route from the database.
     pub fn reload(&self, pool: &Pool) -> Result<usize> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let routes = routes::load_all(pool)?;
         let n = routes.len();
         self.replace(routes);

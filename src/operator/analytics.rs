@@ -46,7 +46,7 @@ pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
     } else {
         let key = gw.auth.authenticate(op.pool, op.health, ctx)?;
         // The same outage policy as the gateway path (fail-open or fail-closed).
-        let limit = gw.limiter.check(op.health, key.id, key.rate_limit)?;
+        let limit = gw.count(op.pool, op.health, &key, &mut Default::default())?;
         if let Some(refused) = limit.refusal(&gw.metrics) {
             return Ok(refused);
         }

@@ -1,101 +1,231 @@
-//! `rate_limit_counters`: the batched counter statement and the purge of old buckets. How
-//! a batch is gathered and what its answer means is in `gateway/ratelimit.rs`.
+//! `limit_counters`: the one batched statement that counts every limit and quota of a
+//! batch of requests. How a batch is gathered and what its answer means is in
+//! `gateway/ratelimit.rs`; the model is in docs/limits.md.
 
 use super::Pool;
 use crate::error::{Error, Result};
+use chrono::{DateTime, Utc};
 use postgres::types::Type;
 
-/// Admits, for each key `$1[i]` (limit `$3[i]`), up to `$2[i]` requests in the window of
-/// `$4` s, for a whole batch in one round trip. The previous bucket is read from the
-/// snapshot (it no longer changes); the current one is upserted in key order (so two
-/// statements, from this replica or another, lock shared rows in the same order and cannot
-/// deadlock), and `ON CONFLICT DO UPDATE ... WHERE` re-checks the limit against the row's
-/// latest version under its lock, so nothing pushes a count past its limit. `last_add`
-/// (sql/005) records what the upsert added, because RETURNING shows only the new count. A
-/// refused key writes nothing; its `current` is read from the snapshot, for its headers.
-/// Prepared once per pooled connection (see `Conn::prepared`).
+/// Counts a batch in one round trip. Entry `i` is `$3[i]` requests of key `$1[i]` (user
+/// `$2[i]`); each check `j` is one limit of a subject: kind `$4[j]` ('k' key, 'u' user),
+/// owner `$5[j]`, name `$6[j]`, window `$7[j]` seconds (0 for the quota), limit `$8[j]`,
+/// quota period `$9[j]` and anchor `$10[j]` (NULL: the calendar). `$11` shifts the clock
+/// (tests only; 0 otherwise).
+///
+/// Exactness: every subject's row (one per key, one per user, all limits in it) is locked
+/// in (kind, owner) order, so statements from this replica or another serialise on shared
+/// subjects and cannot deadlock; `FOR UPDATE` hands back the row's latest version, so the
+/// counts read are the counts written by whoever held the lock before. A key's requests
+/// are admitted up to the smallest room left under its own checks; then the keys of one
+/// user, in entry order, share the smallest room left under the user's checks. A refused
+/// request adds to no count, and a subject that admits nothing is not written.
+///
+/// Each answer row is one check of one entry, key's checks first: entry, admitted, the
+/// check, its count before the entry's requests (after earlier entries of the same user),
+/// the sliding weight of the previous bucket, when the bucket or period ends and its
+/// length, and the database's clock.
 pub const TAKE_SQL: &str = "
 WITH t AS (
-    SELECT e, floor(e / $4)::bigint AS win
-      FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS e) s
-), w AS (
-    SELECT i.k, i.n, i.lim, t.e, t.win,
-           coalesce(p.count, 0)::float8 * (1 - (t.e - t.win * $4) / $4) AS weighted
-      FROM unnest($1::int8[], $2::int4[], $3::float8[]) AS i(k, n, lim)
-     CROSS JOIN t
-      LEFT JOIN rate_limit_counters p ON p.api_key_id = i.k AND p.window_start = t.win - 1
-), c AS (
-    SELECT w.*, greatest(floor(w.lim - w.weighted), 0)::integer AS cap FROM w
-), up AS (
-    INSERT INTO rate_limit_counters AS r (api_key_id, window_start, count, last_add)
-    SELECT k, win, least(n, cap), least(n, cap) FROM c WHERE cap >= 1 ORDER BY k
-    ON CONFLICT (api_key_id, window_start) DO UPDATE
-       SET count = r.count + least(EXCLUDED.count,
-                                   (SELECT cap FROM c WHERE c.k = EXCLUDED.api_key_id) - r.count),
-           last_add = least(EXCLUDED.count,
-                            (SELECT cap FROM c WHERE c.k = EXCLUDED.api_key_id) - r.count)
-     WHERE (SELECT cap FROM c WHERE c.k = EXCLUDED.api_key_id) - r.count >= 1
-    RETURNING r.api_key_id, r.count, r.last_add
+    SELECT ts, extract(epoch FROM ts)::float8 AS e, ts AT TIME ZONE 'UTC' AS utc
+      FROM (SELECT clock_timestamp() + make_interval(secs => $11) AS ts) s
+), ent AS (
+    SELECT * FROM unnest($1::int8[], $2::int8[], $3::int4[]) WITH ORDINALITY AS x(key, usr, n, ord)
+), chk AS (
+    SELECT * FROM unnest($4::\"char\"[], $5::int8[], $6::text[], $7::int4[], $8::int8[],
+                         $9::text[], $10::timestamptz[])
+           WITH ORDINALITY AS x(kind, owner, name, win, lim, period, anchor, ord)
+), locked AS MATERIALIZED (
+    SELECT l.* FROM limit_counters l
+     WHERE (l.kind, l.owner_id) IN (SELECT kind, owner FROM chk)
+     ORDER BY l.kind, l.owner_id
+       FOR UPDATE OF l
+), pos AS (
+    SELECT c.*, t.e, l.kind IS NOT NULL AS present, l.quota_start, l.quota_used,
+           floor(t.e / nullif(c.win, 0))::int8 AS b,
+           array_position(l.names, c.name || '/' || c.win) AS i,
+           l.buckets, l.counts, l.prevs,
+           CASE WHEN c.win = 0 THEN tollgate_period_start(c.period, c.anchor AT TIME ZONE 'UTC',
+                                                          t.utc) END AS ps
+      FROM chk c CROSS JOIN t
+      LEFT JOIN locked l ON l.kind = c.kind AND l.owner_id = c.owner
+), st AS (
+    SELECT p.ord, p.kind, p.owner, p.name, p.win, p.lim, p.e, p.b, p.present,
+           CASE WHEN p.win > 0 AND p.buckets[p.i] = p.b THEN p.counts[p.i]
+                WHEN p.win = 0 AND p.quota_start = extract(epoch FROM p.ps)::int8 THEN p.quota_used
+                ELSE 0 END AS cur,
+           CASE WHEN p.win > 0 AND p.buckets[p.i] = p.b THEN p.prevs[p.i]
+                WHEN p.win > 0 AND p.buckets[p.i] = p.b - 1 THEN p.counts[p.i]
+                ELSE 0 END AS prev,
+           extract(epoch FROM p.ps)::int8 AS qs,
+           CASE WHEN p.win > 0 THEN p.b::float8 * p.win
+                ELSE extract(epoch FROM p.ps)::float8 END AS starts,
+           CASE WHEN p.win > 0 THEN (p.b + 1)::float8 * p.win
+                ELSE extract(epoch FROM tollgate_period_end(p.period, p.anchor AT TIME ZONE 'UTC',
+                                                            p.ps)) END AS ends
+      FROM pos p
+), cap AS (
+    SELECT s.*,
+           CASE WHEN s.win > 0 THEN s.prev * (1 - (s.e - s.b * s.win) / s.win) ELSE 0 END AS weighted
+      FROM st s
+), room AS (
+    SELECT c.*,
+           CASE WHEN NOT c.present THEN 0
+                ELSE floor(c.lim - c.weighted)::int8 - c.cur END AS room
+      FROM cap c
+), least_room AS (
+    SELECT kind, owner, min(room) AS room FROM room GROUP BY kind, owner
+), keyed AS (
+    SELECT e.ord, e.key, e.usr, greatest(0, least(e.n::int8, kr.room)) AS k, ur.room AS ucap
+      FROM ent e
+      LEFT JOIN least_room kr ON kr.kind = 'k' AND kr.owner = e.key
+      LEFT JOIN least_room ur ON ur.kind = 'u' AND ur.owner = e.usr
+), alloc AS (
+    SELECT k.*,
+           coalesce(sum(k.k) OVER (PARTITION BY k.usr ORDER BY k.ord
+                                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+                    0)::int8 AS before
+      FROM keyed k
+), adm AS (
+    SELECT a.ord, a.key, a.usr,
+           CASE WHEN a.ucap IS NULL THEN a.k
+                ELSE greatest(0, least(a.k, a.ucap - a.before)) END AS admitted,
+           CASE WHEN a.ucap IS NULL THEN 0
+                ELSE least(greatest(a.ucap, 0), a.before) END AS ubefore
+      FROM alloc a
+), delta AS (
+    SELECT 'k'::\"char\" AS kind, key AS owner, admitted AS d FROM adm
+    UNION ALL
+    SELECT 'u'::\"char\", usr, sum(admitted)::int8 FROM adm GROUP BY usr
+), fresh AS (
+    SELECT r.kind, r.owner, d.d,
+           coalesce(array_agg(r.name || '/' || r.win ORDER BY r.ord) FILTER (WHERE r.win > 0),
+                    '{}') AS names,
+           coalesce(array_agg(r.b ORDER BY r.ord) FILTER (WHERE r.win > 0), '{}') AS buckets,
+           coalesce(array_agg(r.cur + d.d ORDER BY r.ord) FILTER (WHERE r.win > 0), '{}') AS counts,
+           coalesce(array_agg(r.prev ORDER BY r.ord) FILTER (WHERE r.win > 0), '{}') AS prevs,
+           max(r.qs) FILTER (WHERE r.win = 0) AS qs,
+           max(r.cur + d.d) FILTER (WHERE r.win = 0) AS qu
+      FROM room r JOIN delta d ON d.kind = r.kind AND d.owner = r.owner
+     WHERE d.d > 0
+     GROUP BY r.kind, r.owner, d.d
+), upd AS (
+    UPDATE limit_counters l
+       SET names = f.names, buckets = f.buckets, counts = f.counts, prevs = f.prevs,
+           quota_start = coalesce(f.qs, l.quota_start),
+           quota_used = coalesce(f.qu, l.quota_used)
+      FROM fresh f
+     WHERE l.kind = f.kind AND l.owner_id = f.owner
 )
-SELECT c.k, coalesce(up.last_add, 0),
-       coalesce(up.count, (SELECT r.count FROM rate_limit_counters r
-                            WHERE r.api_key_id = c.k AND r.window_start = c.win), 0),
-       c.weighted, c.e
-  FROM c LEFT JOIN up ON up.api_key_id = c.k";
+SELECT a.ord::int4, a.admitted, false, r.name, r.win, r.lim, r.cur, r.weighted, r.ends,
+       r.ends - r.starts, r.e, r.ord
+  FROM adm a JOIN room r ON r.kind = 'k' AND r.owner = a.key
+UNION ALL
+SELECT a.ord::int4, a.admitted, true, r.name, r.win, r.lim, r.cur + a.ubefore, r.weighted, r.ends,
+       r.ends - r.starts, r.e, r.ord
+  FROM adm a JOIN room r ON r.kind = 'u' AND r.owner = a.usr
+ ORDER BY 1, 12";
+
 const TAKE_TYPES: &[Type] = &[
     Type::INT8_ARRAY,
+    Type::INT8_ARRAY,
     Type::INT4_ARRAY,
-    Type::FLOAT8_ARRAY,
+    Type::CHAR_ARRAY,
+    Type::INT8_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::INT4_ARRAY,
+    Type::INT8_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TIMESTAMPTZ_ARRAY,
     Type::FLOAT8,
 ];
 
-/// Counter rows older than the previous bucket no longer affect any estimate.
-const PURGE_SQL: &str = "DELETE FROM rate_limit_counters
-    WHERE window_start < floor(extract(epoch FROM now()) / $1::float8)::bigint - 1";
+/// One batch for [`TAKE_SQL`], as parallel arrays.
+#[derive(Default, Debug)]
+pub struct Batch {
+    pub keys: Vec<i64>,
+    pub users: Vec<i64>,
+    pub counts: Vec<i32>,
+    pub checks: Checks,
+}
 
-/// One key's answer from [`TAKE_SQL`].
-#[derive(Clone, Copy, Debug)]
+/// The checks of a batch, as parallel arrays (see [`TAKE_SQL`]).
+#[derive(Default, Debug)]
+pub struct Checks {
+    pub subjects: Vec<i8>,
+    pub owners: Vec<i64>,
+    pub names: Vec<String>,
+    pub windows: Vec<i32>,
+    pub limits: Vec<i64>,
+    pub periods: Vec<Option<&'static str>>,
+    pub anchors: Vec<Option<DateTime<Utc>>>,
+}
+
+/// One check's answer for one entry of a batch.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Taken {
-    pub key_id: i64,
-    /// Requests of this entry admitted (0 when the key is refused).
-    pub admitted: i32,
-    /// The current bucket's count after the statement.
-    pub current: i32,
+    /// 0-based entry.
+    pub entry: usize,
+    /// Requests of the entry admitted.
+    pub admitted: i64,
+    /// A user's (owner-wide) check rather than the key's own.
+    pub owner_wide: bool,
+    pub name: String,
+    /// Seconds; 0 for the quota.
+    pub window: i32,
+    pub limit: i64,
+    /// The count before this entry's requests (the quota: used in the period).
+    pub before: i64,
     /// The previous bucket's count weighted by the share of it still in the window.
     pub weighted: f64,
+    /// Unix time at which the current bucket (the quota: period) ends.
+    pub ends: f64,
+    /// The length of the current bucket or period, in seconds.
+    pub period_secs: f64,
     /// The database's clock, in Unix seconds.
     pub now: f64,
 }
 
-/// Runs [`TAKE_SQL`] for one batch: `keys[i]` asks for `counts[i]` requests under
-/// `limits[i]`, in a window of `window` seconds. One answer per key, in no set order.
-pub fn take(
-    pool: &Pool,
-    keys: &[i64],
-    counts: &[i32],
-    limits: &[f64],
-    window: f64,
-) -> Result<Vec<Taken>> {
+/// Runs [`TAKE_SQL`] for one batch; `shift_secs` moves the clock (tests only).
+pub fn take(pool: &Pool, b: &Batch, shift_secs: f64) -> Result<Vec<Taken>> {
     let mut conn = pool.get()?;
     let stmt = conn.prepared(TAKE_SQL, TAKE_TYPES)?;
-    let rows = conn.query(&stmt, &[&keys, &counts, &limits, &window])?;
+    let c = &b.checks;
+    let rows = conn.query(
+        &stmt,
+        &[
+            &b.keys,
+            &b.users,
+            &b.counts,
+            &c.subjects,
+            &c.owners,
+            &c.names,
+            &c.windows,
+            &c.limits,
+            &c.periods,
+            &c.anchors,
+            &shift_secs,
+        ],
+    )?;
     rows.iter()
         .map(|row| {
+            let entry: i32 = row.try_get(0)?;
             Ok(Taken {
-                key_id: row.try_get(0)?,
+                entry: usize::try_from(entry - 1).unwrap_or(usize::MAX),
                 admitted: row.try_get(1)?,
-                current: row.try_get(2)?,
-                weighted: row.try_get(3)?,
-                now: row.try_get(4)?,
+                owner_wide: row.try_get(2)?,
+                name: row.try_get(3)?,
+                window: row.try_get(4)?,
+                limit: row.try_get(5)?,
+                before: row.try_get(6)?,
+                weighted: row.try_get(7)?,
+                ends: row.try_get(8)?,
+                period_secs: row.try_get(9)?,
+                now: row.try_get(10)?,
             })
         })
         .collect::<std::result::Result<Vec<_>, postgres::Error>>()
         .map_err(Error::from)
-}
-
-/// Deletes counter rows no estimate can read any more; returns how many.
-pub fn purge(pool: &Pool, window: f64) -> Result<u64> {
-    Ok(pool.get()?.execute(PURGE_SQL, &[&window])?)
 }
 
 /// Zeroes the quota period of a key (`'k'`) or user (`'u'`): the count starts again now,

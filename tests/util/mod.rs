@@ -658,12 +658,20 @@ impl Gateway {
         self.db.client()
     }
 
-    /// Requests counted in `rate_limit_counters`, every key and bucket together.
+    /// Requests counted in the keys' sliding windows (`limit_counters`), every key and
+    /// both buckets together (exact while a test's traffic spans at most two buckets).
     pub fn counted_requests(&self) -> i64 {
+        self.counted_for_key(None)
+    }
+
+    /// Requests counted in one key's (or every key's) sliding windows, as above.
+    pub fn counted_for_key(&self, key_id: Option<i64>) -> i64 {
         self.db()
             .query_one(
-                "SELECT coalesce(sum(count), 0)::bigint FROM rate_limit_counters",
-                &[],
+                "SELECT coalesce(sum(c + p), 0)::bigint
+                   FROM limit_counters, unnest(counts, prevs) AS x(c, p)
+                  WHERE kind = 'k' AND ($1::int8 IS NULL OR owner_id = $1)",
+                &[&key_id],
             )
             .unwrap()
             .get(0)
