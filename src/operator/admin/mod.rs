@@ -204,6 +204,10 @@ mod tests {
                 r#"{"userId":1,"name":"k","expiresAt":"2001-01-01T00:00:00Z"}"#,
                 "expiresAt",
             ),
+            (r#"{"userId":1,"name":"k","planId":"pro"}"#, "planId"),
+            (r#"{"userId":1,"name":"k","limits":{}}"#, "limits"),
+            (r#"{"userId":1,"name":"k","quota":7}"#, "quota"),
+            (r#"{"userId":1,"name":"k","rate":7}"#, "rate"),
         ] {
             let r = f.admin("POST", "/admin/api-keys", body);
             assert_eq!(refusal(&r), (400, field.to_string()), "{body}");
