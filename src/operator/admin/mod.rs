@@ -1,5 +1,6 @@
-//! `/admin/*`: users, API keys, plans and routes, behind `x-admin-secret`. Field names and shapes
-//! follow the reference gateway's documented API so existing curl scripts keep working.
+//! `/admin/*`: users, API keys, plans and routes, behind `x-admin-secret`. Field names and
+//! shapes follow the reference gateway's documented API so existing curl scripts keep
+//! working.
 //! Lists answer a JSON array; `X-Next-Cursor` says where the next page starts. A body
 //! field an endpoint does not take is refused (400 naming it), never ignored.
 

@@ -83,8 +83,8 @@ fn reply(pool: &Pool, status: u16, p: &Plan) -> Result<Reply> {
     Ok(Reply::json(status, &plan_json(p, used)))
 }
 
-/// `{"name","limits"?,"quota"?}`; `limits` absent or null is `[]` (a plan of a quota only,
-/// or of nothing: its keys are then unlimited unless they set their own).
+/// `{"name","limits"?,"quota"?}`; `limits` absent or null is `[]` (a plan may be a quota
+/// only).
 pub fn create(pool: &Pool, cache: &Plans, body: &Map<String, Value>) -> Result<Reply> {
     input::only(body, FIELDS)?;
     let fields = PlanFields {
