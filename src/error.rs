@@ -2,14 +2,16 @@
 //! `Error::status`/`Error::code` are the single place it is mapped to HTTP.
 
 use serde_json::json;
+use std::borrow::Cow;
 use std::fmt;
 
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// A field of the request is missing or wrong; the message names it.
+    /// A field of the request is missing, wrong or unknown; `field` names it (owned only
+    /// for an unknown field, whose name comes from the request).
     InvalidField {
-        field: &'static str,
+        field: Cow<'static, str>,
         message: String,
     },
     /// The request itself cannot be understood (framing, JSON syntax, path).
@@ -61,9 +63,9 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn field(field: &'static str, message: impl Into<String>) -> Error {
+    pub fn field(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Error {
         Error::InvalidField {
-            field,
+            field: field.into(),
             message: message.into(),
         }
     }

@@ -26,6 +26,9 @@ mod logging;
 mod limits;
 // `/metrics`: access, the text exposition format, values against known traffic.
 mod metrics;
+// Plans, and the plan, limits and quota of keys and users through the admin API; quota
+// resets; unknown body fields.
+mod plans;
 // Routing and forwarding through the recording upstream; framing and size limits.
 mod proxy;
 // The sliding-window rate limit: headers, the window, exactness under bursts.

@@ -4,6 +4,7 @@
 use crate::config::{ADMIN_MAX_BODY_BYTES, MAX_PAGE_LIMIT};
 use crate::error::{Error, Result};
 use crate::http::Ctx;
+use crate::store::plans::Change;
 use serde_json::{Map, Value};
 use std::io::Read;
 
@@ -128,6 +129,35 @@ pub fn string(m: &Map<String, Value>, field: &'static str, max: usize) -> Result
             }
         }
         Some(_) => Err(Error::field(field, "must be a string")),
+    }
+}
+
+/// Refuses a body with a field outside `allowed`, naming it: a misspelt field that were
+/// ignored would leave the setting it meant unchanged, and the 2xx would hide that.
+pub fn only(m: &Map<String, Value>, allowed: &[&str]) -> Result<()> {
+    match m.keys().find(|k| !allowed.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(k) => {
+            // The name is echoed back, so a hostile one is cut short.
+            let name: String = k.chars().take(64).collect();
+            Err(Error::field(
+                name,
+                format!("unknown field; this body takes {}", allowed.join(", ")),
+            ))
+        }
+    }
+}
+
+/// A PATCH field: absent keeps, `null` clears, anything else is read by `parse`.
+pub fn change<T>(
+    m: &Map<String, Value>,
+    field: &str,
+    parse: impl FnOnce(&Value) -> Result<T>,
+) -> Result<Change<T>> {
+    match m.get(field) {
+        None => Ok(Change::Keep),
+        Some(Value::Null) => Ok(Change::Clear),
+        Some(v) => parse(v).map(Change::Set),
     }
 }
 

@@ -266,6 +266,10 @@ pub enum Change<T> {
 }
 
 impl<T> Change<T> {
+    pub fn is_keep(&self) -> bool {
+        matches!(self, Change::Keep)
+    }
+
     /// `(changed, new value)`, as an UPDATE binds them:
     /// `col = CASE WHEN $changed THEN $value ELSE col END`.
     pub fn bind(&self) -> (bool, Option<&T>) {
@@ -286,6 +290,11 @@ pub struct PolicyChanges {
 }
 
 impl PolicyChanges {
+    /// Whether any of the three fields changes.
+    pub fn any(&self) -> bool {
+        !(self.plan_id.is_keep() && self.limits.is_keep() && self.quota.is_keep())
+    }
+
     /// `plan_id = ..., limits = ..., quota = ...` reading parameters `$base` onwards.
     pub fn set_sql(base: usize) -> String {
         let col = |name: &str, i: usize| {
@@ -387,21 +396,58 @@ pub fn get(pool: &Pool, id: i64) -> Result<Option<Plan>> {
     Ok(row.as_ref().map(Plan::from_row))
 }
 
-/// Replaces a plan's fields (the caller merged a PATCH into the stored plan).
-pub fn update(pool: &Pool, id: i64, p: &PlanFields) -> Result<Option<Plan>> {
+/// What a plan `PATCH` changes; `None` / `Change::Keep` keeps the stored value. Applied
+/// in one statement, so two PATCHes of different fields cannot undo each other.
+#[derive(Default)]
+pub struct PlanChanges {
+    pub name: Option<String>,
+    pub limits: Option<Vec<LimitSpec>>,
+    pub quota: Change<QuotaSpec>,
+}
+
+pub fn update(pool: &Pool, id: i64, c: &PlanChanges) -> Result<Option<Plan>> {
     let sql = format!(
-        "UPDATE plans SET name = $2, limits = $3, quota = $4, updated_at = now()
+        "UPDATE plans SET name = coalesce($2, name), limits = coalesce($3, limits),
+                quota = CASE WHEN $4 THEN $5 ELSE quota END, updated_at = now()
           WHERE id = $1 RETURNING {COLS}"
     );
-    let limits = limits_to_db(&Some(p.limits.clone()));
-    match pool.get()?.query_opt(
-        sql.as_str(),
-        &[&id, &p.name, &limits, &quota_to_db(&p.quota)],
-    ) {
+    let limits = limits_to_db(&c.limits);
+    let (q, quota) = c.quota.bind();
+    let quota = quota.map(QuotaSpec::to_json);
+    match pool
+        .get()?
+        .query_opt(sql.as_str(), &[&id, &c.name, &limits, &q, &quota])
+    {
         Ok(row) => Ok(row.as_ref().map(Plan::from_row)),
-        Err(e) if is_unique_violation(&e) => Err(name_taken(&p.name)),
+        Err(e) if is_unique_violation(&e) => Err(name_taken(c.name.as_deref().unwrap_or(""))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// How many keys are on a plan directly (revoked ones too: they still hold it) and how
+/// many users are on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlanUse {
+    pub keys: i64,
+    pub users: i64,
+}
+
+/// [`PlanUse`] of each of these plans, in the order given (the partial indexes on
+/// `plan_id` make each count an index scan).
+pub fn uses(pool: &Pool, ids: &[i64]) -> Result<Vec<PlanUse>> {
+    let rows = pool.get()?.query(
+        "SELECT (SELECT count(*) FROM api_keys k WHERE k.plan_id = p.id),
+                (SELECT count(*) FROM users u WHERE u.plan_id = p.id)
+           FROM unnest($1::int8[]) WITH ORDINALITY AS p(id, n) ORDER BY p.n",
+        &[&ids],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| PlanUse {
+            keys: r.get(0),
+            users: r.get(1),
+        })
+        .collect())
 }
 
 /// Deletes a plan; a plan that a key or user is on is 409 (the foreign keys refuse).

@@ -3,21 +3,23 @@
 //! the reply leaves, so the very next request sees them.
 
 use super::paged;
+use super::plans::{policy, policy_changes, policy_json};
 use crate::config::DEFAULT_KEY_RATE_LIMIT;
 use crate::error::{Error, Result};
 use crate::gateway::keys::{mint_key, KeyCache};
 use crate::http::{Ctx, Reply};
-use crate::operator::input::{self, id, int, required, string};
+use crate::operator::input::{self, change, id, int, required, string};
 use crate::operator::{ts, ts_opt};
+use crate::store::counters::{self, Subject};
 use crate::store::keys::{self, ApiKey, KeyChanges, NewKey};
-use crate::store::plans::Change;
-use crate::store::Pool;
+use crate::store::plans::{Change, LimitSpec};
+use crate::store::{users, Pool};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 fn key_json(k: &ApiKey) -> Value {
     let active = k.revoked_at.is_none() && k.expires_at.is_none_or(|t| t > Utc::now());
-    json!({
+    let mut v = json!({
         "id": k.id,
         "userId": k.user_id,
         "name": k.name,
@@ -29,7 +31,45 @@ fn key_json(k: &ApiKey) -> Value {
         "lastUsedAt": ts_opt(k.last_used_at),
         "createdAt": ts(k.created_at),
         "isActive": active,
-    })
+    });
+    policy_json(&k.own, &mut v);
+    // Which plan the key counts by when it has no limits of its own: its own, else its
+    // user's (the limits themselves are resolved by `gateway::policy`).
+    v["effective"] = json!({"planId": k.own.plan_id.or(k.owner.plan_id)});
+    v
+}
+
+const CREATE_FIELDS: &[&str] = &[
+    "userId",
+    "name",
+    "expiresAt",
+    "rateLimit",
+    "scopes",
+    "planId",
+    "limits",
+    "quota",
+];
+const UPDATE_FIELDS: &[&str] = &[
+    "name",
+    "expiresAt",
+    "rateLimit",
+    "scopes",
+    "planId",
+    "limits",
+    "quota",
+];
+
+/// `rateLimit` is the limit named `default`, so `limits` may not name one beside it.
+fn check_default_once(rate_limit: Option<i32>, limits: Option<&[LimitSpec]>) -> Result<()> {
+    let named_default = limits.is_some_and(|l| l.iter().any(|l| &*l.name == "default"));
+    if rate_limit.is_some() && named_default {
+        return Err(Error::field(
+            "limits",
+            "the name \"default\" is used twice: it is the key's rateLimit; \
+             set rateLimit to null or rename the limit",
+        ));
+    }
+    Ok(())
 }
 
 fn scopes(body: &Map<String, Value>) -> Result<Option<Vec<String>>> {
@@ -82,15 +122,27 @@ fn rate_limit(body: &Map<String, Value>) -> Result<Option<i32>> {
     Ok(int(body, "rateLimit", 1, i64::from(i32::MAX))?.map(|n| n as i32))
 }
 
+/// Without `planId` or `limits`, and with a user on no plan, a key gets today's default
+/// `rateLimit`; on a plan (its own or its user's) it has none unless the body gives one.
 pub fn create(pool: &Pool, bcrypt_cost: u32, body: &Map<String, Value>) -> Result<Reply> {
+    input::only(body, CREATE_FIELDS)?;
     let user_id = required(id(body, "userId")?, "userId")?;
     let name = required(string(body, "name", 200)?, "name")?;
     let expires = expires_at(body)?;
     if expires.is_some_and(|t| t <= Utc::now()) {
         return Err(Error::field("expiresAt", "must be in the future"));
     }
-    let limit = rate_limit(body)?.unwrap_or(DEFAULT_KEY_RATE_LIMIT);
+    let own = policy(body)?;
+    let mut limit = rate_limit(body)?;
+    check_default_once(limit, own.limits.as_deref())?;
     let scopes = scopes(body)?.unwrap_or_else(|| vec!["read".into(), "write".into()]);
+    if limit.is_none() && own.plan_id.is_none() && own.limits.is_none() {
+        let user =
+            users::get(pool, user_id)?.ok_or_else(|| Error::field("userId", "no such user"))?;
+        if user.policy.plan_id.is_none() {
+            limit = Some(DEFAULT_KEY_RATE_LIMIT);
+        }
+    }
     let (public_id, secret, raw) = mint_key()?;
     let hash =
         bcrypt::hash(&secret, bcrypt_cost).map_err(|e| Error::Internal(format!("bcrypt: {e}")))?;
@@ -101,10 +153,10 @@ pub fn create(pool: &Pool, bcrypt_cost: u32, body: &Map<String, Value>) -> Resul
             name: &name,
             public_id: &public_id,
             hash: &hash,
-            rate_limit: Some(limit),
+            rate_limit: limit,
             scopes: &scopes,
             expires_at: expires,
-            own: &Default::default(),
+            own: &own,
         },
     )?;
     let mut v = key_json(&key);
@@ -119,33 +171,63 @@ pub fn list(pool: &Pool, ctx: &Ctx, user_id: Option<i64>) -> Result<Reply> {
 }
 
 pub fn get(pool: &Pool, id: i64) -> Result<Reply> {
-    let key = keys::get(pool, id)?.ok_or_else(|| Error::NotFound("API key".into()))?;
+    let key = keys::get(pool, id)?.ok_or_else(not_found)?;
     Ok(Reply::json(200, &key_json(&key)))
 }
 
-/// Changes name, limit, scopes or expiry. Setting `expiresAt` in the past expires the key
-/// at once (unlike at creation, where that would be a mistake).
+/// Changes any of the record's settings: absent fields keep their value, `null` clears
+/// `rateLimit`, `planId`, `limits`, `quota` and `expiresAt`. Setting `expiresAt` in the
+/// past expires the key at once (unlike at creation, where that would be a mistake).
 pub fn update(pool: &Pool, cache: &KeyCache, id: i64, body: &Map<String, Value>) -> Result<Reply> {
+    input::only(body, UPDATE_FIELDS)?;
     let changes = KeyChanges {
         name: string(body, "name", 200)?,
-        rate_limit: match rate_limit(body)? {
-            Some(n) => Change::Set(n),
-            None => Change::Keep,
-        },
+        rate_limit: change(body, "rateLimit", |_| {
+            required(rate_limit(body)?, "rateLimit")
+        })?,
         scopes: scopes(body)?,
         expires_at: expires_at(body)?,
         clear_expiry: body.get("expiresAt") == Some(&Value::Null),
-        policy: Default::default(),
+        policy: policy_changes(body)?,
     };
-    let key = keys::update(pool, id, &changes)?.ok_or_else(|| Error::NotFound("API key".into()))?;
+    // A `default` limit beside `rateLimit` is judged on the key as it will be.
+    let (rate, limits) = (&changes.rate_limit, &changes.policy.limits);
+    if matches!(rate, Change::Set(_)) || matches!(limits, Change::Set(_)) {
+        let stored = keys::get(pool, id)?.ok_or_else(not_found)?;
+        let rate = match rate {
+            Change::Keep => stored.rate_limit,
+            Change::Clear => None,
+            Change::Set(n) => Some(*n),
+        };
+        let limits = match limits {
+            Change::Keep => stored.own.limits.as_deref(),
+            Change::Clear => None,
+            Change::Set(l) => Some(l.as_slice()),
+        };
+        check_default_once(rate, limits)?;
+    }
+    let key = keys::update(pool, id, &changes)?.ok_or_else(not_found)?;
     cache.update(key.info());
     Ok(Reply::json(200, &key_json(&key)))
+}
+
+/// Zeroes the key's quota count for the current period (its user's owner-wide quota is
+/// reset separately, on the user).
+pub fn reset_quota(pool: &Pool, id: i64) -> Result<Reply> {
+    if !counters::reset_quota(pool, Subject::Key, id)? {
+        return Err(not_found());
+    }
+    Ok(Reply::json(200, &json!({"id": id, "quotaReset": true})))
+}
+
+fn not_found() -> Error {
+    Error::NotFound("API key".into())
 }
 
 /// Revokes (keeps the row for the logs and analytics); the cache learns it before the
 /// reply is sent, so the very next request with the key is refused.
 pub fn revoke(pool: &Pool, cache: &KeyCache, id: i64) -> Result<Reply> {
-    let key = keys::revoke(pool, id)?.ok_or_else(|| Error::NotFound("API key".into()))?;
+    let key = keys::revoke(pool, id)?.ok_or_else(not_found)?;
     cache.update(key.info());
     Ok(Reply::json(200, &key_json(&key)))
 }

@@ -1,8 +1,11 @@
-//! `/admin/*`: users, API keys and routes, behind `x-admin-secret`. Field names and shapes
-//! follow the reference gateway's documented API so existing curl scripts keep working.
-//! Lists answer a JSON array; `X-Next-Cursor` says where the next page starts.
+//! `/admin/*`: users, API keys, plans and routes, behind `x-admin-secret`. Field names and
+//! shapes follow the reference gateway's documented API so existing curl scripts keep
+//! working.
+//! Lists answer a JSON array; `X-Next-Cursor` says where the next page starts. A body
+//! field an endpoint does not take is refused (400 naming it), never ignored.
 
 pub mod keys;
+pub mod plans;
 pub mod routes;
 pub mod users;
 
@@ -26,6 +29,10 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         ("POST", ["users"]) => users::create(pool, &input::json_object(body)?),
         ("GET", ["users"]) => users::list(pool, ctx),
         ("GET", ["users", id]) => users::get(pool, path_id(id)?),
+        ("PATCH", ["users", id]) => {
+            users::update(pool, cache, path_id(id)?, &input::json_object(body)?)
+        }
+        ("POST", ["users", id, "quota", "reset"]) => users::reset_quota(pool, path_id(id)?),
         ("DELETE", ["users", id]) => users::delete(pool, cache, &gw.routes, path_id(id)?),
         ("GET", ["users", id, "api-keys"]) => keys::list(pool, ctx, Some(path_id(id)?)),
         ("POST", ["api-keys"]) => keys::create(pool, op.bcrypt_cost, &input::json_object(body)?),
@@ -35,6 +42,14 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
             keys::update(pool, cache, path_id(id)?, &input::json_object(body)?)
         }
         ("DELETE", ["api-keys", id]) => keys::revoke(pool, cache, path_id(id)?),
+        ("POST", ["api-keys", id, "quota", "reset"]) => keys::reset_quota(pool, path_id(id)?),
+        ("POST", ["plans"]) => plans::create(pool, &gw.plans, &input::json_object(body)?),
+        ("GET", ["plans"]) => plans::list(pool),
+        ("GET", ["plans", id]) => plans::get(pool, path_id(id)?),
+        ("PATCH", ["plans", id]) => {
+            plans::update(pool, &gw.plans, path_id(id)?, &input::json_object(body)?)
+        }
+        ("DELETE", ["plans", id]) => plans::delete(pool, &gw.plans, path_id(id)?),
         ("POST", ["routes"]) => routes::create(pool, &gw.routes, &input::json_object(body)?),
         ("GET", ["routes"]) => routes::list(pool, ctx),
         ("GET", ["routes", id]) => routes::get(pool, path_id(id)?),
@@ -43,7 +58,9 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         }
         ("DELETE", ["routes", id]) => routes::delete(pool, &gw.routes, path_id(id)?),
         ("GET", ["stats"]) => Ok(Reply::json(200, &stats(op))),
-        (_, ["users" | "api-keys" | "routes" | "stats", ..]) => Err(Error::MethodNotAllowed),
+        (_, ["users" | "api-keys" | "plans" | "routes" | "stats", ..]) => {
+            Err(Error::MethodNotAllowed)
+        }
         _ => Err(Error::NotFound("admin endpoint".into())),
     }
 }
@@ -188,6 +205,10 @@ mod tests {
                 r#"{"userId":1,"name":"k","expiresAt":"2001-01-01T00:00:00Z"}"#,
                 "expiresAt",
             ),
+            (r#"{"userId":1,"name":"k","planId":"pro"}"#, "planId"),
+            (r#"{"userId":1,"name":"k","limits":{}}"#, "limits"),
+            (r#"{"userId":1,"name":"k","quota":7}"#, "quota"),
+            (r#"{"userId":1,"name":"k","rate":7}"#, "rate"),
         ] {
             let r = f.admin("POST", "/admin/api-keys", body);
             assert_eq!(refusal(&r), (400, field.to_string()), "{body}");

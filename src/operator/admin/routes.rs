@@ -163,6 +163,21 @@ fn limit_field(v: &Value, field: &'static str, max: i64) -> Result<Option<i64>> 
     }
 }
 
+/// What a route body may set (and, creating, `userId`).
+const FIELDS: &[&str] = &[
+    "prefix",
+    "targetUrl",
+    "host",
+    "stripPrefix",
+    "preserveHost",
+    "breakerOn5xx",
+    "methods",
+    "connectTimeoutMs",
+    "readTimeoutMs",
+    "timeoutMs",
+    "maxBodyBytes",
+];
+
 /// Longest per-route timeout: an hour covers long polls and big downloads.
 const MAX_ROUTE_TIMEOUT_MS: i64 = 3_600_000;
 /// Largest per-route body limit (64 GiB); bodies are streamed, never held.
@@ -198,6 +213,7 @@ pub fn apply_fields(route: &mut Route, body: &Map<String, Value>) -> Result<()> 
             "maxBodyBytes" => {
                 route.max_body_bytes = limit_field(v, "maxBodyBytes", MAX_ROUTE_BODY_BYTES)?
             }
+            // `prefix` and `targetUrl` above; `userId` is read by `create`.
             _ => {}
         }
     }
@@ -205,6 +221,7 @@ pub fn apply_fields(route: &mut Route, body: &Map<String, Value>) -> Result<()> 
 }
 
 pub fn create(pool: &Pool, table: &RouteTable, body: &Map<String, Value>) -> Result<Reply> {
+    input::only(body, &[FIELDS, &["userId"]].concat())?;
     let user_id = required(id(body, "userId")?, "userId")?;
     required(body.get("prefix").filter(|v| !v.is_null()), "prefix")?;
     required(body.get("targetUrl").filter(|v| !v.is_null()), "targetUrl")?;
@@ -238,6 +255,8 @@ pub fn update(
     id: i64,
     body: &Map<String, Value>,
 ) -> Result<Reply> {
+    // A route's owner is fixed: `userId` here is refused as unknown, not ignored.
+    input::only(body, FIELDS)?;
     let saved = routes::update(pool, id, |route| apply_fields(route, body))?
         .ok_or_else(|| Error::NotFound("route".into()))?;
     table.reload(pool)?;

@@ -1,33 +1,86 @@
-//! `/admin/users`: create, list, read and delete users.
+//! `/admin/users`: create, list, read, change and delete users, and reset a user's
+//! owner-wide quota.
 
 use super::paged;
+use super::plans::{policy, policy_changes, policy_json};
 use crate::error::{Error, Result};
 use crate::gateway::keys::KeyCache;
 use crate::gateway::routes::RouteTable;
+use crate::gateway::sync::refresh_keys;
 use crate::http::{Ctx, Reply};
 use crate::operator::input::{self, required, string};
 use crate::operator::ts;
-use crate::store::users::{self, User};
+use crate::store::counters::{self, Subject};
+use crate::store::users::{self, User, UserChanges};
 use crate::store::Pool;
 use serde_json::{json, Map, Value};
 
+const FIELDS: &[&str] = &["email", "name", "planId", "limits", "quota"];
+
 fn user_json(u: &User) -> Value {
-    json!({
+    let mut v = json!({
         "id": u.id,
         "email": u.email,
         "name": u.name,
         "createdAt": ts(u.created_at),
-    })
+    });
+    policy_json(&u.policy, &mut v);
+    v
+}
+
+/// An `email` field, checked.
+fn email(body: &Map<String, Value>) -> Result<Option<String>> {
+    let email = string(body, "email", 254)?;
+    if email.as_deref().is_some_and(|e| !valid_email(e)) {
+        return Err(Error::field("email", "must be an email address"));
+    }
+    Ok(email)
 }
 
 pub fn create(pool: &Pool, body: &Map<String, Value>) -> Result<Reply> {
-    let email = required(string(body, "email", 254)?, "email")?;
+    input::only(body, FIELDS)?;
+    let email = required(email(body)?, "email")?;
     let name = required(string(body, "name", 200)?, "name")?;
-    if !valid_email(&email) {
-        return Err(Error::field("email", "must be an email address"));
-    }
-    let user = users::insert(pool, &email, &name, &Default::default())?;
+    let user = users::insert(pool, &email, &name, &policy(body)?)?;
     Ok(Reply::json(201, &user_json(&user)))
+}
+
+/// Absent fields keep their value; `null` clears `planId`, `limits` and `quota` (never
+/// `email` or `name`). A change to those three reaches this replica's cached keys before
+/// the reply leaves (the others' through NOTIFY), so the next request counts by it.
+pub fn update(pool: &Pool, cache: &KeyCache, id: i64, body: &Map<String, Value>) -> Result<Reply> {
+    input::only(body, FIELDS)?;
+    for field in ["email", "name"] {
+        if body.get(field) == Some(&Value::Null) {
+            return Err(Error::field(
+                field,
+                "must be a string; it cannot be cleared",
+            ));
+        }
+    }
+    let changes = UserChanges {
+        email: email(body)?,
+        name: string(body, "name", 200)?,
+        policy: policy_changes(body)?,
+    };
+    let user = users::update(pool, id, &changes)?.ok_or_else(not_found)?;
+    if changes.policy.any() {
+        refresh_keys(pool, cache)?;
+    }
+    Ok(Reply::json(200, &user_json(&user)))
+}
+
+/// Zeroes the user's owner-wide quota count for the current period (its keys' own quotas
+/// are reset on each key).
+pub fn reset_quota(pool: &Pool, id: i64) -> Result<Reply> {
+    if !counters::reset_quota(pool, Subject::User, id)? {
+        return Err(not_found());
+    }
+    Ok(Reply::json(200, &json!({"id": id, "quotaReset": true})))
+}
+
+fn not_found() -> Error {
+    Error::NotFound("user".into())
 }
 
 /// One `@` with something on both sides and no spaces: enough to catch mistakes without
@@ -53,7 +106,7 @@ pub fn list(pool: &Pool, ctx: &Ctx) -> Result<Reply> {
 }
 
 pub fn get(pool: &Pool, id: i64) -> Result<Reply> {
-    let user = users::get(pool, id)?.ok_or_else(|| Error::NotFound("user".into()))?;
+    let user = users::get(pool, id)?.ok_or_else(not_found)?;
     Ok(Reply::json(200, &user_json(&user)))
 }
 
@@ -61,7 +114,7 @@ pub fn get(pool: &Pool, id: i64) -> Result<Reply> {
 /// before the reply leaves.
 pub fn delete(pool: &Pool, cache: &KeyCache, routes: &RouteTable, id: i64) -> Result<Reply> {
     if !users::delete(pool, id)? {
-        return Err(Error::NotFound("user".into()));
+        return Err(not_found());
     }
     cache.forget_user(id);
     routes.reload(pool)?;
