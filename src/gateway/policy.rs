@@ -6,7 +6,7 @@
 use crate::config::{DEFAULT_KEY_RATE_LIMIT, PLAN_MISS_RELOAD_EVERY};
 use crate::error::Result;
 use crate::store::keys::KeyInfo;
-use crate::store::plans::{self, Anchor, LimitSpec, Period, Plan, QuotaSpec};
+use crate::store::plans::{self, Anchor, LimitSpec, Period, Plan, Policy, QuotaSpec};
 use crate::store::Pool;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -97,16 +97,21 @@ pub fn resolve(k: &KeyInfo, plan: Option<&Plan>, window_secs: u32) -> Limits {
     if let Some(q) = k.own.quota.as_ref().or(plan.and_then(|p| p.quota.as_ref())) {
         key.push(quota_check(q, k.created_at));
     }
-    let mut user: Vec<Check> =
-        window_checks(k.owner.limits.as_deref().unwrap_or_default()).collect();
-    if let Some(q) = &k.owner.quota {
-        user.push(quota_check(q, k.owner_created_at));
-    }
     Limits {
         plan_id: plan.map(|p| p.id),
         key,
-        user,
+        user: owner_wide(&k.owner, k.owner_created_at),
     }
+}
+
+/// A user's own limits and quota, counted across all of its keys.
+pub fn owner_wide(user: &Policy, created: DateTime<Utc>) -> Vec<Check> {
+    let mut checks: Vec<Check> =
+        window_checks(user.limits.as_deref().unwrap_or_default()).collect();
+    if let Some(q) = &user.quota {
+        checks.push(quota_check(q, created));
+    }
+    checks
 }
 
 /// Every plan by id (plans are tiers: few, read on every request, changed rarely).

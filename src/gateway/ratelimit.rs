@@ -32,6 +32,8 @@ pub struct LimitState {
     pub name: String,
     pub quota: bool,
     pub limit: i64,
+    /// Counted so far: the quota's count in its period, or a window's sliding estimate.
+    pub used: i64,
     /// The window (the quota: the current period's length), in seconds.
     pub window_secs: u64,
     pub remaining: i64,
@@ -257,7 +259,8 @@ impl Counters {
         decide_member(&taken, me)
     }
 
-    /// Where every limit and quota of a key stands, counting nothing (`GET /me`).
+    /// Where every limit and quota of a key stands, counting nothing (`GET /me`). With
+    /// only `limits.user`, where a user's owner-wide ones stand (any `key_id`).
     pub fn peek(&self, key_id: i64, user_id: i64, limits: &Limits) -> Result<Vec<LimitState>> {
         let mut p = Pending::default();
         p.join(key_id, user_id, limits);
@@ -359,6 +362,11 @@ fn state(t: &Taken, count: i64, refused: bool) -> LimitState {
         name: format!("{prefix}{}", t.name),
         quota,
         limit: t.limit,
+        used: if quota {
+            count
+        } else {
+            (t.weighted + count as f64).round() as i64
+        },
         window_secs: if quota {
             t.period_secs.round().max(1.0) as u64
         } else {

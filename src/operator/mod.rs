@@ -5,6 +5,7 @@
 //!
 //! - `admin/`: users, API keys, routes, stats (`x-admin-secret`).
 //! - `analytics.rs`: traffic figures from the rollups (admin secret, or a key for its own).
+//! - `me.rs`: a key holder's own plan, limits and quotas (its key).
 //! - `health.rs`, `metrics.rs`, `dashboard.rs`, `openapi.rs`.
 //! - `input.rs`: bounded JSON bodies, query parameters, field validation.
 
@@ -13,6 +14,7 @@ pub mod analytics;
 pub mod dashboard;
 pub mod health;
 pub mod input;
+pub mod me;
 pub mod metrics;
 pub mod openapi;
 
@@ -56,6 +58,7 @@ pub const OPERATOR_PREFIXES: &[&str] = &[
     "/metrics",
     "/dashboard",
     "/openapi.json",
+    "/me",
 ];
 
 pub fn is_operator_path(path: &str) -> bool {
@@ -80,6 +83,7 @@ pub fn dispatch(op: &Operator, rq: &mut Request) -> Result<Reply> {
         ("analytics", _) => analytics::handle(op, ctx),
         ("metrics", _) => metrics::handle(op, ctx),
         ("dashboard", _) => dashboard::handle(ctx),
+        ("me", _) => me::handle(op, ctx),
         _ => Err(Error::NotFound("endpoint".into())),
     }
 }

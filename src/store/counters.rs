@@ -27,7 +27,7 @@ use postgres::types::Type;
 /// length, and the database's clock.
 pub const TAKE_SQL: &str = "
 WITH t AS (
-    SELECT ts, extract(epoch FROM ts)::float8 AS e, ts AT TIME ZONE 'UTC' AS utc
+    SELECT ts, date_part('epoch', ts) AS e, ts AT TIME ZONE 'UTC' AS utc
       FROM (SELECT clock_timestamp() + make_interval(secs => $11) AS ts) s
 ), ent AS (
     SELECT * FROM unnest($1::int8[], $2::int8[], $3::int4[]) WITH ORDINALITY AS x(key, usr, n, ord)
@@ -52,16 +52,16 @@ WITH t AS (
 ), st AS (
     SELECT p.ord, p.kind, p.owner, p.name, p.win, p.lim, p.e, p.b, p.present,
            CASE WHEN p.win > 0 AND p.buckets[p.i] = p.b THEN p.counts[p.i]
-                WHEN p.win = 0 AND p.quota_start = extract(epoch FROM p.ps)::int8 THEN p.quota_used
+                WHEN p.win = 0 AND p.quota_start = date_part('epoch', p.ps)::int8 THEN p.quota_used
                 ELSE 0 END AS cur,
            CASE WHEN p.win > 0 AND p.buckets[p.i] = p.b THEN p.prevs[p.i]
                 WHEN p.win > 0 AND p.buckets[p.i] = p.b - 1 THEN p.counts[p.i]
                 ELSE 0 END AS prev,
-           extract(epoch FROM p.ps)::int8 AS qs,
+           date_part('epoch', p.ps)::int8 AS qs,
            CASE WHEN p.win > 0 THEN p.b::float8 * p.win
-                ELSE extract(epoch FROM p.ps)::float8 END AS starts,
+                ELSE date_part('epoch', p.ps) END AS starts,
            CASE WHEN p.win > 0 THEN (p.b + 1)::float8 * p.win
-                ELSE extract(epoch FROM tollgate_period_end(p.period, p.anchor AT TIME ZONE 'UTC',
+                ELSE date_part('epoch', tollgate_period_end(p.period, p.anchor AT TIME ZONE 'UTC',
                                                             p.ps)) END AS ends
       FROM pos p
 ), cap AS (
@@ -98,17 +98,17 @@ WITH t AS (
     UNION ALL
     SELECT 'u'::\"char\", usr, sum(admitted)::int8 FROM adm GROUP BY usr
 ), fresh AS (
-    SELECT r.kind, r.owner, d.d,
-           coalesce(array_agg(r.name || '/' || r.win ORDER BY r.ord) FILTER (WHERE r.win > 0),
-                    '{}') AS names,
-           coalesce(array_agg(r.b ORDER BY r.ord) FILTER (WHERE r.win > 0), '{}') AS buckets,
-           coalesce(array_agg(r.cur + d.d ORDER BY r.ord) FILTER (WHERE r.win > 0), '{}') AS counts,
-           coalesce(array_agg(r.prev ORDER BY r.ord) FILTER (WHERE r.win > 0), '{}') AS prevs,
-           max(r.qs) FILTER (WHERE r.win = 0) AS qs,
-           max(r.cur + d.d) FILTER (WHERE r.win = 0) AS qu
-      FROM room r JOIN delta d ON d.kind = r.kind AND d.owner = r.owner
-     WHERE d.d > 0
-     GROUP BY r.kind, r.owner, d.d
+    -- Aggregates keep their sorted input's order (cheaper than ORDER BY in each of them).
+    SELECT kind, owner,
+           coalesce(array_agg(name || '/' || win) FILTER (WHERE win > 0), '{}') AS names,
+           coalesce(array_agg(b) FILTER (WHERE win > 0), '{}') AS buckets,
+           coalesce(array_agg(cur + d) FILTER (WHERE win > 0), '{}') AS counts,
+           coalesce(array_agg(prev) FILTER (WHERE win > 0), '{}') AS prevs,
+           max(qs) FILTER (WHERE win = 0) AS qs,
+           max(cur + d) FILTER (WHERE win = 0) AS qu
+      FROM (SELECT r.*, d.d FROM room r JOIN delta d ON d.kind = r.kind AND d.owner = r.owner
+             WHERE d.d > 0 ORDER BY r.kind, r.owner, r.ord) s
+     GROUP BY kind, owner
 ), upd AS (
     UPDATE limit_counters l
        SET names = f.names, buckets = f.buckets, counts = f.counts, prevs = f.prevs,

@@ -9,7 +9,7 @@ pub mod plans;
 pub mod routes;
 pub mod users;
 
-use super::{check_admin, input, Operator};
+use super::{check_admin, input, me, Operator};
 use crate::error::{Error, Result};
 use crate::http::{Reply, Request};
 use input::path_id;
@@ -34,6 +34,16 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         }
         ("POST", ["users", id, "quota", "reset"]) => users::reset_quota(pool, path_id(id)?),
         ("DELETE", ["users", id]) => users::delete(pool, cache, &gw.routes, path_id(id)?),
+        ("GET", ["users", id, "limits"]) => {
+            let user = crate::store::users::get(pool, path_id(id)?)?
+                .ok_or_else(|| Error::NotFound("user".into()))?;
+            Ok(Reply::json(200, &me::user_limits(op, &user)?))
+        }
+        ("GET", ["api-keys", id, "limits"]) => {
+            let key = crate::store::keys::get(pool, path_id(id)?)?
+                .ok_or_else(|| Error::NotFound("API key".into()))?;
+            Ok(Reply::json(200, &me::key_limits(op, &key.info())?))
+        }
         ("GET", ["users", id, "api-keys"]) => keys::list(pool, ctx, Some(path_id(id)?)),
         ("POST", ["api-keys"]) => keys::create(pool, op.bcrypt_cost, &input::json_object(body)?),
         ("GET", ["api-keys"]) => keys::list(pool, ctx, input::query_id(ctx, "userId")?),

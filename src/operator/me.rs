@@ -1,0 +1,85 @@
+//! `GET /me`: a key holder's own key, its plan, and where every limit and quota that
+//! applies to it stands, read without counting a request. The admin API answers the same
+//! for any key or user (`/admin/api-keys/:id/limits`, `/admin/users/:id/limits`), which is
+//! what the dashboard shows.
+
+use super::{ts, Operator};
+use crate::error::{Error, Result};
+use crate::gateway::policy::{owner_wide, Limits};
+use crate::gateway::ratelimit::LimitState;
+use crate::http::{Ctx, Reply};
+use crate::store::keys::KeyInfo;
+use crate::store::users::User;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
+    if ctx.path.trim_end_matches('/') != "/me" {
+        return Err(Error::NotFound("endpoint".into()));
+    }
+    if !matches!(ctx.method.as_str(), "GET" | "HEAD") {
+        return Err(Error::MethodNotAllowed);
+    }
+    let key = op.gateway.auth.authenticate(op.pool, op.health, ctx)?;
+    Ok(Reply::json(200, &key_limits(op, &key.info)?))
+}
+
+/// A key's plan and every limit and quota that applies to it, the user's owner-wide ones
+/// included (named `user.*`, as in the headers).
+pub fn key_limits(op: &Operator, k: &KeyInfo) -> Result<Value> {
+    let gw = op.gateway;
+    let limits = gw.plans.limits_for(op.pool, k, gw.rate_window_secs);
+    let plan = limits
+        .plan_id
+        .and_then(|id| gw.plans.get(id))
+        .map(|p| json!({"id": p.id, "name": p.name}));
+    let mut v = states_json(op, k.id, k.user_id, &limits)?;
+    v["keyId"] = json!(k.id);
+    v["userId"] = json!(k.user_id);
+    v["plan"] = plan.unwrap_or(Value::Null);
+    Ok(v)
+}
+
+/// Where a user's owner-wide limits and quota stand.
+pub fn user_limits(op: &Operator, u: &User) -> Result<Value> {
+    let limits = Limits {
+        user: owner_wide(&u.policy, u.created_at),
+        ..Default::default()
+    };
+    let mut v = states_json(op, 0, u.id, &limits)?;
+    v["userId"] = json!(u.id);
+    Ok(v)
+}
+
+/// `{"limits":[...], "quotas":[...]}`: each limit with what is left and when its bucket
+/// ends; each quota with its count in the period and when the next one starts.
+fn states_json(op: &Operator, key_id: i64, user_id: i64, limits: &Limits) -> Result<Value> {
+    let states = if limits.is_empty() {
+        Vec::new()
+    } else {
+        let counters = &op.gateway.limiter.counters;
+        op.health.call(|| counters.peek(key_id, user_id, limits))?
+    };
+    let (quotas, windows): (Vec<&LimitState>, Vec<&LimitState>) =
+        states.iter().partition(|s| s.quota);
+    let at = |secs: u64| {
+        DateTime::<Utc>::from_timestamp(i64::try_from(secs).unwrap_or(i64::MAX), 0)
+            .map(ts)
+            .unwrap_or_default()
+    };
+    let windows: Vec<Value> = windows
+        .iter()
+        .map(|s| {
+            json!({"name": s.name, "limit": s.limit, "windowSecs": s.window_secs,
+                   "used": s.used, "remaining": s.remaining, "resetsAt": at(s.reset_at)})
+        })
+        .collect();
+    let quotas: Vec<Value> = quotas
+        .iter()
+        .map(|s| {
+            json!({"name": s.name, "limit": s.limit, "periodSecs": s.window_secs,
+                   "used": s.used, "remaining": s.remaining, "resetsAt": at(s.reset_at)})
+        })
+        .collect();
+    Ok(json!({"limits": windows, "quotas": quotas}))
+}
