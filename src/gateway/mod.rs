@@ -117,6 +117,10 @@ pub fn handle(
     }
     // 4. rate limit
     let limit = gw.limiter.check(health, key.id, key.rate_limit)?;
+    trace.admitted = Some(match &limit {
+        ratelimit::Limit::Decided(d) => d.allowed,
+        ratelimit::Limit::Degraded => true,
+    });
     if let Some(refused) = limit.refusal(&gw.metrics) {
         return Ok(refused);
     }
