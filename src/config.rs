@@ -187,9 +187,6 @@ pub const ANALYTICS_TOP_DEFAULT: i64 = 10;
 pub const ANALYTICS_RECENT_DEFAULT: i64 = 20;
 /// Most points a timeseries returns: a day of minutes, a month of hours.
 pub const ANALYTICS_MAX_POINTS: i64 = 1_440;
-/// Longest `from`..`to` of `/analytics/usage`, in days: two years, so a year can be billed
-/// beside the one before it, while one answer stays a bounded number of rows per group.
-pub const ANALYTICS_USAGE_MAX_DAYS: i64 = 731;
 
 /// The value of `RUST_LOG` when it is unset: what `env_logger` shows.
 pub const DEFAULT_LOG_FILTER: &str = "info";

@@ -430,7 +430,6 @@ fn bad_usage_parameters_are_400s_naming_them() {
         ("from=2026-02-30", "from"),
         ("to=2026-13", "to"),
         ("from=2026-03-01&to=2026-02-28", "from"),
-        ("from=2020-01&to=2026-01", "from"),
         ("userId=-1", "userId"),
         ("keyId=x", "keyId"),
     ] {
