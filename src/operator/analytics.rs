@@ -1,6 +1,7 @@
 //! `/analytics/*`: traffic figures from the rollups the logger keeps
 //! (`store/rollups.rs`), so an answer costs the same at 10 M requests as at 10 thousand;
-//! only `recent` and the unrouted paths of `top-routes` read raw `request_logs`. The admin
+//! only `recent` and the unrouted paths of `top-routes` read raw `request_logs`, and `usage`
+//! (billing: admitted and refused per day or month) reads `store/usage.rs`. The admin
 //! secret sees everything and may filter by user, key or route; an API key sees only its
 //! own user's traffic (and its calls count against its rate limit like any other request).
 
@@ -461,8 +462,14 @@ fn usage(pool: &Pool, ctx: &Ctx, own_user: Option<i64>) -> Result<Reply> {
             }),
         ));
     }
+    let name = format!("usage-{group_by}-{bucket_by}-{from}-{to}.csv");
+    Ok(csv_reply(columns, &rows, &name))
+}
+
+/// `rows` as a CSV download: a header of `columns`, then each row's values in that order.
+fn csv_reply(columns: &[&str], rows: &[Value], filename: &str) -> Reply {
     let mut text = columns.join(",") + "\r\n";
-    for row in &rows {
+    for row in rows {
         let fields: Vec<String> = columns.iter().map(|c| csv_field(&row[*c])).collect();
         text += &fields.join(",");
         text += "\r\n";
@@ -471,10 +478,10 @@ fn usage(pool: &Pool, ctx: &Ctx, own_user: Option<i64>) -> Result<Reply> {
     reply.header("Content-Type", "text/csv; charset=utf-8");
     reply.header(
         "Content-Disposition",
-        format!("attachment; filename=\"usage-{group_by}-{bucket_by}-{from}-{to}.csv\""),
+        format!("attachment; filename=\"{filename}\""),
     );
     reply.body = Body::Bytes(text.into_bytes());
-    Ok(reply)
+    reply
 }
 
 /// `YYYY-MM-DD`, or `YYYY-MM` as the month's first day (`last`: its last day). Strict
