@@ -117,6 +117,8 @@ impl Handler for App {
             api_key_id: trace.ids.api_key_id,
             user_id: trace.ids.user_id,
             route_id: trace.ids.route_id,
+            plan_id: trace.ids.plan_id,
+            admitted: trace.ids.admitted,
             method: ctx.method.clone(),
             path: target::printable(&ctx.path).into_owned(),
             query: ctx

@@ -131,9 +131,9 @@ pub const ADMIN_MAX_BODY_BYTES: u64 = 64 * 1024;
 /// Raw `request_logs` older than this are deleted: a week covers `recent` and incident
 /// drill-downs, while figures for longer windows come from the rollups.
 pub const DEFAULT_LOG_RETENTION: &str = "7d";
-/// Rollups older than this are deleted: three months of figures, three times the longest
-/// analytics window (30 d), at a few hundred bytes per row.
-pub const DEFAULT_ROLLUP_RETENTION: &str = "90d";
+/// Day rollups and usage rows (`/analytics/usage`) older than this are deleted: 400 days, so
+/// every month of the previous year can still be billed, at a few hundred bytes per day row.
+pub const DEFAULT_ROLLUP_RETENTION: &str = "400d";
 /// Minute and hour rollups are read only for the edges of windows up to 30 days, so they are
 /// kept at most this long (even when `TOLLGATE_ROLLUP_RETENTION` is longer): minute rows are
 /// the bulk of the table, and the day rows carry the long history.
@@ -181,7 +181,7 @@ pub const SYNC_RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// How long a quiet LISTEN connection waits before proving it is alive with a query.
 pub const SYNC_LIVENESS: Duration = Duration::from_secs(10);
 /// Analytics `?window=` when absent, and its bounds: a quarter hour of minutes up to 30
-/// days (rollups are kept 90 days by default, so 30 days is answerable with room to spare).
+/// days (minute and hour rollups are kept 32 days, so 30 days is answerable).
 pub const ANALYTICS_DEFAULT_WINDOW: &str = "24h";
 pub const ANALYTICS_MIN_WINDOW_SECS: u64 = 15 * 60;
 pub const ANALYTICS_MAX_WINDOW_SECS: u64 = 30 * 86_400;
@@ -250,7 +250,8 @@ pub struct Config {
     /// `TOLLGATE_LOG_RETENTION` (`s`, `m`, `h` or `d` suffix); defaults to
     /// [`DEFAULT_LOG_RETENTION`].
     pub log_retention: Duration,
-    /// `TOLLGATE_ROLLUP_RETENTION`; defaults to [`DEFAULT_ROLLUP_RETENTION`].
+    /// `TOLLGATE_ROLLUP_RETENTION` (day rollups and usage rows); defaults to
+    /// [`DEFAULT_ROLLUP_RETENTION`].
     pub rollup_retention: Duration,
     /// `TOLLGATE_RETENTION_INTERVAL_MS`; defaults to [`DEFAULT_RETENTION_INTERVAL_MS`].
     pub retention_interval: Duration,

@@ -37,5 +37,7 @@ mod ratelimit;
 mod regression;
 // Start-up configuration, migrations, liveness and readiness.
 mod startup;
+// Usage for billing: admitted and refused per key, user and plan, day and month; CSV.
+mod usage;
 // Upstream faults: timeouts, the circuit breaker, retries, a hung upstream, leaks.
 mod upstream_faults;

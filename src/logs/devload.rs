@@ -1,8 +1,8 @@
 //! `tollgate dev-load-logs N [SPAN_SECS]`: a hidden development helper that writes N
 //! synthetic log rows, spread evenly over the last SPAN_SECS (default a day), through the
-//! logger's own batch write (`store::logs::write_batch`: COPY + rollups in one transaction), and
-//! reports the rows per second it sustained. Used by `make bench-analytics` and by tests
-//! that need many varied latencies; never by `serve`.
+//! logger's own batch write (`store::logs::write_batch`: COPY, rollups and usage in one
+//! transaction), and reports the rows per second it sustained. Used by `make bench-analytics`
+//! and by tests that need many varied latencies; never by `serve`.
 
 use super::BATCH_MAX;
 use crate::store::logs::{write_batch, LogRow};
@@ -51,6 +51,9 @@ fn row(rng: &mut Rng, i: u64, at: SystemTime) -> LogRow {
         api_key_id: Some(key as i64),
         user_id: Some(((key - 1) / 5 + 1) as i64),
         route_id: Some(route as i64),
+        plan_id: None,
+        // Every synthetic request passed the limit phase; its 429s stand for refusals.
+        admitted: Some(status != 429),
         method: "GET".into(),
         path: format!("/svc{route}/items/{}", rng.next() % 1000),
         query: None,

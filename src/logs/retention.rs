@@ -1,14 +1,14 @@
 //! The retention job: a background thread that deletes raw `request_logs` older than
-//! `log_retention` and rollups older than `rollup_retention` (minute and hour rollups at
-//! most `FINE_ROLLUP_MAX_AGE`), a few thousand rows per statement with a pause between, so
-//! it never holds locks or floods the WAL for long.
+//! `log_retention`, and rollups and usage rows older than `rollup_retention` (minute and hour
+//! rollups at most `FINE_ROLLUP_MAX_AGE`), a few thousand rows per statement with a pause
+//! between, so it never holds locks or floods the WAL for long.
 //! Batched deletes rather than partitions: see docs/api.md ("Retention"). The statements
-//! are in `store/logs.rs` and `store/rollups.rs`.
+//! are in `store/logs.rs`, `store/rollups.rs` and `store/usage.rs`.
 
 use crate::config::{Config, FINE_ROLLUP_MAX_AGE, RETENTION_PAUSE};
 use crate::error::Result;
 use crate::store::rollups::{self, GRAINS};
-use crate::store::{logs, Pool};
+use crate::store::{logs, usage, Pool};
 use std::time::Duration;
 
 pub fn spawn(pool: Pool, cfg: &Config) {
@@ -20,7 +20,9 @@ pub fn spawn(pool: Pool, cfg: &Config) {
             std::thread::sleep(every);
             match run_once(&pool, logs, rollups, batch) {
                 Ok((0, 0)) => {}
-                Ok((l, r)) => log::info!("retention: deleted {l} log rows and {r} rollups"),
+                Ok((l, r)) => {
+                    log::info!("retention: deleted {l} log rows and {r} rollup and usage rows")
+                }
                 Err(e) => log::warn!("retention pass failed: {e}"),
             }
         });
@@ -29,7 +31,8 @@ pub fn spawn(pool: Pool, cfg: &Config) {
     }
 }
 
-/// Deletes everything expired, batch by batch; returns (log rows, rollup rows) deleted.
+/// Deletes everything expired, batch by batch; returns (log rows, rollup and usage rows)
+/// deleted.
 fn run_once(pool: &Pool, logs: Duration, rollups: Duration, batch: i64) -> Result<(u64, u64)> {
     let logs_secs = logs.as_secs_f64();
     let deleted_logs = in_batches(batch, || logs::delete_expired(pool, logs_secs, batch))?;
@@ -45,6 +48,9 @@ fn run_once(pool: &Pool, logs: Duration, rollups: Duration, batch: i64) -> Resul
             rollups::delete_expired(pool, grain, rollup_secs, batch)
         })?;
     }
+    // Usage is billed from day rows: kept as long as the day rollups.
+    let usage_secs = rollups.as_secs_f64();
+    deleted_rollups += in_batches(batch, || usage::delete_expired(pool, usage_secs, batch))?;
     Ok((deleted_logs, deleted_rollups))
 }
 

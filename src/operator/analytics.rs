@@ -1,6 +1,7 @@
 //! `/analytics/*`: traffic figures from the rollups the logger keeps
 //! (`store/rollups.rs`), so an answer costs the same at 10 M requests as at 10 thousand;
-//! only `recent` and the unrouted paths of `top-routes` read raw `request_logs`. The admin
+//! only `recent` and the unrouted paths of `top-routes` read raw `request_logs`, and `usage`
+//! (billing: admitted and refused per day or month) reads `store/usage.rs`. The admin
 //! secret sees everything and may filter by user, key or route; an API key sees only its
 //! own user's traffic (and its calls count against its rate limit like any other request).
 
@@ -11,10 +12,11 @@ use crate::config::{
     ANALYTICS_RECENT_DEFAULT as RECENT_DEFAULT, ANALYTICS_TOP_DEFAULT as TOP_DEFAULT,
 };
 use crate::error::{Error, Result};
-use crate::http::{Ctx, Reply};
+use crate::http::{Body, Ctx, Reply};
 use crate::store::analytics::{self, Filter, Group, Totals};
+use crate::store::usage::{self, Bucket, GroupBy};
 use crate::store::{keys, routes, Pool};
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, DurationRound, Months, NaiveDate, TimeDelta, Utc};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -53,9 +55,21 @@ pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
         limit_headers = Some(limit);
         Some(key.user_id)
     };
-    let scope = scope(ctx, own_user)?;
     let endpoint = ctx.path.trim_end_matches('/');
-    let pool = op.pool;
+    let mut reply = match endpoint {
+        // Dates rather than a window, and JSON or CSV.
+        "/analytics/usage" => usage(op.pool, ctx, own_user)?,
+        _ => traffic(op.pool, ctx, endpoint, own_user)?,
+    };
+    if let Some(limit) = limit_headers {
+        limit.add_headers(&gw.limiter, &mut reply);
+    }
+    Ok(reply)
+}
+
+/// The endpoints over a `?window=` of the rollups (and `recent`, of raw rows).
+fn traffic(pool: &Pool, ctx: &Ctx, endpoint: &str, own_user: Option<i64>) -> Result<Reply> {
+    let scope = scope(ctx, own_user)?;
     let mut next_cursor = None;
     let body = match endpoint {
         "/analytics/overview" => overview(pool, ctx, &scope)?,
@@ -73,10 +87,17 @@ pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
     if let Some(c) = next_cursor {
         reply.header("X-Next-Cursor", c.to_string());
     }
-    if let Some(limit) = limit_headers {
-        limit.add_headers(&gw.limiter, &mut reply);
-    }
     Ok(reply)
+}
+
+/// `?userId=` as the caller may see it: a key holder only its own user (403 for another).
+fn visible_user(ctx: &Ctx, own_user: Option<i64>) -> Result<Option<i64>> {
+    let asked = input::query_id(ctx, "userId")?;
+    match (own_user, asked) {
+        (Some(own), Some(asked)) if own != asked => Err(Error::InsufficientScope),
+        (Some(own), _) => Ok(Some(own)),
+        (None, asked) => Ok(asked),
+    }
 }
 
 fn scope(ctx: &Ctx, own_user: Option<i64>) -> Result<Scope> {
@@ -84,12 +105,7 @@ fn scope(ctx: &Ctx, own_user: Option<i64>) -> Result<Scope> {
     let window_secs = parse_window(window.as_deref().unwrap_or(DEFAULT_WINDOW))
         .ok_or_else(|| Error::field("window", "must look like 15m, 24h or 7d (15m to 30d)"))?
         as i64;
-    let asked_user = input::query_id(ctx, "userId")?;
-    let user_id = match (own_user, asked_user) {
-        (Some(own), Some(asked)) if own != asked => return Err(Error::InsufficientScope),
-        (Some(own), _) => Some(own),
-        (None, asked) => asked,
-    };
+    let user_id = visible_user(ctx, own_user)?;
     Ok(Scope {
         window_secs,
         start: floor(Utc::now() - TimeDelta::seconds(window_secs), 60),
@@ -355,6 +371,154 @@ fn recent(pool: &Pool, ctx: &Ctx, s: &Scope) -> Result<(Value, Option<i64>)> {
     Ok((Value::Array(rows), next))
 }
 
+/// `/analytics/usage`'s parameters; any other is refused, so that a misspelt filter cannot
+/// silently widen a bill.
+const USAGE_PARAMS: &[&str] = &[
+    "from", "to", "groupBy", "bucket", "format", "userId", "keyId",
+];
+
+const DATE_FORMS: &str = "must be a UTC date YYYY-MM-DD or a month YYYY-MM";
+
+/// Admitted and refused requests per day or month and per key, user or plan, for billing:
+/// from `usage_daily`, one count per request the limit phase decided (exact, not sampled),
+/// as JSON or CSV. Buckets are clipped to `from..=to`; only non-empty groups are listed.
+/// The range needs no cap: the answer can hold only the rows retention has kept.
+fn usage(pool: &Pool, ctx: &Ctx, own_user: Option<i64>) -> Result<Reply> {
+    input::only_params(ctx, USAGE_PARAMS)?;
+    let group_by = input::query_param(ctx, "groupBy")?;
+    let group_by = group_by.as_deref().unwrap_or("user");
+    let group = match group_by {
+        "key" => GroupBy::Key,
+        "user" => GroupBy::User,
+        "plan" => GroupBy::Plan,
+        _ => return Err(Error::field("groupBy", "must be key, user or plan")),
+    };
+    let bucket_by = input::query_param(ctx, "bucket")?;
+    let bucket_by = bucket_by.as_deref().unwrap_or("month");
+    let bucket = match bucket_by {
+        "day" => Bucket::Day,
+        "month" => Bucket::Month,
+        _ => return Err(Error::field("bucket", "must be day or month")),
+    };
+    let csv = match input::query_param(ctx, "format")?.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => return Err(Error::field("format", "must be json or csv")),
+    };
+    let to = match input::query_param(ctx, "to")? {
+        None => Utc::now().date_naive(),
+        Some(v) => parse_date(&v, true).ok_or_else(|| Error::field("to", DATE_FORMS))?,
+    };
+    let from = match input::query_param(ctx, "from")? {
+        None => to.with_day(1).unwrap_or(to),
+        Some(v) => parse_date(&v, false).ok_or_else(|| Error::field("from", DATE_FORMS))?,
+    };
+    if from > to {
+        return Err(Error::field("from", "must not be after `to`"));
+    }
+    let q = usage::Query {
+        group,
+        bucket,
+        from,
+        to,
+        user_id: visible_user(ctx, own_user)?,
+        key_id: input::query_id(ctx, "keyId")?,
+    };
+    let columns: &[&str] = match group {
+        GroupBy::Key => &["bucket", "keyId", "userId", "name", "admitted", "refused"],
+        GroupBy::User => &["bucket", "userId", "name", "admitted", "refused"],
+        GroupBy::Plan => &["bucket", "planId", "name", "admitted", "refused"],
+    };
+    let label = match bucket {
+        Bucket::Day => "%Y-%m-%d",
+        Bucket::Month => "%Y-%m",
+    };
+    let rows: Vec<Value> = usage::read(pool, &q)?
+        .into_iter()
+        .map(|u| {
+            let mut m = serde_json::Map::new();
+            m.insert("bucket".into(), u.bucket.format(label).to_string().into());
+            // Requests on no plan are the group with planId null.
+            let id = if u.id == 0 { Value::Null } else { u.id.into() };
+            m.insert(columns[1].into(), id);
+            if group == GroupBy::Key {
+                m.insert("userId".into(), u.user_id.into());
+            }
+            m.insert("name".into(), u.name.into());
+            m.insert("admitted".into(), u.admitted.into());
+            m.insert("refused".into(), u.refused.into());
+            Value::Object(m)
+        })
+        .collect();
+    if !csv {
+        return Ok(Reply::json(
+            200,
+            &json!({
+                "from": from.to_string(),
+                "to": to.to_string(),
+                "groupBy": group_by,
+                "bucket": bucket_by,
+                "rows": rows,
+            }),
+        ));
+    }
+    let name = format!("usage-{group_by}-{bucket_by}-{from}-{to}.csv");
+    Ok(csv_reply(columns, &rows, &name))
+}
+
+/// `rows` as a CSV download: a header of `columns`, then each row's values in that order.
+fn csv_reply(columns: &[&str], rows: &[Value], filename: &str) -> Reply {
+    let mut text = columns.join(",") + "\r\n";
+    for row in rows {
+        let fields: Vec<String> = columns.iter().map(|c| csv_field(&row[*c])).collect();
+        text += &fields.join(",");
+        text += "\r\n";
+    }
+    let mut reply = Reply::empty(200);
+    reply.header("Content-Type", "text/csv; charset=utf-8");
+    reply.header(
+        "Content-Disposition",
+        format!("attachment; filename=\"{filename}\""),
+    );
+    reply.body = Body::Bytes(text.into_bytes());
+    reply
+}
+
+/// `YYYY-MM-DD`, or `YYYY-MM` as the month's first day (`last`: its last day). Strict
+/// digits and widths, so `2026-1-5` or `+2026-01` are refused rather than guessed at.
+fn parse_date(v: &str, last: bool) -> Option<NaiveDate> {
+    let parts: Vec<&str> = v.split('-').collect();
+    let widths: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+    if !(widths == [4, 2] || widths == [4, 2, 2])
+        || !parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    let (y, m) = (parts[0].parse().ok()?, parts[1].parse().ok()?);
+    match parts.get(2) {
+        Some(d) => NaiveDate::from_ymd_opt(y, m, d.parse().ok()?),
+        None if last => NaiveDate::from_ymd_opt(y, m, 1)?
+            .checked_add_months(Months::new(1))?
+            .pred_opt(),
+        None => NaiveDate::from_ymd_opt(y, m, 1),
+    }
+}
+
+/// One CSV field (RFC 4180): quoted, its quotes doubled, when it holds a comma, a quote or
+/// a line break (names are free text); null is the empty field.
+fn csv_field(v: &Value) -> String {
+    let s = match v {
+        Value::Null => return String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if s.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,6 +574,40 @@ mod tests {
         assert_eq!(ceil(whole, 3_600), whole);
     }
 
+    #[test]
+    fn usage_dates_are_strict_days_or_months() {
+        let d = |y, m, d| NaiveDate::from_ymd_opt(y, m, d);
+        assert_eq!(parse_date("2026-11-29", false), d(2026, 11, 29));
+        assert_eq!(parse_date("2026-11-29", true), d(2026, 11, 29));
+        assert_eq!(parse_date("2026-11", false), d(2026, 11, 1));
+        assert_eq!(parse_date("2026-11", true), d(2026, 11, 30));
+        assert_eq!(parse_date("2028-02", true), d(2028, 2, 29));
+        assert_eq!(parse_date("2026-12", true), d(2026, 12, 31));
+        for bad in [
+            "",
+            "2026",
+            "2026-1-05",
+            "2026-13",
+            "2026-02-30",
+            "+2026-01",
+            "2026-01-01T00:00:00Z",
+            "2026-01-+1",
+            "26-01-01",
+        ] {
+            assert_eq!(parse_date(bad, false), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_they_must_be() {
+        assert_eq!(csv_field(&json!("plain")), "plain");
+        assert_eq!(csv_field(&json!(42)), "42");
+        assert_eq!(csv_field(&Value::Null), "");
+        assert_eq!(csv_field(&json!("a,b")), "\"a,b\"");
+        assert_eq!(csv_field(&json!("say \"hi\"")), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field(&json!("two\nlines")), "\"two\nlines\"");
+    }
+
     /// Parameters through the fake request: each bad one is a 400 naming it, answered
     /// before any query (the fixture's database is never reached).
     mod params {
@@ -433,9 +631,32 @@ mod tests {
                 ("/analytics/recent?status=6xx", "status"),
                 ("/analytics/recent?status=4XX", "status"),
                 ("/analytics/recent?before=x", "before"),
+                ("/analytics/usage?groupBy=route", "groupBy"),
+                ("/analytics/usage?bucket=week", "bucket"),
+                ("/analytics/usage?format=xml", "format"),
+                ("/analytics/usage?from=2026-1-1", "from"),
+                ("/analytics/usage?to=yesterday", "to"),
+                ("/analytics/usage?from=2026-03&to=2026-02", "from"),
+                ("/analytics/usage?keyId=0", "keyId"),
             ] {
                 let r = f.admin("GET", target, "");
                 assert_eq!(refusal(&r), (400, field.to_string()), "{target}");
+            }
+        }
+
+        #[test]
+        fn usage_refuses_parameters_it_does_not_take_naming_them() {
+            let f = Fixture::new();
+            for (target, name) in [
+                ("/analytics/usage?window=24h", "window"),
+                ("/analytics/usage?from=2026-01&groupby=key", "groupby"),
+                ("/analytics/usage?route%49d=3", "routeId"),
+            ] {
+                let r = f.admin("GET", target, "");
+                assert_eq!(r.status, 400, "{target}");
+                let body = r.json_body();
+                let message = body["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.contains(&format!("\"{name}\"")), "{message}");
             }
         }
 

@@ -47,6 +47,25 @@ pub fn query_param(ctx: &Ctx, name: &'static str) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// Refuses any query parameter not in `known`, naming it (a misspelt filter must not be
+/// answered as if it were absent).
+pub fn only_params(ctx: &Ctx, known: &[&str]) -> Result<()> {
+    let Some(q) = ctx.query.as_deref() else {
+        return Ok(());
+    };
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let k = pair.split_once('=').map_or(pair, |(k, _)| k);
+        let name = decode(k).unwrap_or_else(|| k.to_string());
+        if !known.contains(&name.as_str()) {
+            return Err(Error::BadRequest(format!(
+                "unknown query parameter \"{name}\"; this endpoint takes {}",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A positive integer id from a query parameter.
 pub fn query_id(ctx: &Ctx, name: &'static str) -> Result<Option<i64>> {
     match query_param(ctx, name)? {

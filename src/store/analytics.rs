@@ -254,6 +254,8 @@ pub fn recent(
                 api_key_id: r.get(2),
                 user_id: r.get(3),
                 route_id: r.get(4),
+                plan_id: None,
+                admitted: None,
                 method: r.get(5),
                 path: r.get(6),
                 query: r.get(7),

@@ -1,5 +1,6 @@
 //! `request_logs`: the row as stored, the batch write the logger runs (binary COPY, the
-//! rollups and the keys' `last_used_at`, in one transaction), and the retention delete.
+//! rollups, the usage and the keys' `last_used_at`, in one transaction), and the retention
+//! delete.
 
 use super::Pool;
 use crate::error::describe;
@@ -15,6 +16,11 @@ pub struct LogRow {
     pub api_key_id: Option<i64>,
     pub user_id: Option<i64>,
     pub route_id: Option<i64>,
+    /// The plan the key's limits came from. Kept in `usage_daily`, not in `request_logs`
+    /// (as is `admitted`), so a row read back has None in both.
+    pub plan_id: Option<i64>,
+    /// The limit phase's verdict; None when the request never reached it.
+    pub admitted: Option<bool>,
     pub method: String,
     pub path: String,
     pub query: Option<String>,
@@ -53,7 +59,7 @@ const LAST_USED_SQL: &str = "UPDATE api_keys k SET last_used_at = v.t
     FROM unnest($1::int8[], $2::timestamptz[]) AS v(id, t)
     WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.t)";
 
-/// Writes one batch: raw rows, rollups and key stamps commit together or not at all.
+/// Writes one batch: raw rows, rollups, usage and key stamps commit together or not at all.
 pub fn write_batch(pool: &Pool, batch: &[&LogRow]) -> Result<(), String> {
     let pg = |e: postgres::Error| describe(&e);
     let mut conn = pool.get().map_err(|e| e.to_string())?;
@@ -81,6 +87,7 @@ pub fn write_batch(pool: &Pool, batch: &[&LogRow]) -> Result<(), String> {
     }
     w.finish().map_err(pg)?;
     super::rollups::upsert(&mut tx, batch).map_err(pg)?;
+    super::usage::upsert(&mut tx, batch).map_err(pg)?;
     let mut newest: HashMap<i64, SystemTime> = HashMap::new();
     for r in batch {
         if let Some(k) = r.api_key_id {

@@ -25,6 +25,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../sql/005_batched_counters.sql"),
     ),
     ("006_plans", include_str!("../../sql/006_plans.sql")),
+    ("007_usage", include_str!("../../sql/007_usage.sql")),
 ];
 
 /// Applies pending migrations, retrying the first connection for up to `wait` so that a

@@ -11,6 +11,7 @@ mod migrate;
 pub mod plans;
 pub mod rollups;
 pub mod routes;
+pub mod usage;
 pub mod users;
 
 pub use health::DbHealth;
