@@ -30,9 +30,9 @@ ALTER TABLE users
     ADD COLUMN quota   jsonb;
 CREATE INDEX users_plan_idx ON users (plan_id) WHERE plan_id IS NOT NULL;
 
--- Every counter of one key ('k') or one user ('u') in one row, so that the batched
--- statement (src/store/counters.rs) locks one row per subject and writes it once per
--- batch, however many limits the subject has. For each sliding limit, identified by
+-- Every counter of one key ('k') or one user ('u') in one row, so that a batch's counting
+-- round (src/store/counters.rs) locks one row per subject and writes it once, however many
+-- limits the subject has. For each sliding limit, identified by
 -- "<name>/<windowSecs>", the row keeps the bucket it last counted in, that bucket's count
 -- and the one before it (the sliding estimate needs both). The quota keeps the start of
 -- the period it counts (Unix seconds) and the count in it: a new period starts at 0, and a
@@ -51,8 +51,7 @@ CREATE TABLE limit_counters (
 -- Rewritten by every batch: room on the page keeps those updates HOT.
 WITH (fillfactor = 50);
 
--- The statement only locks rows (it cannot lock a row that does not exist yet within one
--- statement), so every key and user has its row from birth.
+-- A round only locks and updates rows, so every key and user has its row from birth.
 CREATE FUNCTION tollgate_counter_row() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -78,47 +77,6 @@ INSERT INTO limit_counters (kind, owner_id) SELECT 'k', id FROM api_keys;
 -- Replaced by limit_counters. Counts restart at the upgrade (the old rows do not say which
 -- window length they were counted in).
 DROP TABLE rate_limit_counters;
-
--- Quota periods. 'calendar' (anchor NULL): UTC days and months. 'created' (anchor = the
--- key's or user's creation time): days start at the anchor's time of day; months on the
--- anchor's day of the month at its time of day, clamped to the month's length (created
--- Jan 31: Feb 28/29, Mar 31, Apr 30, ...). Plain SQL expressions, so the planner inlines
--- them into the counter statement instead of calling a function per row.
-
--- The anchor's day of the month (clamped to the month's last day) in the month starting at
--- `month`, at the anchor's time of day (all in UTC).
-CREATE FUNCTION tollgate_month_anchor(month timestamp, a timestamp)
-RETURNS timestamp LANGUAGE sql IMMUTABLE AS $$
-    SELECT month
-           + make_interval(days => least(extract(day FROM a)::int,
-                                         extract(day FROM month + interval '1 month'
-                                                          - interval '1 day')::int) - 1)
-           + (a - date_trunc('day', a))
-$$;
-
--- Start (UTC, as a timestamp) of the period that contains `t` (UTC).
-CREATE FUNCTION tollgate_period_start(period text, a timestamp, t timestamp)
-RETURNS timestamp LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE
-        WHEN a IS NULL AND period = 'day' THEN date_trunc('day', t)
-        WHEN a IS NULL THEN date_trunc('month', t)
-        WHEN period = 'day' THEN date_trunc('day', t - (a - date_trunc('day', a)))
-                                 + (a - date_trunc('day', a))
-        WHEN tollgate_month_anchor(date_trunc('month', t), a) <= t
-            THEN tollgate_month_anchor(date_trunc('month', t), a)
-        ELSE tollgate_month_anchor(date_trunc('month', t) - interval '1 month', a)
-    END
-$$;
-
--- End of the period that starts at `s` (a value of tollgate_period_start).
-CREATE FUNCTION tollgate_period_end(period text, a timestamp, s timestamp)
-RETURNS timestamp LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE
-        WHEN period = 'day' THEN s + interval '1 day'
-        WHEN a IS NULL THEN s + interval '1 month'
-        ELSE tollgate_month_anchor(date_trunc('month', s) + interval '1 month', a)
-    END
-$$;
 
 -- Plans, users' limits and keys' limits are cached by every replica: tell them.
 CREATE FUNCTION tollgate_notify_plans() RETURNS trigger LANGUAGE plpgsql AS $$

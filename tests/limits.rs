@@ -1,7 +1,8 @@
 //! Several named limits, quotas and owner-wide limits (docs/limits.md), enforced through
 //! the real binary: every limit must admit, a refusal consumes nothing, the 429 names the
-//! limit that refused, quotas reset at period boundaries (the clock shifted in the
-//! statement, never slept through), a changed quota keeps its count, a user's limits hold
+//! limit that refused, quotas reset at period boundaries (the database clock shifted in
+//! the counting round, never slept through; the boundaries themselves are unit-tested in
+//! `gateway/counting.rs`), a changed quota keeps its count, a user's limits hold
 //! across all of its keys under concurrency. Limits are set through the admin API.
 
 use crate::util::{gateway_with_api_route, Gateway, Resp};
@@ -220,64 +221,6 @@ fn owner_wide_limits_hold_across_all_of_a_users_keys_under_concurrency() {
     assert_eq!(
         (r.status, r.json()["error"]["limit"].clone()),
         (429, json!("user.hour"))
-    );
-}
-
-/// Where a quota period begins and ends, computed in Postgres by the functions the counter
-/// statement inlines: UTC calendar days and months, and periods anchored at a creation
-/// time whose day of the month is clamped to shorter months.
-#[test]
-fn quota_periods_follow_the_calendar_or_the_creation_day_clamped_to_the_month() {
-    let gw = Gateway::start();
-    let mut db = gw.db();
-    let mut period = |period: &str, anchor: Option<&str>, at: &str| -> (String, String) {
-        let row = db
-            .query_one(
-                "SELECT to_char(s, 'YYYY-MM-DD HH24:MI:SS'),
-                        to_char(tollgate_period_end($1, $2::text::timestamp, s),
-                                'YYYY-MM-DD HH24:MI:SS')
-                   FROM (SELECT tollgate_period_start($1, $2::text::timestamp,
-                                                      $3::text::timestamp) AS s) x",
-                &[&period, &anchor, &at],
-            )
-            .unwrap();
-        (row.get(0), row.get(1))
-    };
-    let p = |s: &str, e: &str| (s.to_string(), e.to_string());
-    assert_eq!(
-        period("month", None, "2027-02-14 12:00:00"),
-        p("2027-02-01 00:00:00", "2027-03-01 00:00:00")
-    );
-    assert_eq!(
-        period("day", None, "2027-02-14 23:59:59"),
-        p("2027-02-14 00:00:00", "2027-02-15 00:00:00")
-    );
-    let jan31 = Some("2027-01-31 10:00:00");
-    // Created Jan 31 10:00: the February period starts on the 28th (29th in a leap year).
-    assert_eq!(
-        period("month", jan31, "2027-02-28 09:59:59"),
-        p("2027-01-31 10:00:00", "2027-02-28 10:00:00")
-    );
-    assert_eq!(
-        period("month", jan31, "2027-02-28 10:00:00"),
-        p("2027-02-28 10:00:00", "2027-03-31 10:00:00")
-    );
-    assert_eq!(
-        period("month", jan31, "2028-02-29 10:00:00"),
-        p("2028-02-29 10:00:00", "2028-03-31 10:00:00")
-    );
-    assert_eq!(
-        period("month", jan31, "2027-04-30 09:00:00"),
-        p("2027-03-31 10:00:00", "2027-04-30 10:00:00")
-    );
-    assert_eq!(
-        period("month", jan31, "2027-12-31 10:00:00"),
-        p("2027-12-31 10:00:00", "2028-01-31 10:00:00")
-    );
-    // Daily periods anchored at creation start at its time of day.
-    assert_eq!(
-        period("day", jan31, "2027-03-05 09:00:00"),
-        p("2027-03-04 10:00:00", "2027-03-05 10:00:00")
     );
 }
 

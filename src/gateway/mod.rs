@@ -6,8 +6,8 @@
 //! 2. **scope**: a `read` key may only use the safe methods.
 //! 3. **route** (`routes.rs`): the owner's longest matching prefix, its methods, and the
 //!    body limit from the declared length.
-//! 4. **limits** (`policy.rs`, `ratelimit.rs`): which limits and quotas apply, counted in
-//!    Postgres, in batches.
+//! 4. **limits** (`policy.rs`, `ratelimit.rs`, `counting.rs`): which limits and quotas
+//!    apply, counted in Postgres, one round per batch of requests.
 //! 5. **forward** (`forward.rs`, `breaker.rs`): to the upstream and back.
 //!
 //! Each phase fills the request's [`Trace`], so its log row names whatever was known when
@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod breaker;
+pub mod counting;
 pub mod forward;
 pub mod guards;
 pub mod keys;

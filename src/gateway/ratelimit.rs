@@ -13,11 +13,12 @@
 //! serialise every statement that touches a key or user) while the database runs one
 //! statement per batch instead of one per request or per limit.
 
+use super::counting::{Entries, Taken};
 use super::metrics::Metrics;
-use super::policy::{Check, Limits};
+use super::policy::Limits;
 use crate::error::{Error, Result};
 use crate::http::Reply;
-use crate::store::counters::{self, Subject, Taken};
+use crate::store::counters;
 use crate::store::{DbHealth, Pool};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,13 +72,7 @@ struct Batch {
 struct Pending {
     batch: Arc<Batch>,
     index: HashMap<i64, usize>,
-    keys: Vec<i64>,
-    users: Vec<i64>,
-    counts: Vec<i32>,
-    /// Each entry's own checks.
-    key_checks: Vec<Vec<Check>>,
-    /// Each user's owner-wide checks, as its first request in the batch saw them.
-    user_checks: HashMap<i64, Vec<Check>>,
+    entries: Entries,
     /// A member has taken the lead and lingers (`TOLLGATE_COALESCE_WINDOW_US`) before
     /// running it; nobody else may lead it meanwhile.
     claimed: bool,
@@ -87,54 +82,26 @@ impl Pending {
     /// Adds one request; returns its entry and its 0-based position among the entry's
     /// requests.
     fn join(&mut self, key_id: i64, user_id: i64, limits: &Limits) -> (usize, i32) {
+        let e = &mut self.entries;
         match self.index.get(&key_id) {
             Some(&entry) => {
-                let me = self.counts[entry];
-                self.counts[entry] += 1;
+                let me = e.counts[entry];
+                e.counts[entry] += 1;
                 (entry, me)
             }
             None => {
-                let entry = self.keys.len();
+                let entry = e.keys.len();
                 self.index.insert(key_id, entry);
-                self.keys.push(key_id);
-                self.users.push(user_id);
-                self.counts.push(1);
-                self.key_checks.push(limits.key.clone());
-                self.user_checks
+                e.keys.push(key_id);
+                e.users.push(user_id);
+                e.counts.push(1);
+                e.key_checks.push(limits.key.clone());
+                e.user_checks
                     .entry(user_id)
                     .or_insert_with(|| limits.user.clone());
                 (entry, 0)
             }
         }
-    }
-
-    /// The statement's arrays.
-    fn to_batch(&self) -> counters::Batch {
-        let mut b = counters::Batch {
-            keys: self.keys.clone(),
-            users: self.users.clone(),
-            counts: self.counts.clone(),
-            checks: Default::default(),
-        };
-        let mut add = |subject: Subject, owner: i64, checks: &[Check]| {
-            let c = &mut b.checks;
-            for k in checks {
-                c.subjects.push(subject.code());
-                c.owners.push(owner);
-                c.names.push(k.name.to_string());
-                c.windows.push(k.window_secs as i32);
-                c.limits.push(k.limit);
-                c.periods.push(k.period.map(|p| p.as_str()));
-                c.anchors.push(k.anchor);
-            }
-        };
-        for (i, checks) in self.key_checks.iter().enumerate() {
-            add(Subject::Key, self.keys[i], checks);
-        }
-        for (user, checks) in &self.user_checks {
-            add(Subject::User, *user, checks);
-        }
-        b
     }
 }
 
@@ -234,17 +201,13 @@ impl Counters {
     }
 
     fn run(&self, p: &Pending) -> Result<Vec<Vec<Taken>>> {
-        let answers = counters::take(&self.pool, &p.to_batch(), self.clock_shift)?;
-        let mut taken = vec![Vec::new(); p.keys.len()];
-        for t in answers {
-            let entry = taken.get_mut(t.entry).ok_or_else(|| {
-                Error::Internal(format!("counter statement answered for entry {}", t.entry))
-            })?;
-            entry.push(t);
-        }
+        let e = &p.entries;
+        let taken = counters::count(&self.pool, &e.subjects(), self.clock_shift, |rows, now| {
+            e.allocate(rows, now)
+        })?;
         self.statements.fetch_add(1, Ordering::Relaxed);
         self.counted.fetch_add(
-            p.counts
+            e.counts
                 .iter()
                 .map(|&n| u64::try_from(n).unwrap_or(0))
                 .sum(),
@@ -264,8 +227,15 @@ impl Counters {
     pub fn peek(&self, key_id: i64, user_id: i64, limits: &Limits) -> Result<Vec<LimitState>> {
         let mut p = Pending::default();
         p.join(key_id, user_id, limits);
-        p.counts[0] = 0;
-        let taken = self.run(&p)?.into_iter().next().unwrap_or_default();
+        p.entries.counts[0] = 0;
+        let e = &p.entries;
+        let (rows, now) = counters::read(&self.pool, &e.subjects(), self.clock_shift)?;
+        let taken = e
+            .allocate(rows, now)
+            .0
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         Ok(taken.iter().map(|t| state(t, t.before, false)).collect())
     }
 }
@@ -288,7 +258,7 @@ impl Drop for Lead<'_> {
         st.running -= 1;
         // Under the lock, so a member between its check and its wait cannot miss this.
         self.batch.cv.notify_all();
-        if !st.pending.keys.is_empty() {
+        if !st.pending.entries.keys.is_empty() {
             st.pending.batch.cv.notify_one();
         }
     }
@@ -370,7 +340,7 @@ fn state(t: &Taken, count: i64, refused: bool) -> LimitState {
         window_secs: if quota {
             t.period_secs.round().max(1.0) as u64
         } else {
-            t.window as u64
+            u64::from(t.window)
         },
         remaining: room.floor().max(0.0) as i64,
         reset_at: t.ends.ceil() as u64,
@@ -545,7 +515,8 @@ impl Limit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::policy::QUOTA_NAME;
+    use crate::gateway::policy::{Check, QUOTA_NAME};
+    use crate::store::counters::Subject;
 
     fn check(name: &str, window_secs: u32, limit: i64) -> Check {
         Check {
@@ -557,9 +528,8 @@ mod tests {
         }
     }
 
-    fn taken(name: &str, window: i32, limit: i64, admitted: i64, before: i64) -> Taken {
+    fn taken(name: &str, window: u32, limit: i64, admitted: i64, before: i64) -> Taken {
         Taken {
-            entry: 0,
             admitted,
             owner_wide: false,
             name: name.into(),
@@ -587,10 +557,11 @@ mod tests {
             })
             .collect();
         assert_eq!(joins, [(0, 0), (1, 0), (0, 1), (0, 2), (2, 0), (1, 1)]);
-        let b = p.to_batch();
-        assert_eq!(b.keys, [7, 9, 3]);
-        assert_eq!(b.counts, [3, 2, 1]);
-        assert_eq!(b.checks.limits, [107, 109, 103]);
+        let e = &p.entries;
+        assert_eq!(e.keys, [7, 9, 3]);
+        assert_eq!(e.counts, [3, 2, 1]);
+        let limits: Vec<i64> = e.key_checks.iter().map(|c| c[0].limit).collect();
+        assert_eq!(limits, [107, 109, 103]);
     }
 
     #[test]
@@ -601,11 +572,12 @@ mod tests {
             user: vec![check("minute", 60, 15)],
             ..Default::default()
         };
-        p.join(1, 5, &limits);
         p.join(2, 5, &limits);
-        let b = p.to_batch();
-        assert_eq!(b.checks.owners, [1, 2, 5]);
-        assert_eq!(b.checks.subjects, [b'k' as i8, b'k' as i8, b'u' as i8]);
+        p.join(1, 5, &limits);
+        assert_eq!(
+            p.entries.subjects(),
+            [(Subject::Key, 1), (Subject::Key, 2), (Subject::User, 5)]
+        );
     }
 
     #[test]

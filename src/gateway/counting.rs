@@ -1,0 +1,566 @@
+//! One counting round for a batch of requests: from every key's and user's counter row
+//! (locked for the round, `store::counters::count`) and the database's clock, how many of
+//! each key's requests are admitted, where each of its limits stands, and the rows to write
+//! back. Pure arithmetic: the batching around it is in `ratelimit.rs`.
+//!
+//! A key's requests are admitted up to the smallest room left under its own checks; then
+//! the keys of one user, in batch order, share the smallest room left under the user's
+//! checks. So every limit and quota admits every admitted request, a refused request counts
+//! in none, and no count passes its limit.
+
+use super::policy::Check;
+use crate::store::counters::{Row, Subject};
+use crate::store::plans::Period;
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, Utc};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The requests of one batch: entry `i` is `counts[i]` requests of key `keys[i]` (of user
+/// `users[i]`), counted against `key_checks[i]` and its user's `user_checks`.
+#[derive(Default)]
+pub struct Entries {
+    pub keys: Vec<i64>,
+    pub users: Vec<i64>,
+    pub counts: Vec<i32>,
+    pub key_checks: Vec<Vec<Check>>,
+    /// Each user's owner-wide checks, as its first request in the batch saw them.
+    pub user_checks: HashMap<i64, Vec<Check>>,
+}
+
+/// One check's answer for one entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Taken {
+    /// Requests of the entry admitted (the same on each of its checks).
+    pub admitted: i64,
+    /// A user's (owner-wide) check rather than the key's own.
+    pub owner_wide: bool,
+    pub name: Arc<str>,
+    /// Seconds; 0 for the quota.
+    pub window: u32,
+    pub limit: i64,
+    /// The count before this entry's requests (after earlier entries of the same user).
+    pub before: i64,
+    /// The previous bucket's count weighted by the share of it still in the window.
+    pub weighted: f64,
+    /// Unix time at which the current bucket (the quota: period) ends.
+    pub ends: f64,
+    /// The length of the current bucket or period, in seconds.
+    pub period_secs: f64,
+    /// The database's clock, in Unix seconds.
+    pub now: f64,
+}
+
+/// Where one check stands before the round.
+struct Eval {
+    /// How many more requests it admits (may be negative after a limit was lowered).
+    room: i64,
+    cur: i64,
+    prev: i64,
+    weighted: f64,
+    /// The bucket (`floor(now / window)`), or the quota period's start.
+    bucket: i64,
+    starts: f64,
+    ends: f64,
+}
+
+impl Entries {
+    /// Every key and user whose row the round must lock: those with checks.
+    pub fn subjects(&self) -> Vec<(Subject, i64)> {
+        let keys = self
+            .keys
+            .iter()
+            .zip(&self.key_checks)
+            .filter(|(_, c)| !c.is_empty())
+            .map(|(k, _)| (Subject::Key, *k));
+        let users = self
+            .user_checks
+            .iter()
+            .filter(|(_, c)| !c.is_empty())
+            .map(|(u, _)| (Subject::User, *u));
+        let mut all: Vec<(Subject, i64)> = keys.chain(users).collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// The round: each entry's answer, one `Taken` per check (key's first, then its
+    /// user's), and the rows that changed.
+    pub fn allocate(&self, rows: Vec<Row>, now: f64) -> (Vec<Vec<Taken>>, Vec<Row>) {
+        let rows: HashMap<(Subject, i64), Row> =
+            rows.into_iter().map(|r| ((r.kind, r.owner), r)).collect();
+        let row = |s: Subject, id: i64| rows.get(&(s, id));
+        let key_evals: Vec<Vec<Eval>> = self
+            .keys
+            .iter()
+            .zip(&self.key_checks)
+            .map(|(k, checks)| evals(checks, row(Subject::Key, *k), now))
+            .collect();
+        let user_evals: HashMap<i64, Vec<Eval>> = self
+            .user_checks
+            .iter()
+            .map(|(u, checks)| (*u, evals(checks, row(Subject::User, *u), now)))
+            .collect();
+        let room = |e: &[Eval]| e.iter().map(|e| e.room).min();
+
+        // Each user's room is shared by its keys in batch order.
+        let mut taken_before: HashMap<i64, i64> = HashMap::new();
+        let mut user_added: HashMap<i64, i64> = HashMap::new();
+        let mut answers = Vec::with_capacity(self.keys.len());
+        let mut changed = Vec::new();
+        for (i, &key) in self.keys.iter().enumerate() {
+            let n = i64::from(self.counts[i]);
+            let user = self.users[i];
+            let k = room(&key_evals[i]).map_or(n, |r| r.min(n)).max(0);
+            let ucap = user_evals.get(&user).and_then(|e| room(e));
+            let before = taken_before.entry(user).or_default();
+            let (admitted, ubefore) = match ucap {
+                Some(cap) => ((cap - *before).clamp(0, k), cap.max(0).min(*before)),
+                None => (k, 0),
+            };
+            *before += k;
+            *user_added.entry(user).or_default() += admitted;
+            let mut answer = Vec::new();
+            let key_checks = &self.key_checks[i];
+            answer.extend(taken(key_checks, &key_evals[i], admitted, 0, false, now));
+            if let Some(checks) = self.user_checks.get(&user) {
+                answer.extend(taken(
+                    checks,
+                    &user_evals[&user],
+                    admitted,
+                    ubefore,
+                    true,
+                    now,
+                ));
+            }
+            answers.push(answer);
+            if admitted > 0 && !key_checks.is_empty() {
+                let old = row(Subject::Key, key);
+                changed.push(updated(
+                    Subject::Key,
+                    key,
+                    old,
+                    key_checks,
+                    &key_evals[i],
+                    admitted,
+                ));
+            }
+        }
+        for (user, added) in user_added {
+            if added > 0 {
+                if let Some(checks) = self.user_checks.get(&user).filter(|c| !c.is_empty()) {
+                    let old = row(Subject::User, user);
+                    changed.push(updated(
+                        Subject::User,
+                        user,
+                        old,
+                        checks,
+                        &user_evals[&user],
+                        added,
+                    ));
+                }
+            }
+        }
+        // Rows absent from the database (deleted a moment ago) are not written.
+        changed.retain(|r| rows.contains_key(&(r.kind, r.owner)));
+        (answers, changed)
+    }
+}
+
+fn taken<'a>(
+    checks: &'a [Check],
+    evals: &'a [Eval],
+    admitted: i64,
+    before: i64,
+    owner_wide: bool,
+    now: f64,
+) -> impl Iterator<Item = Taken> + 'a {
+    checks.iter().zip(evals).map(move |(c, e)| Taken {
+        admitted,
+        owner_wide,
+        name: c.name.clone(),
+        window: c.window_secs,
+        limit: c.limit,
+        before: e.cur + before,
+        weighted: e.weighted,
+        ends: e.ends,
+        period_secs: e.ends - e.starts,
+        now,
+    })
+}
+
+/// `<name>/<windowSecs>`: a sliding limit's identity in the counter row, so a limit whose
+/// window changes starts from zero instead of inheriting counts of another length.
+fn slot(c: &Check) -> String {
+    format!("{}/{}", c.name, c.window_secs)
+}
+
+fn evals(checks: &[Check], row: Option<&Row>, now: f64) -> Vec<Eval> {
+    checks.iter().map(|c| eval(c, row, now)).collect()
+}
+
+fn eval(c: &Check, row: Option<&Row>, now: f64) -> Eval {
+    let Some(row) = row else {
+        // No row: the key or user is gone; admit nothing.
+        return Eval {
+            room: 0,
+            cur: 0,
+            prev: 0,
+            weighted: 0.0,
+            bucket: 0,
+            starts: now,
+            ends: now,
+        };
+    };
+    match c.period {
+        Some(period) => {
+            let (start, end) = period_bounds(period, c.anchor, now);
+            let start_secs = start.timestamp();
+            let cur = if row.quota_start == start_secs {
+                row.quota_used
+            } else {
+                0
+            };
+            Eval {
+                room: c.limit - cur,
+                cur,
+                prev: 0,
+                weighted: 0.0,
+                bucket: start_secs,
+                starts: start_secs as f64,
+                ends: end.timestamp() as f64,
+            }
+        }
+        None => {
+            let w = f64::from(c.window_secs.max(1));
+            let bucket = (now / w).floor() as i64;
+            let at = row.names.iter().position(|n| *n == slot(c));
+            let stored = at.map(|i| (row.buckets[i], row.counts[i], row.prevs[i]));
+            let (cur, prev) = match stored {
+                Some((b, count, prev)) if b == bucket => (count, prev),
+                Some((b, count, _)) if b == bucket - 1 => (0, count),
+                _ => (0, 0),
+            };
+            let starts = bucket as f64 * w;
+            let weighted = prev as f64 * (1.0 - (now - starts) / w);
+            Eval {
+                room: (c.limit as f64 - weighted).floor() as i64 - cur,
+                cur,
+                prev,
+                weighted,
+                bucket,
+                starts,
+                ends: starts + w,
+            }
+        }
+    }
+}
+
+/// The subject's row after `added` more requests: every current sliding limit in the
+/// order of its checks (limits no longer configured are dropped), and the quota's period
+/// and count (kept as they were if the subject has no quota now).
+fn updated(
+    kind: Subject,
+    owner: i64,
+    old: Option<&Row>,
+    checks: &[Check],
+    evals: &[Eval],
+    added: i64,
+) -> Row {
+    let mut r = Row {
+        kind,
+        owner,
+        quota_start: old.map_or(0, |o| o.quota_start),
+        quota_used: old.map_or(0, |o| o.quota_used),
+        ..Default::default()
+    };
+    for (c, e) in checks.iter().zip(evals) {
+        if c.period.is_some() {
+            r.quota_start = e.bucket;
+            r.quota_used = e.cur + added;
+        } else {
+            r.names.push(slot(c));
+            r.buckets.push(e.bucket);
+            r.counts.push(e.cur + added);
+            r.prevs.push(e.prev);
+        }
+    }
+    r
+}
+
+/// The quota period that contains `now` (Unix seconds): UTC calendar days and months
+/// (`anchor` None), or periods starting at the anchor's time of day (days) and on its day
+/// of the month at that time, clamped to the month's length (months: created Jan 31, the
+/// February period starts on the 28th, or the 29th in a leap year).
+pub fn period_bounds(
+    period: Period,
+    anchor: Option<DateTime<Utc>>,
+    now: f64,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    let t = DateTime::<Utc>::from_timestamp(now.floor() as i64, 0).unwrap_or_default();
+    let time_of_day = anchor.map_or(Duration::zero(), |a| {
+        a.naive_utc() - a.date_naive().and_hms_opt(0, 0, 0).unwrap_or_default()
+    });
+    let utc = |n: NaiveDateTime| n.and_utc();
+    match period {
+        Period::Day => {
+            let start = (t.naive_utc() - time_of_day)
+                .date()
+                .and_time(Default::default())
+                + time_of_day;
+            (utc(start), utc(start + Duration::days(1)))
+        }
+        Period::Month => {
+            let day = anchor.map_or(1, |a| a.day());
+            let at = |y: i32, m: u32| month_anchor(y, m, day) + time_of_day;
+            let (y, m) = (t.year(), t.month());
+            let mut start = at(y, m);
+            let (mut sy, mut sm) = (y, m);
+            if start > t.naive_utc() {
+                (sy, sm) = previous_month(y, m);
+                start = at(sy, sm);
+            }
+            let (ny, nm) = next_month(sy, sm);
+            (utc(start), utc(at(ny, nm)))
+        }
+    }
+}
+
+/// Midnight of day `day` of the month, or of the month's last day if it is shorter.
+fn month_anchor(year: i32, month: u32, day: u32) -> NaiveDateTime {
+    let (ny, nm) = next_month(year, month);
+    let last = NaiveDate::from_ymd_opt(ny, nm, 1)
+        .and_then(|d| d.pred_opt())
+        .map_or(28, |d| d.day());
+    NaiveDate::from_ymd_opt(year, month, day.min(last))
+        .unwrap_or_default()
+        .and_time(Default::default())
+}
+
+fn next_month(y: i32, m: u32) -> (i32, u32) {
+    if m == 12 {
+        (y + 1, 1)
+    } else {
+        (y, m + 1)
+    }
+}
+
+fn previous_month(y: i32, m: u32) -> (i32, u32) {
+    if m == 1 {
+        (y - 1, 12)
+    } else {
+        (y, m - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::plans::Period;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn bounds(period: Period, anchor: Option<&str>, now: &str) -> (String, String) {
+        let (s, e) = period_bounds(period, anchor.map(at), at(now).timestamp() as f64);
+        let f = |d: DateTime<Utc>| d.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        (f(s), f(e))
+    }
+
+    fn pair(s: &str, e: &str) -> (String, String) {
+        (s.into(), e.into())
+    }
+
+    #[test]
+    fn calendar_periods_are_utc_days_and_months() {
+        assert_eq!(
+            bounds(Period::Day, None, "2027-02-14T23:59:59Z"),
+            pair("2027-02-14T00:00:00Z", "2027-02-15T00:00:00Z")
+        );
+        assert_eq!(
+            bounds(Period::Month, None, "2027-12-31T23:59:59Z"),
+            pair("2027-12-01T00:00:00Z", "2028-01-01T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn created_months_start_on_the_creation_day_clamped_to_short_months() {
+        let jan31 = Some("2027-01-31T10:00:00Z");
+        assert_eq!(
+            bounds(Period::Month, jan31, "2027-02-28T09:59:59Z"),
+            pair("2027-01-31T10:00:00Z", "2027-02-28T10:00:00Z")
+        );
+        assert_eq!(
+            bounds(Period::Month, jan31, "2027-02-28T10:00:00Z"),
+            pair("2027-02-28T10:00:00Z", "2027-03-31T10:00:00Z")
+        );
+        assert_eq!(
+            bounds(Period::Month, jan31, "2028-02-29T10:00:00Z"),
+            pair("2028-02-29T10:00:00Z", "2028-03-31T10:00:00Z")
+        );
+        assert_eq!(
+            bounds(Period::Month, jan31, "2027-04-30T09:00:00Z"),
+            pair("2027-03-31T10:00:00Z", "2027-04-30T10:00:00Z")
+        );
+        assert_eq!(
+            bounds(Period::Month, jan31, "2027-12-31T10:00:00Z"),
+            pair("2027-12-31T10:00:00Z", "2028-01-31T10:00:00Z")
+        );
+        assert_eq!(
+            bounds(Period::Month, jan31, "2028-01-15T00:00:00Z"),
+            pair("2027-12-31T10:00:00Z", "2028-01-31T10:00:00Z")
+        );
+    }
+
+    #[test]
+    fn created_days_start_at_the_creation_time_of_day() {
+        let anchor = Some("2027-01-31T10:00:00Z");
+        assert_eq!(
+            bounds(Period::Day, anchor, "2027-03-05T09:00:00Z"),
+            pair("2027-03-04T10:00:00Z", "2027-03-05T10:00:00Z")
+        );
+        assert_eq!(
+            bounds(Period::Day, anchor, "2027-03-05T10:00:00Z"),
+            pair("2027-03-05T10:00:00Z", "2027-03-06T10:00:00Z")
+        );
+    }
+
+    fn check(name: &str, window_secs: u32, limit: i64) -> Check {
+        Check {
+            name: name.into(),
+            window_secs,
+            limit,
+            period: None,
+            anchor: None,
+        }
+    }
+
+    fn row(kind: Subject, owner: i64, slots: &[(&str, i64, i64, i64)]) -> Row {
+        Row {
+            kind,
+            owner,
+            names: slots.iter().map(|s| s.0.to_string()).collect(),
+            buckets: slots.iter().map(|s| s.1).collect(),
+            counts: slots.iter().map(|s| s.2).collect(),
+            prevs: slots.iter().map(|s| s.3).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_check_must_have_room_and_a_refused_request_counts_nowhere() {
+        // 30 s into bucket 100 of a 60 s window (now = 6030): "minute" has 7 of 10 used,
+        // "hour" (bucket 1) 9 of 100: 3 of 5 requests fit.
+        let e = Entries {
+            keys: vec![7],
+            users: vec![1],
+            counts: vec![5],
+            key_checks: vec![vec![check("minute", 60, 10), check("hour", 3600, 100)]],
+            ..Default::default()
+        };
+        let rows = vec![row(
+            Subject::Key,
+            7,
+            &[("minute/60", 100, 7, 0), ("hour/3600", 1, 9, 0)],
+        )];
+        let (answers, changed) = e.allocate(rows, 6_030.0);
+        assert_eq!(answers[0][0].admitted, 3);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].counts, [10, 12]);
+    }
+
+    #[test]
+    fn the_previous_bucket_slides_and_an_old_bucket_is_forgotten() {
+        let e = Entries {
+            keys: vec![7],
+            users: vec![1],
+            counts: vec![1],
+            key_checks: vec![vec![check("minute", 60, 10)]],
+            ..Default::default()
+        };
+        // Last counted in bucket 99 (8 requests); now 15 s into bucket 100: 8·0.75 = 6.
+        let rows = vec![row(Subject::Key, 7, &[("minute/60", 99, 8, 3)])];
+        let (answers, changed) = e.allocate(rows.clone(), 6_015.0);
+        assert_eq!((answers[0][0].before, answers[0][0].weighted), (0, 6.0));
+        assert_eq!(
+            (
+                changed[0].buckets[0],
+                changed[0].counts[0],
+                changed[0].prevs[0]
+            ),
+            (100, 1, 8)
+        );
+        // Two buckets later nothing of it remains.
+        let (answers, _) = e.allocate(rows, 6_135.0);
+        assert_eq!((answers[0][0].before, answers[0][0].weighted), (0, 0.0));
+    }
+
+    #[test]
+    fn a_users_keys_share_its_room_in_batch_order() {
+        // User 1 has 5 left this hour; keys 7 and 8 bring 4 requests each.
+        let e = Entries {
+            keys: vec![7, 8],
+            users: vec![1, 1],
+            counts: vec![4, 4],
+            key_checks: vec![
+                vec![check("default", 60, 100)],
+                vec![check("default", 60, 100)],
+            ],
+            user_checks: HashMap::from([(1, vec![check("hour", 3600, 10)])]),
+        };
+        let rows = vec![
+            row(Subject::Key, 7, &[]),
+            row(Subject::Key, 8, &[]),
+            row(Subject::User, 1, &[("hour/3600", 1, 5, 0)]),
+        ];
+        let (answers, changed) = e.allocate(rows, 3_700.0);
+        assert_eq!((answers[0][0].admitted, answers[1][0].admitted), (4, 1));
+        // The second key's user check counts from after the first key's 4.
+        assert_eq!(answers[1][1].before, 9);
+        let user = changed.iter().find(|r| r.kind == Subject::User).unwrap();
+        assert_eq!(user.counts, [10]);
+    }
+
+    #[test]
+    fn a_quota_keeps_its_count_within_the_period_and_restarts_in_the_next() {
+        let quota = Check {
+            name: "quota".into(),
+            window_secs: 0,
+            limit: 6,
+            period: Some(Period::Day),
+            anchor: None,
+        };
+        let e = Entries {
+            keys: vec![7],
+            users: vec![1],
+            counts: vec![5],
+            key_checks: vec![vec![quota]],
+            ..Default::default()
+        };
+        let mut r = row(Subject::Key, 7, &[]);
+        r.quota_start = 86_400;
+        r.quota_used = 4;
+        let (answers, changed) = e.allocate(vec![r.clone()], 86_400.0 * 1.5);
+        assert_eq!(answers[0][0].admitted, 2);
+        assert_eq!((changed[0].quota_start, changed[0].quota_used), (86_400, 6));
+        let (answers, changed) = e.allocate(vec![r], 86_400.0 * 2.5);
+        assert_eq!(answers[0][0].admitted, 5);
+        assert_eq!(
+            (changed[0].quota_start, changed[0].quota_used),
+            (172_800, 5)
+        );
+    }
+
+    #[test]
+    fn a_subject_without_a_row_admits_nothing_and_writes_nothing() {
+        let e = Entries {
+            keys: vec![7],
+            users: vec![1],
+            counts: vec![2],
+            key_checks: vec![vec![check("default", 60, 100)]],
+            ..Default::default()
+        };
+        let (answers, changed) = e.allocate(Vec::new(), 100.0);
+        assert_eq!(answers[0][0].admitted, 0);
+        assert!(changed.is_empty());
+    }
+}
