@@ -6,12 +6,17 @@
 #   (d) tollgate -> (a), every request on one key   127.0.0.1:18083
 #   (e) tollgate's /healthz: the server layer alone (tiny_http; no auth, database or
 #       upstream), the ceiling of the fixed shape
+#   (f) as (c), but every key on a plan of three limits and a quota, and its user (one of
+#       BENCH_F_USERS, 10) with an owner-wide limit: five checks a request (issue 12)
 # wrk -t1 -c32 --latency, ROUNDS rounds with the cases interleaved (so drift hits all of
 # them alike), medians reported in ONE table with each case's ratio to (b) and its target
 # (issue 6), plus the CPU each request cost tollgate, Postgres and the whole machine (read
 # from /proc around every run: the profile that says where a request's time goes). The logger and analytics
 # rows come from scripts/bench-analytics.sh when that script exists.
-# Env: BENCH_SECS (10), BENCH_CONNS (32: wrk connections), BENCH_KEYS (1000), BENCH_ROUNDS (3), BENCH_KEEP=1 keeps the temp
+# Env: BENCH_SECS (10), BENCH_CONNS (32: wrk connections), BENCH_KEYS (1000), BENCH_ROUNDS (3),
+# BENCH_F_USERS (10), BENCH_CASES ("a b c d e f": which cases to run), BENCH_BIN (the tollgate
+# binary to measure, default target/release/tollgate: e.g. an older build, to compare
+# against it with BENCH_CASES="a b c d e"), BENCH_KEEP=1 keeps the temp
 # dir (wrk outputs, logs), BENCH_ANALYTICS=0 skips scripts/bench-analytics.sh. Everything
 # started here is stopped on exit, and the bench database is dropped.
 set -euo pipefail
@@ -22,6 +27,9 @@ SECS=${BENCH_SECS:-10}
 CONNS=${BENCH_CONNS:-32}
 NKEYS=${BENCH_KEYS:-1000}
 ROUNDS=${BENCH_ROUNDS:-3}
+FUSERS=${BENCH_F_USERS:-10}
+CASES=${BENCH_CASES:-a b c d e f}
+BIN=${BENCH_BIN:-target/release/tollgate}
 DB=tollgate_bench
 UP=127.0.0.1:18081 PX=127.0.0.1:18082 GW=127.0.0.1:18083
 G=http://$GW
@@ -52,7 +60,7 @@ echo "bench: tollgate with TOLLGATE_BCRYPT_COST=4 (bcrypt only affects a key's f
 ADMIN_SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 ADMIN_SECRET=$ADMIN_SECRET DATABASE_URL=$(scripts/pg.sh url "$DB") LISTEN_ADDR=$GW \
     TOLLGATE_BCRYPT_COST=4 RUST_LOG=${RUST_LOG:-warn} \
-    target/release/tollgate serve 2>"$TMP/tollgate.log" &
+    "$BIN" serve 2>"$TMP/tollgate.log" &
 pids+=($!)
 tg_pid=$!
 
@@ -86,10 +94,39 @@ grep -o '"rawKey":"[^"]*"' "$TMP/keys.json" | cut -d'"' -f4 >"$TMP/keys.txt"
 [[ $(wc -l <"$TMP/keys.txt") -eq $NKEYS ]] || { echo "bench: expected $NKEYS raw keys" >&2; exit 1; }
 head -n1 "$TMP/keys.txt" >"$TMP/onekey.txt"
 
+# (f): a plan of three limits and a monthly quota, FUSERS users each with an owner-wide
+# limit, and NKEYS keys on the plan spread over them. Every limit is far above what the
+# bench can send, so all five are checked on every request and none refuses.
+big=1000000000
+[[ " $CASES " == *" f "* ]] && {
+plan=$(admin /admin/plans "{\"name\":\"bench\",\"limits\":[
+    {\"name\":\"burst\",\"limit\":$big,\"windowSecs\":1},
+    {\"name\":\"minute\",\"limit\":$big,\"windowSecs\":60},
+    {\"name\":\"day\",\"limit\":$big,\"windowSecs\":86400}],
+    \"quota\":{\"limit\":${big}000,\"period\":\"month\"}}" | grep -o '"id":[0-9]*' | head -n1 | cut -d: -f2)
+fusers=()
+for u in $(seq 1 "$FUSERS"); do
+    id=$(admin /admin/users "{\"email\":\"bench-f$u@example.com\",\"name\":\"f$u\",
+        \"limits\":[{\"name\":\"hour\",\"limit\":$big,\"windowSecs\":3600}]}" \
+        | grep -o '"id":[0-9]*' | head -n1 | cut -d: -f2)
+    admin /admin/routes "{\"userId\":$id,\"prefix\":\"/\",\"targetUrl\":\"http://$UP\"}" >/dev/null
+    fusers+=("$id")
+done
+for n in $(seq 0 $((NKEYS - 1))); do echo "${fusers[$((n % FUSERS))]} $n"; done \
+    | xargs -P 4 -n 2 sh -c 'curl -sS -f -X POST "'"$G"'/admin/api-keys" \
+        -H "x-admin-secret: '"$ADMIN_SECRET"'" -H "content-type: application/json" \
+        -d "{\"userId\":$0,\"name\":\"bench-f-$1\",\"planId\":'"$plan"'}" -w "\n"' >"$TMP/keys-f.json"
+grep -o '"rawKey":"[^"]*"' "$TMP/keys-f.json" | cut -d'"' -f4 >"$TMP/keys-f.txt"
+[[ $(wc -l <"$TMP/keys-f.txt") -eq $NKEYS ]] || { echo "bench: expected $NKEYS (f) keys" >&2; exit 1; }
+}
+
 echo "bench: warming every key once (its one bcrypt verification)"
-codes=$(xargs -P 4 -I{} curl -s -o /dev/null -w '%{http_code}\n' -H 'x-api-key: {}' "$G/" \
-    <"$TMP/keys.txt" | sort | uniq -c | tr -s ' \n' ' ')
-[[ $codes =~ ^\ ?$NKEYS\ 200\ ?$ ]] || { echo "bench: warm-up statuses: $codes" >&2; exit 1; }
+for f in keys.txt keys-f.txt; do
+    [[ -e $TMP/$f ]] || continue
+    codes=$(xargs -P 4 -I{} curl -s -o /dev/null -w '%{http_code}\n' -H 'x-api-key: {}' "$G/" \
+        <"$TMP/$f" | sort | uniq -c | tr -s ' \n' ' ')
+    [[ $codes =~ ^\ ?$NKEYS\ 200\ ?$ ]] || { echo "bench: warm-up statuses ($f): $codes" >&2; exit 1; }
+done
 
 # CPU ticks (utime + stime) of tollgate and of the whole Postgres cluster (postmaster and
 # its backends), so each case can say how much CPU one request cost in each.
@@ -117,17 +154,20 @@ pg_pids() {
     echo "$pm" $(ps -o pid= --ppid "$pm")
 }
 
-declare -A URL=([a]="http://$UP/" [b]="http://$PX/" [c]="$G/" [d]="$G/" [e]="$G/healthz")
-declare -A KEYS=([a]=keys.txt [b]=keys.txt [c]=keys.txt [d]=onekey.txt [e]=keys.txt)
+declare -A URL=([a]="http://$UP/" [b]="http://$PX/" [c]="$G/" [d]="$G/" [e]="$G/healthz"
+    [f]="$G/")
+declare -A KEYS=([a]=keys.txt [b]=keys.txt [c]=keys.txt [d]=onekey.txt [e]=keys.txt
+    [f]=keys-f.txt)
 declare -A NAME=(
     [a]="(a) nginx upstream, direct"
     [b]="(b) nginx reverse proxy"
     [c]="(c) tollgate, $NKEYS keys rotated"
     [d]="(d) tollgate, one key"
     [e]="(e) tollgate /healthz: server layer alone"
+    [f]="(f) as (c), plan + quota + owner-wide limit"
 )
 for r in $(seq 1 "$ROUNDS"); do
-    for c in a b c d e; do
+    for c in $CASES; do
         out=$TMP/wrk-$c-$r.txt
         pgp=$(pg_pids)
         t0=$(ticks "$tg_pid") p0=$(ticks $pgp) m0=$(machine_ticks)
@@ -184,28 +224,30 @@ echo "wrk -t1 -c$CONNS -d${SECS}s, median of $ROUNDS rounds; $(nproc) cores shar
      "tollgate and Postgres (load average before: $load0, after: $(cut -d' ' -f1-3 /proc/loadavg))"
 fmt='%-44s %9s %8s %8s %9s %9s %9s %9s %s\n'
 printf "$fmt" case req/s "p50 ms" "p99 ms" "÷ proxy" "tg µs/rq" "pg µs/rq" "all µs/rq" target
-for c in a b c d e; do
+for c in $CASES; do
     target=""
     [[ $c == c ]] && target="≥ 0.35"
     [[ $c == d ]] && target="≥ 0.25"
+    [[ $c == f ]] && target="≥ 0.9 × (c): $(awk -v f="$(median f rps)" -v c="$(median c rps)" \
+        'BEGIN {if (c > 0) printf "%.2f", f / c; else print "-"}')"
     rps=$(median "$c" rps)
     printf "$fmt" "${NAME[$c]}" "$(printf %.0f "$rps")" "$(ms "$(median "$c" p50_us)")" \
         "$(ms "$(median "$c" p99_us)")" "$(ratio "$rps")" \
-        "$([[ $c == [cde] ]] && median "$c" tg_cpu_us || echo -)" \
-        "$([[ $c == [cde] ]] && median "$c" pg_cpu_us || echo -)" "$(median "$c" all_cpu_us)" "$target"
+        "$([[ $c == [cdef] ]] && median "$c" tg_cpu_us || echo -)" \
+        "$([[ $c == [cdef] ]] && median "$c" pg_cpu_us || echo -)" "$(median "$c" all_cpu_us)" "$target"
 done
 added=$(awk -v c="$(median c p99_us)" -v a="$(median a p99_us)" 'BEGIN {printf "%.2f", (c-a)/1000}')
 printf "$fmt" "added p99 over direct upstream at $CONNS conns, (c) - (a)" "" "" "$added" "" "" "" "" "≤ 2 ms"
 printf "$fmt" "logger rows/s [scripts/bench-analytics.sh]" "$(an logger_rows_per_sec)" "" "" "" "" "" "" "≥ 100000"
 printf "$fmt" "analytics overview 24h @10M rows, ms" "" "$(an analytics_overview_ms)" "" "" "" "" "" "≤ 50 ms (raw: $(an raw_overview_ms))"
 printf "$fmt" "analytics timeseries 24h @10M rows, ms" "" "$(an analytics_timeseries_ms)" "" "" "" "" "" "≤ 50 ms (raw: $(an raw_timeseries_ms))"
-for c in a b c d e; do
+for c in $CASES; do
     non2xx=$(grep "^$c " "$TMP/results.txt" | grep -o ' non2xx=[0-9]*' | cut -d= -f2 \
         | awk '{s+=$1} END {print s+0}')
     [[ $non2xx -eq 0 ]] || echo "note: ${NAME[$c]} had $non2xx non-2xx answers"
 done
 echo "TIME-WAIT connections to the upstream (:18081) right after each case (max over rounds):" \
-    "$(for c in a b c d; do echo -n "($c) $(grep "^$c " "$TMP/results.txt" \
+    "$(for c in $CASES; do [[ $c == e ]] && continue; echo -n "($c) $(grep "^$c " "$TMP/results.txt" \
         | grep -o 'timewait=[0-9]*' | cut -d= -f2 | sort -n | tail -n1)  "; done)"
 echo "tollgate /admin/stats: $stats"
 echo "tollgate responses by status (request_logs): $statuses"

@@ -1,7 +1,8 @@
-//! Two gateway instances on one database, as in a horizontally scaled deployment: the
-//! limit is counted in Postgres (batched, exact across instances), and admin
-//! changes made through one instance reach the other by LISTEN/NOTIFY within a second, with
-//! the periodic sync (TOLLGATE_SYNC_SECS) as the safety net. A crate of its own: each test
+//! Two gateway instances on one database, as in a horizontally scaled deployment: limits,
+//! quotas and owner-wide limits are counted in Postgres (batched, exact across instances),
+//! and admin changes made through one instance (routes, keys, plans) reach the other by
+//! LISTEN/NOTIFY within a second, with the periodic sync (TOLLGATE_SYNC_SECS) as the
+//! safety net. A crate of its own: each test
 //! runs two gateway processes on one database.
 
 // The whole harness; this crate uses part of it.
@@ -176,4 +177,176 @@ fn many_concurrent_clients_on_one_key_across_two_instances_get_exactly_the_limit
         let r = gw.with_key("GET", "/api", &key);
         assert_eq!((r.status, r.code().as_str()), (429, "rate_limited"));
     }
+}
+
+/// Sends `each` requests from each of `threads` threads at once, alternating between the
+/// instances and over `keys`; returns how many were admitted (200) and refused (429).
+fn burst_across(
+    gws: [&Gateway; 2],
+    keys: &[String],
+    threads: usize,
+    each: usize,
+) -> (usize, usize) {
+    let start = std::sync::Barrier::new(threads);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let (gw, key, start) = (gws[i % 2], &keys[i % keys.len()], &start);
+                s.spawn(move || {
+                    start.wait();
+                    (0..each)
+                        .map(|_| gw.with_key("GET", "/api", key).status)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    let refused = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!(ok + refused, statuses.len(), "{statuses:?}");
+    (ok, refused)
+}
+
+/// Two instances, a user whose keys each have their own limit, an owner-wide hour limit
+/// and an owner-wide daily quota, and many clients on both instances at once: the user
+/// gets exactly its quota (the tightest), and no key passes its own limit.
+#[test]
+fn owner_wide_limits_and_quotas_are_exact_across_two_instances() {
+    let a = Gateway::start();
+    let b = a.start_beside(&[]);
+    let up = Upstream::start();
+    let user = a.create_user("a@example.com");
+    let r = a.admin_patch(
+        &format!("/admin/users/{user}"),
+        json!({"limits": [{"name": "hour", "limit": 40, "windowSecs": 3600}],
+               "quota": {"limit": 30, "period": "day"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let keys: Vec<String> = (0..3)
+        .map(|_| a.create_key(user, json!({"rateLimit": 12})).0)
+        .collect();
+    a.create_route(user, "/api", &up.addr);
+    assert!(eventually(Duration::from_secs(5), || b
+        .with_key("GET", "/nothing-here", &keys[0])
+        .status
+        == 404));
+    let (ok, refused) = burst_across([&a, &b], &keys, 16, 6);
+    assert_eq!((ok, refused), (30, 66));
+    assert_eq!(up.requests().len(), 30);
+    let mut db = a.db();
+    let used: i64 = db
+        .query_one(
+            "SELECT quota_used FROM limit_counters WHERE kind = 'u' AND owner_id = $1",
+            &[&user],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(used, 30);
+    let per_key: Vec<i64> = db
+        .query(
+            "SELECT counts[1] FROM limit_counters l JOIN api_keys k ON k.id = l.owner_id
+              WHERE l.kind = 'k' AND k.user_id = $1",
+            &[&user],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(per_key.iter().sum::<i64>(), 30);
+    assert!(per_key.iter().all(|&n| n <= 12), "{per_key:?}");
+}
+
+/// Two keys on a plan of two limits and a daily quota, hammered through both instances:
+/// each key is admitted exactly its quota, the tightest of its three checks.
+#[test]
+fn a_plans_limits_and_quota_are_exact_per_key_across_two_instances() {
+    let a = Gateway::start();
+    let b = a.start_beside(&[]);
+    let up = Upstream::start();
+    let user = a.create_user("a@example.com");
+    let plan = a.admin_post(
+        "/admin/plans",
+        json!({"name": "pro", "limits": [
+                  {"name": "hour", "limit": 50, "windowSecs": 3600},
+                  {"name": "day", "limit": 40, "windowSecs": 86400}],
+               "quota": {"limit": 35, "period": "month"}}),
+    );
+    assert_eq!(plan.status, 201, "{}", plan.body);
+    let plan = plan.json()["id"].as_i64().unwrap();
+    let keys: Vec<String> = (0..2)
+        .map(|_| a.create_key(user, json!({"planId": plan})).0)
+        .collect();
+    a.create_route(user, "/api", &up.addr);
+    assert!(eventually(Duration::from_secs(5), || b
+        .with_key("GET", "/nothing-here", &keys[0])
+        .status
+        == 404));
+    let (ok, _) = burst_across([&a, &b], &keys, 16, 8);
+    assert_eq!(ok, 70, "35 per key");
+    let refused = a.with_key("GET", "/api", &keys[1]);
+    assert_eq!(refused.code(), "quota_exceeded");
+    let used: Vec<i64> = a
+        .db()
+        .query(
+            "SELECT quota_used FROM limit_counters l JOIN api_keys k ON k.id = l.owner_id
+              WHERE l.kind = 'k' AND k.plan_id = $1",
+            &[&plan],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(used, [35, 35]);
+}
+
+/// A plan edited through one instance applies to the keys on it on the other within a
+/// second, and so does a key moved to another plan (LISTEN/NOTIFY only).
+#[test]
+fn a_plan_edit_and_a_key_moving_plans_apply_on_the_other_instance_within_a_second() {
+    let a = Gateway::start_with(NO_PERIODIC_SYNC);
+    let b = a.start_beside(NO_PERIODIC_SYNC);
+    let up = Upstream::start();
+    let user = a.create_user("a@example.com");
+    let plan = |name: &str, limit: i64| -> i64 {
+        let r = a.admin_post(
+            "/admin/plans",
+            json!({"name": name, "limits": [{"name": "minute", "limit": limit, "windowSecs": 60}]}),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["id"].as_i64().unwrap()
+    };
+    let (free, pro) = (plan("free", 100), plan("pro", 1000));
+    let (key, key_id) = a.create_key(user, json!({"planId": free}));
+    a.create_route(user, "/api", &up.addr);
+    let policy = |gw: &Gateway| {
+        gw.with_key("GET", "/api", &key)
+            .header("RateLimit-Policy")
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(eventually(Duration::from_secs(5), || policy(&b)
+        == "\"minute\";q=100;w=60"));
+    let r = a.admin_patch(
+        &format!("/admin/plans/{free}"),
+        json!({"limits": [{"name": "minute", "limit": 7, "windowSecs": 60}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        eventually(Duration::from_secs(1), || policy(&b)
+            == "\"minute\";q=7;w=60"),
+        "b kept the plan's old limit: {}",
+        policy(&b)
+    );
+    let r = a.admin_patch(&format!("/admin/api-keys/{key_id}"), json!({"planId": pro}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        eventually(Duration::from_secs(1), || policy(&b)
+            == "\"minute\";q=1000;w=60"),
+        "b kept the key on its old plan: {}",
+        policy(&b)
+    );
 }

@@ -293,3 +293,69 @@ fn a_created_anchored_quota_rolls_over_at_the_clamped_boundary_while_requests_ar
         "Retry-After {retry} s to a boundary at most {LEAD} s away"
     );
 }
+
+/// `GET /me`: a key holder reads its plan and where every limit and quota stands (its
+/// user's owner-wide ones too), without the read counting; the admin reads the same for any
+/// key or user.
+#[test]
+fn me_shows_the_plan_and_every_limit_and_quota_without_counting() {
+    let (gw, _up, user) = gateway_with_api_route(&[]);
+    let plan = gw.admin_post(
+        "/admin/plans",
+        json!({"name": "pro", "limits": [{"name": "minute", "limit": 600, "windowSecs": 60}],
+               "quota": {"limit": 50000, "period": "month"}}),
+    );
+    assert_eq!(plan.status, 201, "{}", plan.body);
+    let plan_id = plan.json()["id"].as_i64().unwrap();
+    patch_user(
+        &gw,
+        user,
+        json!({"limits": [{"name": "day", "limit": 1000, "windowSecs": 86400}]}),
+    );
+    let (key, key_id) = gw.create_key(user, json!({"planId": plan_id}));
+    assert_eq!(status_counts(&send(&gw, &key, 3)), (3, 0));
+    let me = |gw: &Gateway| {
+        let r = gw.get("/me", &[("x-api-key", &key)]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    };
+    let v = me(&gw);
+    assert_eq!(v["keyId"], key_id);
+    assert_eq!(v["userId"], user);
+    assert_eq!(v["plan"], json!({"id": plan_id, "name": "pro"}));
+    let limits = v["limits"].as_array().unwrap();
+    let names: Vec<&str> = limits.iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["minute", "user.day"]);
+    assert_eq!(
+        (limits[0]["used"].clone(), limits[0]["remaining"].clone()),
+        (json!(3), json!(597))
+    );
+    assert_eq!(limits[1]["remaining"], 997);
+    let quota = &v["quotas"][0];
+    assert_eq!(
+        (quota["name"].clone(), quota["used"].clone()),
+        (json!("quota"), json!(3))
+    );
+    assert_eq!(quota["remaining"], 49_997);
+    assert!(
+        quota["resetsAt"]
+            .as_str()
+            .unwrap()
+            .ends_with("-01T00:00:00.000Z"),
+        "{quota}"
+    );
+    // Reading counted nothing.
+    assert_eq!(me(&gw)["quotas"][0]["used"], 3);
+    // The admin's views of the key and of the user.
+    let k = gw.admin_get(&format!("/admin/api-keys/{key_id}/limits"));
+    assert_eq!(k.status, 200, "{}", k.body);
+    assert_eq!(k.json()["quotas"], v["quotas"]);
+    let u = gw.admin_get(&format!("/admin/users/{user}/limits")).json();
+    assert_eq!(u["limits"][0]["name"], "user.day");
+    assert_eq!(u["limits"][0]["used"], 3);
+    assert_eq!(u["quotas"], json!([]));
+    // Without a key, or with the wrong method: JSON errors.
+    assert_eq!(gw.get("/me", &[]).code(), "missing_api_key");
+    let post = gw.request("POST", "/me", &[("x-api-key", &key)], None);
+    assert_eq!(post.status, 405);
+}

@@ -175,6 +175,43 @@ fn usage_counts_what_the_limit_admitted_and_refused_per_key_user_and_plan() {
     );
 }
 
+/// Usage by plan follows the plan each request was counted under: a key that moves from
+/// one plan to another bills its earlier requests to the first and its later ones to the
+/// second.
+#[test]
+fn usage_by_plan_follows_the_plan_each_request_was_counted_under() {
+    let gw = Gateway::start();
+    let up = Upstream::start();
+    let user = gw.create_user("alice@example.com");
+    let plan = |name: &str, limit: i64| -> i64 {
+        let r = gw.admin_post(
+            "/admin/plans",
+            json!({"name": name, "limits": [{"name": "hour", "limit": limit, "windowSecs": 3600}]}),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["id"].as_i64().unwrap()
+    };
+    let (free, pro) = (plan("free", 2), plan("pro", 100));
+    let (key, key_id) = gw.create_key(user, json!({"planId": free}));
+    gw.create_route(user, "/a", &up.addr);
+    assert_eq!(send(&gw, &key, "/a/x", 3), 1);
+    let r = gw.admin_patch(&format!("/admin/api-keys/{key_id}"), json!({"planId": pro}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(send(&gw, &key, "/a/x", 2), 0);
+    assert_eq!(gw.wait_for_log_rows(5), 5);
+    let by_plan = gw.admin_get("/analytics/usage?groupBy=plan").json();
+    assert_eq!(
+        totals(&by_plan, "planId"),
+        BTreeMap::from([(free, (2, 1)), (pro, (2, 0))]),
+        "{by_plan}"
+    );
+    let names: Vec<&str> = rows(&by_plan)
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["free", "pro"]);
+}
+
 #[test]
 fn an_upstream_429_is_admitted_usage_and_only_the_limits_429_is_refused() {
     let gw = Gateway::start();
