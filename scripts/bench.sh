@@ -15,8 +15,9 @@
 # rows come from scripts/bench-analytics.sh when that script exists.
 # Env: BENCH_SECS (10), BENCH_CONNS (32: wrk connections), BENCH_KEYS (1000), BENCH_ROUNDS (3),
 # BENCH_F_USERS (10), BENCH_CASES ("a b c d e f": which cases to run), BENCH_BIN (the tollgate
-# binary to measure, default target/release/tollgate: e.g. an older build, to compare
-# against it with BENCH_CASES="a b c d e"), BENCH_KEEP=1 keeps the temp
+# binary to measure, default target/release/tollgate), BENCH_BASE_BIN (an older build to
+# measure in the same run: adds cases (c0) and (d0), (c) and (d) on that binary, on
+# 127.0.0.1:18084 with a database of its own), BENCH_KEEP=1 keeps the temp
 # dir (wrk outputs, logs), BENCH_ANALYTICS=0 skips scripts/bench-analytics.sh. Everything
 # started here is stopped on exit, and the bench database is dropped.
 set -euo pipefail
@@ -30,13 +31,15 @@ ROUNDS=${BENCH_ROUNDS:-3}
 FUSERS=${BENCH_F_USERS:-10}
 CASES=${BENCH_CASES:-a b c d e f}
 BIN=${BENCH_BIN:-target/release/tollgate}
+BASE_BIN=${BENCH_BASE_BIN:-}
 DB=tollgate_bench
-UP=127.0.0.1:18081 PX=127.0.0.1:18082 GW=127.0.0.1:18083
+UP=127.0.0.1:18081 PX=127.0.0.1:18082 GW=127.0.0.1:18083 GW0=127.0.0.1:18084
 G=http://$GW
+[[ -n $BASE_BIN ]] && CASES="$CASES c0 d0"
 
 scripts/deps.sh pg bench cargo
 . scripts/lib/bench-common.sh
-refuse_busy bench $UP $PX $GW
+refuse_busy bench $UP $PX $GW $GW0
 cargo build --release
 load0=$(cut -d' ' -f1-3 /proc/loadavg) # other work on the machine skews every case
 
@@ -58,41 +61,57 @@ start_nginx proxy proxy.conf
 echo "bench: tollgate with TOLLGATE_BCRYPT_COST=4 (bcrypt only affects a key's first use;" \
      "all keys are warmed before measuring)"
 ADMIN_SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-ADMIN_SECRET=$ADMIN_SECRET DATABASE_URL=$(scripts/pg.sh url "$DB") LISTEN_ADDR=$GW \
-    TOLLGATE_BCRYPT_COST=4 RUST_LOG=${RUST_LOG:-warn} \
-    "$BIN" serve 2>"$TMP/tollgate.log" &
-pids+=($!)
-tg_pid=$!
+declare -A TG_PID=()
+start_tollgate() { # start_tollgate <tag> <binary> <addr> <db>: serve, wait for /readyz
+    ADMIN_SECRET=$ADMIN_SECRET DATABASE_URL=$(scripts/pg.sh url "$4") LISTEN_ADDR=$3 \
+        TOLLGATE_BCRYPT_COST=4 RUST_LOG=${RUST_LOG:-warn} \
+        "$2" serve 2>"$TMP/tollgate$1.log" &
+    pids+=($!)
+    TG_PID[m$1]=$!
+    wait_http "http://$3/readyz" "$1"
+}
 
-wait_http() { # wait_http <url>: up to 20 s
+wait_http() { # wait_http <url> [tag]: up to 20 s
     for _ in $(seq 1 200); do
         curl -s -o /dev/null "$1" && return 0
-        kill -0 "$tg_pid" 2>/dev/null || break
+        [[ -z ${2+x} ]] || kill -0 "${TG_PID[m$2]}" 2>/dev/null || break
         sleep 0.1
     done
     echo "bench: $1 did not answer; tollgate log:" >&2
-    tail -n 20 "$TMP/tollgate.log" >&2
+    tail -n 20 "$TMP/tollgate${2:-}.log" >&2
     exit 1
 }
 wait_http "http://$UP/"
 wait_http "http://$PX/"
-wait_http "$G/readyz"
+start_tollgate "" "$BIN" "$GW" "$DB"
+tg_pid=${TG_PID[m]}
 
-admin() { # admin <path> <json>: POST, fail on non-2xx, print the body
-    curl -sS -f -X POST "$G$1" -H "x-admin-secret: $ADMIN_SECRET" \
+admin() { # admin <path> <json> [base url]: POST, fail on non-2xx, print the body
+    curl -sS -f -X POST "${3:-$G}$1" -H "x-admin-secret: $ADMIN_SECRET" \
         -H 'content-type: application/json' -d "$2"
 }
-uid=$(admin /admin/users '{"email":"bench@example.com","name":"bench"}' \
-    | grep -o '"id":[0-9]*' | head -n1 | cut -d: -f2)
-admin /admin/routes "{\"userId\":$uid,\"prefix\":\"/\",\"targetUrl\":\"http://$UP\"}" >/dev/null
 
-echo "bench: creating $NKEYS keys"
-seq 1 "$NKEYS" | xargs -P 4 -I{} curl -sS -f -X POST "$G/admin/api-keys" \
-    -H "x-admin-secret: $ADMIN_SECRET" -H 'content-type: application/json' \
-    -d "{\"userId\":$uid,\"name\":\"bench-{}\",\"rateLimit\":1000000000}" -w '\n' >"$TMP/keys.json"
-grep -o '"rawKey":"[^"]*"' "$TMP/keys.json" | cut -d'"' -f4 >"$TMP/keys.txt"
-[[ $(wc -l <"$TMP/keys.txt") -eq $NKEYS ]] || { echo "bench: expected $NKEYS raw keys" >&2; exit 1; }
-head -n1 "$TMP/keys.txt" >"$TMP/onekey.txt"
+plain_keys() { # plain_keys <tag> <base url>: a user, a catch-all route, NKEYS keys
+    local uid
+    uid=$(admin /admin/users '{"email":"bench@example.com","name":"bench"}' "$2" \
+        | grep -o '"id":[0-9]*' | head -n1 | cut -d: -f2)
+    admin /admin/routes "{\"userId\":$uid,\"prefix\":\"/\",\"targetUrl\":\"http://$UP\"}" "$2" >/dev/null
+    echo "bench: creating $NKEYS keys${1:+ on the baseline}"
+    seq 1 "$NKEYS" | xargs -P 4 -I{} curl -sS -f -X POST "$2/admin/api-keys" \
+        -H "x-admin-secret: $ADMIN_SECRET" -H 'content-type: application/json' \
+        -d "{\"userId\":$uid,\"name\":\"bench-{}\",\"rateLimit\":1000000000}" -w '\n' >"$TMP/keys$1.json"
+    grep -o '"rawKey":"[^"]*"' "$TMP/keys$1.json" | cut -d'"' -f4 >"$TMP/keys$1.txt"
+    [[ $(wc -l <"$TMP/keys$1.txt") -eq $NKEYS ]] || { echo "bench: expected $NKEYS raw keys" >&2; exit 1; }
+    head -n1 "$TMP/keys$1.txt" >"$TMP/onekey$1.txt"
+}
+plain_keys "" "$G"
+if [[ -n $BASE_BIN ]]; then
+    scripts/pg.sh dropdb "${DB}_base"
+    scripts/pg.sh createdb "${DB}_base"
+    extra_dbs+=("${DB}_base")
+    start_tollgate 0 "$BASE_BIN" "$GW0" "${DB}_base"
+    plain_keys 0 "http://$GW0"
+fi
 
 # (f): a plan of three limits and a monthly quota, FUSERS users each with an owner-wide
 # limit, and NKEYS keys on the plan spread over them. Every limit is far above what the
@@ -121,9 +140,11 @@ grep -o '"rawKey":"[^"]*"' "$TMP/keys-f.json" | cut -d'"' -f4 >"$TMP/keys-f.txt"
 }
 
 echo "bench: warming every key once (its one bcrypt verification)"
-for f in keys.txt keys-f.txt; do
+for f in keys.txt keys-f.txt keys0.txt; do
     [[ -e $TMP/$f ]] || continue
-    codes=$(xargs -P 4 -I{} curl -s -o /dev/null -w '%{http_code}\n' -H 'x-api-key: {}' "$G/" \
+    url=$G/
+    [[ $f == keys0.txt ]] && url=http://$GW0/
+    codes=$(xargs -P 4 -I{} curl -s -o /dev/null -w '%{http_code}\n' -H 'x-api-key: {}' "$url" \
         <"$TMP/$f" | sort | uniq -c | tr -s ' \n' ' ')
     [[ $codes =~ ^\ ?$NKEYS\ 200\ ?$ ]] || { echo "bench: warm-up statuses ($f): $codes" >&2; exit 1; }
 done
@@ -155,9 +176,9 @@ pg_pids() {
 }
 
 declare -A URL=([a]="http://$UP/" [b]="http://$PX/" [c]="$G/" [d]="$G/" [e]="$G/healthz"
-    [f]="$G/")
+    [f]="$G/" [c0]="http://$GW0/" [d0]="http://$GW0/")
 declare -A KEYS=([a]=keys.txt [b]=keys.txt [c]=keys.txt [d]=onekey.txt [e]=keys.txt
-    [f]=keys-f.txt)
+    [f]=keys-f.txt [c0]=keys0.txt [d0]=onekey0.txt)
 declare -A NAME=(
     [a]="(a) nginx upstream, direct"
     [b]="(b) nginx reverse proxy"
@@ -165,15 +186,19 @@ declare -A NAME=(
     [d]="(d) tollgate, one key"
     [e]="(e) tollgate /healthz: server layer alone"
     [f]="(f) as (c), plan + quota + owner-wide limit"
+    [c0]="(c0) (c) on the baseline binary"
+    [d0]="(d0) (d) on the baseline binary"
 )
 for r in $(seq 1 "$ROUNDS"); do
     for c in $CASES; do
         out=$TMP/wrk-$c-$r.txt
         pgp=$(pg_pids)
-        t0=$(ticks "$tg_pid") p0=$(ticks $pgp) m0=$(machine_ticks)
+        tgp=$tg_pid
+        [[ $c == ?0 ]] && tgp=${TG_PID[m0]}
+        t0=$(ticks "$tgp") p0=$(ticks $pgp) m0=$(machine_ticks)
         BENCH_KEYS_FILE=$TMP/${KEYS[$c]} wrk -t1 -c"$CONNS" -d"${SECS}s" --latency \
             -s scripts/conf/rotate.lua "${URL[$c]}" >"$out"
-        t1=$(ticks "$tg_pid") p1=$(ticks $pgp) m1=$(machine_ticks)
+        t1=$(ticks "$tgp") p1=$(ticks $pgp) m1=$(machine_ticks)
         # Upstream connections that are not reused pile up in TIME-WAIT (60 s each): count
         # the closed connections to the upstream's port.
         tw=$(ss -Htan state time-wait '( dport = :18081 or sport = :18081 )' | wc -l)
@@ -228,13 +253,15 @@ for c in $CASES; do
     target=""
     [[ $c == c ]] && target="≥ 0.35"
     [[ $c == d ]] && target="≥ 0.25"
+    [[ $c == [cd]0 ]] && target="($c) ÷ this: $(awk -v x="$(median "${c%0}" rps)" -v b="$(median "$c" rps)" \
+        'BEGIN {if (b > 0) printf "%.2f", x / b; else print "-"}')"
     [[ $c == f ]] && target="≥ 0.9 × (c): $(awk -v f="$(median f rps)" -v c="$(median c rps)" \
         'BEGIN {if (c > 0) printf "%.2f", f / c; else print "-"}')"
     rps=$(median "$c" rps)
     printf "$fmt" "${NAME[$c]}" "$(printf %.0f "$rps")" "$(ms "$(median "$c" p50_us)")" \
         "$(ms "$(median "$c" p99_us)")" "$(ratio "$rps")" \
-        "$([[ $c == [cdef] ]] && median "$c" tg_cpu_us || echo -)" \
-        "$([[ $c == [cdef] ]] && median "$c" pg_cpu_us || echo -)" "$(median "$c" all_cpu_us)" "$target"
+        "$([[ $c == [cdef]* ]] && median "$c" tg_cpu_us || echo -)" \
+        "$([[ $c == [cdef]* ]] && median "$c" pg_cpu_us || echo -)" "$(median "$c" all_cpu_us)" "$target"
 done
 added=$(awk -v c="$(median c p99_us)" -v a="$(median a p99_us)" 'BEGIN {printf "%.2f", (c-a)/1000}')
 printf "$fmt" "added p99 over direct upstream at $CONNS conns, (c) - (a)" "" "" "$added" "" "" "" "" "≤ 2 ms"
