@@ -166,6 +166,9 @@ pub const MAX_LIMIT_WINDOW_SECS: u32 = 86_400;
 /// A request whose key is on a plan this replica does not know reloads the plans, at most
 /// this often (the notification of a new plan normally arrives first).
 pub const PLAN_MISS_RELOAD_EVERY: Duration = Duration::from_millis(200);
+/// Keys whose resolved limits are kept; past this the memo is emptied and refills from the
+/// keys in use (it only saves rebuilding a few small lists per request).
+pub const RESOLVED_CACHE_MAX: usize = 100_000;
 /// Largest limit or quota: far above any real allowance, far below the counters' range.
 pub const MAX_QUOTA: i64 = 1_000_000_000_000;
 /// How long start-up (`serve`, `migrate`) waits for the database before giving up: long

@@ -25,10 +25,10 @@ fn main() -> ExitCode {
     )
     .init();
     let cmd = std::env::args().nth(1).unwrap_or_else(|| "serve".into());
-    // Hidden: the counting round's statements (a line `--` between them), for `make
-    // bench-cluster`'s pgbench; needs no config.
+    // Hidden: the counting round's prepared statements, for `make bench-cluster`'s
+    // pgbench; needs no config.
     if cmd == "dev-counter-sql" {
-        println!("{}", store::counters::ROUND_SQL.join("\n--\n"));
+        println!("{}", store::counters::ROUND_SQL);
         return ExitCode::SUCCESS;
     }
     let cfg = match config::Config::from_env() {

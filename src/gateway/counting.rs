@@ -22,9 +22,9 @@ pub struct Entries {
     pub keys: Vec<i64>,
     pub users: Vec<i64>,
     pub counts: Vec<i32>,
-    pub key_checks: Vec<Vec<Check>>,
+    pub key_checks: Vec<Arc<[Check]>>,
     /// Each user's owner-wide checks, as its first request in the batch saw them.
-    pub user_checks: HashMap<i64, Vec<Check>>,
+    pub user_checks: HashMap<i64, Arc<[Check]>>,
 }
 
 /// One check's answer for one entry.
@@ -119,7 +119,7 @@ impl Entries {
             *before += k;
             *user_added.entry(user).or_default() += admitted;
             let mut answer = Vec::new();
-            let key_checks = &self.key_checks[i];
+            let key_checks = &*self.key_checks[i];
             answer.extend(taken(key_checks, &key_evals[i], admitted, 0, false, now));
             if let Some(checks) = self.user_checks.get(&user) {
                 answer.extend(taken(
@@ -187,12 +187,6 @@ fn taken<'a>(
     })
 }
 
-/// `<name>/<windowSecs>`: a sliding limit's identity in the counter row, so a limit whose
-/// window changes starts from zero instead of inheriting counts of another length.
-fn slot(c: &Check) -> String {
-    format!("{}/{}", c.name, c.window_secs)
-}
-
 fn evals(checks: &[Check], row: Option<&Row>, now: f64) -> Vec<Eval> {
     checks.iter().map(|c| eval(c, row, now)).collect()
 }
@@ -232,7 +226,7 @@ fn eval(c: &Check, row: Option<&Row>, now: f64) -> Eval {
         None => {
             let w = f64::from(c.window_secs.max(1));
             let bucket = (now / w).floor() as i64;
-            let at = row.names.iter().position(|n| *n == slot(c));
+            let at = row.names.iter().position(|n| **n == *c.slot);
             let stored = at.map(|i| (row.buckets[i], row.counts[i], row.prevs[i]));
             let (cur, prev) = match stored {
                 Some((b, count, prev)) if b == bucket => (count, prev),
@@ -277,7 +271,7 @@ fn updated(
             r.quota_start = e.bucket;
             r.quota_used = e.cur + added;
         } else {
-            r.names.push(slot(c));
+            r.names.push(c.slot.to_string());
             r.buckets.push(e.bucket);
             r.counts.push(e.cur + added);
             r.prevs.push(e.prev);
@@ -427,6 +421,7 @@ mod tests {
     fn check(name: &str, window_secs: u32, limit: i64) -> Check {
         Check {
             name: name.into(),
+            slot: format!("{name}/{window_secs}").into(),
             window_secs,
             limit,
             period: None,
@@ -454,7 +449,7 @@ mod tests {
             keys: vec![7],
             users: vec![1],
             counts: vec![5],
-            key_checks: vec![vec![check("minute", 60, 10), check("hour", 3600, 100)]],
+            key_checks: vec![vec![check("minute", 60, 10), check("hour", 3600, 100)].into()],
             ..Default::default()
         };
         let rows = vec![row(
@@ -474,7 +469,7 @@ mod tests {
             keys: vec![7],
             users: vec![1],
             counts: vec![1],
-            key_checks: vec![vec![check("minute", 60, 10)]],
+            key_checks: vec![vec![check("minute", 60, 10)].into()],
             ..Default::default()
         };
         // Last counted in bucket 99 (8 requests); now 15 s into bucket 100: 8·0.75 = 6.
@@ -502,10 +497,10 @@ mod tests {
             users: vec![1, 1],
             counts: vec![4, 4],
             key_checks: vec![
-                vec![check("default", 60, 100)],
-                vec![check("default", 60, 100)],
+                vec![check("default", 60, 100)].into(),
+                vec![check("default", 60, 100)].into(),
             ],
-            user_checks: HashMap::from([(1, vec![check("hour", 3600, 10)])]),
+            user_checks: HashMap::from([(1, vec![check("hour", 3600, 10)].into())]),
         };
         let rows = vec![
             row(Subject::Key, 7, &[]),
@@ -524,6 +519,7 @@ mod tests {
     fn a_quota_keeps_its_count_within_the_period_and_restarts_in_the_next() {
         let quota = Check {
             name: "quota".into(),
+            slot: "quota".into(),
             window_secs: 0,
             limit: 6,
             period: Some(Period::Day),
@@ -533,7 +529,7 @@ mod tests {
             keys: vec![7],
             users: vec![1],
             counts: vec![5],
-            key_checks: vec![vec![quota]],
+            key_checks: vec![vec![quota].into()],
             ..Default::default()
         };
         let mut r = row(Subject::Key, 7, &[]);
@@ -556,7 +552,7 @@ mod tests {
             keys: vec![7],
             users: vec![1],
             counts: vec![2],
-            key_checks: vec![vec![check("default", 60, 100)]],
+            key_checks: vec![vec![check("default", 60, 100)].into()],
             ..Default::default()
         };
         let (answers, changed) = e.allocate(Vec::new(), 100.0);

@@ -3,7 +3,7 @@
 //! counted across all of the user's keys. Plans are cached here and reloaded when any
 //! replica changes one (the `plans` notification, `sync.rs`).
 
-use crate::config::{DEFAULT_KEY_RATE_LIMIT, PLAN_MISS_RELOAD_EVERY};
+use crate::config::{DEFAULT_KEY_RATE_LIMIT, PLAN_MISS_RELOAD_EVERY, RESOLVED_CACHE_MAX};
 use crate::error::Result;
 use crate::store::keys::KeyInfo;
 use crate::store::plans::{self, Anchor, LimitSpec, Period, Plan, Policy, QuotaSpec};
@@ -18,6 +18,9 @@ use std::time::Instant;
 pub struct Check {
     /// The limit's name; `quota` for the quota.
     pub name: Arc<str>,
+    /// `<name>/<windowSecs>`: a sliding limit's place in its counter row, so a limit whose
+    /// window changes starts from zero instead of inheriting counts of another length.
+    pub slot: Arc<str>,
     /// The sliding window in seconds; 0 for the quota.
     pub window_secs: u32,
     pub limit: i64,
@@ -32,9 +35,9 @@ pub struct Limits {
     /// The plan the key's limits or quota came from, if any.
     pub plan_id: Option<i64>,
     /// Counted for this key alone.
-    pub key: Vec<Check>,
+    pub key: Arc<[Check]>,
     /// The user's own limits and quota, counted across all of the user's keys.
-    pub user: Vec<Check>,
+    pub user: Arc<[Check]>,
 }
 
 impl Limits {
@@ -46,19 +49,27 @@ impl Limits {
 /// The name the quota goes by in headers, errors and `/me`.
 pub const QUOTA_NAME: &str = "quota";
 
-fn window_checks(limits: &[LimitSpec]) -> impl Iterator<Item = Check> + '_ {
-    limits.iter().map(|l| Check {
-        name: l.name.clone(),
-        window_secs: l.window_secs,
-        limit: l.limit,
+fn window_check(name: Arc<str>, window_secs: u32, limit: i64) -> Check {
+    Check {
+        slot: format!("{name}/{window_secs}").into(),
+        name,
+        window_secs,
+        limit,
         period: None,
         anchor: None,
-    })
+    }
+}
+
+fn window_checks(limits: &[LimitSpec]) -> impl Iterator<Item = Check> + '_ {
+    limits
+        .iter()
+        .map(|l| window_check(l.name.clone(), l.window_secs, l.limit))
 }
 
 fn quota_check(q: &QuotaSpec, created: DateTime<Utc>) -> Check {
     Check {
         name: QUOTA_NAME.into(),
+        slot: QUOTA_NAME.into(),
         window_secs: 0,
         limit: q.limit,
         period: Some(q.period),
@@ -74,24 +85,16 @@ pub fn resolve(k: &KeyInfo, plan: Option<&Plan>, window_secs: u32) -> Limits {
     let mut key: Vec<Check> = Vec::new();
     let own_limits = k.rate_limit.is_some() || k.own.limits.is_some();
     if let Some(n) = k.rate_limit {
-        key.push(Check {
-            name: "default".into(),
-            window_secs,
-            limit: i64::from(n),
-            period: None,
-            anchor: None,
-        });
+        key.push(window_check("default".into(), window_secs, i64::from(n)));
     }
     key.extend(window_checks(k.own.limits.as_deref().unwrap_or_default()));
     match plan {
         Some(p) if !own_limits => key.extend(window_checks(&p.limits)),
-        None if !own_limits => key.push(Check {
-            name: "default".into(),
+        None if !own_limits => key.push(window_check(
+            "default".into(),
             window_secs,
-            limit: i64::from(DEFAULT_KEY_RATE_LIMIT),
-            period: None,
-            anchor: None,
-        }),
+            i64::from(DEFAULT_KEY_RATE_LIMIT),
+        )),
         _ => {}
     }
     if let Some(q) = k.own.quota.as_ref().or(plan.and_then(|p| p.quota.as_ref())) {
@@ -99,25 +102,32 @@ pub fn resolve(k: &KeyInfo, plan: Option<&Plan>, window_secs: u32) -> Limits {
     }
     Limits {
         plan_id: plan.map(|p| p.id),
-        key,
+        key: key.into(),
         user: owner_wide(&k.owner, k.owner_created_at),
     }
 }
 
 /// A user's own limits and quota, counted across all of its keys.
-pub fn owner_wide(user: &Policy, created: DateTime<Utc>) -> Vec<Check> {
+pub fn owner_wide(user: &Policy, created: DateTime<Utc>) -> Arc<[Check]> {
     let mut checks: Vec<Check> =
         window_checks(user.limits.as_deref().unwrap_or_default()).collect();
     if let Some(q) = &user.quota {
         checks.push(quota_check(q, created));
     }
-    checks
+    checks.into()
 }
 
-/// Every plan by id (plans are tiers: few, read on every request, changed rarely).
+/// A key record and the limits resolved from it.
+type Resolved = (Arc<KeyInfo>, Arc<Limits>);
+
+/// Every plan by id (plans are tiers: few, read on every request, changed rarely), and
+/// each key's resolved [`Limits`], so a request reuses them instead of rebuilding them.
 #[derive(Default)]
 pub struct Plans {
     map: RwLock<Arc<HashMap<i64, Arc<Plan>>>>,
+    /// By key id: the limits resolved from this exact cached key record (any change to a
+    /// key or its user replaces the record) under the current plans (emptied on reload).
+    resolved: RwLock<HashMap<i64, Resolved>>,
     /// When a request last found its plan missing and reloaded.
     last_miss: Mutex<Option<Instant>>,
     /// Held from read to replace, so a reload that read earlier never stores last.
@@ -133,6 +143,10 @@ impl Plans {
             .map(|p| (p.id, Arc::new(p)))
             .collect();
         *self.map.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        self.resolved
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         Ok(())
     }
 
@@ -148,7 +162,24 @@ impl Plans {
     /// on another replica, its notification still on the way) is read from the database
     /// rather than counted under the wrong limits; at most one such reload per
     /// `PLAN_MISS_RELOAD_EVERY`.
-    pub fn limits_for(&self, pool: &Pool, k: &KeyInfo, window_secs: u32) -> Limits {
+    pub fn limits_for(&self, pool: &Pool, k: &Arc<KeyInfo>, window_secs: u32) -> Arc<Limits> {
+        let cached = self.resolved.read().unwrap_or_else(|p| p.into_inner());
+        if let Some((info, limits)) = cached.get(&k.id) {
+            if Arc::ptr_eq(info, k) {
+                return limits.clone();
+            }
+        }
+        drop(cached);
+        let limits = Arc::new(self.resolve_now(pool, k, window_secs));
+        let mut cached = self.resolved.write().unwrap_or_else(|p| p.into_inner());
+        if cached.len() >= RESOLVED_CACHE_MAX {
+            cached.clear();
+        }
+        cached.insert(k.id, (k.clone(), limits.clone()));
+        limits
+    }
+
+    fn resolve_now(&self, pool: &Pool, k: &KeyInfo, window_secs: u32) -> Limits {
         let Some(id) = k.own.plan_id.or(k.owner.plan_id) else {
             return resolve(k, None, window_secs);
         };

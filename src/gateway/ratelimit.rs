@@ -28,9 +28,10 @@ use std::time::Duration;
 /// Where one limit or quota stands for one request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitState {
-    /// As headers show it: the limit's name (`quota` for the quota), prefixed `user.` for
-    /// the user's owner-wide ones.
-    pub name: String,
+    /// The limit's name (`quota` for the quota).
+    pub name: Arc<str>,
+    /// A user's owner-wide limit: headers and `/me` show it as `user.<name>`.
+    pub owner_wide: bool,
     pub quota: bool,
     pub limit: i64,
     /// Counted so far: the quota's count in its period, or a window's sliding estimate.
@@ -327,9 +328,9 @@ fn state(t: &Taken, count: i64, refused: bool) -> LimitState {
         (true, true) => reset_in.max(1),
         (true, false) => retry_after_secs(count, t.weighted, t.now, f64::from(t.window), t.limit),
     };
-    let prefix = if t.owner_wide { "user." } else { "" };
     LimitState {
-        name: format!("{prefix}{}", t.name),
+        name: t.name.clone(),
+        owner_wide: t.owner_wide,
         quota,
         limit: t.limit,
         used: if quota {
@@ -381,6 +382,24 @@ fn retry_after_secs(current: i64, weighted: f64, now: f64, window: f64, limit: i
     (wait - 1e-6).ceil().max(1.0) as u64
 }
 
+impl LimitState {
+    /// The name headers, errors and `/me` show.
+    pub fn label(&self) -> String {
+        if self.owner_wide {
+            format!("user.{}", self.name)
+        } else {
+            self.name.to_string()
+        }
+    }
+
+    fn write_label(&self, out: &mut String) {
+        if self.owner_wide {
+            out.push_str("user.");
+        }
+        out.push_str(&self.name);
+    }
+}
+
 impl Decision {
     fn shown(&self) -> Option<&LimitState> {
         self.states.get(self.shown)
@@ -390,7 +409,7 @@ impl Decision {
     /// again, and the limit headers.
     pub fn refusal(&self) -> Reply {
         let (name, quota, retry) = match self.shown() {
-            Some(s) => (s.name.clone(), s.quota, s.retry_after.max(1)),
+            Some(s) => (s.label(), s.quota, s.retry_after.max(1)),
             None => (String::new(), false, 1),
         };
         let err = if quota {
@@ -418,16 +437,18 @@ impl Decision {
         reply.header("X-RateLimit-Limit", s.limit.to_string());
         reply.header("X-RateLimit-Remaining", s.remaining.to_string());
         reply.header("X-RateLimit-Reset", s.reset_at.to_string());
-        let policies: Vec<String> = self
-            .states
-            .iter()
-            .map(|p| format!("\"{}\";q={};w={}", p.name, p.limit, p.window_secs))
-            .collect();
-        reply.header("RateLimit-Policy", policies.join(", "));
-        reply.header(
-            "RateLimit",
-            format!("\"{}\";r={};t={}", s.name, s.remaining, s.reset_in),
-        );
+        use std::fmt::Write;
+        let mut policy = String::with_capacity(32 * self.states.len());
+        for (i, p) in self.states.iter().enumerate() {
+            policy.push_str(if i == 0 { "\"" } else { ", \"" });
+            p.write_label(&mut policy);
+            let _ = write!(policy, "\";q={};w={}", p.limit, p.window_secs);
+        }
+        reply.header("RateLimit-Policy", policy);
+        let mut now = String::from("\"");
+        s.write_label(&mut now);
+        let _ = write!(now, "\";r={};t={}", s.remaining, s.reset_in);
+        reply.header("RateLimit", now);
     }
 }
 
@@ -521,6 +542,7 @@ mod tests {
     fn check(name: &str, window_secs: u32, limit: i64) -> Check {
         Check {
             name: name.into(),
+            slot: format!("{name}/{window_secs}").into(),
             window_secs,
             limit,
             period: None,
@@ -550,7 +572,7 @@ mod tests {
             .iter()
             .map(|&k| {
                 let limits = Limits {
-                    key: vec![check("default", 60, 100 + k)],
+                    key: vec![check("default", 60, 100 + k)].into(),
                     ..Default::default()
                 };
                 p.join(k, 1, &limits)
@@ -568,8 +590,8 @@ mod tests {
     fn a_users_owner_wide_checks_are_sent_once_per_batch() {
         let mut p = Pending::default();
         let limits = Limits {
-            key: vec![check("default", 60, 10)],
-            user: vec![check("minute", 60, 15)],
+            key: vec![check("default", 60, 10)].into(),
+            user: vec![check("minute", 60, 15)].into(),
             ..Default::default()
         };
         p.join(2, 5, &limits);
@@ -623,7 +645,7 @@ mod tests {
         let minute = taken("minute", 60, 100, 0, 3);
         let d = decide_member(&[minute, quota], 0).unwrap();
         assert!(!d.allowed);
-        assert_eq!(d.states[d.shown].name, "quota");
+        assert_eq!(d.states[d.shown].label(), "quota");
         assert_eq!(d.states[d.shown].retry_after, 970);
         let body = d.refusal().json_body();
         assert_eq!(body["error"]["code"], "quota_exceeded");

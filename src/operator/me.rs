@@ -12,6 +12,7 @@ use crate::store::keys::KeyInfo;
 use crate::store::users::User;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
     if ctx.path.trim_end_matches('/') != "/me" {
@@ -26,7 +27,7 @@ pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
 
 /// A key's plan and every limit and quota that applies to it, the user's owner-wide ones
 /// included (named `user.*`, as in the headers).
-pub fn key_limits(op: &Operator, k: &KeyInfo) -> Result<Value> {
+pub fn key_limits(op: &Operator, k: &Arc<KeyInfo>) -> Result<Value> {
     let gw = op.gateway;
     let limits = gw.plans.limits_for(op.pool, k, gw.rate_window_secs);
     let plan = limits
@@ -70,14 +71,14 @@ fn states_json(op: &Operator, key_id: i64, user_id: i64, limits: &Limits) -> Res
     let windows: Vec<Value> = windows
         .iter()
         .map(|s| {
-            json!({"name": s.name, "limit": s.limit, "windowSecs": s.window_secs,
+            json!({"name": s.label(), "limit": s.limit, "windowSecs": s.window_secs,
                    "used": s.used, "remaining": s.remaining, "resetsAt": at(s.reset_at)})
         })
         .collect();
     let quotas: Vec<Value> = quotas
         .iter()
         .map(|s| {
-            json!({"name": s.name, "limit": s.limit, "periodSecs": s.window_secs,
+            json!({"name": s.label(), "limit": s.limit, "periodSecs": s.window_secs,
                    "used": s.used, "remaining": s.remaining, "resetsAt": at(s.reset_at)})
         })
         .collect();

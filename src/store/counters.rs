@@ -3,54 +3,39 @@
 //! and how a batch is admitted, is decided in `gateway/counting.rs`; the model is in
 //! docs/limits.md.
 
-use super::Pool;
+use super::{Conn, Pool};
 use crate::error::{Error, Result};
-use postgres::types::Type;
+use postgres::SimpleQueryMessage;
 
-/// The round's two statements, for `make bench-cluster`'s pgbench (`tollgate
-/// dev-counter-sql`).
-pub const ROUND_SQL: [&str; 2] = [LOCK_SQL, WRITE_SQL];
-
-/// Locks the batch's subjects' rows in (kind, owner) order, so that counting rounds from
-/// this replica or another serialise on shared keys and users and never deadlock, and
-/// returns them as they are now (`FOR UPDATE` hands back each row's latest version), with
-/// the database's clock shifted by `$3` seconds (tests only; 0 otherwise).
-const LOCK_SQL: &str = "
+/// Prepared once per connection at the SQL level, so that a round can run them inside
+/// multi-statement simple queries: `BEGIN; EXECUTE tollgate_lock(..)` and `EXECUTE
+/// tollgate_write(..); COMMIT` are two round trips, where the extended protocol would take
+/// four (each one costs the gateway ~22 µs of CPU in the client library:
+/// docs/performance.md). Simple queries carry values as text, so [`Literal`] writes them.
+const PREPARE_SQL: &str = "PREPARE tollgate_lock(\"char\"[], int8[], float8) AS
 SELECT l.kind, l.owner_id, l.names, l.buckets, l.counts, l.prevs, l.quota_start, l.quota_used,
        date_part('epoch', clock_timestamp() + make_interval(secs => $3))
-  FROM limit_counters l JOIN unnest($1::\"char\"[], $2::int8[]) AS s(kind, owner)
+  FROM limit_counters l JOIN unnest($1, $2) AS s(kind, owner)
     ON l.kind = s.kind AND l.owner_id = s.owner
  ORDER BY l.kind, l.owner_id
-   FOR UPDATE OF l";
-const LOCK_TYPES: &[Type] = &[Type::CHAR_ARRAY, Type::INT8_ARRAY, Type::FLOAT8];
-
-/// The same rows without locking them, for reading where limits stand (`GET /me`).
-const READ_SQL: &str = "
+   FOR UPDATE OF l;
+PREPARE tollgate_read(\"char\"[], int8[], float8) AS
 SELECT l.kind, l.owner_id, l.names, l.buckets, l.counts, l.prevs, l.quota_start, l.quota_used,
        date_part('epoch', clock_timestamp() + make_interval(secs => $3))
-  FROM limit_counters l JOIN unnest($1::\"char\"[], $2::int8[]) AS s(kind, owner)
-    ON l.kind = s.kind AND l.owner_id = s.owner";
-
-/// Writes the rows a round changed. Each row's arrays travel as array literals in a text
-/// array (Postgres has no arrays of arrays of different lengths); every value in them is a
-/// number or a validated limit name, so a literal never needs quoting.
-const WRITE_SQL: &str = "
+  FROM limit_counters l JOIN unnest($1, $2) AS s(kind, owner)
+    ON l.kind = s.kind AND l.owner_id = s.owner;
+PREPARE tollgate_write(\"char\"[], int8[], text[], text[], text[], text[], int8[], int8[]) AS
 UPDATE limit_counters l
    SET names = w.names::text[], buckets = w.buckets::int8[], counts = w.counts::int8[],
        prevs = w.prevs::int8[], quota_start = w.qs, quota_used = w.qu
-  FROM unnest($1::\"char\"[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
-              $7::int8[], $8::int8[]) AS w(kind, owner, names, buckets, counts, prevs, qs, qu)
- WHERE l.kind = w.kind AND l.owner_id = w.owner";
-const WRITE_TYPES: &[Type] = &[
-    Type::CHAR_ARRAY,
-    Type::INT8_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::INT8_ARRAY,
-    Type::INT8_ARRAY,
-];
+  FROM unnest($1, $2, $3, $4, $5, $6, $7, $8) AS w(kind, owner, names, buckets, counts, prevs, qs, qu)
+ WHERE l.kind = w.kind AND l.owner_id = w.owner;
+PREPARE tollgate_clock(float8) AS
+SELECT date_part('epoch', clock_timestamp() + make_interval(secs => $1))";
+
+/// The statements a round runs, for `make bench-cluster`'s pgbench (`tollgate
+/// dev-counter-sql`).
+pub const ROUND_SQL: &str = PREPARE_SQL;
 
 /// Every counter of one key or one user. For each sliding limit, identified by
 /// `<name>/<windowSecs>` in `names`, the bucket it last counted in (`floor(epoch /
@@ -68,38 +53,44 @@ pub struct Row {
     pub quota_used: i64,
 }
 
-fn rows_of(rows: &[postgres::Row]) -> Result<(Vec<Row>, Option<f64>)> {
+/// The rows of a `tollgate_lock`/`tollgate_read` answer, and the clock it read.
+fn rows_of(messages: &[SimpleQueryMessage]) -> Result<(Vec<Row>, Option<f64>)> {
     let mut now = None;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let kind: i8 = r.try_get(0)?;
+    let mut out = Vec::new();
+    for m in messages {
+        let SimpleQueryMessage::Row(r) = m else {
+            continue;
+        };
+        let text = |i: usize| r.get(i).unwrap_or_default();
+        let bad = |what: &str| Error::Internal(format!("counter row: bad {what}"));
+        let kind = text(0).bytes().next().map(|b| b as i8).unwrap_or_default();
         out.push(Row {
-            kind: Subject::from_code(kind)
-                .ok_or_else(|| Error::Internal(format!("counter row of kind {kind}")))?,
-            owner: r.try_get(1)?,
-            names: r.try_get(2)?,
-            buckets: r.try_get(3)?,
-            counts: r.try_get(4)?,
-            prevs: r.try_get(5)?,
-            quota_start: r.try_get(6)?,
-            quota_used: r.try_get(7)?,
+            kind: Subject::from_code(kind).ok_or_else(|| bad("kind"))?,
+            owner: text(1).parse().map_err(|_| bad("owner"))?,
+            names: parse_array(text(2), |s| Some(s.to_string())).ok_or_else(|| bad("names"))?,
+            buckets: parse_array(text(3), |s| s.parse().ok()).ok_or_else(|| bad("buckets"))?,
+            counts: parse_array(text(4), |s| s.parse().ok()).ok_or_else(|| bad("counts"))?,
+            prevs: parse_array(text(5), |s| s.parse().ok()).ok_or_else(|| bad("prevs"))?,
+            quota_start: text(6).parse().map_err(|_| bad("quota_start"))?,
+            quota_used: text(7).parse().map_err(|_| bad("quota_used"))?,
         });
-        now = Some(r.try_get(8)?);
+        now = Some(text(8).parse().map_err(|_| bad("clock"))?);
     }
     Ok((out, now))
 }
 
-fn subject_arrays(subjects: &[(Subject, i64)]) -> (Vec<i8>, Vec<i64>) {
-    subjects.iter().map(|(k, o)| (k.code(), *o)).unzip()
-}
-
-/// The database's clock (shifted by `shift` seconds), for a round with no rows to read.
-fn clock(client: &mut impl postgres::GenericClient, shift: f64) -> Result<f64> {
-    let row = client.query_one(
-        "SELECT date_part('epoch', clock_timestamp() + make_interval(secs => $1::float8))",
-        &[&shift],
-    )?;
-    Ok(row.try_get(0)?)
+/// The elements of a one-dimensional array in Postgres' text output. Ours hold numbers and
+/// limit slots (`name/window`, names of letters, digits, `_` and `-`), which Postgres never
+/// quotes; anything else is refused rather than misread.
+fn parse_array<T>(text: &str, item: impl Fn(&str) -> Option<T>) -> Option<Vec<T>> {
+    let inner = text.strip_prefix('{')?.strip_suffix('}')?;
+    if inner.is_empty() {
+        return Some(Vec::new());
+    }
+    if inner.contains(['"', '\\', '{']) {
+        return None;
+    }
+    inner.split(',').map(item).collect()
 }
 
 /// One counting round, in one transaction: locks and reads the rows of `subjects`, lets
@@ -113,87 +104,149 @@ pub fn count<T>(
     decide: impl FnOnce(Vec<Row>, f64) -> (T, Vec<Row>),
 ) -> Result<T> {
     let mut conn = pool.get()?;
-    let lock = conn.prepared(LOCK_SQL, LOCK_TYPES)?;
-    let write = conn.prepared(WRITE_SQL, WRITE_TYPES)?;
-    let mut tx = conn.transaction()?;
-    let (kinds, owners) = subject_arrays(subjects);
-    let (rows, now) = rows_of(&tx.query(&lock, &[&kinds, &owners, &shift])?)?;
+    conn.prepared_sql(PREPARE_SQL)?;
+    let mut round = Open {
+        conn: &mut conn,
+        open: true,
+    };
+    let (kinds, owners) = subject_literals(subjects);
+    let lock = format!(
+        "BEGIN; EXECUTE tollgate_lock({kinds}, {owners}, {})",
+        Literal::Float(shift)
+    );
+    let (rows, now) = rows_of(&round.conn.simple_query(&lock)?)?;
     let now = match now {
         Some(now) => now,
-        None => clock(&mut tx, shift)?,
+        None => clock(round.conn, shift)?,
     };
     let (answer, changed) = decide(rows, now);
-    if !changed.is_empty() {
-        let mut w = WriteArrays::default();
-        for r in &changed {
-            w.push(r);
-        }
-        tx.execute(
-            &write,
-            &[
-                &w.kinds, &w.owners, &w.names, &w.buckets, &w.counts, &w.prevs, &w.qs, &w.qu,
-            ],
-        )?;
-    }
-    tx.commit()?;
+    let finish = if changed.is_empty() {
+        "COMMIT".to_string()
+    } else {
+        format!("{}; COMMIT", write_sql(&changed))
+    };
+    round.conn.batch_execute(&finish)?;
+    round.open = false;
     Ok(answer)
+}
+
+/// A round's transaction until it commits: dropped open (an error, a panic in `decide`),
+/// it is rolled back, so the connection goes back to the pool outside any transaction.
+struct Open<'a> {
+    conn: &'a mut Conn,
+    open: bool,
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // A broken connection fails this too; the pool then discards it.
+            let _ = self.conn.batch_execute("ROLLBACK");
+        }
+    }
 }
 
 /// The rows of `subjects` as they are, and the database's clock; locks nothing.
 pub fn read(pool: &Pool, subjects: &[(Subject, i64)], shift: f64) -> Result<(Vec<Row>, f64)> {
     let mut conn = pool.get()?;
-    let (kinds, owners) = subject_arrays(subjects);
-    let (rows, now) = rows_of(&conn.query_typed(
-        READ_SQL,
-        &[
-            (&kinds, Type::CHAR_ARRAY),
-            (&owners, Type::INT8_ARRAY),
-            (&shift, Type::FLOAT8),
-        ],
-    )?)?;
+    conn.prepared_sql(PREPARE_SQL)?;
+    let (kinds, owners) = subject_literals(subjects);
+    let read = format!(
+        "EXECUTE tollgate_read({kinds}, {owners}, {})",
+        Literal::Float(shift)
+    );
+    let (rows, now) = rows_of(&conn.simple_query(&read)?)?;
     let now = match now {
         Some(now) => now,
-        None => clock(&mut **conn, shift)?,
+        None => clock(&mut conn, shift)?,
     };
     Ok((rows, now))
 }
 
-#[derive(Default)]
-struct WriteArrays {
-    kinds: Vec<i8>,
-    owners: Vec<i64>,
-    names: Vec<String>,
-    buckets: Vec<String>,
-    counts: Vec<String>,
-    prevs: Vec<String>,
-    qs: Vec<i64>,
-    qu: Vec<i64>,
+/// The database's clock (shifted by `shift` seconds), for a round with no rows to read.
+fn clock(conn: &mut Conn, shift: f64) -> Result<f64> {
+    let q = format!("EXECUTE tollgate_clock({})", Literal::Float(shift));
+    let messages = conn.simple_query(&q)?;
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).and_then(|t| t.parse().ok()),
+            _ => None,
+        })
+        .ok_or_else(|| Error::Internal("the database clock did not answer".into()))
 }
 
-impl WriteArrays {
-    fn push(&mut self, r: &Row) {
-        self.kinds.push(r.kind.code());
-        self.owners.push(r.owner);
-        self.names.push(literal(&r.names));
-        self.buckets.push(literal(&r.buckets));
-        self.counts.push(literal(&r.counts));
-        self.prevs.push(literal(&r.prevs));
-        self.qs.push(r.quota_start);
-        self.qu.push(r.quota_used);
-    }
+fn subject_literals(subjects: &[(Subject, i64)]) -> (Literal, Literal) {
+    let kinds = subjects
+        .iter()
+        .map(|(k, _)| if *k == Subject::Key { "k" } else { "u" }.to_string())
+        .collect();
+    let owners = subjects.iter().map(|(_, o)| *o).collect();
+    (Literal::Texts(kinds), Literal::Ints(owners))
 }
 
-/// `{a,b,c}`: a Postgres array literal of values that need no quoting.
-fn literal<T: std::fmt::Display>(items: &[T]) -> String {
-    let mut s = String::from("{");
-    for (i, v) in items.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
+/// `EXECUTE tollgate_write(..)` for the changed rows. Each row's arrays travel as array
+/// literals inside a text array (Postgres has no arrays of arrays of different lengths).
+fn write_sql(changed: &[Row]) -> String {
+    let texts =
+        |f: &dyn Fn(&Row) -> String| Literal::Texts(changed.iter().map(f).collect::<Vec<String>>());
+    let ints = |f: &dyn Fn(&Row) -> i64| Literal::Ints(changed.iter().map(f).collect());
+    format!(
+        "EXECUTE tollgate_write({}, {}, {}, {}, {}, {}, {}, {})",
+        texts(&|r| if r.kind == Subject::Key { "k" } else { "u" }.to_string()),
+        ints(&|r| r.owner),
+        texts(&|r| Literal::array_text(&r.names)),
+        texts(&|r| Literal::array_text(&r.buckets)),
+        texts(&|r| Literal::array_text(&r.counts)),
+        texts(&|r| Literal::array_text(&r.prevs)),
+        ints(&|r| r.quota_start),
+        ints(&|r| r.quota_used),
+    )
+}
+
+/// A value written into simple-query SQL text: quoted and escaped here, once, whatever it
+/// holds (the values are numbers and validated limit names, but the quoting does not rely
+/// on that).
+enum Literal {
+    Float(f64),
+    Ints(Vec<i64>),
+    Texts(Vec<String>),
+}
+
+impl Literal {
+    /// `{a,b}` with every element double-quoted and escaped: an array's text input form.
+    fn array_text<T: std::fmt::Display>(items: &[T]) -> String {
+        let mut s = String::from("{");
+        for (i, v) in items.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push('"');
+            for c in v.to_string().chars() {
+                if c == '"' || c == '\\' {
+                    s.push('\\');
+                }
+                s.push(c);
+            }
+            s.push('"');
         }
-        s.push_str(&v.to_string());
+        s.push('}');
+        s
     }
-    s.push('}');
-    s
+}
+
+impl std::fmt::Display for Literal {
+    /// A string constant (`'..'`, quotes doubled) that Postgres casts to the parameter's
+    /// declared type.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match self {
+            Literal::Float(x) if x.is_finite() => x.to_string(),
+            Literal::Float(_) => "0".to_string(),
+            Literal::Ints(v) => Literal::array_text(v),
+            Literal::Texts(v) => Literal::array_text(v),
+        };
+        write!(f, "'{}'", text.replace('\'', "''"))
+    }
 }
 
 /// Zeroes the quota period of a key (`'k'`) or user (`'u'`): the count starts again now,
@@ -238,12 +291,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn array_literals_are_plain_lists() {
-        assert_eq!(literal::<i64>(&[]), "{}");
-        assert_eq!(literal(&[3, -1]), "{3,-1}");
+    fn literals_quote_and_escape_whatever_they_hold() {
+        assert_eq!(Literal::Ints(vec![]).to_string(), "'{}'");
+        assert_eq!(Literal::Ints(vec![3, -1]).to_string(), "'{\"3\",\"-1\"}'");
+        assert_eq!(Literal::Float(2.5).to_string(), "'2.5'");
+        let hostile = Literal::Texts(vec!["a'b\"c\\d".into(), "{x,y}".into()]);
+        assert_eq!(hostile.to_string(), r#"'{"a''b\"c\\d","{x,y}"}'"#);
+    }
+
+    #[test]
+    fn array_output_is_read_back_and_anything_quoted_is_refused() {
+        let ints = |t: &str| parse_array(t, |s| s.parse::<i64>().ok());
+        assert_eq!(ints("{}"), Some(vec![]));
+        assert_eq!(ints("{1,-2,30}"), Some(vec![1, -2, 30]));
+        assert_eq!(ints("{1,x}"), None);
+        let names = |t: &str| parse_array(t, |s| Some(s.to_string()));
         assert_eq!(
-            literal(&["burst/1".to_string(), "day/86400".into()]),
-            "{burst/1,day/86400}"
+            names("{burst/1,day/86400}"),
+            Some(vec!["burst/1".to_string(), "day/86400".into()])
         );
+        assert_eq!(names("{\"a b\"}"), None);
+        assert_eq!(names("1,2"), None);
     }
 }

@@ -19,10 +19,8 @@ pub use migrate::migrate;
 
 use crate::config::{Config, DB_CONNECT_TIMEOUT};
 use crate::error::{describe, Error, Result};
-use postgres::types::Type;
-use postgres::{NoTls, Statement};
+use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
-use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -71,28 +69,28 @@ impl Deref for Pool {
 }
 
 /// `r2d2_postgres`'s manager does the connecting, validating and breakage checks; this
-/// wrapper only hands out a [`Conn`], which keeps the statements prepared on it, so the
-/// hot path (the counter statement) is parsed and planned once per connection.
+/// wrapper only hands out a [`Conn`], which remembers the SQL-level `PREPARE`s run on it, so
+/// the hot path (the counting round) is parsed and planned once per connection.
 #[derive(Debug)]
 pub struct Manager(PostgresConnectionManager<NoTls>);
 
 /// A pooled connection: derefs to `postgres::Client` for ordinary queries, and adds
-/// [`Conn::prepared`] for the statements worth keeping.
+/// [`Conn::prepared_sql`] for the statements worth keeping.
 pub struct Conn {
     client: postgres::Client,
-    prepared: HashMap<&'static str, Statement>,
+    /// `PREPARE` scripts already run on this connection (see `Conn::prepared_sql`).
+    prepared_sql: Vec<&'static str>,
 }
 
 impl Conn {
-    /// The statement for `sql`, prepared on this connection the first time it is asked for.
-    /// Only for `&'static str` SQL: a fixed, small set, so the map never grows unbounded.
-    pub fn prepared(&mut self, sql: &'static str, types: &[Type]) -> Result<Statement> {
-        if let Some(s) = self.prepared.get(sql) {
-            return Ok(s.clone());
+    /// Runs a script of SQL-level `PREPARE`s the first time this connection is asked to,
+    /// for statements that run inside multi-statement simple queries (`EXECUTE name(..)`).
+    pub fn prepared_sql(&mut self, script: &'static str) -> Result<()> {
+        if !self.prepared_sql.contains(&script) {
+            self.client.batch_execute(script)?;
+            self.prepared_sql.push(script);
         }
-        let s = self.client.prepare_typed(sql, types)?;
-        self.prepared.insert(sql, s.clone());
-        Ok(s)
+        Ok(())
     }
 }
 
@@ -116,7 +114,7 @@ impl r2d2::ManageConnection for Manager {
     fn connect(&self) -> std::result::Result<Conn, postgres::Error> {
         Ok(Conn {
             client: self.0.connect()?,
-            prepared: HashMap::new(),
+            prepared_sql: Vec::new(),
         })
     }
 
