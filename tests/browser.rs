@@ -1,7 +1,8 @@
 //! `/dashboard` in a real browser: headless Chromium driven through `chromedriver` with the
 //! W3C WebDriver protocol (plain JSON over HTTP). The test signs in with the admin secret,
 //! waits for the cards and checks them against `/analytics/overview`, then saves a
-//! screenshot to `target/dashboard-test.png`. `make test` installs both through
+//! screenshot to `target/dashboard-test.png`; another picks a key and a user and checks
+//! the plan panel, the usage by month and its CSV download. `make test` installs both through
 //! `scripts/deps.sh browser`. A crate of its own: it drives a browser process (chromedriver
 //! and Chromium) beside the gateway. The page as served is `dashboard` in tests/tests.rs.
 
@@ -9,6 +10,7 @@
 #[allow(dead_code)]
 mod util;
 
+use chrono::{Datelike, Months, Utc};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -88,9 +90,14 @@ impl Browser {
             "--window-size=1400,1800",
             &format!("--user-data-dir={}", b.profile.display()),
         ];
+        // Downloads land in the profile directory, without asking, so a test can read them.
+        let prefs = json!({
+            "download.default_directory": b.downloads().display().to_string(),
+            "download.prompt_for_download": false,
+        });
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {"binary": binary, "args": args}
+            "goog:chromeOptions": {"binary": binary, "args": args, "prefs": prefs}
         }}});
         let v = b.call("POST", "/session", Some(caps));
         let id = v["sessionId"]
@@ -137,6 +144,24 @@ impl Browser {
             panic!("{method} {path}: {}", v["value"]);
         }
         v["value"].clone()
+    }
+
+    fn downloads(&self) -> std::path::PathBuf {
+        self.profile.join("downloads")
+    }
+
+    /// Waits (30 s at most) for a finished download of this name and returns its bytes.
+    fn downloaded(&self, name: &str) -> Vec<u8> {
+        let path = self.downloads().join(name);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // Chromium writes to `<name>.crdownload` and renames it when done.
+            if let Ok(bytes) = std::fs::read(&path) {
+                return bytes;
+            }
+            assert!(Instant::now() < deadline, "no download {name}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn session_path(&self, rest: &str) -> String {
@@ -269,12 +294,12 @@ fn wait_for(browser: &Browser, expr: &str) -> String {
     }
 }
 
-/// Picks a window in the selector and waits until the page has loaded it (its load
-/// counter moves past `after`); returns the new counter.
-fn choose_window(browser: &Browser, window: &str, after: &str) -> String {
+/// Picks `value` in the `<select>` with this id and waits until the page has loaded it
+/// (its load counter moves past `after`); returns the new counter.
+fn choose(browser: &Browser, select: &str, value: &str, after: &str) -> String {
     browser.script(&format!(
-        "const w = document.getElementById('window'); w.value = '{window}'; \
-         w.dispatchEvent(new Event('change')); return 0"
+        "const s = document.getElementById('{select}'); s.value = '{value}'; \
+         s.dispatchEvent(new Event('change')); return 0"
     ));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -284,7 +309,7 @@ fn choose_window(browser: &Browser, window: &str, after: &str) -> String {
         }
         assert!(
             Instant::now() < deadline,
-            "no reload after choosing {window}"
+            "no reload after choosing {value} in #{select}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -296,6 +321,11 @@ fn shown_number(text: &str) -> f64 {
         .trim()
         .parse()
         .unwrap_or_else(|_| panic!("not a number on screen: {text:?}"))
+}
+
+/// Text as shown, its cells and lines joined by single spaces.
+fn words(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[test]
@@ -411,12 +441,12 @@ fn dashboard_in_headless_chromium_shows_the_overview_numbers() {
     assert!(routes.contains("/api"), "{routes}");
 
     // Another window: a fresh load, and all of this traffic is within 15 minutes too.
-    let second = choose_window(&browser, "15m", &first);
+    let second = choose(&browser, "window", "15m", &first);
     assert_eq!(
         shown_number(&browser.text("#totalRequests")),
         overview["totalRequests"].as_f64().unwrap()
     );
-    choose_window(&browser, "24h", &second);
+    choose(&browser, "window", "24h", &second);
 
     // The page's own requests (page, script, style, analytics calls) are operator traffic
     // and it asks for no favicon: none of it lands in the request log.
@@ -447,5 +477,160 @@ fn dashboard_in_headless_chromium_shows_the_overview_numbers() {
         own["totalRequests"].as_f64().unwrap()
     );
     assert!(browser.text("#who").starts_with("API key"));
+    drop(browser);
+}
+
+/// The plan panel and the usage table: the admin picks a key, then its user, and sees the
+/// plan, where each limit and the quota stand, the months' usage, and a CSV download equal
+/// to the API's; a key holder sees its own key without a picker.
+#[test]
+fn dashboard_shows_the_chosen_keys_plan_quota_use_and_monthly_usage_as_csv() {
+    let gw = Gateway::start();
+    let up = Upstream::start();
+    let user = gw.create_user("billing@example.com");
+    gw.create_route(user, "/api", &up.addr);
+    let plan = gw.admin_post(
+        "/admin/plans",
+        json!({"name": "pro", "limits": [{"name": "minute", "limit": 600, "windowSecs": 60}],
+               "quota": {"limit": 1000, "period": "month"}}),
+    );
+    assert_eq!(plan.status, 201, "{}", plan.body);
+    let plan_id = plan.json()["id"].as_i64().unwrap();
+    let owner = gw.admin_patch(
+        &format!("/admin/users/{user}"),
+        json!({"limits": [{"name": "day", "limit": 5000, "windowSecs": 86400}]}),
+    );
+    assert_eq!(owner.status, 200, "{}", owner.body);
+    let (pro, pro_id) = gw.create_key(user, json!({"planId": plan_id, "name": "pro key"}));
+    let (tight, tight_id) = gw.create_key(user, json!({"rateLimit": 2, "name": "tight key"}));
+    for i in 0..7 {
+        assert_eq!(
+            gw.with_key_direct("GET", &format!("/api/{i}"), &pro).status,
+            200
+        );
+    }
+    for expected in [200, 200, 429, 429] {
+        assert_eq!(gw.with_key_direct("GET", "/api/t", &tight).status, expected);
+    }
+    assert_eq!(gw.wait_for_log_rows(11), 11);
+    let month = Utc::now().format("%Y-%m").to_string();
+    // The page's default range: this month and the two before it.
+    let from = (Utc::now().date_naive().with_day(1).unwrap() - Months::new(2))
+        .format("%Y-%m")
+        .to_string();
+
+    let browser = Browser::start();
+    browser.open(&format!("{}/dashboard", gw.direct_addr));
+    browser.type_into("#credential", ADMIN_SECRET);
+    browser.click("#sign-in");
+    let loaded = wait_for(&browser, "document.body.dataset.loaded");
+    assert!(browser
+        .text("#plan-limits")
+        .contains("choose a key or user"));
+    wait_for(
+        &browser,
+        &format!("document.querySelector('#subject option[value=\"key:{pro_id}\"]')?.text"),
+    );
+    let loaded = choose(&browser, "subject", &format!("key:{pro_id}"), &loaded);
+    assert_eq!(browser.text("#plan-name"), "plan pro");
+    assert!(browser.text("#plan-subject").contains("pro key"));
+    // One row per limit and quota: the plan's window, the user's owner-wide day, the plan's
+    // quota (counted exactly; a sliding window's `used` is an estimate, so only its limit).
+    let rows: Vec<String> = (1..=3)
+        .map(|i| words(&browser.text(&format!("#plan-limits tr:nth-child({i})"))))
+        .collect();
+    assert!(
+        rows[0].starts_with("minute") && rows[0].contains("/ 600"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[1].contains("user.day") && rows[1].contains("owner-wide"),
+        "{rows:?}"
+    );
+    assert!(rows[1].contains("/ 5,000"), "{rows:?}");
+    assert!(
+        rows[2].starts_with("quota") && rows[2].contains("month"),
+        "{rows:?}"
+    );
+    assert!(rows[2].contains("7 / 1,000 (0.7 %)"), "{rows:?}");
+    let meters = browser.script("return document.querySelectorAll('#plan-limits meter').length");
+    assert_eq!(meters, json!(3));
+
+    // Usage by month, per key, scoped to the chosen key.
+    let loaded = choose(&browser, "usage-group", "key", &loaded);
+    assert_eq!(browser.text("#usage-who"), "Key");
+    assert!(browser
+        .text("#usage-scope")
+        .contains(&format!("key #{pro_id}")));
+    let usage = words(&browser.text("#usage"));
+    assert_eq!(usage, format!("{month} #{pro_id} pro key 7 0"), "{usage}");
+
+    // The CSV: fetched with the secret in a header, saved from a blob: URL under the
+    // page's content security policy, equal to what the API serves for the same query.
+    browser.click("#usage-csv");
+    let href = wait_for(
+        &browser,
+        "document.getElementById('usage-csv').href.startsWith('blob:') && 'yes'",
+    );
+    assert_eq!(href, "yes");
+    let served = gw.admin_get(&format!(
+        "/analytics/usage?groupBy=key&bucket=month&from={from}&keyId={pro_id}&format=csv"
+    ));
+    assert_eq!(served.status, 200);
+    let name = browser.script("return document.getElementById('usage-csv').download");
+    let disposition = served.header("content-disposition").unwrap_or_default();
+    assert_eq!(
+        disposition,
+        format!("attachment; filename=\"{}\"", name.as_str().unwrap())
+    );
+    let csv = String::from_utf8(browser.downloaded(name.as_str().unwrap())).unwrap();
+    assert_eq!(csv, served.body);
+    assert_eq!(
+        csv,
+        format!(
+            "bucket,keyId,userId,name,admitted,refused\r\n{month},{pro_id},{user},pro key,7,0\r\n"
+        )
+    );
+
+    // The user: its owner-wide limit, and its keys' usage.
+    let loaded = choose(&browser, "subject", &format!("user:{user}"), &loaded);
+    assert!(browser
+        .text("#plan-subject")
+        .contains("billing@example.com"));
+    let limits = words(&browser.text("#plan-limits"));
+    assert!(
+        limits.starts_with("user.day") && limits.contains("/ 5,000"),
+        "{limits}"
+    );
+    let usage = words(&browser.text("#usage"));
+    assert!(
+        usage.contains(&format!("{month} #{pro_id} pro key 7 0")),
+        "{usage}"
+    );
+    assert!(
+        usage.contains(&format!("{month} #{tight_id} tight key 2 2")),
+        "{usage}"
+    );
+    assert_eq!(browser.text("#usage-admitted"), "9");
+    assert_eq!(browser.text("#usage-refused"), "2");
+    choose(&browser, "usage-group", "plan", &loaded);
+    let usage = words(&browser.text("#usage"));
+    assert!(
+        usage.contains(&format!("{month} #{plan_id} pro 7 0")),
+        "{usage}"
+    );
+    assert!(usage.contains(&format!("{month} (no plan) 2 2")), "{usage}");
+
+    // A key holder sees its own key's plan, from /me, with no picker.
+    browser.click("#sign-out");
+    browser.type_into("#credential", &pro);
+    browser.click("#sign-in");
+    wait_for(&browser, "document.body.dataset.loaded");
+    assert_eq!(browser.text("#plan-name"), "plan pro");
+    assert!(browser.text("#plan-subject").starts_with("Your key"));
+    assert_eq!(
+        browser.script("return document.getElementById('subject').hidden"),
+        json!(true)
+    );
     drop(browser);
 }

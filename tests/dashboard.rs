@@ -37,3 +37,33 @@ fn dashboard_page_loads_without_credentials_under_a_self_only_policy() {
     assert_eq!(missing.status, 404);
     assert_eq!(missing.code(), "not_found");
 }
+
+#[test]
+fn dashboard_has_the_plan_panel_and_the_usage_table_with_a_csv_link() {
+    let gw = Gateway::start();
+    let page = gw.direct("GET", "/dashboard", &[], None).body;
+    for id in [
+        "subject",
+        "plan-name",
+        "plan-limits",
+        "usage-group",
+        "usage-months",
+        "usage",
+    ] {
+        assert!(page.contains(&format!("id=\"{id}\"")), "#{id} on the page");
+    }
+    assert!(page.contains(r##"<a id="usage-csv" class="download" href="#" download="##));
+    let script = gw.direct("GET", "/dashboard/app.js", &[], None).body;
+    // The limits of the chosen key or user (or /me for a key holder), the usage by month,
+    // and the CSV made into a blob: URL instead of a link carrying the credential.
+    for wiring in [
+        "/limits\"",
+        "\"/me\"",
+        "\"/analytics/usage\"",
+        "bucket: \"month\"",
+        "format: \"csv\"",
+        "URL.createObjectURL",
+    ] {
+        assert!(script.contains(wiring), "app.js: {wiring}");
+    }
+}

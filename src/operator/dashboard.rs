@@ -1,6 +1,7 @@
 //! `GET /dashboard`: the operator page, embedded in the binary (HTML, script and style
 //! from `src/operator/dashboard/`, no build step, nothing fetched from elsewhere). The page holds
-//! no data: it asks for the admin secret or an API key and calls `/analytics/*` with it.
+//! no data: it asks for the admin secret or an API key and calls `/analytics/*` with it (and,
+//! for the plan panel, `/admin/*` or `/me`).
 
 use crate::error::{Error, Result};
 use crate::http::{Body, Ctx, Reply};

@@ -5,6 +5,8 @@
 
 const STORE = "tollgate.credential";
 const WINDOW_STORE = "tollgate.window";
+const SUBJECT_STORE = "tollgate.subject";
+const USAGE_STORE = "tollgate.usage";
 const REFRESH_MS = 5000;
 const SVG = "http://www.w3.org/2000/svg";
 const DASH = "–";
@@ -12,6 +14,11 @@ const DASH = "–";
 const $ = (id) => document.getElementById(id);
 let timer = null;
 let generation = 0;
+// The picker's options as last drawn, and a label per "key:<id>" / "user:<id>".
+let subjectsShown = "";
+let subjectInfo = new Map();
+// The object URL of the last CSV download, revoked when the next one is made.
+let csvUrl = null;
 
 function credential() {
   return sessionStorage.getItem(STORE);
@@ -32,7 +39,8 @@ class HttpError extends Error {
   }
 }
 
-async function get(path, params) {
+// The credential travels in a header only, never in the URL, where logs and history keep it.
+async function request(path, params) {
   const q = new URLSearchParams(params).toString();
   const res = await fetch(path + (q ? "?" + q : ""), {
     headers: authHeaders(credential()),
@@ -51,7 +59,15 @@ async function get(path, params) {
     }
     throw new HttpError(res.status, code, message);
   }
-  return res.json();
+  return res;
+}
+
+async function get(path, params) {
+  return (await request(path, params)).json();
+}
+
+function isAdmin() {
+  return "x-admin-secret" in authHeaders(credential());
 }
 
 // ---- formatting -------------------------------------------------------------------------
@@ -309,6 +325,205 @@ function clock(iso) {
   return isNaN(d) ? DASH : d.toLocaleTimeString("en-GB");
 }
 
+// ---- plan, quota and usage ----------------------------------------------------------------
+
+// The selected key or user ({kind, id}), or null. Only the admin picks one; a key holder
+// sees its own key through /me.
+function selected() {
+  const v = isAdmin() ? sessionStorage.getItem(SUBJECT_STORE) : null;
+  const m = /^(key|user):([0-9]+)$/.exec(v || "");
+  return m ? { kind: m[1], id: Number(m[2]) } : null;
+}
+
+function setSelected(value) {
+  if (value) sessionStorage.setItem(SUBJECT_STORE, value);
+  else sessionStorage.removeItem(SUBJECT_STORE);
+}
+
+// The picker lists the first page of keys and of users (the admin API's page cap, 100).
+async function loadSubjects() {
+  const [keys, users, plans] = await Promise.all([
+    get("/admin/api-keys", { limit: 100 }),
+    get("/admin/users", { limit: 100 }),
+    get("/admin/plans"),
+  ]);
+  return { keys, users, plans };
+}
+
+function showSubjects(lists) {
+  const plan = new Map(lists.plans.map((p) => [p.id, p.name]));
+  const info = new Map();
+  for (const k of lists.keys) {
+    const p = plan.get(k.effective && k.effective.planId);
+    const label = "#" + k.id + " " + (k.name || k.keyPrefix) + (p ? " · " + p : "") + (k.isActive ? "" : " · inactive");
+    info.set("key:" + k.id, { label, name: k.name || k.keyPrefix });
+  }
+  for (const u of lists.users) {
+    const p = plan.get(u.planId);
+    info.set("user:" + u.id, { label: "#" + u.id + " " + u.email + (p ? " · " + p : ""), name: u.email, plan: p });
+  }
+  subjectInfo = info;
+  const sel = $("subject");
+  const shown = JSON.stringify([...info]);
+  // Rebuilding the options under an open picker would close it; the next refresh catches up.
+  if (shown === subjectsShown || document.activeElement === sel) return;
+  subjectsShown = shown;
+  const groups = [["Keys", "key:"], ["Users", "user:"]].map(([name, prefix]) => {
+    const g = el("optgroup", { label: name });
+    for (const [value, i] of info) {
+      if (value.startsWith(prefix)) g.append(el("option", { value }, i.label));
+    }
+    return g;
+  });
+  sel.replaceChildren(el("option", { value: "" }, "choose a key or user"), ...groups);
+  const want = sessionStorage.getItem(SUBJECT_STORE) || "";
+  sel.value = info.has(want) ? want : "";
+}
+
+function limitsCall() {
+  if (!isAdmin()) return get("/me");
+  const s = selected();
+  if (!s) return Promise.resolve(null);
+  return get(s.kind === "key" ? "/admin/api-keys/" + s.id + "/limits" : "/admin/users/" + s.id + "/limits");
+}
+
+// 1 s, 1 min, 1 h, 1 day, 30 days; a quota's month shows as "month".
+function span(secs, quota) {
+  if (!isNum(secs)) return DASH;
+  if (quota && secs >= 28 * 86400) return "month";
+  for (const [unit, n] of [["day", 86400], ["h", 3600], ["min", 60]]) {
+    if (secs >= n && secs % n === 0) {
+      const k = secs / n;
+      return k + " " + unit + (unit === "day" && k !== 1 ? "s" : "");
+    }
+  }
+  return secs + " s";
+}
+
+// The time alone within a day, else the date too.
+function resetTime(iso) {
+  const d = new Date(iso);
+  if (isNaN(d)) return DASH;
+  if (d - Date.now() < 86400000) return d.toLocaleTimeString("en-GB");
+  return d.toLocaleString("en-GB", { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" });
+}
+
+function limitName(r) {
+  const cell = el("span", {}, r.name);
+  // `user.` names are the user's own limits, counted across all of its keys.
+  if (r.name.startsWith("user.")) cell.append(el("span", { class: "tag", title: "counted across all the user's keys" }, "owner-wide"));
+  return cell;
+}
+
+function useMeter(r) {
+  const max = Math.max(1, r.limit);
+  return el("meter", { min: 0, max, value: Math.min(r.used, max), low: 0.75 * max, high: 0.9 * max, optimum: 0 });
+}
+
+function usedOfLimit(r) {
+  const pct = r.limit > 0 ? (r.used * 100) / r.limit : 100;
+  return count(r.used) + " / " + count(r.limit) + " (" + (Math.round(pct * 10) / 10) + " %)";
+}
+
+function showLimits(v) {
+  const plan = $("plan-name");
+  if (!v) {
+    setText("plan-subject", "No key or user chosen.");
+    plan.textContent = "";
+    unavailable("plan-limits", 5, "choose a key or user to see where its limits stand");
+    return;
+  }
+  if (v.keyId != null) {
+    const i = subjectInfo.get("key:" + v.keyId);
+    setText("plan-subject", (isAdmin() ? "Key #" : "Your key #") + v.keyId + (i ? " " + i.name : "") + " of user #" + v.userId + " ·");
+    plan.textContent = v.plan ? "plan " + v.plan.name : "no plan";
+  } else {
+    const i = subjectInfo.get("user:" + v.userId);
+    setText("plan-subject", "User #" + v.userId + (i ? " " + i.name : "") + ": its owner-wide limits ·");
+    plan.textContent = i && i.plan ? "its keys' plan " + i.plan : "no plan";
+  }
+  const rows = [
+    ...(v.limits || []).map((l) => ({ ...l, per: span(l.windowSecs, false) })),
+    ...(v.quotas || []).map((q) => ({ ...q, per: span(q.periodSecs, true) })),
+  ];
+  fillTable("plan-limits", rows, [
+    [limitName],
+    [(r) => r.per],
+    [useMeter],
+    [usedOfLimit, "n"],
+    [(r) => resetTime(r.resetsAt), "n"],
+  ], "no limit or quota applies");
+}
+
+// `from` as the month `months - 1` before this one (UTC, as the server counts).
+function monthsBack(months) {
+  const now = new Date();
+  const d = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - (months - 1), 1));
+  return d.getUTCFullYear() + "-" + String(d.getUTCMonth() + 1).padStart(2, "0");
+}
+
+function usageParams() {
+  const p = { groupBy: $("usage-group").value, bucket: "month", from: monthsBack(Number($("usage-months").value)) };
+  const s = selected();
+  if (s) p[s.kind === "key" ? "keyId" : "userId"] = s.id;
+  return p;
+}
+
+const USAGE_ROWS = 200;
+const GROUPS = { key: ["Key", "keyId"], user: ["User", "userId"], plan: ["Plan", "planId"] };
+
+function showUsage(u, params) {
+  const [title, idField] = GROUPS[u.groupBy] || GROUPS.user;
+  setText("usage-who", title);
+  const chosen = params.keyId ? "key:" + params.keyId : params.userId ? "user:" + params.userId : "";
+  const i = subjectInfo.get(chosen);
+  const scope = chosen ? chosen.replace(":", " #") + (i ? " " + i.name : "") : isAdmin() ? "every user" : "your user";
+  setText("usage-scope", u.from + " to " + u.to + " · " + scope);
+  // Newest month first; within a month, the server's order.
+  const rows = [...u.rows].sort((a, b) => (a.bucket < b.bucket ? 1 : a.bucket > b.bucket ? -1 : 0));
+  fillTable("usage", rows.slice(0, USAGE_ROWS), [
+    [(r) => r.bucket],
+    [(r) => (r[idField] == null ? "(no plan)" : "#" + r[idField] + (r.name ? " " + r.name : ""))],
+    [(r) => count(r.admitted), "n"],
+    [(r) => count(r.refused), "n"],
+  ], "no usage in these months");
+  setText("usage-admitted", count(rows.reduce((s, r) => s + r.admitted, 0)));
+  setText("usage-refused", count(rows.reduce((s, r) => s + r.refused, 0)));
+  setText("usage-note", rows.length > USAGE_ROWS ? "the newest " + USAGE_ROWS + " of " + rows.length + " rows; the CSV has all" : "");
+}
+
+// The CSV is fetched with the credential header when asked for, then handed to the browser
+// as a blob: URL on the link itself. Following a link is a download, not a fetch, so the
+// page's CSP (connect-src 'self') needs no blob: source for it.
+async function downloadCsv(ev) {
+  const a = ev.currentTarget;
+  if (a.dataset.ready) return; // the click below: let the browser save the blob
+  ev.preventDefault();
+  try {
+    const res = await request("/analytics/usage", { ...usageParams(), format: "csv" });
+    const m = /filename="([^"]+)"/.exec(res.headers.get("content-disposition") || "");
+    const blob = await res.blob();
+    forgetCsv();
+    csvUrl = URL.createObjectURL(blob);
+    a.href = csvUrl;
+    a.download = m ? m[1] : "usage.csv";
+    a.dataset.ready = "1";
+    a.click();
+    // Each later click fetches the figures again.
+    delete a.dataset.ready;
+  } catch (e) {
+    setText("usage-note", "CSV download failed: " + e.message);
+  }
+}
+
+function forgetCsv() {
+  if (csvUrl) URL.revokeObjectURL(csvUrl);
+  csvUrl = null;
+  const a = $("usage-csv");
+  a.href = "#";
+  a.download = "usage.csv";
+}
+
 // ---- refresh ----------------------------------------------------------------------------
 
 function bucketFor(w) {
@@ -338,12 +553,16 @@ async function refresh() {
   const mine = ++generation;
   const w = $("window").value;
   const bucket = bucketFor(w);
+  const usageQuery = usageParams();
   const calls = await Promise.allSettled([
     get("/analytics/overview", { window: w }),
     get("/analytics/timeseries", { window: w, bucket }),
     get("/analytics/top-routes", { window: w, limit: 8 }),
     get("/analytics/top-keys", { window: w, limit: 8 }),
     get("/analytics/recent", { window: w, limit: 15 }),
+    isAdmin() ? loadSubjects() : Promise.resolve(null),
+    limitsCall(),
+    get("/analytics/usage", usageQuery),
   ]);
   if (mine !== generation) return; // a newer refresh (window change) has started
   const denied = calls.find((c) => c.status === "rejected" && c.reason.status === 401);
@@ -355,7 +574,7 @@ async function refresh() {
     return;
   }
   const problems = [];
-  const [overview, series, routes, keys, recent] = calls;
+  const [overview, series, routes, keys, recent, subjects, limits, usage] = calls;
   if (overview.status === "fulfilled") showOverview(overview.value);
   else problems.push("overview: " + overview.reason.message);
 
@@ -409,6 +628,31 @@ async function refresh() {
     problems.push("recent: " + recent.reason.message);
   }
 
+  if (subjects.status === "fulfilled") {
+    if (subjects.value) showSubjects(subjects.value);
+  } else {
+    problems.push("keys and users: " + subjects.reason.message);
+  }
+
+  if (limits.status === "fulfilled") {
+    showLimits(limits.value);
+  } else if (limits.reason.status === 404 && selected()) {
+    // Deleted since it was chosen.
+    setSelected("");
+    $("subject").value = "";
+    showLimits(null);
+  } else {
+    setText("plan-subject", DASH);
+    $("plan-name").textContent = "";
+    unavailable("plan-limits", 5, "unavailable: " + limits.reason.message);
+  }
+
+  if (usage.status === "fulfilled") {
+    showUsage(usage.value, usageQuery);
+  } else {
+    unavailable("usage", 4, "unavailable: " + usage.reason.message);
+  }
+
   const banner = $("banner");
   banner.hidden = problems.length === 0;
   banner.textContent = problems.length ? "Some figures could not be loaded — " + problems.join("; ") : "";
@@ -436,6 +680,7 @@ async function start() {
   $("controls").hidden = false;
   const cred = credential();
   setText("who", "x-admin-secret" in authHeaders(cred) ? "admin" : "API key " + cred.split("_")[1]);
+  $("subject").hidden = !isAdmin();
   try {
     await refresh();
   } catch (e) {
@@ -452,10 +697,15 @@ function clearAll() {
     setText(id, DASH);
   }
   for (const id of ["top-routes", "top-keys", "recent", "status-legend", "chart-requests",
-    "chart-latency", "chart-status"]) {
+    "chart-latency", "chart-status", "plan-limits", "usage"]) {
     $(id).replaceChildren();
   }
-  setText("updated", "");
+  for (const id of ["plan-subject", "usage-admitted", "usage-refused"]) setText(id, DASH);
+  for (const id of ["plan-name", "usage-scope", "usage-note", "updated"]) setText(id, "");
+  $("subject").replaceChildren(el("option", { value: "" }, "choose a key or user"));
+  subjectsShown = "";
+  subjectInfo = new Map();
+  forgetCsv();
 }
 
 function signOut(message) {
@@ -463,6 +713,7 @@ function signOut(message) {
   generation++;
   clearAll();
   sessionStorage.removeItem(STORE);
+  sessionStorage.removeItem(SUBJECT_STORE);
   $("app").hidden = true;
   $("controls").hidden = true;
   $("login").hidden = false;
@@ -483,11 +734,28 @@ document.addEventListener("DOMContentLoaded", () => {
     start();
   });
   $("sign-out").addEventListener("click", () => signOut(""));
-  $("window").addEventListener("change", () => {
-    sessionStorage.setItem(WINDOW_STORE, $("window").value);
+  const reload = () => {
     refresh().catch((e) => setText("updated", "refresh failed: " + e.message));
     schedule();
+  };
+  $("window").addEventListener("change", () => {
+    sessionStorage.setItem(WINDOW_STORE, $("window").value);
+    reload();
   });
+  const usage = (sessionStorage.getItem(USAGE_STORE) || "").split(":");
+  if ([...$("usage-group").options].some((o) => o.value === usage[0])) $("usage-group").value = usage[0];
+  if ([...$("usage-months").options].some((o) => o.value === usage[1])) $("usage-months").value = usage[1];
+  for (const id of ["usage-group", "usage-months"]) {
+    $(id).addEventListener("change", () => {
+      sessionStorage.setItem(USAGE_STORE, $("usage-group").value + ":" + $("usage-months").value);
+      reload();
+    });
+  }
+  $("subject").addEventListener("change", () => {
+    setSelected($("subject").value);
+    reload();
+  });
+  $("usage-csv").addEventListener("click", downloadCsv);
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden && credential()) schedule();
   });
