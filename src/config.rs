@@ -11,12 +11,12 @@ pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:3000";
 /// so this is the number of requests in flight. Blocked threads cost only memory, so 64
 /// leaves room for a slow upstream next to a busy one without thrashing two cores.
 pub const DEFAULT_WORKERS: usize = 64;
-/// Database connections. A request holds one only for its counter statement (~0.2 ms), so
+/// Database connections. A request holds one only for its counting round (~0.2 ms), so
 /// half the workers is plenty and leaves room under Postgres' default `max_connections`.
 pub const DEFAULT_DB_POOL_SIZE: u32 = 16;
-/// Counter statements in flight at once, i.e. counter connections (`synchronous_commit =
+/// Counting rounds in flight at once, i.e. counter connections (`synchronous_commit =
 /// off`, see `store::counter_pool`). Requests arriving while they run join the next batch
-/// (see `gateway::ratelimit`), so one statement at a time still scales with load: the
+/// (see `gateway::ratelimit`), so one round at a time still scales with load: the
 /// busier the gateway, the bigger each batch. One, because every extra statement in flight
 /// halves the batches and on one hot key makes the statements queue on each other's row
 /// lock (measured in docs/performance.md). With the database across a network round trip,
@@ -298,7 +298,7 @@ pub struct Config {
     #[cfg(debug_assertions)]
     pub test_panic_path: Option<String>,
     /// `TOLLGATE_TEST_CLOCK_SHIFT_SECS`, test-only like `test_panic_path` and read by debug
-    /// builds only: seconds added to the database clock in the counter statement, so tests
+    /// builds only: seconds added to the database clock in the counting round, so tests
     /// can put the gateway seconds before a day or month boundary without waiting for it.
     /// Always 0 in release builds.
     pub clock_shift_secs: f64,

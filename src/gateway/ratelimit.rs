@@ -6,12 +6,12 @@
 //!
 //! Counting is batched: every request that arrives while the counter connections are all
 //! busy joins the next batch, and when a connection frees up one member of that batch runs
-//! one statement for all of it (`store::counters::TAKE_SQL`). Requests for the same key in
-//! a batch become one entry of N; the statement locks each key's and user's counter row
-//! once, admits up to N of them and returns the counts before them, and each member derives
-//! its own position from that. The limits stay exact across replicas (the row locks
-//! serialise every statement that touches a key or user) while the database runs one
-//! statement per batch instead of one per request or per limit.
+//! one counting round for all of it (`store::counters::count`, `counting.rs`). Requests for
+//! the same key in a batch become one entry of N; the round locks each key's and user's
+//! counter row once, admits up to N of them and returns the counts before them, and each
+//! member derives its own position from that. The limits stay exact across replicas (the
+//! row locks serialise every round that touches a key or user) while the database runs one
+//! round per batch instead of one per request or per limit.
 
 use super::counting::{Entries, Taken};
 use super::metrics::Metrics;
@@ -285,7 +285,7 @@ fn decide_member(taken: &[Taken], me: i32) -> Result<Decision> {
     let admitted = taken
         .first()
         .map(|t| t.admitted)
-        .ok_or_else(|| Error::Internal("counter statement answered no check".into()))?;
+        .ok_or_else(|| Error::Internal("counting round answered no check".into()))?;
     let allowed = i64::from(me) < admitted;
     let count = |t: &Taken| {
         if allowed {

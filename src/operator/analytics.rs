@@ -505,10 +505,13 @@ fn parse_date(v: &str, last: bool) -> Option<NaiveDate> {
 }
 
 /// One CSV field (RFC 4180): quoted, its quotes doubled, when it holds a comma, a quote or
-/// a line break (names are free text); null is the empty field.
+/// a line break (names are free text); null is the empty field. A text field that a
+/// spreadsheet would run as a formula (starting `=`, `+`, `-`, `@`, tab or CR) gets a
+/// leading `'`, as OWASP advises for CSV meant for spreadsheets; numbers are left alone.
 fn csv_field(v: &Value) -> String {
     let s = match v {
         Value::Null => return String::new(),
+        Value::String(s) if s.starts_with(['=', '+', '-', '@', '\t', '\r']) => format!("'{s}"),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
@@ -606,6 +609,9 @@ mod tests {
         assert_eq!(csv_field(&json!("a,b")), "\"a,b\"");
         assert_eq!(csv_field(&json!("say \"hi\"")), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_field(&json!("two\nlines")), "\"two\nlines\"");
+        assert_eq!(csv_field(&json!("=HYPERLINK(1)")), "'=HYPERLINK(1)");
+        assert_eq!(csv_field(&json!("-2+3,x")), "\"'-2+3,x\"");
+        assert_eq!(csv_field(&json!(-5)), "-5");
     }
 
     /// Parameters through the fake request: each bad one is a 400 naming it, answered

@@ -151,10 +151,10 @@ pub fn pool(cfg: &Config) -> Result<Pool> {
 /// off`, so a counter transaction does not wait for its WAL flush (the hot key's row lock
 /// is held for microseconds instead of a disk flush). A crash can lose the last few hundred
 /// ms of counts (at most 3 × `wal_writer_delay`), never corrupt them; log and admin writes
-/// use the other pool and stay durable. Its one statement (`counters::TAKE_SQL`) also runs
-/// with a generic plan: with array parameters Postgres otherwise keeps re-planning it for
-/// every execution (docs/performance.md); and with `random_page_cost` for data in memory,
-/// so its primary-key lookups of a few counter rows are not planned as a scan of the table.
+/// use the other pool and stay durable. Its statements (`counters::ROUND_SQL`) also run with
+/// a generic plan: with array parameters Postgres otherwise keeps re-planning them for every
+/// execution (docs/performance.md); and with `random_page_cost` for data in memory, so the
+/// primary-key lookups of a few counter rows are not planned as a scan of the table.
 pub fn counter_pool(cfg: &Config) -> Result<Pool> {
     let mut pg = pg_config(cfg)?;
     const SESSION: &str = "-c synchronous_commit=off -c plan_cache_mode=force_generic_plan \

@@ -113,7 +113,7 @@ fn stats(op: &Operator) -> Value {
         "databaseUp": op.health.is_up(),
         "dbPoolConnections": state.connections,
         "dbPoolIdle": state.idle_connections,
-        // Their ratio is how many requests one counter statement served (batching).
+        // Their ratio is how many requests one counting round served (batching).
         "counterStatements": limiter.counters.statements.load(Ordering::Relaxed),
         "counterRequests": limiter.counters.counted.load(Ordering::Relaxed),
     })
