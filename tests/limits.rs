@@ -359,3 +359,31 @@ fn me_shows_the_plan_and_every_limit_and_quota_without_counting() {
     let post = gw.request("POST", "/me", &[("x-api-key", &key)], None);
     assert_eq!(post.status, 405);
 }
+
+/// A key holder's analytics calls count against its sliding limits (they protect the
+/// gateway) but not its quota, which counts the API traffic that is logged and billed.
+#[test]
+fn analytics_calls_count_against_limits_but_not_the_quota() {
+    let (gw, _up, user) = gateway_with_api_route(&[]);
+    let (key, _) = gw.create_key(
+        user,
+        json!({"limits": [{"name": "hour", "limit": 8, "windowSecs": 3600}],
+               "quota": {"limit": 3, "period": "day"}}),
+    );
+    for _ in 0..4 {
+        let r = gw.get("/analytics/overview", &[("x-api-key", &key)]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(!r.header("RateLimit-Policy").unwrap().contains("quota"));
+    }
+    let rs = send(&gw, &key, 5);
+    assert_eq!(status_counts(&rs), (3, 2));
+    assert_eq!(rs[3].code(), "quota_exceeded");
+    // The hour limit saw 4 + 3: one more analytics call fits, the next does not.
+    let ok = gw.get("/analytics/overview", &[("x-api-key", &key)]);
+    assert_eq!(ok.status, 200);
+    let refused = gw.get("/analytics/overview", &[("x-api-key", &key)]);
+    assert_eq!(
+        (refused.status, refused.code()),
+        (429, "rate_limited".to_string())
+    );
+}

@@ -1,7 +1,8 @@
 //! Plans and the limit fields of keys and users through the admin API: plan CRUD and its
 //! 409s, `planId` / `limits` / `quota` on keys and users (absent keeps, null clears),
 //! `PATCH /admin/users/:id`, quota resets, and bodies with fields no endpoint takes. How
-//! the gateway counts by these fields is tested in ratelimit.
+//! the gateway counts by these fields is tested in limits (and across replicas in
+//! tests/cluster.rs).
 
 use crate::util::Gateway;
 use serde_json::{json, Value};

@@ -88,6 +88,22 @@ impl Gateway {
         trace.admitted = Some(limit.admitted());
         Ok(limit)
     }
+
+    /// Counts an operator request of `key` (a key holder's analytics call) against the
+    /// key's and its user's sliding limits only: quotas count the API traffic that is
+    /// logged and billed (`/analytics/usage`), which operator calls are not.
+    pub fn count_operator_call(
+        &self,
+        pool: &Pool,
+        health: &DbHealth,
+        key: &auth::Authed,
+    ) -> Result<ratelimit::Limit> {
+        let limits = self
+            .plans
+            .limits_for(pool, &key.info, self.rate_window_secs)
+            .without_quotas();
+        self.limiter.check(health, key.id, key.user_id, &limits)
+    }
 }
 
 /// Who a gateway request turned out to be, filled in phase by phase for its log row.

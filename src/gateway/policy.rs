@@ -44,6 +44,16 @@ impl Limits {
     pub fn is_empty(&self) -> bool {
         self.key.is_empty() && self.user.is_empty()
     }
+
+    /// The sliding limits alone.
+    pub fn without_quotas(&self) -> Limits {
+        let windows = |c: &[Check]| c.iter().filter(|c| c.period.is_none()).cloned().collect();
+        Limits {
+            plan_id: self.plan_id,
+            key: windows(&self.key),
+            user: windows(&self.user),
+        }
+    }
 }
 
 /// The name the quota goes by in headers, errors and `/me`.

@@ -48,7 +48,7 @@ pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
     } else {
         let key = gw.auth.authenticate(op.pool, op.health, ctx)?;
         // The same outage policy as the gateway path (fail-open or fail-closed).
-        let limit = gw.count(op.pool, op.health, &key, &mut Default::default())?;
+        let limit = gw.count_operator_call(op.pool, op.health, &key)?;
         if let Some(refused) = limit.refusal(&gw.metrics) {
             return Ok(refused);
         }
