@@ -59,7 +59,7 @@ pub struct Decision {
 
 /// What a batch's statement answered, one list of checks per entry; `Err(true)` for
 /// "database unavailable", `Err(false)` for any other failure.
-type Answer = std::result::Result<Vec<Vec<Taken>>, bool>;
+type Answer = std::result::Result<Vec<Arc<[Taken]>>, bool>;
 
 /// Requests waiting for one statement. Members wait on `cv` with the counters' lock.
 #[derive(Default)]
@@ -152,7 +152,7 @@ impl Counters {
     /// position among its key's requests in the batch. Leads the batch (runs its
     /// statement) when a counter connection is free; otherwise waits until the batch has
     /// been answered or a connection frees up while it is still pending.
-    fn take(&self, key_id: i64, user_id: i64, limits: &Limits) -> Result<(Vec<Taken>, i32)> {
+    fn take(&self, key_id: i64, user_id: i64, limits: &Limits) -> Result<(Arc<[Taken]>, i32)> {
         let mut st = self.lock();
         let (entry, me) = st.pending.join(key_id, user_id, limits);
         let batch = st.pending.batch.clone();
@@ -201,7 +201,7 @@ impl Counters {
         };
     }
 
-    fn run(&self, p: &Pending) -> Result<Vec<Vec<Taken>>> {
+    fn run(&self, p: &Pending) -> Result<Vec<Arc<[Taken]>>> {
         let e = &p.entries;
         let taken = counters::count(&self.pool, &e.subjects(), self.clock_shift, |rows, now| {
             e.allocate(rows, now)
@@ -214,7 +214,8 @@ impl Counters {
                 .sum(),
             Ordering::Relaxed,
         );
-        Ok(taken)
+        // Shared by the entry's members: each reads it, none copies it.
+        Ok(taken.into_iter().map(Arc::from).collect())
     }
 
     /// Counts one request of `key_id` (of `user_id`) under `limits` and decides it.
@@ -266,7 +267,7 @@ impl Drop for Lead<'_> {
 }
 
 /// One entry's share of a batch's answer.
-fn answer_for(answer: &Answer, entry: usize) -> Result<Vec<Taken>> {
+fn answer_for(answer: &Answer, entry: usize) -> Result<Arc<[Taken]>> {
     match answer {
         Ok(taken) => taken
             .get(entry)
