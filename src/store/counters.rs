@@ -216,22 +216,32 @@ enum Literal {
 impl Literal {
     /// `{a,b}` with every element double-quoted and escaped: an array's text input form.
     fn array_text<T: std::fmt::Display>(items: &[T]) -> String {
-        let mut s = String::from("{");
+        use std::fmt::Write;
+        let mut s = String::with_capacity(2 + 12 * items.len());
+        s.push('{');
         for (i, v) in items.iter().enumerate() {
-            if i > 0 {
-                s.push(',');
-            }
-            s.push('"');
-            for c in v.to_string().chars() {
-                if c == '"' || c == '\\' {
-                    s.push('\\');
-                }
-                s.push(c);
-            }
+            s.push_str(if i == 0 { "\"" } else { ",\"" });
+            // Written straight into the literal, escaped on the way: no string per element.
+            let _ = write!(Escaped(&mut s), "{v}");
             s.push('"');
         }
         s.push('}');
         s
+    }
+}
+
+/// Writes into a double-quoted array element, backslash-escaping `"` and `\\`.
+struct Escaped<'a>(&'a mut String);
+
+impl std::fmt::Write for Escaped<'_> {
+    fn write_str(&mut self, part: &str) -> std::fmt::Result {
+        for c in part.chars() {
+            if c == '"' || c == '\\' {
+                self.0.push('\\');
+            }
+            self.0.push(c);
+        }
+        Ok(())
     }
 }
 
