@@ -171,6 +171,15 @@ pub const PLAN_MISS_RELOAD_EVERY: Duration = Duration::from_millis(200);
 pub const RESOLVED_CACHE_MAX: usize = 100_000;
 /// Largest limit or quota: far above any real allowance, far below the counters' range.
 pub const MAX_QUOTA: i64 = 1_000_000_000_000;
+/// How long a rotated-out secret keeps working when a rotation names no `graceSecs`: a
+/// day, time for every client of the key to pick up the new one.
+pub const DEFAULT_ROTATION_GRACE_SECS: i64 = 86_400;
+/// Longest grace a rotation may give the old secret: 30 days. A leaked secret should not
+/// outlive its replacement by more than a billing cycle.
+pub const MAX_ROTATION_GRACE_SECS: i64 = 30 * 86_400;
+/// Largest `metadata` object on a user or key, as compact JSON: room for a few ids and
+/// labels, small enough that every key and user answer stays small.
+pub const MAX_METADATA_BYTES: usize = 4 * 1024;
 /// How long start-up (`serve`, `migrate`) waits for the database before giving up: long
 /// enough for a database started alongside the gateway (systemd, compose, `make run`).
 pub const STARTUP_DB_WAIT: Duration = Duration::from_secs(30);

@@ -22,6 +22,10 @@ pub enum Error {
     InvalidApiKey,
     ExpiredApiKey,
     RevokedApiKey,
+    /// The secret was replaced by a rotation and its grace period has ended.
+    RotatedApiKey,
+    /// The key is paused; unlike a revoked key it may be resumed.
+    InactiveApiKey,
     InsufficientScope,
     NotFound(String),
     RouteNotFound,
@@ -77,7 +81,9 @@ impl Error {
             | Error::MissingApiKey
             | Error::InvalidApiKey
             | Error::ExpiredApiKey
-            | Error::RevokedApiKey => 401,
+            | Error::RevokedApiKey
+            | Error::RotatedApiKey
+            | Error::InactiveApiKey => 401,
             Error::InsufficientScope => 403,
             Error::NotFound(_) | Error::RouteNotFound => 404,
             Error::MethodNotAllowed => 405,
@@ -108,6 +114,8 @@ impl Error {
             Error::InvalidApiKey => "invalid_api_key",
             Error::ExpiredApiKey => "expired_api_key",
             Error::RevokedApiKey => "revoked_api_key",
+            Error::RotatedApiKey => "rotated_api_key",
+            Error::InactiveApiKey => "inactive_api_key",
             Error::InsufficientScope => "insufficient_scope",
             Error::NotFound(_) => "not_found",
             Error::RouteNotFound => "route_not_found",
@@ -167,6 +175,11 @@ impl fmt::Display for Error {
             Error::InvalidApiKey => write!(f, "invalid API key"),
             Error::ExpiredApiKey => write!(f, "API key has expired"),
             Error::RevokedApiKey => write!(f, "API key has been revoked"),
+            Error::RotatedApiKey => write!(
+                f,
+                "API key has been rotated and this secret's grace period is over; use the new key"
+            ),
+            Error::InactiveApiKey => write!(f, "API key is paused"),
             Error::InsufficientScope => {
                 write!(f, "this key's scopes do not allow this method")
             }

@@ -3,7 +3,7 @@
 //! of failed attempts.
 
 use super::guards::{BcryptGate, FailureLimit};
-use super::keys::{bearer, parse_key, KeyCache};
+use super::keys::{bearer, parse_key, KeyCache, Lookup};
 use crate::config::BCRYPT_WAIT;
 use crate::error::{Error, Result};
 use crate::http::Ctx;
@@ -61,27 +61,31 @@ impl Auth {
             self.failures.record(&ctx.client_ip);
             Error::InvalidApiKey
         };
-        let info = match cache.lookup(public_id, &digest) {
-            Some(Some(info)) => {
+        let (info, previous) = match cache.lookup(public_id, &digest) {
+            Lookup::Current(info) => {
                 cache.hits.fetch_add(1, Ordering::Relaxed);
-                info
+                (info, false)
+            }
+            Lookup::Previous(info) => {
+                cache.hits.fetch_add(1, Ordering::Relaxed);
+                (info, true)
             }
             // Cached id, other secret: certainly wrong, and no bcrypt needed to say so.
-            Some(None) => {
+            Lookup::Wrong => {
                 self.failures.check(&ctx.client_ip)?;
                 return Err(refuse());
             }
-            None => {
+            Lookup::Miss => {
                 self.failures.check(&ctx.client_ip)?;
                 if cache.recently_failed(public_id, &digest) {
                     return Err(refuse());
                 }
                 cache.misses.fetch_add(1, Ordering::Relaxed);
                 match self.verify_from_db(pool, health, public_id, secret) {
-                    Ok(info) => {
+                    Ok((info, hash, previous)) => {
                         let info = Arc::new(info);
-                        cache.insert(public_id, digest, info.clone());
-                        info
+                        cache.insert(public_id, digest, &hash, info.clone());
+                        (info, previous)
                     }
                     Err(Error::InvalidApiKey) => {
                         cache.remember_failure(public_id, digest);
@@ -91,11 +95,20 @@ impl Auth {
                 }
             }
         };
+        let now = Utc::now();
+        // The previous secret's grace is judged per request, so it ends on time on every
+        // replica without any notification.
+        if previous && info.hashes.prev_valid_until.is_none_or(|t| t <= now) {
+            return Err(Error::RotatedApiKey);
+        }
         if info.revoked {
             return Err(Error::RevokedApiKey);
         }
-        if info.expires_at.is_some_and(|t| t <= Utc::now()) {
+        if info.expires_at.is_some_and(|t| t <= now) {
             return Err(Error::ExpiredApiKey);
+        }
+        if info.paused {
+            return Err(Error::InactiveApiKey);
         }
         Ok(Authed {
             id: info.id,
@@ -106,25 +119,32 @@ impl Auth {
         })
     }
 
+    /// The key, the hash that accepted `secret`, and whether that is the previous one
+    /// (a rotated-out secret, whose grace the caller judges).
     fn verify_from_db(
         &self,
         pool: &Pool,
         health: &DbHealth,
         public_id: &str,
         secret: &str,
-    ) -> Result<KeyInfo> {
+    ) -> Result<(KeyInfo, String, bool)> {
         // While the database is known to be down, unknown keys get 503 at once.
         let found = health.call(|| keys::find_for_verify(pool, public_id))?;
-        let (hash, key) = found.ok_or(Error::InvalidApiKey)?;
+        let key = found.ok_or(Error::InvalidApiKey)?;
         // bcrypt is pure CPU: a bounded number at once keeps cached-key traffic moving.
         let _slot = self.bcrypt.acquire(BCRYPT_WAIT)?;
-        self.cache
-            .bcrypt_verifications
-            .fetch_add(1, Ordering::Relaxed);
-        if !bcrypt::verify(secret, &hash).unwrap_or(false) {
-            return Err(Error::InvalidApiKey);
+        let hashes = &key.hashes;
+        let candidates = std::iter::once((&hashes.current, false))
+            .chain(hashes.previous.as_ref().map(|h| (h, true)));
+        for (hash, previous) in candidates {
+            self.cache
+                .bcrypt_verifications
+                .fetch_add(1, Ordering::Relaxed);
+            if bcrypt::verify(secret, hash).unwrap_or(false) {
+                return Ok((key.info(), hash.clone(), previous));
+            }
         }
-        Ok(key.info())
+        Err(Error::InvalidApiKey)
     }
 }
 

@@ -19,10 +19,30 @@ const SECRET_LEN: usize = 32;
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 struct Cached {
-    /// SHA-256 of the secret that bcrypt accepted; later requests compare against this.
-    digest: [u8; 32],
+    /// The secrets bcrypt accepted, at most one per hash the key has (its current one and,
+    /// after a rotation, the previous one).
+    verified: Vec<Verified>,
     /// Shared with the requests using it, so a lookup copies a pointer, not the limits.
     info: Arc<KeyInfo>,
+}
+
+/// SHA-256 of a secret bcrypt accepted, and the hash that accepted it: a later rotation
+/// changes which hash is current, so the digest alone cannot say which secret it was.
+struct Verified {
+    digest: [u8; 32],
+    hash: String,
+}
+
+/// What the cache knows about a presented secret.
+pub(super) enum Lookup {
+    /// The key's current secret.
+    Current(Arc<KeyInfo>),
+    /// The secret before the last rotation (within its grace or not: the caller judges).
+    Previous(Arc<KeyInfo>),
+    /// Neither, while every hash of the key has a verified secret: certainly wrong.
+    Wrong,
+    /// Not known either way: bcrypt must decide.
+    Miss,
 }
 
 /// Verified keys by public id. Entries are only ever created after a successful bcrypt
@@ -70,16 +90,31 @@ impl KeyCache {
         });
     }
 
-    pub(super) fn lookup(
-        &self,
-        public_id: &str,
-        digest: &[u8; 32],
-    ) -> Option<Option<Arc<KeyInfo>>> {
+    pub(super) fn lookup(&self, public_id: &str, digest: &[u8; 32]) -> Lookup {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        let c = map.get(public_id)?;
-        // The id is public; the secret's digest is compared in constant time.
-        let same: bool = c.digest.ct_eq(digest).into();
-        Some(same.then(|| c.info.clone()))
+        let Some(c) = map.get(public_id) else {
+            return Lookup::Miss;
+        };
+        let hashes = &c.info.hashes;
+        let is_previous = |h: &str| hashes.previous.as_deref() == Some(h);
+        let (mut current, mut previous) = (false, false);
+        for v in &c.verified {
+            // The id is public; the secret's digest is compared in constant time.
+            let same: bool = v.digest.ct_eq(digest).into();
+            if same && v.hash == hashes.current {
+                return Lookup::Current(c.info.clone());
+            }
+            if same && is_previous(&v.hash) {
+                return Lookup::Previous(c.info.clone());
+            }
+            current |= v.hash == hashes.current;
+            previous |= is_previous(&v.hash);
+        }
+        if current && (previous || hashes.previous.is_none()) {
+            Lookup::Wrong
+        } else {
+            Lookup::Miss
+        }
     }
 
     pub(super) fn recently_failed(&self, public_id: &str, digest: &[u8; 32]) -> bool {
@@ -108,9 +143,23 @@ impl KeyCache {
         panic!("test-only panic while holding the key cache lock");
     }
 
-    pub(super) fn insert(&self, public_id: &str, digest: [u8; 32], info: Arc<KeyInfo>) {
+    /// Remembers that bcrypt accepted the secret with this digest against `hash`; digests
+    /// of hashes the key no longer has are dropped.
+    pub(super) fn insert(&self, public_id: &str, digest: [u8; 32], hash: &str, info: Arc<KeyInfo>) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        map.insert(public_id.to_string(), Cached { digest, info });
+        let c = map.entry(public_id.to_string()).or_insert_with(|| Cached {
+            verified: Vec::new(),
+            info: info.clone(),
+        });
+        let h = &info.hashes;
+        c.verified.retain(|v| {
+            v.hash != hash && (v.hash == h.current || h.previous.as_deref() == Some(&v.hash))
+        });
+        c.verified.push(Verified {
+            digest,
+            hash: hash.to_string(),
+        });
+        c.info = info;
     }
 }
 

@@ -1,7 +1,7 @@
 //! Reading what operators send: bounded JSON bodies, query parameters, path ids and typed
 //! fields, each failure a 400 that names the field (used by admin and analytics).
 
-use crate::config::{ADMIN_MAX_BODY_BYTES, MAX_PAGE_LIMIT};
+use crate::config::{ADMIN_MAX_BODY_BYTES, MAX_METADATA_BYTES, MAX_PAGE_LIMIT};
 use crate::error::{Error, Result};
 use crate::http::Ctx;
 use crate::store::plans::Change;
@@ -29,6 +29,19 @@ pub fn json_object(body: &mut dyn Read) -> Result<Map<String, Value>> {
         )),
         Err(e) => Err(Error::BadRequest(format!("invalid JSON: {e}"))),
     }
+}
+
+/// Like [`json_object`], but an empty body is an empty object (endpoints whose fields are
+/// all optional, e.g. a rotation).
+pub fn json_object_or_empty(body: &mut dyn Read) -> Result<Map<String, Value>> {
+    let mut buf = Vec::new();
+    body.take(ADMIN_MAX_BODY_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::BadRequest(format!("cannot read the request body: {e}")))?;
+    if buf.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    json_object(&mut buf.as_slice())
 }
 
 /// The first value of query parameter `name`, percent-decoded (`+` is a space).
@@ -212,6 +225,38 @@ pub fn int(m: &Map<String, Value>, field: &'static str, min: i64, max: i64) -> R
                 Error::field(field, format!("must be a whole number from {min} to {max}"))
             }),
         Some(_) => Err(Error::field(field, "must be a number")),
+    }
+}
+
+/// A `metadata` field: a JSON object of at most `MAX_METADATA_BYTES` as compact JSON;
+/// `null` is the empty object (a PATCH clears with it).
+pub fn metadata(m: &Map<String, Value>) -> Result<Option<Value>> {
+    match m.get("metadata") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(Value::Object(Map::new()))),
+        Some(v @ Value::Object(_)) => {
+            if v.to_string().len() > MAX_METADATA_BYTES {
+                return Err(Error::field(
+                    "metadata",
+                    format!("must be at most {MAX_METADATA_BYTES} bytes as JSON"),
+                ));
+            }
+            // Postgres' jsonb cannot hold a NUL character, anywhere in the object.
+            if has_nul(v) {
+                return Err(Error::field("metadata", "must not contain NUL characters"));
+            }
+            Ok(Some(v.clone()))
+        }
+        Some(_) => Err(Error::field("metadata", "must be a JSON object")),
+    }
+}
+
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
 

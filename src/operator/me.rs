@@ -3,26 +3,47 @@
 //! for any key or user (`/admin/api-keys/:id/limits`, `/admin/users/:id/limits`), which is
 //! what the dashboard shows.
 
-use super::{ts, Operator};
+use super::admin::keys;
+use super::{input, ts, Operator};
 use crate::error::{Error, Result};
 use crate::gateway::policy::{owner_wide, Limits};
 use crate::gateway::ratelimit::LimitState;
-use crate::http::{Ctx, Reply};
+use crate::http::{Reply, Request};
+use crate::store;
 use crate::store::keys::KeyInfo;
 use crate::store::users::User;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
-    if ctx.path.trim_end_matches('/') != "/me" {
-        return Err(Error::NotFound("endpoint".into()));
-    }
-    if !matches!(ctx.method.as_str(), "GET" | "HEAD") {
-        return Err(Error::MethodNotAllowed);
+pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
+    let ctx = &rq.ctx;
+    let rotate = match ctx.path.trim_end_matches('/') {
+        "/me" => false,
+        "/me/rotate" => true,
+        _ => return Err(Error::NotFound("endpoint".into())),
+    };
+    match (rotate, ctx.method.as_str()) {
+        (false, "GET" | "HEAD") | (true, "POST") => {}
+        _ => return Err(Error::MethodNotAllowed),
     }
     let key = op.gateway.auth.authenticate(op.pool, op.health, ctx)?;
-    Ok(Reply::json(200, &key_limits(op, &key.info)?))
+    if rotate {
+        // Any key may rotate itself, `read` ones too: it changes the credential, not the
+        // data behind the routes. The same rules as the admin's rotation apply.
+        let body = input::json_object_or_empty(&mut rq.body)?;
+        let cache = &op.gateway.auth.cache;
+        return keys::rotate(op.pool, cache, op.bcrypt_cost, key.id, &body);
+    }
+    let mut v = key_limits(op, &key.info)?;
+    // Metadata is not cached (the request path never needs it): read with the record.
+    let record = op
+        .health
+        .call(|| store::keys::get(op.pool, key.id))?
+        .ok_or_else(|| Error::NotFound("API key".into()))?;
+    v["metadata"] = record.metadata;
+    v["user"] = json!({"externalId": record.owner_external_id, "metadata": record.owner_metadata});
+    Ok(Reply::json(200, &v))
 }
 
 /// A key's plan and every limit and quota that applies to it, the user's owner-wide ones

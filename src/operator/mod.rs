@@ -83,7 +83,7 @@ pub fn dispatch(op: &Operator, rq: &mut Request) -> Result<Reply> {
         ("analytics", _) => analytics::handle(op, ctx),
         ("metrics", _) => metrics::handle(op, ctx),
         ("dashboard", _) => dashboard::handle(ctx),
-        ("me", _) => me::handle(op, ctx),
+        ("me", _) => me::handle(op, rq),
         _ => Err(Error::NotFound("endpoint".into())),
     }
 }

@@ -6,18 +6,22 @@ use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use postgres::types::Type;
 use postgres::Row;
+use serde_json::Value;
 
 /// The columns [`ApiKey::from_row`] reads, in order, from `k` (a key row) joined with its
 /// user `u` (whose limit fields the key's own inherit from; see `gateway::policy`).
 const COLS: &str = "k.id, k.user_id, k.name, k.public_id, k.scopes, k.rate_limit, k.expires_at, \
     k.revoked_at, k.last_used_at, k.created_at, k.plan_id, k.limits, k.quota, \
-    u.plan_id, u.limits, u.quota, u.created_at";
+    u.plan_id, u.limits, u.quota, u.created_at, \
+    k.key_hash, k.prev_key_hash, k.prev_valid_until, k.rotated_at, k.paused_at, k.metadata, \
+    u.metadata, u.external_id";
 
 /// `FROM` for [`COLS`]; statements that change a key select from their `RETURNING *` as `k`.
 const FROM: &str = "api_keys k JOIN users u ON u.id = k.user_id";
 const FROM_CHANGED: &str = "k JOIN users u ON u.id = k.user_id";
 
-/// A key as stored (never its secret or hash).
+/// A key as stored (never its secret; its bcrypt hashes only for verification and the
+/// cache, never in an answer).
 #[derive(Clone, Debug)]
 pub struct ApiKey {
     pub id: i64,
@@ -35,6 +39,23 @@ pub struct ApiKey {
     /// The user's limit fields and creation time.
     pub owner: Policy,
     pub owner_created_at: DateTime<Utc>,
+    pub hashes: Hashes,
+    pub rotated_at: Option<DateTime<Utc>>,
+    pub paused_at: Option<DateTime<Utc>>,
+    pub metadata: Value,
+    pub owner_metadata: Value,
+    pub owner_external_id: Option<String>,
+}
+
+/// The bcrypt hashes a key is verified against: the current secret's and, after a
+/// rotation, the one before it, accepted until `prev_valid_until`. The previous hash is
+/// kept after its grace (until the next rotation) so its secret is told apart from a wrong
+/// one.
+#[derive(Clone, Debug)]
+pub struct Hashes {
+    pub current: String,
+    pub previous: Option<String>,
+    pub prev_valid_until: Option<DateTime<Utc>>,
 }
 
 /// What a verified key may do; everything the gateway's stages need without touching the
@@ -47,10 +68,12 @@ pub struct KeyInfo {
     pub write: bool,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked: bool,
+    pub paused: bool,
     pub created_at: DateTime<Utc>,
     pub own: Policy,
     pub owner: Policy,
     pub owner_created_at: DateTime<Utc>,
+    pub hashes: Hashes,
 }
 
 impl ApiKey {
@@ -70,6 +93,16 @@ impl ApiKey {
             own: Policy::from_row(r, at + 10),
             owner: Policy::from_row(r, at + 13),
             owner_created_at: r.get(at + 16),
+            hashes: Hashes {
+                current: r.get(at + 17),
+                previous: r.get(at + 18),
+                prev_valid_until: r.get(at + 19),
+            },
+            rotated_at: r.get(at + 20),
+            paused_at: r.get(at + 21),
+            metadata: r.get(at + 22),
+            owner_metadata: r.get(at + 23),
+            owner_external_id: r.get(at + 24),
         }
     }
 
@@ -81,21 +114,23 @@ impl ApiKey {
             write: self.scopes.iter().any(|s| s == "write"),
             expires_at: self.expires_at,
             revoked: self.revoked_at.is_some(),
+            paused: self.paused_at.is_some(),
             created_at: self.created_at,
             own: self.own.clone(),
             owner: self.owner.clone(),
             owner_created_at: self.owner_created_at,
+            hashes: self.hashes.clone(),
         }
     }
 }
 
-/// The bcrypt hash and the record of the key with this public id, for verification.
-pub fn find_for_verify(pool: &Pool, public_id: &str) -> Result<Option<(String, ApiKey)>> {
-    let sql = format!("SELECT k.key_hash, {COLS} FROM {FROM} WHERE k.public_id = $1");
+/// The key with this public id, its hashes included, for verification.
+pub fn find_for_verify(pool: &Pool, public_id: &str) -> Result<Option<ApiKey>> {
+    let sql = format!("SELECT {COLS} FROM {FROM} WHERE k.public_id = $1");
     let row = pool
         .get()?
         .query_typed_opt(sql.as_str(), &[(&public_id, Type::TEXT)])?;
-    Ok(row.map(|r| (r.get(0), ApiKey::from_row(&r, 1))))
+    Ok(row.map(|r| ApiKey::from_row(&r, 0)))
 }
 
 /// The current metadata of these keys; ids that no longer exist are absent.
@@ -123,6 +158,7 @@ pub struct NewKey<'a> {
     pub scopes: &'a [String],
     pub expires_at: Option<DateTime<Utc>>,
     pub own: &'a Policy,
+    pub metadata: &'a Value,
 }
 
 /// A foreign key violation is the body's fault: a user or plan it names does not exist.
@@ -143,13 +179,13 @@ pub fn insert(pool: &Pool, k: &NewKey) -> Result<ApiKey> {
     let sql = format!(
         "WITH k AS (
             INSERT INTO api_keys (user_id, name, public_id, key_hash, rate_limit, scopes,
-                                  expires_at, plan_id, limits, quota)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *)
+                                  expires_at, plan_id, limits, quota, metadata)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *)
          SELECT {COLS} FROM {FROM_CHANGED}"
     );
     let limits = super::plans::limits_to_db(&k.own.limits);
     let quota = super::plans::quota_to_db(&k.own.quota);
-    let params: [&(dyn postgres::types::ToSql + Sync); 10] = [
+    let params: [&(dyn postgres::types::ToSql + Sync); 11] = [
         &k.user_id,
         &k.name,
         &k.public_id,
@@ -160,6 +196,7 @@ pub fn insert(pool: &Pool, k: &NewKey) -> Result<ApiKey> {
         &k.own.plan_id,
         &limits,
         &quota,
+        k.metadata,
     ];
     match pool.get()?.query_one(sql.as_str(), &params) {
         Ok(row) => Ok(ApiKey::from_row(&row, 0)),
@@ -195,6 +232,10 @@ pub struct KeyChanges {
     /// Sets `expires_at` to NULL (wins over `expires_at`).
     pub clear_expiry: bool,
     pub policy: PolicyChanges,
+    /// `Some(true)` pauses the key (keeping the first pause time), `Some(false)` resumes it.
+    pub pause: Option<bool>,
+    /// Replaces the whole object.
+    pub metadata: Option<Value>,
 }
 
 pub fn update(pool: &Pool, id: i64, c: &KeyChanges) -> Result<Option<ApiKey>> {
@@ -204,6 +245,9 @@ pub fn update(pool: &Pool, id: i64, c: &KeyChanges) -> Result<Option<ApiKey>> {
                    rate_limit = CASE WHEN $7 THEN $3 ELSE rate_limit END,
                    scopes = coalesce($4, scopes),
                    expires_at = CASE WHEN $6 THEN NULL ELSE coalesce($5, expires_at) END,
+                   paused_at = CASE WHEN $14::bool IS NULL THEN paused_at
+                                    WHEN $14 THEN coalesce(paused_at, now()) END,
+                   metadata = coalesce($15, metadata),
                    {}
              WHERE id = $1 RETURNING *)
          SELECT {COLS} FROM {FROM_CHANGED}",
@@ -227,6 +271,8 @@ pub fn update(pool: &Pool, id: i64, c: &KeyChanges) -> Result<Option<ApiKey>> {
             &limits,
             &q,
             &quota,
+            &c.pause,
+            &c.metadata,
         ],
     );
     match row {
@@ -246,5 +292,22 @@ pub fn revoke(pool: &Pool, id: i64) -> Result<Option<ApiKey>> {
          SELECT {COLS} FROM {FROM_CHANGED}"
     );
     let row = pool.get()?.query_opt(sql.as_str(), &[&id])?;
+    Ok(row.map(|r| ApiKey::from_row(&r, 0)))
+}
+
+/// Rotates a key that is not revoked: `hash` (bcrypt of the new secret) becomes current,
+/// the current one previous, accepted for `grace_secs` more. `None` when there is no such
+/// key or it is revoked.
+pub fn rotate(pool: &Pool, id: i64, hash: &str, grace_secs: i64) -> Result<Option<ApiKey>> {
+    let sql = format!(
+        "WITH k AS (
+            UPDATE api_keys SET prev_key_hash = key_hash, key_hash = $2,
+                   prev_valid_until = now() + make_interval(secs => $3), rotated_at = now()
+             WHERE id = $1 AND revoked_at IS NULL
+            RETURNING *)
+         SELECT {COLS} FROM {FROM_CHANGED}"
+    );
+    let grace = grace_secs as f64;
+    let row = pool.get()?.query_opt(sql.as_str(), &[&id, &hash, &grace])?;
     Ok(row.map(|r| ApiKey::from_row(&r, 0)))
 }

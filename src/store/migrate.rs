@@ -26,6 +26,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ),
     ("006_plans", include_str!("../../sql/006_plans.sql")),
     ("007_usage", include_str!("../../sql/007_usage.sql")),
+    (
+        "008_key_lifecycle",
+        include_str!("../../sql/008_key_lifecycle.sql"),
+    ),
 ];
 
 /// Applies pending migrations, retrying the first connection for up to `wait` so that a

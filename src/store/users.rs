@@ -1,12 +1,13 @@
 //! `users`: every statement on the table.
 
-use super::plans::{no_such_plan, Policy, PolicyChanges};
+use super::plans::{no_such_plan, Change, Policy, PolicyChanges};
 use super::{is_fk_violation, is_unique_violation, Pool};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use postgres::Row;
+use serde_json::Value;
 
-const COLS: &str = "id, email, name, created_at, plan_id, limits, quota";
+const COLS: &str = "id, email, name, created_at, plan_id, limits, quota, metadata, external_id";
 
 #[derive(Clone, Debug)]
 pub struct User {
@@ -16,6 +17,9 @@ pub struct User {
     pub created_at: DateTime<Utc>,
     /// The plan its keys inherit, and the limits and quota counted across all its keys.
     pub policy: Policy,
+    pub metadata: Value,
+    /// The team's own id for this customer, unique when set.
+    pub external_id: Option<String>,
 }
 
 impl User {
@@ -26,28 +30,56 @@ impl User {
             name: r.get(2),
             created_at: r.get(3),
             policy: Policy::from_row(r, 4),
+            metadata: r.get(7),
+            external_id: r.get(8),
         }
     }
 }
 
-fn email_taken(email: &str) -> Error {
-    Error::Conflict(format!("a user with email {email} exists"))
+/// A unique violation names the email or the external id, by its constraint.
+fn taken(e: &postgres::Error, email: Option<&str>, external_id: Option<&str>) -> Error {
+    let constraint = e.as_db_error().and_then(|d| d.constraint()).unwrap_or("");
+    if constraint.contains("external_id") {
+        let id = external_id.unwrap_or("");
+        Error::Conflict(format!("a user with externalId {id} exists"))
+    } else {
+        let email = email.unwrap_or("");
+        Error::Conflict(format!("a user with email {email} exists"))
+    }
 }
 
-/// Inserts a user; a taken email is 409, a plan that does not exist 400 on `planId`.
-pub fn insert(pool: &Pool, email: &str, name: &str, policy: &Policy) -> Result<User> {
+/// A user to create.
+pub struct NewUser<'a> {
+    pub email: &'a str,
+    pub name: &'a str,
+    pub policy: &'a Policy,
+    pub metadata: &'a Value,
+    pub external_id: Option<&'a str>,
+}
+
+/// Inserts a user; a taken email or external id is 409, a plan that does not exist 400 on
+/// `planId`.
+pub fn insert(pool: &Pool, u: &NewUser) -> Result<User> {
     let sql = format!(
-        "INSERT INTO users (email, name, plan_id, limits, quota) VALUES ($1, $2, $3, $4, $5)
-         RETURNING {COLS}"
+        "INSERT INTO users (email, name, plan_id, limits, quota, metadata, external_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLS}"
     );
-    let limits = super::plans::limits_to_db(&policy.limits);
-    let quota = super::plans::quota_to_db(&policy.quota);
+    let limits = super::plans::limits_to_db(&u.policy.limits);
+    let quota = super::plans::quota_to_db(&u.policy.quota);
     match pool.get()?.query_one(
         sql.as_str(),
-        &[&email, &name, &policy.plan_id, &limits, &quota],
+        &[
+            &u.email,
+            &u.name,
+            &u.policy.plan_id,
+            &limits,
+            &quota,
+            u.metadata,
+            &u.external_id,
+        ],
     ) {
         Ok(row) => Ok(User::from_row(&row)),
-        Err(e) if is_unique_violation(&e) => Err(email_taken(email)),
+        Err(e) if is_unique_violation(&e) => Err(taken(&e, Some(u.email), u.external_id)),
         Err(e) if is_fk_violation(&e) => Err(no_such_plan()),
         Err(e) => Err(e.into()),
     }
@@ -59,31 +91,59 @@ pub struct UserChanges {
     pub email: Option<String>,
     pub name: Option<String>,
     pub policy: PolicyChanges,
+    /// Replaces the whole object.
+    pub metadata: Option<Value>,
+    pub external_id: Change<String>,
 }
 
 pub fn update(pool: &Pool, id: i64, c: &UserChanges) -> Result<Option<User>> {
     let sql = format!(
-        "UPDATE users SET email = coalesce($2, email), name = coalesce($3, name), {}
+        "UPDATE users SET email = coalesce($2, email), name = coalesce($3, name),
+                metadata = coalesce($10, metadata),
+                external_id = CASE WHEN $11 THEN $12 ELSE external_id END, {}
           WHERE id = $1 RETURNING {COLS}",
         PolicyChanges::set_sql(4)
     );
     let (p, plan, l, limits, q, quota) = c.policy.values();
+    let (x, external_id) = c.external_id.bind();
     let row = pool.get()?.query_opt(
         sql.as_str(),
-        &[&id, &c.email, &c.name, &p, &plan, &l, &limits, &q, &quota],
+        &[
+            &id,
+            &c.email,
+            &c.name,
+            &p,
+            &plan,
+            &l,
+            &limits,
+            &q,
+            &quota,
+            &c.metadata,
+            &x,
+            &external_id,
+        ],
     );
     match row {
         Ok(row) => Ok(row.as_ref().map(User::from_row)),
-        Err(e) if is_unique_violation(&e) => Err(email_taken(c.email.as_deref().unwrap_or(""))),
+        Err(e) if is_unique_violation(&e) => Err(taken(
+            &e,
+            c.email.as_deref(),
+            external_id.map(String::as_str),
+        )),
         Err(e) if is_fk_violation(&e) => Err(no_such_plan()),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Up to `limit` users with ids above `after`.
-pub fn list(pool: &Pool, after: i64, limit: i64) -> Result<Vec<User>> {
-    let sql = format!("SELECT {COLS} FROM users WHERE id > $1 ORDER BY id LIMIT $2");
-    let rows = pool.get()?.query(sql.as_str(), &[&after, &limit])?;
+/// Up to `limit` users with ids above `after`, all or the one with this external id.
+pub fn list(pool: &Pool, after: i64, external_id: Option<&str>, limit: i64) -> Result<Vec<User>> {
+    let sql = format!(
+        "SELECT {COLS} FROM users WHERE id > $1 AND ($2::text IS NULL OR external_id = $2)
+         ORDER BY id LIMIT $3"
+    );
+    let rows = pool
+        .get()?
+        .query(sql.as_str(), &[&after, &external_id, &limit])?;
     Ok(rows.iter().map(User::from_row).collect())
 }
 

@@ -4,7 +4,7 @@
 
 use super::paged;
 use super::plans::{policy, policy_changes, policy_json};
-use crate::config::DEFAULT_KEY_RATE_LIMIT;
+use crate::config::{DEFAULT_KEY_RATE_LIMIT, DEFAULT_ROTATION_GRACE_SECS, MAX_ROTATION_GRACE_SECS};
 use crate::error::{Error, Result};
 use crate::gateway::keys::{mint_key, KeyCache};
 use crate::http::{Ctx, Reply};
@@ -17,8 +17,11 @@ use crate::store::{users, Pool};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
-fn key_json(k: &ApiKey) -> Value {
-    let active = k.revoked_at.is_none() && k.expires_at.is_none_or(|t| t > Utc::now());
+/// `isActive` is whether the key may be used now: not revoked, not expired, not paused.
+pub fn key_json(k: &ApiKey) -> Value {
+    let active = k.revoked_at.is_none()
+        && k.paused_at.is_none()
+        && k.expires_at.is_none_or(|t| t > Utc::now());
     let mut v = json!({
         "id": k.id,
         "userId": k.user_id,
@@ -31,6 +34,10 @@ fn key_json(k: &ApiKey) -> Value {
         "lastUsedAt": ts_opt(k.last_used_at),
         "createdAt": ts(k.created_at),
         "isActive": active,
+        "pausedAt": ts_opt(k.paused_at),
+        "rotatedAt": ts_opt(k.rotated_at),
+        "previousKeyValidUntil": ts_opt(k.hashes.prev_valid_until),
+        "metadata": k.metadata,
     });
     policy_json(&k.own, &mut v);
     // Which plan the key counts by when it has no limits of its own: its own, else its
@@ -48,6 +55,7 @@ const CREATE_FIELDS: &[&str] = &[
     "planId",
     "limits",
     "quota",
+    "metadata",
 ];
 const UPDATE_FIELDS: &[&str] = &[
     "name",
@@ -57,7 +65,10 @@ const UPDATE_FIELDS: &[&str] = &[
     "planId",
     "limits",
     "quota",
+    "isActive",
+    "metadata",
 ];
+const ROTATE_FIELDS: &[&str] = &["graceSecs"];
 
 /// `rateLimit` is the limit named `default`, so `limits` may not name one beside it.
 fn check_default_once(rate_limit: Option<i32>, limits: Option<&[LimitSpec]>) -> Result<()> {
@@ -133,6 +144,7 @@ pub fn create(pool: &Pool, bcrypt_cost: u32, body: &Map<String, Value>) -> Resul
         return Err(Error::field("expiresAt", "must be in the future"));
     }
     let own = policy(body)?;
+    let metadata = input::metadata(body)?.unwrap_or_else(|| json!({}));
     let mut limit = rate_limit(body)?;
     check_default_once(limit, own.limits.as_deref())?;
     let scopes = scopes(body)?.unwrap_or_else(|| vec!["read".into(), "write".into()]);
@@ -157,6 +169,7 @@ pub fn create(pool: &Pool, bcrypt_cost: u32, body: &Map<String, Value>) -> Resul
             scopes: &scopes,
             expires_at: expires,
             own: &own,
+            metadata: &metadata,
         },
     )?;
     let mut v = key_json(&key);
@@ -189,7 +202,18 @@ pub fn update(pool: &Pool, cache: &KeyCache, id: i64, body: &Map<String, Value>)
         expires_at: expires_at(body)?,
         clear_expiry: body.get("expiresAt") == Some(&Value::Null),
         policy: policy_changes(body)?,
+        pause: is_active(body)?.map(|active| !active),
+        metadata: input::metadata(body)?,
     };
+    // Revocation is final: resuming a revoked key would answer 200 and change nothing.
+    if changes.pause == Some(false) {
+        let stored = keys::get(pool, id)?.ok_or_else(not_found)?;
+        if stored.revoked_at.is_some() {
+            return Err(Error::Conflict(
+                "a revoked key cannot be resumed; mint a new one".into(),
+            ));
+        }
+    }
     // A `default` limit beside `rateLimit` is judged on the key as it will be.
     let (rate, limits) = (&changes.rate_limit, &changes.policy.limits);
     if matches!(rate, Change::Set(_)) || matches!(limits, Change::Set(_)) {
@@ -209,6 +233,43 @@ pub fn update(pool: &Pool, cache: &KeyCache, id: i64, body: &Map<String, Value>)
     let key = keys::update(pool, id, &changes)?.ok_or_else(not_found)?;
     cache.update(key.info());
     Ok(Reply::json(200, &key_json(&key)))
+}
+
+fn is_active(body: &Map<String, Value>) -> Result<Option<bool>> {
+    match body.get("isActive") {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(Error::field("isActive", "must be true or false")),
+    }
+}
+
+/// A new secret for the same key id (its limits, counts, analytics and metadata go on);
+/// the old secret keeps working for `graceSecs` (default `DEFAULT_ROTATION_GRACE_SECS`,
+/// 0 ends it at once). Answers the key record plus `rawKey`, shown this once. The cache
+/// learns the new hashes before the reply leaves; other replicas through NOTIFY.
+pub fn rotate(
+    pool: &Pool,
+    cache: &KeyCache,
+    bcrypt_cost: u32,
+    id: i64,
+    body: &Map<String, Value>,
+) -> Result<Reply> {
+    input::only(body, ROTATE_FIELDS)?;
+    let grace =
+        int(body, "graceSecs", 0, MAX_ROTATION_GRACE_SECS)?.unwrap_or(DEFAULT_ROTATION_GRACE_SECS);
+    let (_, secret, _) = mint_key()?;
+    let hash =
+        bcrypt::hash(&secret, bcrypt_cost).map_err(|e| Error::Internal(format!("bcrypt: {e}")))?;
+    let Some(key) = keys::rotate(pool, id, &hash, grace)? else {
+        return Err(match keys::get(pool, id)? {
+            Some(_) => Error::Conflict("a revoked key cannot be rotated".into()),
+            None => not_found(),
+        });
+    };
+    cache.update(key.info());
+    let mut v = key_json(&key);
+    v["rawKey"] = json!(format!("gw_{}_{secret}", key.public_id));
+    Ok(Reply::json(200, &v))
 }
 
 /// Zeroes the key's quota count for the current period (its user's owner-wide quota is

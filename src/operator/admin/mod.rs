@@ -55,6 +55,13 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
             keys::update(pool, cache, path_id(id)?, &input::json_object(body)?)
         }
         ("DELETE", ["api-keys", id]) => keys::revoke(pool, cache, path_id(id)?),
+        ("POST", ["api-keys", id, "rotate"]) => keys::rotate(
+            pool,
+            cache,
+            op.bcrypt_cost,
+            path_id(id)?,
+            &input::json_object_or_empty(body)?,
+        ),
         ("POST", ["api-keys", id, "quota", "reset"]) => keys::reset_quota(pool, path_id(id)?),
         ("POST", ["plans"]) => plans::create(pool, &gw.plans, &input::json_object(body)?),
         ("GET", ["plans"]) => plans::list(pool),

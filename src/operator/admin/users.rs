@@ -8,14 +8,22 @@ use crate::gateway::keys::KeyCache;
 use crate::gateway::routes::RouteTable;
 use crate::gateway::sync::refresh_keys;
 use crate::http::{Ctx, Reply};
-use crate::operator::input::{self, required, string};
+use crate::operator::input::{self, change, required, string};
 use crate::operator::ts;
 use crate::store::counters::{self, Subject};
-use crate::store::users::{self, User, UserChanges};
+use crate::store::users::{self, NewUser, User, UserChanges};
 use crate::store::Pool;
 use serde_json::{json, Map, Value};
 
-const FIELDS: &[&str] = &["email", "name", "planId", "limits", "quota"];
+const FIELDS: &[&str] = &[
+    "email",
+    "name",
+    "planId",
+    "limits",
+    "quota",
+    "metadata",
+    "externalId",
+];
 
 fn user_json(u: &User) -> Value {
     let mut v = json!({
@@ -23,6 +31,8 @@ fn user_json(u: &User) -> Value {
         "email": u.email,
         "name": u.name,
         "createdAt": ts(u.created_at),
+        "externalId": u.external_id,
+        "metadata": u.metadata,
     });
     policy_json(&u.policy, &mut v);
     v
@@ -41,7 +51,17 @@ pub fn create(pool: &Pool, body: &Map<String, Value>) -> Result<Reply> {
     input::only(body, FIELDS)?;
     let email = required(email(body)?, "email")?;
     let name = required(string(body, "name", 200)?, "name")?;
-    let user = users::insert(pool, &email, &name, &policy(body)?)?;
+    let external_id = external_id(body)?;
+    let user = users::insert(
+        pool,
+        &NewUser {
+            email: &email,
+            name: &name,
+            policy: &policy(body)?,
+            metadata: &input::metadata(body)?.unwrap_or_else(|| json!({})),
+            external_id: external_id.as_deref(),
+        },
+    )?;
     Ok(Reply::json(201, &user_json(&user)))
 }
 
@@ -62,6 +82,10 @@ pub fn update(pool: &Pool, cache: &KeyCache, id: i64, body: &Map<String, Value>)
         email: email(body)?,
         name: string(body, "name", 200)?,
         policy: policy_changes(body)?,
+        metadata: input::metadata(body)?,
+        external_id: change(body, "externalId", |_| {
+            required(external_id(body)?, "externalId")
+        })?,
     };
     let user = users::update(pool, id, &changes)?.ok_or_else(not_found)?;
     if changes.policy.any() {
@@ -77,6 +101,11 @@ pub fn reset_quota(pool: &Pool, id: i64) -> Result<Reply> {
         return Err(not_found());
     }
     Ok(Reply::json(200, &json!({"id": id, "quotaReset": true})))
+}
+
+/// The team's own customer id: any non-empty printable string of up to 200 characters.
+fn external_id(body: &Map<String, Value>) -> Result<Option<String>> {
+    string(body, "externalId", 200)
 }
 
 fn not_found() -> Error {
@@ -99,9 +128,11 @@ fn valid_email(s: &str) -> bool {
     }
 }
 
+/// All users, or with `?externalId=` the one with that id (an array of one or none).
 pub fn list(pool: &Pool, ctx: &Ctx) -> Result<Reply> {
     let (limit, after) = input::page(ctx)?;
-    let rows = users::list(pool, after, limit + 1)?;
+    let external_id = input::query_param(ctx, "externalId")?;
+    let rows = users::list(pool, after, external_id.as_deref(), limit + 1)?;
     Ok(paged(rows, limit, |u| u.id, user_json))
 }
 
