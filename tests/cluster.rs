@@ -350,3 +350,73 @@ fn a_plan_edit_and_a_key_moving_plans_apply_on_the_other_instance_within_a_secon
         policy(&b)
     );
 }
+
+#[test]
+fn a_rotation_through_one_instance_reaches_the_other_with_its_grace_within_a_second() {
+    let a = Gateway::start_with(NO_PERIODIC_SYNC);
+    let b = a.start_beside(NO_PERIODIC_SYNC);
+    let up = Upstream::start();
+    let user = a.create_user("a@example.com");
+    let (old, key_id) = a.create_key(user, json!({}));
+    a.create_route(user, "/api", &up.addr);
+    assert!(eventually(Duration::from_secs(1), || b
+        .with_key("GET", "/api/x", &old)
+        .status
+        == 200));
+    // b has cached the old secret; rotate through a with a short grace.
+    let r = a.admin_post(
+        &format!("/admin/api-keys/{key_id}/rotate"),
+        json!({"graceSecs": 3}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let new = r.json()["rawKey"].as_str().unwrap().to_string();
+    let t = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(1), || b
+            .with_key("GET", "/api/x", &new)
+            .status
+            == 200),
+        "b refused the new secret for {:?}",
+        t.elapsed()
+    );
+    assert_eq!(b.with_key("GET", "/api/x", &old).status, 200, "the grace");
+    std::thread::sleep(
+        Duration::from_secs(3).saturating_sub(t.elapsed()) + Duration::from_millis(200),
+    );
+    for gw in [&a, &b] {
+        let r = gw.with_key("GET", "/api/x", &old);
+        assert_eq!((r.status, r.code()), (401, "rotated_api_key".into()));
+        assert_eq!(gw.with_key("GET", "/api/x", &new).status, 200);
+    }
+}
+
+#[test]
+fn a_pause_and_a_resume_through_one_instance_apply_on_the_other_within_a_second() {
+    let a = Gateway::start_with(NO_PERIODIC_SYNC);
+    let b = a.start_beside(NO_PERIODIC_SYNC);
+    let up = Upstream::start();
+    let user = a.create_user("a@example.com");
+    let (key, key_id) = a.create_key(user, json!({}));
+    a.create_route(user, "/api", &up.addr);
+    assert!(eventually(Duration::from_secs(1), || b
+        .with_key("GET", "/api/x", &key)
+        .status
+        == 200));
+    let path = format!("/admin/api-keys/{key_id}");
+    assert_eq!(a.admin_patch(&path, json!({"isActive": false})).status, 200);
+    assert!(
+        eventually(Duration::from_secs(1), || {
+            let r = b.with_key("GET", "/api/x", &key);
+            r.status == 401 && r.code() == "inactive_api_key"
+        }),
+        "b still accepted a key paused on a"
+    );
+    assert_eq!(a.admin_patch(&path, json!({"isActive": true})).status, 200);
+    assert!(
+        eventually(Duration::from_secs(1), || b
+            .with_key("GET", "/api/x", &key)
+            .status
+            == 200),
+        "b still refused a key resumed on a"
+    );
+}

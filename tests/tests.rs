@@ -20,6 +20,8 @@ mod failed_credentials;
 mod fidelity;
 // Hostile paths and headers: normalised or refused, never reaching what they aim at.
 mod hostile_input;
+// A key's life: rotation with a grace period, pause and resume, metadata and externalId.
+mod lifecycle;
 // The request log: one row per gateway answer, its columns, a full queue.
 mod logging;
 // Named limits, quotas and owner-wide limits: enforcement, headers, periods, exactness.
