@@ -24,6 +24,7 @@ RUNS=5
 DB=tollgate_bench_analytics
 G=http://$ADDR
 export ADMIN_SECRET=bench-analytics-admin-secret-0123456789
+export TOLLGATE_CLIENT_IP_KEY=bench-analytics-client-ip-key-0123456789
 
 scripts/deps.sh pg cargo
 command -v curl >/dev/null || scripts/deps.sh bench

@@ -35,9 +35,10 @@ nginx -p "$TMP/upstream/" -c "$REPO/scripts/conf/upstream.conf" -e "$TMP/upstrea
 pids+=($!)
 
 ADMIN_SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+CLIENT_IP_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 start_replica() { # start_replica <name> <addr>: prints its pid
     ADMIN_SECRET=$ADMIN_SECRET DATABASE_URL=$(scripts/pg.sh url "$DB") LISTEN_ADDR=$2 \
-        TOLLGATE_BCRYPT_COST=4 TOLLGATE_TRUSTED_PROXIES=127.0.0.1 RUST_LOG=${RUST_LOG:-warn} \
+        TOLLGATE_CLIENT_IP_KEY=$CLIENT_IP_KEY TOLLGATE_BCRYPT_COST=4 TOLLGATE_TRUSTED_PROXIES=127.0.0.1 RUST_LOG=${RUST_LOG:-warn} \
         TOLLGATE_RATE_WINDOW_SECS=3600 \
         target/release/tollgate serve 2>"$TMP/$1.log" &
     pids+=($!)

@@ -61,10 +61,11 @@ start_nginx proxy proxy.conf
 echo "bench: tollgate with TOLLGATE_BCRYPT_COST=4 (bcrypt only affects a key's first use;" \
      "all keys are warmed before measuring)"
 ADMIN_SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+CLIENT_IP_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 declare -A TG_PID=()
 start_tollgate() { # start_tollgate <tag> <binary> <addr> <db>: serve, wait for /readyz
     ADMIN_SECRET=$ADMIN_SECRET DATABASE_URL=$(scripts/pg.sh url "$4") LISTEN_ADDR=$3 \
-        TOLLGATE_BCRYPT_COST=4 RUST_LOG=${RUST_LOG:-warn} \
+        TOLLGATE_CLIENT_IP_KEY=$CLIENT_IP_KEY TOLLGATE_BCRYPT_COST=4 RUST_LOG=${RUST_LOG:-warn} \
         "$2" serve 2>"$TMP/tollgate$1.log" &
     pids+=($!)
     TG_PID[m$1]=$!

@@ -34,7 +34,7 @@ nginx -p "$TMP/up/" -c "$REPO/scripts/conf/upstream.conf" -e "$TMP/up/error.log"
 pids+=($!)
 S=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 ADMIN_SECRET=$S DATABASE_URL=$(scripts/pg.sh url "$DB") LISTEN_ADDR=$GW \
-    TOLLGATE_LOG_FLUSH_MS=100 target/release/tollgate serve 2>"$TMP/tollgate.log" &
+    TOLLGATE_CLIENT_IP_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') TOLLGATE_LOG_FLUSH_MS=100 target/release/tollgate serve 2>"$TMP/tollgate.log" &
 pids+=($!)
 for _ in $(seq 1 100); do curl -sf -o /dev/null "$G/readyz" && break; sleep 0.1; done
 

@@ -21,6 +21,15 @@ else
     from="(from the environment)"
 fi
 export ADMIN_SECRET
+# The key logged client IPs are hashed with, kept the same way: a new key would make the
+# same address log as a different value after each restart.
+if [[ -z ${TOLLGATE_CLIENT_IP_KEY:-} ]]; then
+    if [[ ! -s .data/client_ip_key ]]; then
+        (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >.data/client_ip_key)
+    fi
+    TOLLGATE_CLIENT_IP_KEY=$(cat .data/client_ip_key)
+fi
+export TOLLGATE_CLIENT_IP_KEY
 export LISTEN_ADDR=${LISTEN_ADDR:-127.0.0.1:3000}
 DATABASE_URL=$(scripts/pg.sh url tollgate)
 export DATABASE_URL

@@ -50,7 +50,7 @@ G=http://127.0.0.1:$GW_PORT
 python3 scripts/lib/soak-load.py upstream "$UP_PORT" &
 UP_PID=$!
 DATABASE_URL=$(scripts/pg.sh url "$DB") ADMIN_SECRET=$SECRET LISTEN_ADDR=127.0.0.1:$GW_PORT \
-    TOLLGATE_TRUSTED_PROXIES=127.0.0.1 RUST_LOG=warn \
+    TOLLGATE_CLIENT_IP_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') TOLLGATE_TRUSTED_PROXIES=127.0.0.1 RUST_LOG=warn \
     target/release/tollgate serve 2>"$WORK/gateway.log" &
 GW_PID=$!
 for _ in $(seq 1 200); do

@@ -8,6 +8,7 @@ use crate::error::Error;
 use crate::gateway::guards::FailureLimit;
 use crate::gateway::{self, Gateway};
 use crate::http::{target, Ctx, Handler, Reply, Request, Sent, ServerStats};
+use crate::logs::client_ip::ClientIps;
 use crate::logs::Logger;
 use crate::operator::{self, AdminSecret, Operator};
 use crate::store::logs::LogRow;
@@ -25,6 +26,8 @@ pub struct App {
     pub server: ServerStats,
     /// Failed admin-secret checks per client IP.
     pub admin_failures: FailureLimit,
+    /// What the log keeps of each client's address.
+    pub client_ips: ClientIps,
 }
 
 /// What one request's handling learned, for its log row.
@@ -39,6 +42,7 @@ impl App {
     pub fn new(cfg: Config, pool: Pool, gateway: Gateway, logger: Logger) -> App {
         App {
             admin_failures: FailureLimit::new(cfg.admin_fail_limit, cfg.auth_fail_window),
+            client_ips: ClientIps::new(&cfg.client_ip_log),
             health: DbHealth::default(),
             gateway: Arc::new(gateway),
             server: ServerStats::default(),
@@ -129,7 +133,7 @@ impl Handler for App {
             latency_ms: seconds * 1000.0,
             bytes_in: sent.bytes_in as i64,
             bytes_out: sent.bytes_out as i64,
-            client_ip: ctx.client_ip.clone(),
+            client_ip: self.client_ips.stored(&ctx.client_ip),
             user_agent: ctx
                 .header("User-Agent")
                 .map(|v| target::printable(v).into_owned()),

@@ -126,6 +126,13 @@ pub const BCRYPT_WAIT: Duration = Duration::from_secs(2);
 pub const DB_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest admin secret accepted: 16 characters keeps brute force out of reach.
 pub const MIN_ADMIN_SECRET_LEN: usize = 16;
+/// What the request log keeps of a client's address: a keyed hash, because the address is
+/// personal data, while equal addresses must still group in per-IP analytics.
+pub const DEFAULT_LOG_CLIENT_IP: &str = "hmac";
+/// Shortest `TOLLGATE_CLIENT_IP_KEY` accepted: 32 characters (128 bits as hex). Longer
+/// than the admin secret's minimum because this key is attacked offline: anyone holding a
+/// copy of the logs and one address they know can try keys with no limit in the way.
+pub const MIN_CLIENT_IP_KEY_LEN: usize = 32;
 /// Largest admin/analytics request body: these are small JSON documents.
 pub const ADMIN_MAX_BODY_BYTES: u64 = 64 * 1024;
 /// Raw `request_logs` older than this are deleted: a week covers `recent` and incident
@@ -206,6 +213,30 @@ pub const ANALYTICS_MAX_POINTS: i64 = 1_440;
 /// The value of `RUST_LOG` when it is unset: what `env_logger` shows.
 pub const DEFAULT_LOG_FILTER: &str = "info";
 
+/// What the request log keeps of a client's address. Memory always has the address itself:
+/// the per-IP failure limits need it.
+#[derive(Clone)]
+pub enum ClientIpLog {
+    /// The address as resolved through `TOLLGATE_TRUSTED_PROXIES`.
+    Raw,
+    /// `hmac:` and the first 32 hex digits of HMAC-SHA256(key, address). Keyed, because an
+    /// unkeyed hash of an IPv4 address is reversed by hashing all 2^32 of them.
+    Hmac { key: String },
+    /// An empty string (the column is NOT NULL).
+    None,
+}
+
+/// By hand, so that printing a `Config` never prints the key.
+impl std::fmt::Debug for ClientIpLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClientIpLog::Raw => "raw",
+            ClientIpLog::Hmac { .. } => "hmac",
+            ClientIpLog::None => "none",
+        })
+    }
+}
+
 /// Every setting, read from the environment once at start-up. Each field's default is the
 /// `DEFAULT_*` constant named beside it; docs/operations.md lists them, and a test checks
 /// that list against what [`Config::from_vars`] actually reads.
@@ -216,6 +247,9 @@ pub struct Config {
     /// `ADMIN_SECRET` (required, at least [`MIN_ADMIN_SECRET_LEN`] characters): value of
     /// `x-admin-secret`.
     pub admin_secret: String,
+    /// `TOLLGATE_LOG_CLIENT_IP` (`raw`, `hmac` or `none`), with `TOLLGATE_CLIENT_IP_KEY`
+    /// (required for `hmac`); defaults to [`DEFAULT_LOG_CLIENT_IP`].
+    pub client_ip_log: ClientIpLog,
     /// `LISTEN_ADDR`; defaults to [`DEFAULT_LISTEN_ADDR`].
     pub listen_addr: String,
     /// `TOLLGATE_WORKERS`; defaults to [`DEFAULT_WORKERS`].
@@ -331,6 +365,7 @@ impl Config {
         let get = |var: &str| match var {
             "DATABASE_URL" => Some("host=/nonexistent".to_string()),
             "ADMIN_SECRET" => Some("x".repeat(MIN_ADMIN_SECRET_LEN)),
+            "TOLLGATE_CLIENT_IP_KEY" => Some("k".repeat(MIN_CLIENT_IP_KEY_LEN)),
             _ => None,
         };
         let vars = Vars::new(&get);
@@ -357,10 +392,12 @@ impl Config {
                  refusing to start with an open or guessable admin API"
             ));
         }
+        let client_ip_log = v.client_ip_log()?;
         let workers = v.num("TOLLGATE_WORKERS", DEFAULT_WORKERS)?;
         let cfg = Config {
             database_url,
             admin_secret,
+            client_ip_log,
             listen_addr: v
                 .raw("LISTEN_ADDR", format!("`{DEFAULT_LISTEN_ADDR}`"))
                 .unwrap_or_else(|| DEFAULT_LISTEN_ADDR.into()),
@@ -522,6 +559,39 @@ impl<'a> Vars<'a> {
         parse_age(&v).ok_or_else(|| format!("{var} must look like 90s, 30m, 12h or 7d, got {v:?}"))
     }
 
+    fn client_ip_log(&self) -> Result<ClientIpLog, String> {
+        let mode = self
+            .raw(
+                "TOLLGATE_LOG_CLIENT_IP",
+                format!("`{DEFAULT_LOG_CLIENT_IP}`"),
+            )
+            .unwrap_or_else(|| DEFAULT_LOG_CLIENT_IP.into());
+        let key = self.raw(
+            "TOLLGATE_CLIENT_IP_KEY",
+            format!("(required for `hmac`, ≥ {MIN_CLIENT_IP_KEY_LEN} chars)"),
+        );
+        match mode.as_str() {
+            "raw" => Ok(ClientIpLog::Raw),
+            "none" => Ok(ClientIpLog::None),
+            "hmac" => match key {
+                Some(key) if key.chars().count() >= MIN_CLIENT_IP_KEY_LEN => {
+                    Ok(ClientIpLog::Hmac { key })
+                }
+                // Like the admin secret: refusing beats a key nobody chose, which would
+                // change the stored values at every restart.
+                _ => Err(format!(
+                    "TOLLGATE_CLIENT_IP_KEY must be set to at least {MIN_CLIENT_IP_KEY_LEN} \
+                     characters while TOLLGATE_LOG_CLIENT_IP is hmac (the default): logged \
+                     client IPs are hashed with it (scripts/run.sh keeps one in \
+                     .data/client_ip_key), or set TOLLGATE_LOG_CLIENT_IP to raw or none"
+                )),
+            },
+            other => Err(format!(
+                "TOLLGATE_LOG_CLIENT_IP must be raw, hmac or none, got {other:?}"
+            )),
+        }
+    }
+
     fn fail_open(&self, var: &'static str) -> Result<bool, String> {
         match self.raw(var, "`fail-open`").as_deref() {
             None | Some("fail-open") => Ok(true),
@@ -619,6 +689,7 @@ mod tests {
         let get = |var: &str| match var {
             "DATABASE_URL" => Some("host=/x".to_string()),
             "ADMIN_SECRET" => Some("0123456789abcdef".to_string()),
+            "TOLLGATE_CLIENT_IP_KEY" => Some("k".repeat(MIN_CLIENT_IP_KEY_LEN)),
             "TOLLGATE_WORKERS" => Some("many".to_string()),
             _ => None,
         };
@@ -635,6 +706,7 @@ mod tests {
         let get = |var: &str| match var {
             "DATABASE_URL" => Some(" host=/x ".to_string()),
             "ADMIN_SECRET" => Some(" 0123456789abcdef ".to_string()),
+            "TOLLGATE_CLIENT_IP_KEY" => Some("k".repeat(MIN_CLIENT_IP_KEY_LEN)),
             "LISTEN_ADDR" | "TOLLGATE_WORKERS" => Some("  ".to_string()),
             _ => None,
         };
@@ -651,5 +723,37 @@ mod tests {
         assert!(Config::from_vars(&spaces)
             .unwrap_err()
             .contains("ADMIN_SECRET"));
+    }
+
+    #[test]
+    fn hmac_mode_needs_a_key_of_32_characters_and_the_other_modes_none() {
+        let with = |mode: Option<&'static str>, key: Option<String>| {
+            move |var: &str| match var {
+                "DATABASE_URL" => Some("host=/x".to_string()),
+                "ADMIN_SECRET" => Some("0123456789abcdef".to_string()),
+                "TOLLGATE_LOG_CLIENT_IP" => mode.map(str::to_string),
+                "TOLLGATE_CLIENT_IP_KEY" => key.clone(),
+                _ => None,
+            }
+        };
+        let short = "k".repeat(MIN_CLIENT_IP_KEY_LEN - 1);
+        for (mode, key) in [(None, None), (Some("hmac"), Some(short.clone()))] {
+            let e = Config::from_vars(&with(mode, key)).unwrap_err();
+            assert!(
+                e.contains("TOLLGATE_CLIENT_IP_KEY") && e.contains("32"),
+                "{e}"
+            );
+            assert!(!e.contains(&short), "the rejected key is echoed: {e}");
+        }
+        let key = Some("k".repeat(MIN_CLIENT_IP_KEY_LEN));
+        let cfg = Config::from_vars(&with(None, key)).unwrap();
+        assert!(matches!(cfg.client_ip_log, ClientIpLog::Hmac { .. }));
+        assert!(!format!("{cfg:?}").contains("kkkk"), "Debug shows the key");
+        let raw = Config::from_vars(&with(Some("raw"), None)).unwrap();
+        assert!(matches!(raw.client_ip_log, ClientIpLog::Raw));
+        let none = Config::from_vars(&with(Some("none"), None)).unwrap();
+        assert!(matches!(none.client_ip_log, ClientIpLog::None));
+        let e = Config::from_vars(&with(Some("hash"), None)).unwrap_err();
+        assert!(e.contains("TOLLGATE_LOG_CLIENT_IP"), "{e}");
     }
 }

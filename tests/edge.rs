@@ -51,7 +51,11 @@ fn get_via(addr: &str, path: &str, key: &str) -> (String, Duration) {
 
 #[test]
 fn requests_pass_through_the_edge_with_the_client_address_believed() {
-    let (gw, up, key) = setup();
+    let gw = Gateway::start_with(&[("TOLLGATE_LOG_CLIENT_IP", "raw")]);
+    let up = Upstream::start();
+    let user = gw.create_user("edge@example.com");
+    let (key, _) = gw.create_key(user, json!({"rateLimit": 100000}));
+    gw.create_route(user, "/api", &up.addr);
     let (out, _) = get_via(&gw.addr, "/api/x?q=1", &key);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     let seen = up.last();

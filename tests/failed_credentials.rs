@@ -1,7 +1,9 @@
 //! Failed credential checks: per-IP limits on failed key and admin-secret checks, a wrong
 //! key that costs one bcrypt verification however often it is sent, and floods of
 //! well-formed keys with wrong secrets. Client IPs are told apart with `X-Forwarded-For`
-//! from a trusted 127.0.0.1. (That no secret reaches the log is a test in `auth`.)
+//! from a trusted 127.0.0.1, in the default `TOLLGATE_LOG_CLIENT_IP=hmac` mode: the limits
+//! count on the address in memory while the log keeps only its hash. (That no secret
+//! reaches the log is a test in `auth`.)
 use crate::util::{Gateway, ADMIN_SECRET};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -57,6 +59,16 @@ fn failed_key_checks_from_one_ip_get_429_with_retry_after_and_other_ips_are_unaf
     // A key this process already verified costs no bcrypt and still works from that IP.
     let h = [("x-api-key", key.as_str()), ("x-forwarded-for", "10.0.0.9")];
     assert_eq!(gw.direct("GET", "/r", &h, None).code(), "route_not_found");
+    gw.wait_for_log_rows(9);
+    let raw: i64 = gw
+        .db()
+        .query_one(
+            "SELECT count(*) FROM request_logs WHERE client_ip NOT LIKE 'hmac:%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(raw, 0, "an address reached the log");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Start-up: configuration refused with a message, unknown subcommands, migrations, and the
 //! two probes: liveness (`/healthz`) and readiness (`/readyz`), which follows the database.
 
-use crate::util::{free_port, Gateway, TestDb, ADMIN_SECRET};
+use crate::util::{free_port, Gateway, TestDb, ADMIN_SECRET, CLIENT_IP_KEY};
 use serde_json::json;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -63,6 +63,41 @@ fn the_server_refuses_to_start_without_an_admin_secret_of_16_characters_or_more(
     }
 }
 
+/// The default `hmac` mode refuses to start without a client IP key of 32 characters or
+/// more, saying so and without echoing it; `raw` and `none` need none.
+#[test]
+fn hmac_mode_refuses_to_start_without_a_client_ip_key_of_32_characters_or_more() {
+    let db = TestDb::create();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = db.url();
+    let short = "0123456789abcdef0123456789abcde";
+    let base = [
+        ("DATABASE_URL", url.as_str()),
+        ("ADMIN_SECRET", ADMIN_SECRET),
+        ("LISTEN_ADDR", &listen),
+    ];
+    for extra in [
+        vec![],
+        vec![("TOLLGATE_LOG_CLIENT_IP", "hmac")],
+        vec![("TOLLGATE_CLIENT_IP_KEY", short)],
+    ] {
+        let out = run(&["serve"], &[&base[..], &extra].concat());
+        assert!(!out.status.success(), "{extra:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("TOLLGATE_CLIENT_IP_KEY"), "{extra:?}: {err}");
+        assert!(err.contains("32"), "{extra:?}: {err}");
+        assert!(!err.contains(short), "the rejected key is echoed: {err}");
+    }
+    for mode in ["raw", "none"] {
+        let out = run(
+            &["migrate"],
+            &[&base[..], &[("TOLLGATE_LOG_CLIENT_IP", mode)]].concat(),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{mode}: {err}");
+    }
+}
+
 #[test]
 fn a_missing_database_url_is_refused_with_a_message() {
     let listen = format!("127.0.0.1:{}", free_port());
@@ -83,7 +118,11 @@ fn an_unknown_subcommand_is_refused() {
     let url = db.url();
     let out = run(
         &["migrat"],
-        &[("DATABASE_URL", &url), ("ADMIN_SECRET", ADMIN_SECRET)],
+        &[
+            ("DATABASE_URL", &url),
+            ("ADMIN_SECRET", ADMIN_SECRET),
+            ("TOLLGATE_CLIENT_IP_KEY", CLIENT_IP_KEY),
+        ],
     );
     assert!(!out.status.success());
 }
@@ -95,7 +134,11 @@ fn migrate_creates_the_schema_with_its_indexes_and_a_second_run_changes_nothing(
     let migrate = || {
         let out = run(
             &["migrate"],
-            &[("DATABASE_URL", &url), ("ADMIN_SECRET", ADMIN_SECRET)],
+            &[
+                ("DATABASE_URL", &url),
+                ("ADMIN_SECRET", ADMIN_SECRET),
+                ("TOLLGATE_CLIENT_IP_KEY", CLIENT_IP_KEY),
+            ],
         );
         assert!(
             out.status.success(),

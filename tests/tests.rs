@@ -31,6 +31,8 @@ mod metrics;
 // Plans, and the plan, limits and quota of keys and users through the admin API; quota
 // resets; unknown body fields.
 mod plans;
+// What the log keeps of a client's address: a keyed hash by default, raw, or nothing.
+mod privacy;
 // Routing and forwarding through the recording upstream; framing and size limits.
 mod proxy;
 // The sliding-window rate limit: headers, the window, exactness under bursts.

@@ -5,6 +5,7 @@
 //! outage delays logs instead of losing them, and raw rows and rollups never disagree. At
 //! shutdown `Logger::shutdown` writes everything queued before the process exits.
 
+pub mod client_ip;
 pub mod devload;
 pub mod retention;
 

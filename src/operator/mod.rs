@@ -158,6 +158,7 @@ pub mod fixture {
                     "DATABASE_URL" => "host=/nonexistent/tollgate-unit-test connect_timeout=1",
                     "ADMIN_SECRET" => SECRET,
                     "TOLLGATE_DB_WAIT_MS" => "50",
+                    "TOLLGATE_LOG_CLIENT_IP" => "none",
                     _ => return None,
                 };
                 Some(v.to_string())

@@ -28,6 +28,8 @@ pub struct LogRow {
     pub latency_ms: f64,
     pub bytes_in: i64,
     pub bytes_out: i64,
+    /// As `TOLLGATE_LOG_CLIENT_IP` says (`logs::client_ip`): the address, `hmac:` and 32
+    /// hex digits, or empty.
     pub client_ip: String,
     pub user_agent: Option<String>,
     pub created_at: SystemTime,

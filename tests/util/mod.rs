@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const ADMIN_SECRET: &str = "test-admin-secret-0123456789abcdef";
+/// `TOLLGATE_CLIENT_IP_KEY` of every gateway the tests start: `hmac`, the default mode,
+/// refuses to start without one.
+pub const CLIENT_IP_KEY: &str = "test-client-ip-key-0123456789abcdef";
 
 /// Connection string of the test cluster, without a database name (set by `make test`).
 pub fn pg_base() -> String {
@@ -35,13 +38,14 @@ fn unique(prefix: &str) -> String {
 }
 
 /// Runs `tollgate <args>` to completion against `database_url` with nothing else in its
-/// environment but the admin secret, and asserts that it succeeded.
+/// environment but the admin secret and the client IP key, and asserts that it succeeded.
 pub fn run_tollgate_ok(args: &[&str], database_url: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(args)
         .env_clear()
         .env("DATABASE_URL", database_url)
         .env("ADMIN_SECRET", ADMIN_SECRET)
+        .env("TOLLGATE_CLIENT_IP_KEY", CLIENT_IP_KEY)
         .output()
         .unwrap();
     assert!(
@@ -417,6 +421,7 @@ impl Gateway {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DATABASE_URL", db.url())
             .env("ADMIN_SECRET", ADMIN_SECRET)
+            .env("TOLLGATE_CLIENT_IP_KEY", CLIENT_IP_KEY)
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .env("TOLLGATE_BCRYPT_COST", "4")
             .env("TOLLGATE_LOG_FLUSH_MS", "50")
