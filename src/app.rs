@@ -65,6 +65,7 @@ impl App {
             gateway: &self.gateway,
             logger: &self.logger,
             server: &self.server,
+            client_ips: &self.client_ips,
         }
     }
 

@@ -8,6 +8,8 @@ mod util;
 
 // The admin API: its secret, CRUD of users, keys and routes, validation, paging, stats.
 mod admin;
+// The audit log of admin writes: one row each, no secrets, its filter and pages.
+mod audit;
 // Analytics endpoints and the rollups they read; retention.
 mod analytics;
 // API keys: where the credential goes, bad keys, expiry, scopes, revocation, the cache.

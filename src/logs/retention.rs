@@ -1,14 +1,14 @@
 //! The retention job: a background thread that deletes raw `request_logs` older than
-//! `log_retention`, and rollups and usage rows older than `rollup_retention` (minute and hour
+//! `log_retention`, and rollups, usage and audit rows older than `rollup_retention` (minute and hour
 //! rollups at most `FINE_ROLLUP_MAX_AGE`), a few thousand rows per statement with a pause
 //! between, so it never holds locks or floods the WAL for long.
 //! Batched deletes rather than partitions: see docs/api.md ("Retention"). The statements
-//! are in `store/logs.rs`, `store/rollups.rs` and `store/usage.rs`.
+//! are in `store/logs.rs`, `store/rollups.rs`, `store/usage.rs` and `store/audit.rs`.
 
 use crate::config::{Config, FINE_ROLLUP_MAX_AGE, RETENTION_PAUSE};
 use crate::error::Result;
 use crate::store::rollups::{self, GRAINS};
-use crate::store::{logs, usage, Pool};
+use crate::store::{audit, logs, usage, Pool};
 use std::time::Duration;
 
 pub fn spawn(pool: Pool, cfg: &Config) {
@@ -51,6 +51,8 @@ fn run_once(pool: &Pool, logs: Duration, rollups: Duration, batch: i64) -> Resul
     // Usage is billed from day rows: kept as long as the day rollups.
     let usage_secs = rollups.as_secs_f64();
     deleted_rollups += in_batches(batch, || usage::delete_expired(pool, usage_secs, batch))?;
+    // The audit log is kept as long as the rollups it would explain.
+    deleted_rollups += in_batches(batch, || audit::delete_expired(pool, usage_secs, batch))?;
     Ok((deleted_logs, deleted_rollups))
 }
 

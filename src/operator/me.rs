@@ -3,6 +3,7 @@
 //! for any key or user (`/admin/api-keys/:id/limits`, `/admin/users/:id/limits`), which is
 //! what the dashboard shows.
 
+use super::admin::audit::{audited, Actor, Target};
 use super::admin::keys;
 use super::{input, ts, Operator};
 use crate::error::{Error, Result};
@@ -33,7 +34,18 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         // data behind the routes. The same rules as the admin's rotation apply.
         let body = input::json_object_or_empty(&mut rq.body)?;
         let cache = &op.gateway.auth.cache;
-        return keys::rotate(op.pool, cache, op.bcrypt_cost, key.id, &body);
+        let actor = Actor {
+            name: format!("key:{}", key.id),
+            ctx,
+            ips: op.client_ips,
+        };
+        return audited(
+            op.pool,
+            &actor,
+            "key.rotate",
+            Target::Key(Some(key.id)),
+            &mut || keys::rotate(op.pool, cache, op.bcrypt_cost, key.id, &body),
+        );
     }
     let mut v = key_limits(op, &key.info)?;
     // Metadata is not cached (the request path never needs it): read with the record.

@@ -3,7 +3,7 @@
 //! with its per-IP failure limit lives here because admin, analytics and metrics share it.
 //! Operator traffic is not written to `request_logs`: analytics describe client traffic.
 //!
-//! - `admin/`: users, API keys, routes, stats (`x-admin-secret`).
+//! - `admin/`: users, API keys, routes, stats, the audit log (`x-admin-secret`).
 //! - `analytics.rs`: traffic figures from the rollups (admin secret, or a key for its own).
 //! - `me.rs`: a key holder's own plan, limits and quotas (its key).
 //! - `health.rs`, `metrics.rs`, `dashboard.rs`, `openapi.rs`.
@@ -23,6 +23,7 @@ use crate::gateway::guards::FailureLimit;
 use crate::gateway::routes::prefix_matches;
 use crate::gateway::Gateway;
 use crate::http::{Ctx, Reply, Request, ServerStats};
+use crate::logs::client_ip::ClientIps;
 use crate::logs::Logger;
 use crate::store::{DbHealth, Pool};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -40,6 +41,8 @@ pub struct Operator<'a> {
     pub gateway: &'a Gateway,
     pub logger: &'a Logger,
     pub server: &'a ServerStats,
+    /// What the audit log keeps of a client's address.
+    pub client_ips: &'a ClientIps,
 }
 
 /// The admin secret and the failed attempts at it per client IP.
@@ -149,6 +152,7 @@ pub mod fixture {
         logger: Logger,
         server: ServerStats,
         failures: FailureLimit,
+        client_ips: ClientIps,
     }
 
     impl Fixture {
@@ -172,6 +176,7 @@ pub mod fixture {
                 health: DbHealth::default(),
                 server: ServerStats::default(),
                 failures: FailureLimit::new(cfg.admin_fail_limit, cfg.auth_fail_window),
+                client_ips: ClientIps::new(&cfg.client_ip_log),
                 pool,
                 cfg,
             }
@@ -189,6 +194,7 @@ pub mod fixture {
                 gateway: &self.gateway,
                 logger: &self.logger,
                 server: &self.server,
+                client_ips: &self.client_ips,
             }
         }
 

@@ -30,6 +30,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "008_key_lifecycle",
         include_str!("../../sql/008_key_lifecycle.sql"),
     ),
+    ("010_audit", include_str!("../../sql/010_audit.sql")),
 ];
 
 /// Applies pending migrations, retrying the first connection for up to `wait` so that a

@@ -3,6 +3,7 @@
 //! (`ApiKey`, `User`, `Route`, `LogRow`, ...), never rows; SQL appears nowhere else.
 
 pub mod analytics;
+pub mod audit;
 pub mod counters;
 mod health;
 pub mod keys;

@@ -1,9 +1,11 @@
-//! `/admin/*`: users, API keys, plans and routes, behind `x-admin-secret`. Field names and
+//! `/admin/*`: users, API keys, plans and routes, and the audit log of their changes,
+//! behind `x-admin-secret`. Field names and
 //! shapes follow the reference gateway's documented API so existing curl scripts keep
 //! working.
 //! Lists answer a JSON array; `X-Next-Cursor` says where the next page starts. A body
 //! field an endpoint does not take is refused (400 naming it), never ignored.
 
+pub mod audit;
 pub mod keys;
 pub mod plans;
 pub mod routes;
@@ -12,6 +14,7 @@ pub mod users;
 use super::{check_admin, input, me, Operator};
 use crate::error::{Error, Result};
 use crate::http::{Reply, Request};
+use audit::{audited, Actor, Target};
 use input::path_id;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -25,15 +28,42 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
     let cache = &gw.auth.cache;
     let segs: Vec<&str> = ctx.path.split('/').filter(|s| !s.is_empty()).collect();
     let body = &mut rq.body;
+    let actor = Actor {
+        name: "admin".into(),
+        ctx,
+        ips: op.client_ips,
+    };
+    // Every write goes through `audited`, which appends its row once it succeeds.
+    let write = |action: &str, target: Target, f: &mut dyn FnMut() -> Result<Reply>| {
+        audited(pool, &actor, action, target, f)
+    };
     match (ctx.method.as_str(), &segs[1..]) {
-        ("POST", ["users"]) => users::create(pool, &input::json_object(body)?),
+        ("POST", ["users"]) => {
+            let b = input::json_object(body)?;
+            write("user.create", Target::User(None), &mut || {
+                users::create(pool, &b)
+            })
+        }
         ("GET", ["users"]) => users::list(pool, ctx),
         ("GET", ["users", id]) => users::get(pool, path_id(id)?),
         ("PATCH", ["users", id]) => {
-            users::update(pool, cache, path_id(id)?, &input::json_object(body)?)
+            let (id, b) = (path_id(id)?, input::json_object(body)?);
+            write("user.update", Target::User(Some(id)), &mut || {
+                users::update(pool, cache, id, &b)
+            })
         }
-        ("POST", ["users", id, "quota", "reset"]) => users::reset_quota(pool, path_id(id)?),
-        ("DELETE", ["users", id]) => users::delete(pool, cache, &gw.routes, path_id(id)?),
+        ("POST", ["users", id, "quota", "reset"]) => {
+            let id = path_id(id)?;
+            write("user.quota_reset", Target::User(Some(id)), &mut || {
+                users::reset_quota(pool, id)
+            })
+        }
+        ("DELETE", ["users", id]) => {
+            let id = path_id(id)?;
+            write("user.delete", Target::User(Some(id)), &mut || {
+                users::delete(pool, cache, &gw.routes, id)
+            })
+        }
         ("GET", ["users", id, "limits"]) => {
             let user = crate::store::users::get(pool, path_id(id)?)?
                 .ok_or_else(|| Error::NotFound("user".into()))?;
@@ -48,37 +78,81 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
             ))
         }
         ("GET", ["users", id, "api-keys"]) => keys::list(pool, ctx, Some(path_id(id)?)),
-        ("POST", ["api-keys"]) => keys::create(pool, op.bcrypt_cost, &input::json_object(body)?),
+        ("POST", ["api-keys"]) => {
+            let b = input::json_object(body)?;
+            write("key.create", Target::Key(None), &mut || {
+                keys::create(pool, op.bcrypt_cost, &b)
+            })
+        }
         ("GET", ["api-keys"]) => keys::list(pool, ctx, input::query_id(ctx, "userId")?),
         ("GET", ["api-keys", id]) => keys::get(pool, path_id(id)?),
         ("PATCH", ["api-keys", id]) => {
-            keys::update(pool, cache, path_id(id)?, &input::json_object(body)?)
+            let (id, b) = (path_id(id)?, input::json_object(body)?);
+            write("key.update", Target::Key(Some(id)), &mut || {
+                keys::update(pool, cache, id, &b)
+            })
         }
-        ("DELETE", ["api-keys", id]) => keys::revoke(pool, cache, path_id(id)?),
-        ("POST", ["api-keys", id, "rotate"]) => keys::rotate(
-            pool,
-            cache,
-            op.bcrypt_cost,
-            path_id(id)?,
-            &input::json_object_or_empty(body)?,
-        ),
-        ("POST", ["api-keys", id, "quota", "reset"]) => keys::reset_quota(pool, path_id(id)?),
-        ("POST", ["plans"]) => plans::create(pool, &gw.plans, &input::json_object(body)?),
+        ("DELETE", ["api-keys", id]) => {
+            let id = path_id(id)?;
+            write("key.revoke", Target::Key(Some(id)), &mut || {
+                keys::revoke(pool, cache, id)
+            })
+        }
+        ("POST", ["api-keys", id, "rotate"]) => {
+            let (id, b) = (path_id(id)?, input::json_object_or_empty(body)?);
+            write("key.rotate", Target::Key(Some(id)), &mut || {
+                keys::rotate(pool, cache, op.bcrypt_cost, id, &b)
+            })
+        }
+        ("POST", ["api-keys", id, "quota", "reset"]) => {
+            let id = path_id(id)?;
+            write("key.quota_reset", Target::Key(Some(id)), &mut || {
+                keys::reset_quota(pool, id)
+            })
+        }
+        ("POST", ["plans"]) => {
+            let b = input::json_object(body)?;
+            write("plan.create", Target::Plan(None), &mut || {
+                plans::create(pool, &gw.plans, &b)
+            })
+        }
         ("GET", ["plans"]) => plans::list(pool),
         ("GET", ["plans", id]) => plans::get(pool, path_id(id)?),
         ("PATCH", ["plans", id]) => {
-            plans::update(pool, &gw.plans, path_id(id)?, &input::json_object(body)?)
+            let (id, b) = (path_id(id)?, input::json_object(body)?);
+            write("plan.update", Target::Plan(Some(id)), &mut || {
+                plans::update(pool, &gw.plans, id, &b)
+            })
         }
-        ("DELETE", ["plans", id]) => plans::delete(pool, &gw.plans, path_id(id)?),
-        ("POST", ["routes"]) => routes::create(pool, &gw.routes, &input::json_object(body)?),
+        ("DELETE", ["plans", id]) => {
+            let id = path_id(id)?;
+            write("plan.delete", Target::Plan(Some(id)), &mut || {
+                plans::delete(pool, &gw.plans, id)
+            })
+        }
+        ("POST", ["routes"]) => {
+            let b = input::json_object(body)?;
+            write("route.create", Target::Route(None), &mut || {
+                routes::create(pool, &gw.routes, &b)
+            })
+        }
         ("GET", ["routes"]) => routes::list(pool, ctx),
         ("GET", ["routes", id]) => routes::get(pool, path_id(id)?),
         ("PATCH" | "PUT", ["routes", id]) => {
-            routes::update(pool, &gw.routes, path_id(id)?, &input::json_object(body)?)
+            let (id, b) = (path_id(id)?, input::json_object(body)?);
+            write("route.update", Target::Route(Some(id)), &mut || {
+                routes::update(pool, &gw.routes, id, &b)
+            })
         }
-        ("DELETE", ["routes", id]) => routes::delete(pool, &gw.routes, path_id(id)?),
+        ("DELETE", ["routes", id]) => {
+            let id = path_id(id)?;
+            write("route.delete", Target::Route(Some(id)), &mut || {
+                routes::delete(pool, &gw.routes, id)
+            })
+        }
         ("GET", ["stats"]) => Ok(Reply::json(200, &stats(op))),
-        (_, ["users" | "api-keys" | "plans" | "routes" | "stats", ..]) => {
+        ("GET", ["audit"]) => audit::list(pool, ctx),
+        (_, ["users" | "api-keys" | "plans" | "routes" | "stats" | "audit", ..]) => {
             Err(Error::MethodNotAllowed)
         }
         _ => Err(Error::NotFound("admin endpoint".into())),
