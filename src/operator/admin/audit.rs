@@ -90,8 +90,18 @@ pub fn audited(
     write: &mut dyn FnMut() -> Result<Reply>,
 ) -> Result<Reply> {
     let records = !action.ends_with(".quota_reset");
-    let before = if records { target.record(pool)? } else { None };
+    // Read before the change; its failure does not stop the write, whose own refusal
+    // (a 400 judged without the database) is the better answer.
+    let before = if records {
+        target.record(pool)
+    } else {
+        Ok(None)
+    };
     let reply = write()?;
+    let before = before.unwrap_or_else(|e| {
+        log::warn!("audit: the record before {action} could not be read: {e}");
+        None
+    });
     if !(200..300).contains(&reply.status) {
         return Ok(reply);
     }
