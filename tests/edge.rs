@@ -19,6 +19,7 @@ mod util;
 mod admin;
 mod analytics;
 mod auth;
+mod identity;
 mod logging;
 mod proxy;
 mod ratelimit;

@@ -22,6 +22,8 @@ mod failed_credentials;
 mod fidelity;
 // Hostile paths and headers: normalised or refused, never reaching what they aim at.
 mod hostile_input;
+// Caller identity upstream: X-Tollgate-* headers, never forged, and their signature.
+mod identity;
 // A key's life: rotation with a grace period, pause and resume, metadata and externalId.
 mod lifecycle;
 // The request log: one row per gateway answer, its columns, a full queue.

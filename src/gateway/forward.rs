@@ -2,7 +2,9 @@
 //! headers both ways, the upstream's status and body streamed back; each upstream behind
 //! its circuit breaker and in-flight cap (`breaker.rs`).
 
+use super::auth::Authed;
 use super::breaker::{self, Breakers};
+use super::identity;
 use super::keys::bearer_key;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -137,18 +139,11 @@ pub fn upstream_url(target: &str, path: &str, query: Option<&str>) -> String {
 }
 
 /// Forwards the request to the route's upstream and returns its answer, body streamed.
-pub fn forward(
-    up: &Upstreams,
-    route: &Route,
-    rq: &mut Request,
-    credential_header: &str,
-) -> Result<Reply> {
+pub fn forward(up: &Upstreams, route: &Route, rq: &mut Request, key: &Authed) -> Result<Reply> {
     let ctx = &rq.ctx;
-    let url = upstream_url(
-        &route.target_url,
-        &route.upstream_path(&ctx.path),
-        ctx.query.as_deref(),
-    );
+    let credential_header = key.credential_header;
+    let path = route.upstream_path(&ctx.path);
+    let url = upstream_url(&route.target_url, &path, ctx.query.as_deref());
     let client_headers = &ctx.headers;
     // The gateway's credential never travels on: `x-api-key` always, and `Authorization`
     // whenever it carries a gateway key (even when `x-api-key` was the one used).
@@ -171,6 +166,20 @@ pub fn forward(
         "via",
     ];
     let mut headers = end_to_end(client_headers, &replaced);
+    // Only the gateway speaks as `X-Tollgate-*`, on every route, identity or not.
+    headers.retain(|(k, _)| !identity::is_reserved(k));
+    if route.sends_identity() {
+        headers.extend(identity::headers(
+            route,
+            &key.info,
+            &identity::Request {
+                method: &ctx.method,
+                path: &path,
+                query: ctx.query.as_deref(),
+                now: chrono::Utc::now().timestamp(),
+            },
+        ));
+    }
     headers.extend(forwarding_headers(client_headers, &ctx.peer_ip, &ctx.proto));
     headers.push(("x-request-id".into(), ctx.request_id.clone()));
     if route.preserve_host {

@@ -19,6 +19,7 @@ pub mod breaker;
 pub mod counting;
 pub mod forward;
 pub mod guards;
+pub mod identity;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
@@ -162,13 +163,12 @@ pub fn handle(
         return Ok(refused);
     }
     // 5. forward
-    let mut reply = forward::forward(&gw.upstreams, &route, rq, key.credential_header)
-        .unwrap_or_else(|e| {
-            if let Some(kind) = UpstreamFailure::of(&e) {
-                gw.metrics.upstream_failure(kind);
-            }
-            Reply::error(&e)
-        });
+    let mut reply = forward::forward(&gw.upstreams, &route, rq, &key).unwrap_or_else(|e| {
+        if let Some(kind) = UpstreamFailure::of(&e) {
+            gw.metrics.upstream_failure(kind);
+        }
+        Reply::error(&e)
+    });
     limit.add_headers(&gw.limiter, &mut reply);
     Ok(reply)
 }

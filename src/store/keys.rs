@@ -74,6 +74,10 @@ pub struct KeyInfo {
     pub owner: Policy,
     pub owner_created_at: DateTime<Utc>,
     pub hashes: Hashes,
+    /// The key's scopes, sorted and comma-joined (`read,write`), as sent upstream.
+    pub scopes: String,
+    /// The user's `external_id`, as sent upstream.
+    pub owner_external_id: Option<String>,
 }
 
 impl ApiKey {
@@ -120,6 +124,13 @@ impl ApiKey {
             owner: self.owner.clone(),
             owner_created_at: self.owner_created_at,
             hashes: self.hashes.clone(),
+            scopes: {
+                let mut s = self.scopes.clone();
+                s.sort();
+                s.dedup();
+                s.join(",")
+            },
+            owner_external_id: self.owner_external_id.clone(),
         }
     }
 }

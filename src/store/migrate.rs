@@ -30,6 +30,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "008_key_lifecycle",
         include_str!("../../sql/008_key_lifecycle.sql"),
     ),
+    (
+        "009_route_identity",
+        include_str!("../../sql/009_route_identity.sql"),
+    ),
     ("010_audit", include_str!("../../sql/010_audit.sql")),
 ];
 

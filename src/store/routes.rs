@@ -27,6 +27,10 @@ pub struct Route {
     pub max_body_bytes: Option<i64>,
     /// Whether upstream 5xx answers count as failures for the circuit breaker.
     pub breaker_on_5xx: bool,
+    /// Send the key's identity upstream in `X-Tollgate-*` headers.
+    pub identity_headers: bool,
+    /// Signs the identity headers (HMAC-SHA256); implies them. Never shown by the admin API.
+    pub signing_secret: Option<String>,
 }
 
 /// A route with its row's timestamps, as the admin API shows it.
@@ -40,12 +44,13 @@ pub struct RouteRecord {
 /// The columns [`Route::from_row`] reads, in order, then the two timestamps.
 const COLS: &str = "id, user_id, prefix, target_url, host, strip_prefix, preserve_host, \
     methods, connect_timeout_ms, read_timeout_ms, timeout_ms, max_body_bytes, breaker_on_5xx, \
-    created_at, updated_at";
+    identity_headers, signing_secret, created_at, updated_at";
 
 /// Every field but `id` and `user_id`, as `UPDATE ... SET` binds them (see `params`).
 const VALUES: &str = "host = $2, strip_prefix = $3, preserve_host = $4, methods = $5, \
     connect_timeout_ms = $6, read_timeout_ms = $7, timeout_ms = $8, max_body_bytes = $9, \
-    breaker_on_5xx = $10, prefix = $11, target_url = $12";
+    breaker_on_5xx = $10, prefix = $11, target_url = $12, identity_headers = $13, \
+    signing_secret = $14";
 
 impl Route {
     fn from_row(r: &Row) -> Route {
@@ -63,10 +68,12 @@ impl Route {
             timeout_ms: r.get(10),
             max_body_bytes: r.get(11),
             breaker_on_5xx: r.get(12),
+            identity_headers: r.get(13),
+            signing_secret: r.get(14),
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 12] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 14] {
         [
             &self.id,
             &self.host,
@@ -80,7 +87,14 @@ impl Route {
             &self.breaker_on_5xx,
             &self.prefix,
             &self.target_url,
+            &self.identity_headers,
+            &self.signing_secret,
         ]
+    }
+
+    /// Whether the key's identity goes upstream: asked for, or needed to check a signature.
+    pub fn sends_identity(&self) -> bool {
+        self.identity_headers || self.signing_secret.is_some()
     }
 
     pub fn allows(&self, method: &str) -> bool {
@@ -106,8 +120,8 @@ impl RouteRecord {
     fn from_row(r: &Row) -> RouteRecord {
         RouteRecord {
             route: Route::from_row(r),
-            created_at: r.get(13),
-            updated_at: r.get(14),
+            created_at: r.get(15),
+            updated_at: r.get(16),
         }
     }
 }

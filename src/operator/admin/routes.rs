@@ -27,6 +27,9 @@ fn route_json(r: &RouteRecord) -> Value {
         "timeoutMs": route.timeout_ms,
         "maxBodyBytes": route.max_body_bytes,
         "breakerOn5xx": route.breaker_on_5xx,
+        "identityHeaders": route.identity_headers,
+        // The secret itself is never shown, only whether there is one.
+        "hasSigningSecret": route.signing_secret.is_some(),
         "createdAt": ts(r.created_at),
         "updatedAt": ts(r.updated_at),
     })
@@ -176,12 +179,41 @@ const FIELDS: &[&str] = &[
     "readTimeoutMs",
     "timeoutMs",
     "maxBodyBytes",
+    "identityHeaders",
+    "signingSecret",
 ];
 
 /// Longest per-route timeout: an hour covers long polls and big downloads.
 const MAX_ROUTE_TIMEOUT_MS: i64 = 3_600_000;
 /// Largest per-route body limit (64 GiB); bodies are streamed, never held.
 const MAX_ROUTE_BODY_BYTES: i64 = 64 << 30;
+/// Shortest signing secret: 32 characters of printable ASCII carry well over 128 bits when
+/// random, and a short one set by hand would be guessable from signed requests.
+const MIN_SIGNING_SECRET: usize = 32;
+const MAX_SIGNING_SECRET: usize = 256;
+
+/// A route's `signingSecret`: printable ASCII without spaces (it is the HMAC key's bytes,
+/// so upstreams in any language read it the same), 32 to 256 characters; `null` clears.
+fn signing_secret(v: &Value) -> Result<Option<String>> {
+    let bad = || {
+        Error::field(
+            "signingSecret",
+            format!(
+                "must be {MIN_SIGNING_SECRET} to {MAX_SIGNING_SECRET} printable ASCII characters without spaces, or null"
+            ),
+        )
+    };
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s)
+            if (MIN_SIGNING_SECRET..=MAX_SIGNING_SECRET).contains(&s.len())
+                && s.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(s.clone()))
+        }
+        _ => Err(bad()),
+    }
+}
 
 /// Applies the fields present in `body` to `route` (a blank one when creating, the stored
 /// one when updating); absent fields keep their value, `null` resets an option.
@@ -206,6 +238,8 @@ pub fn apply_fields(route: &mut Route, body: &Map<String, Value>) -> Result<()> 
             "stripPrefix" => route.strip_prefix = flag(v, "stripPrefix")?,
             "preserveHost" => route.preserve_host = flag(v, "preserveHost")?,
             "breakerOn5xx" => route.breaker_on_5xx = flag(v, "breakerOn5xx")?,
+            "identityHeaders" => route.identity_headers = flag(v, "identityHeaders")?,
+            "signingSecret" => route.signing_secret = signing_secret(v)?,
             "methods" => route.methods = methods(v)?,
             "connectTimeoutMs" => route.connect_timeout_ms = timeout("connectTimeoutMs")?,
             "readTimeoutMs" => route.read_timeout_ms = timeout("readTimeoutMs")?,
@@ -342,6 +376,15 @@ mod tests {
         assert!(r.strip_prefix);
         assert_eq!(r.methods, Some(vec!["GET".to_string(), "POST".to_string()]));
         assert_eq!((r.timeout_ms, r.max_body_bytes), (Some(500), Some(1024)));
+        let secret = "s".repeat(32);
+        apply_fields(
+            &mut r,
+            &body(json!({"identityHeaders": true, "signingSecret": secret})),
+        )
+        .unwrap();
+        assert!(r.identity_headers && r.signing_secret.as_deref() == Some(secret.as_str()));
+        apply_fields(&mut r, &body(json!({"signingSecret": null}))).unwrap();
+        assert_eq!(r.signing_secret, None);
         apply_fields(&mut r, &body(json!({"host": null, "timeoutMs": null}))).unwrap();
         assert_eq!((r.host.clone(), r.timeout_ms), (None, None));
         for (bad, field) in [
@@ -351,6 +394,14 @@ mod tests {
             (json!({"timeoutMs": 0}), "timeoutMs"),
             (json!({"stripPrefix": "yes"}), "stripPrefix"),
             (json!({"maxBodyBytes": -1}), "maxBodyBytes"),
+            (json!({"signingSecret": "short"}), "signingSecret"),
+            (json!({"signingSecret": "x".repeat(257)}), "signingSecret"),
+            (
+                json!({"signingSecret": format!("{} x", "y".repeat(40))}),
+                "signingSecret",
+            ),
+            (json!({"signingSecret": 12}), "signingSecret"),
+            (json!({"identityHeaders": "on"}), "identityHeaders"),
         ] {
             match apply_fields(&mut r, &body(bad.clone())) {
                 Err(Error::InvalidField { field: f, .. }) => assert_eq!(f, field, "{bad}"),

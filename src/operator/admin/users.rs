@@ -11,6 +11,7 @@ use crate::http::{Ctx, Reply};
 use crate::operator::input::{self, change, required, string};
 use crate::operator::ts;
 use crate::store::counters::{self, Subject};
+use crate::store::plans::Change;
 use crate::store::users::{self, NewUser, User, UserChanges};
 use crate::store::Pool;
 use serde_json::{json, Map, Value};
@@ -88,7 +89,9 @@ pub fn update(pool: &Pool, cache: &KeyCache, id: i64, body: &Map<String, Value>)
         })?,
     };
     let user = users::update(pool, id, &changes)?.ok_or_else(not_found)?;
-    if changes.policy.any() {
+    // Cached keys carry their user's limits and external id (sent upstream by routes
+    // with identity headers).
+    if changes.policy.any() || !matches!(changes.external_id, Change::Keep) {
         refresh_keys(pool, cache)?;
     }
     Ok(Reply::json(200, &user_json(&user)))
