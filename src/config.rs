@@ -187,6 +187,9 @@ pub const MAX_ROTATION_GRACE_SECS: i64 = 30 * 86_400;
 /// Largest `metadata` object on a user or key, as compact JSON: room for a few ids and
 /// labels, small enough that every key and user answer stays small.
 pub const MAX_METADATA_BYTES: usize = 4 * 1024;
+/// Most entries in one `allowCidrs` or `denyCidrs` list: each is tried in turn on every
+/// request, and longer lists are usually a blocklist that belongs at the edge.
+pub const MAX_IP_RULES: usize = 64;
 /// How long start-up (`serve`, `migrate`) waits for the database before giving up: long
 /// enough for a database started alongside the gateway (systemd, compose, `make run`).
 pub const STARTUP_DB_WAIT: Duration = Duration::from_secs(30);

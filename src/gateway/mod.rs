@@ -3,9 +3,10 @@
 //! file and each taking only the state it uses.
 //!
 //! 1. **auth** (`auth.rs`, `keys.rs`, `guards.rs`): which key, verified, not revoked.
-//! 2. **scope**: a `read` key may only use the safe methods.
-//! 3. **route** (`routes.rs`): the owner's longest matching prefix, its methods, and the
-//!    body limit from the declared length.
+//! 2. **scope**: a `read` key may only use the safe methods; the key's IP rules
+//!    (`ip_rules.rs`).
+//! 3. **route** (`routes.rs`): the owner's longest matching prefix, its methods, the
+//!    body limit from the declared length, and the route's IP rules.
 //! 4. **limits** (`policy.rs`, `ratelimit.rs`, `counting.rs`): which limits and quotas
 //!    apply, counted in Postgres, one round per batch of requests.
 //! 5. **forward** (`forward.rs`, `breaker.rs`): to the upstream and back.
@@ -20,6 +21,7 @@ pub mod counting;
 pub mod forward;
 pub mod guards;
 pub mod identity;
+pub mod ip_rules;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
@@ -132,6 +134,9 @@ pub fn handle(
     let key = gw.auth.authenticate(pool, health, &rq.ctx)?;
     trace.api_key_id = Some(key.id);
     trace.user_id = Some(key.user_id);
+    // IP rules are judged before the limits phase, so a refused address is not counted.
+    let client = ip_rules::Client::new(&rq.ctx.client_ip);
+    client.check(&key.info.ip_rules)?;
     // 2. scope
     if !key.allows(&rq.ctx.method) {
         return Err(Error::InsufficientScope);
@@ -157,6 +162,7 @@ pub fn handle(
     if rq.ctx.content_length.is_some_and(|n| n > max) {
         return Err(Error::PayloadTooLarge(max));
     }
+    client.check(&route.ip_rules)?;
     // 4. limits
     let limit = gw.count(pool, health, &key, trace)?;
     if let Some(refused) = limit.refusal(&gw.metrics) {

@@ -1,9 +1,10 @@
 //! Reading what operators send: bounded JSON bodies, query parameters, path ids and typed
 //! fields, each failure a 400 that names the field (used by admin and analytics).
 
-use crate::config::{ADMIN_MAX_BODY_BYTES, MAX_METADATA_BYTES, MAX_PAGE_LIMIT};
+use crate::config::{ADMIN_MAX_BODY_BYTES, MAX_IP_RULES, MAX_METADATA_BYTES, MAX_PAGE_LIMIT};
 use crate::error::{Error, Result};
 use crate::http::Ctx;
+use crate::store::ip_rules::Cidr;
 use crate::store::plans::Change;
 use serde_json::{Map, Value};
 use std::io::Read;
@@ -249,6 +250,45 @@ pub fn metadata(m: &Map<String, Value>) -> Result<Option<Value>> {
         }
         Some(_) => Err(Error::field("metadata", "must be a JSON object")),
     }
+}
+
+/// An `allowCidrs` / `denyCidrs` field: an array of at most `MAX_IP_RULES` networks
+/// (`10.0.0.0/8`, `2001:db8::/32`, or a bare address); `null` is the empty list (a PATCH
+/// clears with it). `None` when absent. A bad entry is named in the message.
+pub fn cidrs(m: &Map<String, Value>, field: &'static str) -> Result<Option<Vec<Cidr>>> {
+    let list = match m.get(field) {
+        None => return Ok(None),
+        Some(Value::Null) => return Ok(Some(Vec::new())),
+        Some(Value::Array(a)) => a,
+        Some(_) => {
+            return Err(Error::field(
+                field,
+                "must be an array of CIDR strings or null",
+            ))
+        }
+    };
+    if list.len() > MAX_IP_RULES {
+        return Err(Error::field(
+            field,
+            format!("must have at most {MAX_IP_RULES} entries"),
+        ));
+    }
+    let mut out: Vec<Cidr> = Vec::with_capacity(list.len());
+    for v in list {
+        let s = v
+            .as_str()
+            .ok_or_else(|| Error::field(field, "must be an array of CIDR strings or null"))?;
+        // The entry is echoed back in the message, so a hostile one is not; the longest
+        // CIDR is under 50 characters.
+        if s.len() > 64 {
+            return Err(Error::field(field, "entries must be at most 64 characters"));
+        }
+        let c = Cidr::parse(s).map_err(|e| Error::field(field, e))?;
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    Ok(Some(out))
 }
 
 fn has_nul(v: &Value) -> bool {

@@ -1,5 +1,6 @@
 //! `api_keys`: every statement on the table, and the one mapping of its row.
 
+use super::ip_rules::{Cidr, IpRules};
 use super::plans::{no_such_plan, Change, Policy, PolicyChanges};
 use super::{is_fk_violation, Pool};
 use crate::error::{Error, Result};
@@ -14,7 +15,7 @@ const COLS: &str = "k.id, k.user_id, k.name, k.public_id, k.scopes, k.rate_limit
     k.revoked_at, k.last_used_at, k.created_at, k.plan_id, k.limits, k.quota, \
     u.plan_id, u.limits, u.quota, u.created_at, \
     k.key_hash, k.prev_key_hash, k.prev_valid_until, k.rotated_at, k.paused_at, k.metadata, \
-    u.metadata, u.external_id";
+    u.metadata, u.external_id, k.allow_cidrs::text[], k.deny_cidrs::text[]";
 
 /// `FROM` for [`COLS`]; statements that change a key select from their `RETURNING *` as `k`.
 const FROM: &str = "api_keys k JOIN users u ON u.id = k.user_id";
@@ -45,6 +46,7 @@ pub struct ApiKey {
     pub metadata: Value,
     pub owner_metadata: Value,
     pub owner_external_id: Option<String>,
+    pub ip_rules: IpRules,
 }
 
 /// The bcrypt hashes a key is verified against: the current secret's and, after a
@@ -78,6 +80,8 @@ pub struct KeyInfo {
     pub scopes: String,
     /// The user's `external_id`, as sent upstream.
     pub owner_external_id: Option<String>,
+    /// Parsed once here, so a request only matches.
+    pub ip_rules: IpRules,
 }
 
 impl ApiKey {
@@ -107,6 +111,7 @@ impl ApiKey {
             metadata: r.get(at + 22),
             owner_metadata: r.get(at + 23),
             owner_external_id: r.get(at + 24),
+            ip_rules: IpRules::from_db(r.get(at + 25), r.get(at + 26)),
         }
     }
 
@@ -131,6 +136,7 @@ impl ApiKey {
                 s.join(",")
             },
             owner_external_id: self.owner_external_id.clone(),
+            ip_rules: self.ip_rules.clone(),
         }
     }
 }
@@ -170,6 +176,7 @@ pub struct NewKey<'a> {
     pub expires_at: Option<DateTime<Utc>>,
     pub own: &'a Policy,
     pub metadata: &'a Value,
+    pub ip_rules: &'a IpRules,
 }
 
 /// A foreign key violation is the body's fault: a user or plan it names does not exist.
@@ -190,13 +197,17 @@ pub fn insert(pool: &Pool, k: &NewKey) -> Result<ApiKey> {
     let sql = format!(
         "WITH k AS (
             INSERT INTO api_keys (user_id, name, public_id, key_hash, rate_limit, scopes,
-                                  expires_at, plan_id, limits, quota, metadata)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *)
+                                  expires_at, plan_id, limits, quota, metadata,
+                                  allow_cidrs, deny_cidrs)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                    $12::text[]::cidr[], $13::text[]::cidr[]) RETURNING *)
          SELECT {COLS} FROM {FROM_CHANGED}"
     );
     let limits = super::plans::limits_to_db(&k.own.limits);
     let quota = super::plans::quota_to_db(&k.own.quota);
-    let params: [&(dyn postgres::types::ToSql + Sync); 11] = [
+    let allow = IpRules::to_db(&k.ip_rules.allow);
+    let deny = IpRules::to_db(&k.ip_rules.deny);
+    let params: [&(dyn postgres::types::ToSql + Sync); 13] = [
         &k.user_id,
         &k.name,
         &k.public_id,
@@ -208,6 +219,8 @@ pub fn insert(pool: &Pool, k: &NewKey) -> Result<ApiKey> {
         &limits,
         &quota,
         k.metadata,
+        &allow,
+        &deny,
     ];
     match pool.get()?.query_one(sql.as_str(), &params) {
         Ok(row) => Ok(ApiKey::from_row(&row, 0)),
@@ -247,6 +260,9 @@ pub struct KeyChanges {
     pub pause: Option<bool>,
     /// Replaces the whole object.
     pub metadata: Option<Value>,
+    /// Replace the whole list (empty clears it).
+    pub allow_cidrs: Option<Vec<Cidr>>,
+    pub deny_cidrs: Option<Vec<Cidr>>,
 }
 
 pub fn update(pool: &Pool, id: i64, c: &KeyChanges) -> Result<Option<ApiKey>> {
@@ -259,6 +275,8 @@ pub fn update(pool: &Pool, id: i64, c: &KeyChanges) -> Result<Option<ApiKey>> {
                    paused_at = CASE WHEN $14::bool IS NULL THEN paused_at
                                     WHEN $14 THEN coalesce(paused_at, now()) END,
                    metadata = coalesce($15, metadata),
+                   allow_cidrs = coalesce($16::text[]::cidr[], allow_cidrs),
+                   deny_cidrs = coalesce($17::text[]::cidr[], deny_cidrs),
                    {}
              WHERE id = $1 RETURNING *)
          SELECT {COLS} FROM {FROM_CHANGED}",
@@ -266,6 +284,8 @@ pub fn update(pool: &Pool, id: i64, c: &KeyChanges) -> Result<Option<ApiKey>> {
     );
     let (rate_changed, rate) = c.rate_limit.bind();
     let (p, plan, l, limits, q, quota) = c.policy.values();
+    let allow = c.allow_cidrs.as_deref().map(IpRules::to_db);
+    let deny = c.deny_cidrs.as_deref().map(IpRules::to_db);
     let row = pool.get()?.query_opt(
         sql.as_str(),
         &[
@@ -284,6 +304,8 @@ pub fn update(pool: &Pool, id: i64, c: &KeyChanges) -> Result<Option<ApiKey>> {
             &quota,
             &c.pause,
             &c.metadata,
+            &allow,
+            &deny,
         ],
     );
     match row {

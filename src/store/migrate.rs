@@ -35,6 +35,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../sql/009_route_identity.sql"),
     ),
     ("010_audit", include_str!("../../sql/010_audit.sql")),
+    ("011_ip_rules", include_str!("../../sql/011_ip_rules.sql")),
 ];
 
 /// Applies pending migrations, retrying the first connection for up to `wait` so that a

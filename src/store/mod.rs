@@ -6,6 +6,7 @@ pub mod analytics;
 pub mod audit;
 pub mod counters;
 mod health;
+pub mod ip_rules;
 pub mod keys;
 pub mod logs;
 mod migrate;

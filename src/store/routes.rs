@@ -1,5 +1,6 @@
 //! `routes`: every statement on the table, and the route record the gateway matches on.
 
+use super::ip_rules::IpRules;
 use super::{is_fk_violation, is_unique_violation, Pool};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
@@ -31,6 +32,8 @@ pub struct Route {
     pub identity_headers: bool,
     /// Signs the identity headers (HMAC-SHA256); implies them. Never shown by the admin API.
     pub signing_secret: Option<String>,
+    /// Who may use the route, judged with the key's own rules.
+    pub ip_rules: IpRules,
 }
 
 /// A route with its row's timestamps, as the admin API shows it.
@@ -44,13 +47,14 @@ pub struct RouteRecord {
 /// The columns [`Route::from_row`] reads, in order, then the two timestamps.
 const COLS: &str = "id, user_id, prefix, target_url, host, strip_prefix, preserve_host, \
     methods, connect_timeout_ms, read_timeout_ms, timeout_ms, max_body_bytes, breaker_on_5xx, \
-    identity_headers, signing_secret, created_at, updated_at";
+    identity_headers, signing_secret, allow_cidrs::text[], deny_cidrs::text[], created_at, \
+    updated_at";
 
 /// Every field but `id` and `user_id`, as `UPDATE ... SET` binds them (see `params`).
 const VALUES: &str = "host = $2, strip_prefix = $3, preserve_host = $4, methods = $5, \
     connect_timeout_ms = $6, read_timeout_ms = $7, timeout_ms = $8, max_body_bytes = $9, \
     breaker_on_5xx = $10, prefix = $11, target_url = $12, identity_headers = $13, \
-    signing_secret = $14";
+    signing_secret = $14, allow_cidrs = $15::text[]::cidr[], deny_cidrs = $16::text[]::cidr[]";
 
 impl Route {
     fn from_row(r: &Row) -> Route {
@@ -70,10 +74,13 @@ impl Route {
             breaker_on_5xx: r.get(12),
             identity_headers: r.get(13),
             signing_secret: r.get(14),
+            ip_rules: IpRules::from_db(r.get(15), r.get(16)),
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 14] {
+    /// Binds `$1` (the id) to `$16`; `cidrs` holds the rule lists as text, which must
+    /// live as long as the parameters.
+    fn params<'a>(&'a self, cidrs: &'a [Vec<String>; 2]) -> [&'a (dyn ToSql + Sync); 16] {
         [
             &self.id,
             &self.host,
@@ -89,6 +96,8 @@ impl Route {
             &self.target_url,
             &self.identity_headers,
             &self.signing_secret,
+            &cidrs[0],
+            &cidrs[1],
         ]
     }
 
@@ -120,8 +129,8 @@ impl RouteRecord {
     fn from_row(r: &Row) -> RouteRecord {
         RouteRecord {
             route: Route::from_row(r),
-            created_at: r.get(15),
-            updated_at: r.get(16),
+            created_at: r.get(17),
+            updated_at: r.get(18),
         }
     }
 }
@@ -170,7 +179,14 @@ pub fn update(
 fn save(mut tx: postgres::Transaction<'_>, route: &Route) -> Result<RouteRecord> {
     let sql =
         format!("UPDATE routes SET {VALUES}, updated_at = now() WHERE id = $1 RETURNING {COLS}");
-    let row = written(tx.query_one(sql.as_str(), &route.params()), &route.prefix)?;
+    let cidrs = [
+        IpRules::to_db(&route.ip_rules.allow),
+        IpRules::to_db(&route.ip_rules.deny),
+    ];
+    let row = written(
+        tx.query_one(sql.as_str(), &route.params(&cidrs)),
+        &route.prefix,
+    )?;
     tx.commit()?;
     Ok(RouteRecord::from_row(&row))
 }

@@ -11,6 +11,7 @@ use crate::http::{Ctx, Reply};
 use crate::operator::input::{self, change, id, int, required, string};
 use crate::operator::{ts, ts_opt};
 use crate::store::counters::{self, Subject};
+use crate::store::ip_rules::{Cidr, IpRules};
 use crate::store::keys::{self, ApiKey, KeyChanges, NewKey};
 use crate::store::plans::{Change, LimitSpec};
 use crate::store::{users, Pool};
@@ -38,12 +39,18 @@ pub fn key_json(k: &ApiKey) -> Value {
         "rotatedAt": ts_opt(k.rotated_at),
         "previousKeyValidUntil": ts_opt(k.hashes.prev_valid_until),
         "metadata": k.metadata,
+        "allowCidrs": cidr_strings(&k.ip_rules.allow),
+        "denyCidrs": cidr_strings(&k.ip_rules.deny),
     });
     policy_json(&k.own, &mut v);
     // Which plan the key counts by when it has no limits of its own: its own, else its
     // user's (the limits themselves are resolved by `gateway::policy`).
     v["effective"] = json!({"planId": k.own.plan_id.or(k.owner.plan_id)});
     v
+}
+
+pub fn cidr_strings(list: &[Cidr]) -> Vec<String> {
+    list.iter().map(Cidr::to_string).collect()
 }
 
 const CREATE_FIELDS: &[&str] = &[
@@ -56,6 +63,8 @@ const CREATE_FIELDS: &[&str] = &[
     "limits",
     "quota",
     "metadata",
+    "allowCidrs",
+    "denyCidrs",
 ];
 const UPDATE_FIELDS: &[&str] = &[
     "name",
@@ -67,6 +76,8 @@ const UPDATE_FIELDS: &[&str] = &[
     "quota",
     "isActive",
     "metadata",
+    "allowCidrs",
+    "denyCidrs",
 ];
 const ROTATE_FIELDS: &[&str] = &["graceSecs"];
 
@@ -145,6 +156,10 @@ pub fn create(pool: &Pool, bcrypt_cost: u32, body: &Map<String, Value>) -> Resul
     }
     let own = policy(body)?;
     let metadata = input::metadata(body)?.unwrap_or_else(|| json!({}));
+    let ip_rules = IpRules {
+        allow: input::cidrs(body, "allowCidrs")?.unwrap_or_default(),
+        deny: input::cidrs(body, "denyCidrs")?.unwrap_or_default(),
+    };
     let mut limit = rate_limit(body)?;
     check_default_once(limit, own.limits.as_deref())?;
     let scopes = scopes(body)?.unwrap_or_else(|| vec!["read".into(), "write".into()]);
@@ -170,6 +185,7 @@ pub fn create(pool: &Pool, bcrypt_cost: u32, body: &Map<String, Value>) -> Resul
             expires_at: expires,
             own: &own,
             metadata: &metadata,
+            ip_rules: &ip_rules,
         },
     )?;
     let mut v = key_json(&key);
@@ -189,7 +205,8 @@ pub fn get(pool: &Pool, id: i64) -> Result<Reply> {
 }
 
 /// Changes any of the record's settings: absent fields keep their value, `null` clears
-/// `rateLimit`, `planId`, `limits`, `quota` and `expiresAt`. Setting `expiresAt` in the
+/// `rateLimit`, `planId`, `limits`, `quota` and `expiresAt`, and empties `allowCidrs` and
+/// `denyCidrs`. Setting `expiresAt` in the
 /// past expires the key at once (unlike at creation, where that would be a mistake).
 pub fn update(pool: &Pool, cache: &KeyCache, id: i64, body: &Map<String, Value>) -> Result<Reply> {
     input::only(body, UPDATE_FIELDS)?;
@@ -204,6 +221,8 @@ pub fn update(pool: &Pool, cache: &KeyCache, id: i64, body: &Map<String, Value>)
         policy: policy_changes(body)?,
         pause: is_active(body)?.map(|active| !active),
         metadata: input::metadata(body)?,
+        allow_cidrs: input::cidrs(body, "allowCidrs")?,
+        deny_cidrs: input::cidrs(body, "denyCidrs")?,
     };
     // Revocation is final: resuming a revoked key would answer 200 and change nothing.
     if changes.pause == Some(false) {

@@ -1,6 +1,7 @@
 //! `/admin/routes`: create, list, read, change and delete routes, and the validation of
 //! every route field. The route table is swapped before the reply leaves.
 
+use super::keys::cidr_strings;
 use super::paged;
 use crate::error::{Error, Result};
 use crate::gateway::routes::RouteTable;
@@ -30,6 +31,8 @@ fn route_json(r: &RouteRecord) -> Value {
         "identityHeaders": route.identity_headers,
         // The secret itself is never shown, only whether there is one.
         "hasSigningSecret": route.signing_secret.is_some(),
+        "allowCidrs": cidr_strings(&route.ip_rules.allow),
+        "denyCidrs": cidr_strings(&route.ip_rules.deny),
         "createdAt": ts(r.created_at),
         "updatedAt": ts(r.updated_at),
     })
@@ -181,6 +184,8 @@ const FIELDS: &[&str] = &[
     "maxBodyBytes",
     "identityHeaders",
     "signingSecret",
+    "allowCidrs",
+    "denyCidrs",
 ];
 
 /// Longest per-route timeout: an hour covers long polls and big downloads.
@@ -224,6 +229,12 @@ pub fn apply_fields(route: &mut Route, body: &Map<String, Value>) -> Result<()> 
     if let Some(t) = string(body, "targetUrl", 2048)? {
         route.target_url = normalize_target(&t)?;
     }
+    if let Some(allow) = input::cidrs(body, "allowCidrs")? {
+        route.ip_rules.allow = allow;
+    }
+    if let Some(deny) = input::cidrs(body, "denyCidrs")? {
+        route.ip_rules.deny = deny;
+    }
     for (field, v) in body {
         let timeout =
             |f| Ok::<_, Error>(limit_field(v, f, MAX_ROUTE_TIMEOUT_MS)?.map(|n| n as i32));
@@ -247,7 +258,7 @@ pub fn apply_fields(route: &mut Route, body: &Map<String, Value>) -> Result<()> 
             "maxBodyBytes" => {
                 route.max_body_bytes = limit_field(v, "maxBodyBytes", MAX_ROUTE_BODY_BYTES)?
             }
-            // `prefix` and `targetUrl` above; `userId` is read by `create`.
+            // `prefix`, `targetUrl` and the CIDR lists above; `userId` is read by `create`.
             _ => {}
         }
     }
