@@ -24,6 +24,8 @@ mod fidelity;
 mod hostile_input;
 // Caller identity upstream: X-Tollgate-* headers, never forged, and their signature.
 mod identity;
+// IP rules on keys and routes: allow and deny lists, CIDR edges, refused before counting.
+mod ip_rules;
 // A key's life: rotation with a grace period, pause and resume, metadata and externalId.
 mod lifecycle;
 // The request log: one row per gateway answer, its columns, a full queue.
