@@ -263,3 +263,25 @@ fn rules_are_shown_validated_naming_the_field_and_cleared_by_null() {
     assert_eq!(cleared.json()["allowCidrs"], json!([]));
     assert_eq!(from(&gw, &key, "/api/a", "198.51.100.1").status, 200);
 }
+
+/// A key's rules hold wherever the key is used, not only on the gateway path: its
+/// analytics and `/me` (rotation included) refuse it from outside its allow list too.
+#[test]
+fn a_keys_rules_also_hold_on_its_analytics_and_me() {
+    let gw = Gateway::start_with(&[TRUST_LOOPBACK]);
+    let user = gw.create_user("ipme@example.com");
+    let (key, _) = gw.create_key(user, json!({"allowCidrs": ["203.0.113.0/24"]}));
+    for path in ["/analytics/overview", "/me"] {
+        assert_eq!(from(&gw, &key, path, "203.0.113.9").status, 200, "{path}");
+        assert_refused(&from(&gw, &key, path, "198.51.100.1"), path);
+    }
+    let rotate = gw.request(
+        "POST",
+        "/me/rotate",
+        &[("x-api-key", &key), ("x-forwarded-for", "198.51.100.1")],
+        None,
+    );
+    assert_refused(&rotate, "/me/rotate");
+    // The key still works: nothing was rotated.
+    assert_eq!(from(&gw, &key, "/me", "203.0.113.9").status, 200);
+}

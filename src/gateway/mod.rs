@@ -92,6 +92,20 @@ impl Gateway {
         Ok(limit)
     }
 
+    /// A key holder calling an operator endpoint (`/analytics/*`, `/me`): its key, verified
+    /// and judged by its own IP rules exactly as on the gateway path, so a key limited to
+    /// some addresses cannot be used (or rotated) from others.
+    pub fn authenticate_key_holder(
+        &self,
+        pool: &Pool,
+        health: &DbHealth,
+        ctx: &crate::http::Ctx,
+    ) -> Result<auth::Authed> {
+        let key = self.auth.authenticate(pool, health, ctx)?;
+        ip_rules::Client::new(&ctx.client_ip).check(&key.info.ip_rules)?;
+        Ok(key)
+    }
+
     /// Counts an operator request of `key` (a key holder's analytics call) against the
     /// key's and its user's sliding limits only: quotas count the API traffic that is
     /// logged and billed (`/analytics/usage`), which operator calls are not.

@@ -46,7 +46,7 @@ pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
     let own_user = if check_admin(op.admin, ctx)? {
         None
     } else {
-        let key = gw.auth.authenticate(op.pool, op.health, ctx)?;
+        let key = gw.authenticate_key_holder(op.pool, op.health, ctx)?;
         // The same outage policy as the gateway path (fail-open or fail-closed).
         let limit = gw.count_operator_call(op.pool, op.health, &key)?;
         if let Some(refused) = limit.refusal(&gw.metrics) {

@@ -28,7 +28,9 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         (false, "GET" | "HEAD") | (true, "POST") => {}
         _ => return Err(Error::MethodNotAllowed),
     }
-    let key = op.gateway.auth.authenticate(op.pool, op.health, ctx)?;
+    let key = op
+        .gateway
+        .authenticate_key_holder(op.pool, op.health, ctx)?;
     if rotate {
         // Any key may rotate itself, `read` ones too: it changes the credential, not the
         // data behind the routes. The same rules as the admin's rotation apply.
