@@ -27,6 +27,8 @@ pub enum Error {
     /// The key is paused; unlike a revoked key it may be resumed.
     InactiveApiKey,
     InsufficientScope,
+    /// A CORS preflight from an origin the matched route's policy does not allow.
+    CorsOriginNotAllowed,
     NotFound(String),
     RouteNotFound,
     Conflict(String),
@@ -84,7 +86,7 @@ impl Error {
             | Error::RevokedApiKey
             | Error::RotatedApiKey
             | Error::InactiveApiKey => 401,
-            Error::InsufficientScope => 403,
+            Error::InsufficientScope | Error::CorsOriginNotAllowed => 403,
             Error::NotFound(_) | Error::RouteNotFound => 404,
             Error::MethodNotAllowed => 405,
             Error::Conflict(_) => 409,
@@ -117,6 +119,7 @@ impl Error {
             Error::RotatedApiKey => "rotated_api_key",
             Error::InactiveApiKey => "inactive_api_key",
             Error::InsufficientScope => "insufficient_scope",
+            Error::CorsOriginNotAllowed => "cors_origin_not_allowed",
             Error::NotFound(_) => "not_found",
             Error::RouteNotFound => "route_not_found",
             Error::MethodNotAllowed => "method_not_allowed",
@@ -182,6 +185,9 @@ impl fmt::Display for Error {
             Error::InactiveApiKey => write!(f, "API key is paused"),
             Error::InsufficientScope => {
                 write!(f, "this key's scopes do not allow this method")
+            }
+            Error::CorsOriginNotAllowed => {
+                write!(f, "this origin is not allowed by the route's CORS policy")
             }
             Error::NotFound(what) => write!(f, "{what} not found"),
             Error::RouteNotFound => write!(f, "no route matches this path for this key"),

@@ -35,6 +35,11 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../sql/009_route_identity.sql"),
     ),
     ("010_audit", include_str!("../../sql/010_audit.sql")),
+    // 011 is another change's; the two are ordered when both have landed.
+    (
+        "012_route_cors",
+        include_str!("../../sql/012_route_cors.sql"),
+    ),
 ];
 
 /// Applies pending migrations, retrying the first connection for up to `wait` so that a

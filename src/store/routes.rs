@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use postgres::types::ToSql;
 use postgres::Row;
+use serde_json::{json, Value};
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Route {
@@ -31,6 +32,64 @@ pub struct Route {
     pub identity_headers: bool,
     /// Signs the identity headers (HMAC-SHA256); implies them. Never shown by the admin API.
     pub signing_secret: Option<String>,
+    /// Answers browsers' preflights and adds `Access-Control-*` headers; `None`: no CORS.
+    pub cors: Option<CorsPolicy>,
+}
+
+/// A route's CORS policy, parsed once from its `cors` column (`gateway/cors.rs` applies it).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CorsPolicy {
+    /// `scheme://host[:port]`, `scheme://*.host[:port]` or `*`, lower-case.
+    pub allowed_origins: Vec<String>,
+    /// Upper-case method tokens; empty: the route's methods, else the requested one.
+    pub allowed_methods: Vec<String>,
+    /// Lower-case header names; empty: whatever the preflight asks for.
+    pub allowed_headers: Vec<String>,
+    /// Added to the rate-limit and request-id headers that are always exposed.
+    pub expose_headers: Vec<String>,
+    pub allow_credentials: bool,
+    /// `Access-Control-Max-Age`; `None` leaves the browser's own default.
+    pub max_age_secs: Option<u32>,
+}
+
+impl CorsPolicy {
+    /// The stored and shown shape (the admin API's `cors` object).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "allowedOrigins": self.allowed_origins,
+            "allowedMethods": self.allowed_methods,
+            "allowedHeaders": self.allowed_headers,
+            "exposeHeaders": self.expose_headers,
+            "allowCredentials": self.allow_credentials,
+            "maxAgeSecs": self.max_age_secs,
+        })
+    }
+
+    /// Reads what [`CorsPolicy::to_json`] wrote; the column is written only after the admin
+    /// API's validation, so a missing or mistyped field is read as empty.
+    pub fn from_json(v: &Value) -> CorsPolicy {
+        let list = |k: &str| -> Vec<String> {
+            v.get(k)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        CorsPolicy {
+            allowed_origins: list("allowedOrigins"),
+            allowed_methods: list("allowedMethods"),
+            allowed_headers: list("allowedHeaders"),
+            expose_headers: list("exposeHeaders"),
+            allow_credentials: v.get("allowCredentials").and_then(Value::as_bool) == Some(true),
+            max_age_secs: v
+                .get("maxAgeSecs")
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok()),
+        }
+    }
 }
 
 /// A route with its row's timestamps, as the admin API shows it.
@@ -44,13 +103,13 @@ pub struct RouteRecord {
 /// The columns [`Route::from_row`] reads, in order, then the two timestamps.
 const COLS: &str = "id, user_id, prefix, target_url, host, strip_prefix, preserve_host, \
     methods, connect_timeout_ms, read_timeout_ms, timeout_ms, max_body_bytes, breaker_on_5xx, \
-    identity_headers, signing_secret, created_at, updated_at";
+    identity_headers, signing_secret, cors, created_at, updated_at";
 
 /// Every field but `id` and `user_id`, as `UPDATE ... SET` binds them (see `params`).
 const VALUES: &str = "host = $2, strip_prefix = $3, preserve_host = $4, methods = $5, \
     connect_timeout_ms = $6, read_timeout_ms = $7, timeout_ms = $8, max_body_bytes = $9, \
     breaker_on_5xx = $10, prefix = $11, target_url = $12, identity_headers = $13, \
-    signing_secret = $14";
+    signing_secret = $14, cors = $15";
 
 impl Route {
     fn from_row(r: &Row) -> Route {
@@ -70,10 +129,15 @@ impl Route {
             breaker_on_5xx: r.get(12),
             identity_headers: r.get(13),
             signing_secret: r.get(14),
+            cors: r
+                .get::<_, Option<Value>>(15)
+                .as_ref()
+                .map(CorsPolicy::from_json),
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 14] {
+    /// Binds `VALUES`; `cors` is the JSON `cors_json` made from the policy.
+    fn params<'a>(&'a self, cors_json: &'a Option<Value>) -> [&'a (dyn ToSql + Sync); 15] {
         [
             &self.id,
             &self.host,
@@ -89,6 +153,7 @@ impl Route {
             &self.target_url,
             &self.identity_headers,
             &self.signing_secret,
+            cors_json,
         ]
     }
 
@@ -120,8 +185,8 @@ impl RouteRecord {
     fn from_row(r: &Row) -> RouteRecord {
         RouteRecord {
             route: Route::from_row(r),
-            created_at: r.get(15),
-            updated_at: r.get(16),
+            created_at: r.get(16),
+            updated_at: r.get(17),
         }
     }
 }
@@ -170,7 +235,11 @@ pub fn update(
 fn save(mut tx: postgres::Transaction<'_>, route: &Route) -> Result<RouteRecord> {
     let sql =
         format!("UPDATE routes SET {VALUES}, updated_at = now() WHERE id = $1 RETURNING {COLS}");
-    let row = written(tx.query_one(sql.as_str(), &route.params()), &route.prefix)?;
+    let cors = route.cors.as_ref().map(CorsPolicy::to_json);
+    let row = written(
+        tx.query_one(sql.as_str(), &route.params(&cors)),
+        &route.prefix,
+    )?;
     tx.commit()?;
     Ok(RouteRecord::from_row(&row))
 }
