@@ -118,6 +118,23 @@ pub const AUTH_FAIL_TRACKED_IPS: usize = 100_000;
 /// refused pair never becomes right; the TTL only bounds how long memory is held.
 pub const FAILED_KEY_CACHE_MAX: usize = 50_000;
 pub const FAILED_KEY_TTL: Duration = Duration::from_secs(600);
+/// Headers a CORS route always lets a browser read, besides its own `exposeHeaders`: the
+/// rate-limit state and the request id, which a browser client needs to back off and to
+/// report a failure (they are not CORS-safelisted, so unexposed they are invisible to it).
+pub const CORS_EXPOSED_BY_DEFAULT: &[&str] = &[
+    "RateLimit",
+    "RateLimit-Policy",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "Retry-After",
+    "X-Request-Id",
+];
+/// Longest `Access-Control-Max-Age` a route may set: a day, beyond which Firefox caps it
+/// anyway (Chromium caps at 2 hours).
+pub const CORS_MAX_AGE_SECS: u32 = 86_400;
+/// Most entries in each of a route's CORS lists; a policy is matched per preflight.
+pub const CORS_MAX_LIST: usize = 64;
 /// How long a request waits for a bcrypt slot before answering 503 `auth_busy`.
 pub const BCRYPT_WAIT: Duration = Duration::from_secs(2);
 /// After a database outage is noticed, requests skip it (cached keys fail open or closed at

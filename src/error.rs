@@ -29,6 +29,8 @@ pub enum Error {
     InsufficientScope,
     /// The client address is outside the key's or the route's IP rules.
     IpNotAllowed,
+    /// A CORS preflight from an origin the matched route's policy does not allow.
+    CorsOriginNotAllowed,
     NotFound(String),
     RouteNotFound,
     Conflict(String),
@@ -86,7 +88,7 @@ impl Error {
             | Error::RevokedApiKey
             | Error::RotatedApiKey
             | Error::InactiveApiKey => 401,
-            Error::InsufficientScope | Error::IpNotAllowed => 403,
+            Error::InsufficientScope | Error::IpNotAllowed | Error::CorsOriginNotAllowed => 403,
             Error::NotFound(_) | Error::RouteNotFound => 404,
             Error::MethodNotAllowed => 405,
             Error::Conflict(_) => 409,
@@ -120,6 +122,7 @@ impl Error {
             Error::InactiveApiKey => "inactive_api_key",
             Error::InsufficientScope => "insufficient_scope",
             Error::IpNotAllowed => "ip_not_allowed",
+            Error::CorsOriginNotAllowed => "cors_origin_not_allowed",
             Error::NotFound(_) => "not_found",
             Error::RouteNotFound => "route_not_found",
             Error::MethodNotAllowed => "method_not_allowed",
@@ -188,6 +191,9 @@ impl fmt::Display for Error {
             }
             Error::IpNotAllowed => {
                 write!(f, "this client address may not use this key or route")
+            }
+            Error::CorsOriginNotAllowed => {
+                write!(f, "this origin is not allowed by the route's CORS policy")
             }
             Error::NotFound(what) => write!(f, "{what} not found"),
             Error::RouteNotFound => write!(f, "no route matches this path for this key"),

@@ -634,3 +634,83 @@ fn dashboard_shows_the_chosen_keys_plan_quota_use_and_monthly_usage_as_csv() {
     );
     drop(browser);
 }
+
+/// Serves `html` for every request, from its own port: a page on another origin than the
+/// gateway (which origin exactly depends on the name the browser opens it by).
+fn serve_page(html: String) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let html = html.clone();
+            // A thread per connection: Chromium opens spare connections it may never use.
+            std::thread::spawn(move || {
+                let _ = util::read_head(&mut std::io::BufReader::new(conn.try_clone().unwrap()));
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    html.len()
+                );
+                let _ = std::io::Write::write_all(&mut conn, head.as_bytes());
+                let _ = std::io::Write::write_all(&mut conn, html.as_bytes());
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_page_on_an_allowed_origin_calls_a_cors_route_with_a_key_and_reads_the_rate_limit() {
+    let gw = Gateway::start();
+    let up = Upstream::start();
+    let user = gw.create_user("cors@example.com");
+    let (key, key_id) = gw.create_key(user, json!({"rateLimit": 100}));
+    // The page fetches the gateway with the key in a header, which forces a preflight,
+    // and writes what it could read, or the error, into the DOM.
+    let html = format!(
+        r#"<!doctype html><title>app</title><pre id="out"></pre><script>
+fetch("{gw}/api/items", {{headers: {{"x-api-key": "{key}"}}}})
+  .then(r => r.text().then(() => {{
+    document.getElementById("out").textContent =
+      r.status + " " + r.headers.get("RateLimit") + " " + r.headers.get("X-Request-Id");
+  }}))
+  .catch(e => {{ document.getElementById("out").textContent = e.name; }});
+</script>"#,
+        gw = gw.direct_addr
+    );
+    let port = serve_page(html);
+    // Same page, two origins: allowed by its IP address, refused by the name localhost.
+    let allowed = format!("http://127.0.0.1:{port}");
+    gw.create_route_with(
+        user,
+        "/api",
+        &up.addr,
+        json!({"cors": {"allowedOrigins": [allowed]}}),
+    );
+
+    let browser = Browser::start();
+    browser.open(&allowed);
+    let out = wait_for(&browser, "document.getElementById('out').textContent");
+    let parts: Vec<&str> = out.split(' ').collect();
+    assert_eq!(parts[0], "200", "{out}");
+    assert!(parts[1].contains(";r=99;"), "RateLimit readable: {out}");
+    assert_ne!(
+        parts.get(2).copied(),
+        Some("null"),
+        "X-Request-Id readable: {out}"
+    );
+    // The preflight was answered by the gateway and only the actual request counted.
+    assert_eq!(up.requests().len(), 1);
+    assert_eq!(up.last().method, "GET");
+    assert_eq!(gw.counted_for_key(Some(key_id)), 1);
+
+    browser.open(&format!("http://localhost:{port}"));
+    let out = wait_for(&browser, "document.getElementById('out').textContent");
+    assert_eq!(out, "TypeError", "a refused origin cannot call the route");
+    assert_eq!(
+        up.requests().len(),
+        1,
+        "the refused preflight stopped the request"
+    );
+    assert_eq!(gw.counted_for_key(Some(key_id)), 1);
+}

@@ -14,6 +14,8 @@ mod audit;
 mod analytics;
 // API keys: where the credential goes, bad keys, expiry, scopes, revocation, the cache.
 mod auth;
+// CORS per route: preflights without a key, headers on answers, validation.
+mod cors;
 // `/dashboard` served without credentials under a self-only content security policy.
 mod dashboard;
 // Per-IP limits on failed key and admin-secret checks; bcrypt floods.

@@ -2,6 +2,8 @@
 //! top to bottom: it is the request path as named phases in call order, each in its own
 //! file and each taking only the state it uses.
 //!
+//! 0. **preflight** (`cors.rs`): a CORS preflight for a route with a CORS policy, of any
+//!    owner, is answered here, without a key and without counting.
 //! 1. **auth** (`auth.rs`, `keys.rs`, `guards.rs`): which key, verified, not revoked.
 //! 2. **scope**: a `read` key may only use the safe methods; the key's IP rules
 //!    (`ip_rules.rs`).
@@ -11,12 +13,16 @@
 //!    apply, counted in Postgres, one round per batch of requests.
 //! 5. **forward** (`forward.rs`, `breaker.rs`): to the upstream and back.
 //!
+//! Once the route is known, every answer (the upstream's or the gateway's own 405, 413,
+//! 429, 502...) gets the route's CORS headers (`cors.rs`), so a browser can read it.
+//!
 //! Each phase fills the request's [`Trace`], so its log row names whatever was known when
 //! the request stopped. Logging itself happens after the answer is written (`app.rs`).
 //! `sync.rs` keeps the key cache and route table in step with the database.
 
 pub mod auth;
 pub mod breaker;
+pub mod cors;
 pub mod counting;
 pub mod forward;
 pub mod guards;
@@ -32,7 +38,7 @@ pub mod sync;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::http::{Reply, Request};
-use crate::store::{DbHealth, Pool};
+use crate::store::{self, DbHealth, Pool};
 use auth::Auth;
 use forward::Upstreams;
 use guards::{BcryptGate, FailureLimit};
@@ -135,8 +141,8 @@ pub struct Trace {
     pub admitted: Option<bool>,
 }
 
-/// The gateway path: auth → scope → route → limits → forward. A request for a path
-/// its key has no route for is refused before it is counted, so typos do not eat quota.
+/// The gateway path: preflight → auth → scope → route → limits → forward. A request for a
+/// path its key has no route for is refused before it is counted, so typos do not eat quota.
 pub fn handle(
     gw: &Gateway,
     pool: &Pool,
@@ -144,6 +150,13 @@ pub fn handle(
     rq: &mut Request,
     trace: &mut Trace,
 ) -> Result<Reply> {
+    let host = routes::request_host(&rq.ctx);
+    // 0. preflight
+    if cors::is_preflight(&rq.ctx) {
+        if let Some(reply) = cors::preflight(&gw.routes, host.as_deref(), &rq.ctx, trace) {
+            return Ok(reply);
+        }
+    }
     // 1. auth
     let key = gw.auth.authenticate(pool, health, &rq.ctx)?;
     trace.api_key_id = Some(key.id);
@@ -156,12 +169,31 @@ pub fn handle(
         return Err(Error::InsufficientScope);
     }
     // 3. route
-    let host = routes::request_host(&rq.ctx);
     let route = gw
         .routes
         .find(key.user_id, host.as_deref(), &rq.ctx.path)
         .ok_or(Error::RouteNotFound)?;
     trace.route_id = Some(route.id);
+    let mut reply = match client.check(&route.ip_rules) {
+        Err(refused) => Reply::error(&refused),
+        Ok(()) => {
+            on_route(gw, pool, health, rq, trace, &key, &route).unwrap_or_else(|e| Reply::error(&e))
+        }
+    };
+    cors::add_headers(&route, &rq.ctx, &mut reply);
+    Ok(reply)
+}
+
+/// The phases after the route is known: its methods and body limit, limits, forward.
+fn on_route(
+    gw: &Gateway,
+    pool: &Pool,
+    health: &DbHealth,
+    rq: &mut Request,
+    trace: &mut Trace,
+    key: &auth::Authed,
+    route: &store::routes::Route,
+) -> Result<Reply> {
     if !route.allows(&rq.ctx.method) {
         let mut reply = Reply::error(&Error::MethodNotAllowed);
         reply.header(
@@ -172,18 +204,17 @@ pub fn handle(
     }
     // Checked from the declared length before any byte is read (chunked bodies are
     // checked while they stream).
-    let max = gw.upstreams.max_body(&route);
+    let max = gw.upstreams.max_body(route);
     if rq.ctx.content_length.is_some_and(|n| n > max) {
         return Err(Error::PayloadTooLarge(max));
     }
-    client.check(&route.ip_rules)?;
     // 4. limits
-    let limit = gw.count(pool, health, &key, trace)?;
+    let limit = gw.count(pool, health, key, trace)?;
     if let Some(refused) = limit.refusal(&gw.metrics) {
         return Ok(refused);
     }
     // 5. forward
-    let mut reply = forward::forward(&gw.upstreams, &route, rq, &key).unwrap_or_else(|e| {
+    let mut reply = forward::forward(&gw.upstreams, route, rq, key).unwrap_or_else(|e| {
         if let Some(kind) = UpstreamFailure::of(&e) {
             gw.metrics.upstream_failure(kind);
         }

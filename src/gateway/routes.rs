@@ -31,6 +31,29 @@ impl RouteTable {
             .cloned()
     }
 
+    /// For a preflight, which carries no key and so no owner: the routes with a CORS policy,
+    /// of any owner, that tie for the best match (host-bound first, then the longest
+    /// prefix), lowest id first. A scan of every route; browsers cache preflights.
+    pub fn cors_candidates(&self, host: Option<&str>, path: &str) -> Vec<Arc<Route>> {
+        let table = self.snapshot();
+        let mut matching: Vec<&Arc<Route>> = table
+            .values()
+            .flatten()
+            .filter(|r| {
+                r.cors.is_some()
+                    && r.host.as_deref().is_none_or(|h| Some(h) == host)
+                    && prefix_matches(&r.prefix, path)
+            })
+            .collect();
+        let rank = |r: &Route| (r.host.is_some(), r.prefix.len());
+        let Some(best) = matching.iter().map(|r| rank(r)).max() else {
+            return Vec::new();
+        };
+        matching.retain(|r| rank(r) == best);
+        matching.sort_by_key(|r| r.id);
+        matching.into_iter().cloned().collect()
+    }
+
     /// The current table; the lock is held only to clone the `Arc`, never while matching.
     fn snapshot(&self) -> Arc<HashMap<i64, Vec<Arc<Route>>>> {
         self.by_user

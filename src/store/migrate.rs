@@ -36,6 +36,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ),
     ("010_audit", include_str!("../../sql/010_audit.sql")),
     ("011_ip_rules", include_str!("../../sql/011_ip_rules.sql")),
+    (
+        "012_route_cors",
+        include_str!("../../sql/012_route_cors.sql"),
+    ),
 ];
 
 /// Applies pending migrations, retrying the first connection for up to `wait` so that a

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use postgres::types::ToSql;
 use postgres::Row;
+use serde_json::{json, Value};
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Route {
@@ -34,6 +35,64 @@ pub struct Route {
     pub signing_secret: Option<String>,
     /// Who may use the route, judged with the key's own rules.
     pub ip_rules: IpRules,
+    /// Answers browsers' preflights and adds `Access-Control-*` headers; `None`: no CORS.
+    pub cors: Option<CorsPolicy>,
+}
+
+/// A route's CORS policy, parsed once from its `cors` column (`gateway/cors.rs` applies it).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CorsPolicy {
+    /// `scheme://host[:port]`, `scheme://*.host[:port]` or `*`, lower-case.
+    pub allowed_origins: Vec<String>,
+    /// Upper-case method tokens; empty: the route's methods, else the requested one.
+    pub allowed_methods: Vec<String>,
+    /// Lower-case header names; empty: whatever the preflight asks for.
+    pub allowed_headers: Vec<String>,
+    /// Added to the rate-limit and request-id headers that are always exposed.
+    pub expose_headers: Vec<String>,
+    pub allow_credentials: bool,
+    /// `Access-Control-Max-Age`; `None` leaves the browser's own default.
+    pub max_age_secs: Option<u32>,
+}
+
+impl CorsPolicy {
+    /// The stored and shown shape (the admin API's `cors` object).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "allowedOrigins": self.allowed_origins,
+            "allowedMethods": self.allowed_methods,
+            "allowedHeaders": self.allowed_headers,
+            "exposeHeaders": self.expose_headers,
+            "allowCredentials": self.allow_credentials,
+            "maxAgeSecs": self.max_age_secs,
+        })
+    }
+
+    /// Reads what [`CorsPolicy::to_json`] wrote; the column is written only after the admin
+    /// API's validation, so a missing or mistyped field is read as empty.
+    pub fn from_json(v: &Value) -> CorsPolicy {
+        let list = |k: &str| -> Vec<String> {
+            v.get(k)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        CorsPolicy {
+            allowed_origins: list("allowedOrigins"),
+            allowed_methods: list("allowedMethods"),
+            allowed_headers: list("allowedHeaders"),
+            expose_headers: list("exposeHeaders"),
+            allow_credentials: v.get("allowCredentials").and_then(Value::as_bool) == Some(true),
+            max_age_secs: v
+                .get("maxAgeSecs")
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok()),
+        }
+    }
 }
 
 /// A route with its row's timestamps, as the admin API shows it.
@@ -47,14 +106,15 @@ pub struct RouteRecord {
 /// The columns [`Route::from_row`] reads, in order, then the two timestamps.
 const COLS: &str = "id, user_id, prefix, target_url, host, strip_prefix, preserve_host, \
     methods, connect_timeout_ms, read_timeout_ms, timeout_ms, max_body_bytes, breaker_on_5xx, \
-    identity_headers, signing_secret, allow_cidrs::text[], deny_cidrs::text[], created_at, \
+    identity_headers, signing_secret, allow_cidrs::text[], deny_cidrs::text[], cors, created_at, \
     updated_at";
 
 /// Every field but `id` and `user_id`, as `UPDATE ... SET` binds them (see `params`).
 const VALUES: &str = "host = $2, strip_prefix = $3, preserve_host = $4, methods = $5, \
     connect_timeout_ms = $6, read_timeout_ms = $7, timeout_ms = $8, max_body_bytes = $9, \
     breaker_on_5xx = $10, prefix = $11, target_url = $12, identity_headers = $13, \
-    signing_secret = $14, allow_cidrs = $15::text[]::cidr[], deny_cidrs = $16::text[]::cidr[]";
+    signing_secret = $14, allow_cidrs = $15::text[]::cidr[], deny_cidrs = $16::text[]::cidr[], \
+    cors = $17";
 
 impl Route {
     fn from_row(r: &Row) -> Route {
@@ -75,12 +135,20 @@ impl Route {
             identity_headers: r.get(13),
             signing_secret: r.get(14),
             ip_rules: IpRules::from_db(r.get(15), r.get(16)),
+            cors: r
+                .get::<_, Option<Value>>(17)
+                .as_ref()
+                .map(CorsPolicy::from_json),
         }
     }
 
-    /// Binds `$1` (the id) to `$16`; `cidrs` holds the rule lists as text, which must
-    /// live as long as the parameters.
-    fn params<'a>(&'a self, cidrs: &'a [Vec<String>; 2]) -> [&'a (dyn ToSql + Sync); 16] {
+    /// Binds `$1` (the id) to `$17`; `cidrs` holds the rule lists as text and `cors_json`
+    /// the JSON made from the CORS policy, which must live as long as the parameters.
+    fn params<'a>(
+        &'a self,
+        cidrs: &'a [Vec<String>; 2],
+        cors_json: &'a Option<Value>,
+    ) -> [&'a (dyn ToSql + Sync); 17] {
         [
             &self.id,
             &self.host,
@@ -98,6 +166,7 @@ impl Route {
             &self.signing_secret,
             &cidrs[0],
             &cidrs[1],
+            cors_json,
         ]
     }
 
@@ -129,8 +198,8 @@ impl RouteRecord {
     fn from_row(r: &Row) -> RouteRecord {
         RouteRecord {
             route: Route::from_row(r),
-            created_at: r.get(17),
-            updated_at: r.get(18),
+            created_at: r.get(18),
+            updated_at: r.get(19),
         }
     }
 }
@@ -183,8 +252,9 @@ fn save(mut tx: postgres::Transaction<'_>, route: &Route) -> Result<RouteRecord>
         IpRules::to_db(&route.ip_rules.allow),
         IpRules::to_db(&route.ip_rules.deny),
     ];
+    let cors = route.cors.as_ref().map(CorsPolicy::to_json);
     let row = written(
-        tx.query_one(sql.as_str(), &route.params(&cidrs)),
+        tx.query_one(sql.as_str(), &route.params(&cidrs, &cors)),
         &route.prefix,
     )?;
     tx.commit()?;

@@ -3,12 +3,14 @@
 
 use super::keys::cidr_strings;
 use super::paged;
+use crate::config::{CORS_MAX_AGE_SECS, CORS_MAX_LIST};
 use crate::error::{Error, Result};
+use crate::gateway::cors::is_token;
 use crate::gateway::routes::RouteTable;
 use crate::http::{target, Ctx, Reply};
 use crate::operator::input::{self, id, required, string};
 use crate::operator::{is_operator_path, ts};
-use crate::store::routes::{self, Route, RouteRecord};
+use crate::store::routes::{self, CorsPolicy, Route, RouteRecord};
 use crate::store::Pool;
 use serde_json::{json, Map, Value};
 
@@ -33,6 +35,7 @@ fn route_json(r: &RouteRecord) -> Value {
         "hasSigningSecret": route.signing_secret.is_some(),
         "allowCidrs": cidr_strings(&route.ip_rules.allow),
         "denyCidrs": cidr_strings(&route.ip_rules.deny),
+        "cors": route.cors.as_ref().map(CorsPolicy::to_json),
         "createdAt": ts(r.created_at),
         "updatedAt": ts(r.updated_at),
     })
@@ -186,6 +189,17 @@ const FIELDS: &[&str] = &[
     "signingSecret",
     "allowCidrs",
     "denyCidrs",
+    "cors",
+];
+
+/// What a route's `cors` object may set.
+const CORS_FIELDS: &[&str] = &[
+    "allowedOrigins",
+    "allowedMethods",
+    "allowedHeaders",
+    "exposeHeaders",
+    "allowCredentials",
+    "maxAgeSecs",
 ];
 
 /// Longest per-route timeout: an hour covers long polls and big downloads.
@@ -220,6 +234,147 @@ fn signing_secret(v: &Value) -> Result<Option<String>> {
     }
 }
 
+/// A list of at most `CORS_MAX_LIST` strings, each checked and normalised by `one`
+/// (`None`: refused), without duplicates; absent or null is empty.
+fn cors_list(
+    v: Option<&Value>,
+    field: &'static str,
+    what: &str,
+    one: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<String>> {
+    let bad = || {
+        Error::field(
+            field,
+            format!("must be an array of at most {CORS_MAX_LIST} {what}"),
+        )
+    };
+    let list = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) if a.len() <= CORS_MAX_LIST => a,
+        _ => return Err(bad()),
+    };
+    let mut out: Vec<String> = Vec::new();
+    for s in list {
+        let s = one(s.as_str().ok_or_else(bad)?.trim()).ok_or_else(bad)?;
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+/// A CORS origin: `*`, or `scheme://host[:port]` (lower-cased, no path), where the host may
+/// start with one `*.` label wildcard.
+fn cors_origin(o: &str) -> Option<String> {
+    if o == "*" {
+        return Some(o.into());
+    }
+    let o = o.to_ascii_lowercase();
+    let (scheme, rest) = o.split_once("://")?;
+    let scheme_ok = !scheme.is_empty()
+        && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    // An IPv6 literal keeps its colons inside the brackets.
+    let split_at = rest.find(']').map_or(0, |i| i + 1);
+    let (host, port) = match rest[split_at..].find(':') {
+        Some(i) => (&rest[..split_at + i], Some(&rest[split_at + i + 1..])),
+        None => (rest, None),
+    };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let host_ok = normalize_host(name).is_ok_and(|h| h == name)
+        || (host == name
+            && host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok()));
+    (scheme_ok && port_ok && host_ok).then_some(o)
+}
+
+/// A route's `cors` policy; `null` removes it.
+fn cors(v: &Value) -> Result<Option<CorsPolicy>> {
+    let obj = match v {
+        Value::Null => return Ok(None),
+        Value::Object(o) => o,
+        _ => return Err(Error::field("cors", "must be an object or null")),
+    };
+    input::only(obj, CORS_FIELDS).map_err(|e| match e {
+        Error::InvalidField { field, message } => Error::field(format!("cors.{field}"), message),
+        e => e,
+    })?;
+    let token = |upper: bool| {
+        move |s: &str| {
+            is_token(s).then(|| {
+                if upper {
+                    s.to_ascii_uppercase()
+                } else {
+                    s.to_ascii_lowercase()
+                }
+            })
+        }
+    };
+    let policy = CorsPolicy {
+        allowed_origins: cors_list(
+            obj.get("allowedOrigins"),
+            "cors.allowedOrigins",
+            "origins such as https://app.example.com, https://*.example.com or *",
+            cors_origin,
+        )?,
+        allowed_methods: cors_list(
+            obj.get("allowedMethods"),
+            "cors.allowedMethods",
+            "HTTP methods",
+            token(true),
+        )?,
+        allowed_headers: cors_list(
+            obj.get("allowedHeaders"),
+            "cors.allowedHeaders",
+            "header names",
+            token(false),
+        )?,
+        expose_headers: cors_list(
+            obj.get("exposeHeaders"),
+            "cors.exposeHeaders",
+            "header names",
+            token(false),
+        )?,
+        allow_credentials: flag(
+            obj.get("allowCredentials").unwrap_or(&Value::Null),
+            "cors.allowCredentials",
+        )?,
+        max_age_secs: match obj.get("maxAgeSecs") {
+            None | Some(Value::Null) => None,
+            Some(n) => Some(
+                n.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| *n <= CORS_MAX_AGE_SECS)
+                    .ok_or_else(|| {
+                        Error::field(
+                            "cors.maxAgeSecs",
+                            format!("must be a whole number from 0 to {CORS_MAX_AGE_SECS}"),
+                        )
+                    })?,
+            ),
+        },
+    };
+    if policy.allowed_origins.is_empty() {
+        return Err(Error::field(
+            "cors.allowedOrigins",
+            "must name at least one origin",
+        ));
+    }
+    // Browsers refuse `*` with credentials; refusing it here says so at once.
+    if policy.allow_credentials && policy.allowed_origins.iter().any(|o| o == "*") {
+        return Err(Error::field(
+            "cors.allowedOrigins",
+            "must not contain * when allowCredentials is true",
+        ));
+    }
+    Ok(Some(policy))
+}
+
 /// Applies the fields present in `body` to `route` (a blank one when creating, the stored
 /// one when updating); absent fields keep their value, `null` resets an option.
 pub fn apply_fields(route: &mut Route, body: &Map<String, Value>) -> Result<()> {
@@ -251,6 +406,7 @@ pub fn apply_fields(route: &mut Route, body: &Map<String, Value>) -> Result<()> 
             "breakerOn5xx" => route.breaker_on_5xx = flag(v, "breakerOn5xx")?,
             "identityHeaders" => route.identity_headers = flag(v, "identityHeaders")?,
             "signingSecret" => route.signing_secret = signing_secret(v)?,
+            "cors" => route.cors = cors(v)?,
             "methods" => route.methods = methods(v)?,
             "connectTimeoutMs" => route.connect_timeout_ms = timeout("connectTimeoutMs")?,
             "readTimeoutMs" => route.read_timeout_ms = timeout("readTimeoutMs")?,
@@ -396,6 +552,32 @@ mod tests {
         assert!(r.identity_headers && r.signing_secret.as_deref() == Some(secret.as_str()));
         apply_fields(&mut r, &body(json!({"signingSecret": null}))).unwrap();
         assert_eq!(r.signing_secret, None);
+        apply_fields(
+            &mut r,
+            &body(json!({"cors": {
+                "allowedOrigins": ["HTTPS://App.test", "https://*.example.com:8443",
+                                   "http://[::1]:8080", "https://app.test"],
+                "allowedMethods": ["get"], "allowedHeaders": ["X-Trace"],
+                "allowCredentials": true, "maxAgeSecs": 0}})),
+        )
+        .unwrap();
+        let c = r.cors.clone().unwrap();
+        assert_eq!(
+            c.allowed_origins,
+            [
+                "https://app.test",
+                "https://*.example.com:8443",
+                "http://[::1]:8080"
+            ]
+        );
+        assert_eq!(
+            (c.allowed_methods.clone(), c.allowed_headers.clone()),
+            (vec!["GET".into()], vec!["x-trace".into()])
+        );
+        assert_eq!((c.allow_credentials, c.max_age_secs), (true, Some(0)));
+        assert_eq!(CorsPolicy::from_json(&c.to_json()), r.cors.clone().unwrap());
+        apply_fields(&mut r, &body(json!({"cors": null}))).unwrap();
+        assert_eq!(r.cors, None);
         apply_fields(&mut r, &body(json!({"host": null, "timeoutMs": null}))).unwrap();
         assert_eq!((r.host.clone(), r.timeout_ms), (None, None));
         for (bad, field) in [
@@ -413,6 +595,48 @@ mod tests {
             ),
             (json!({"signingSecret": 12}), "signingSecret"),
             (json!({"identityHeaders": "on"}), "identityHeaders"),
+            (json!({"cors": []}), "cors"),
+            (json!({"cors": {}}), "cors.allowedOrigins"),
+            (
+                json!({"cors": {"allowedOrigins": ["https://a.test/x"]}}),
+                "cors.allowedOrigins",
+            ),
+            (
+                json!({"cors": {"allowedOrigins": ["a.test"]}}),
+                "cors.allowedOrigins",
+            ),
+            (
+                json!({"cors": {"allowedOrigins": ["https://a.*.test"]}}),
+                "cors.allowedOrigins",
+            ),
+            (
+                json!({"cors": {"allowedOrigins": ["https://a.test:0"]}}),
+                "cors.allowedOrigins",
+            ),
+            (
+                json!({"cors": {"allowedOrigins": ["*"], "allowCredentials": true}}),
+                "cors.allowedOrigins",
+            ),
+            (
+                json!({"cors": {"allowedOrigins": ["*"], "allowedMethods": ["G T"]}}),
+                "cors.allowedMethods",
+            ),
+            (
+                json!({"cors": {"allowedOrigins": ["*"], "allowedHeaders": ["a:b"]}}),
+                "cors.allowedHeaders",
+            ),
+            (
+                json!({"cors": {"allowedOrigins": ["*"], "maxAgeSecs": 86401}}),
+                "cors.maxAgeSecs",
+            ),
+            (
+                json!({"cors": {"allowedOrigins": ["*"], "exposeHeaders": vec!["x"; 65]}}),
+                "cors.exposeHeaders",
+            ),
+            (
+                json!({"cors": {"allowedOrigins": ["*"], "extra": 1}}),
+                "cors.extra",
+            ),
         ] {
             match apply_fields(&mut r, &body(bad.clone())) {
                 Err(Error::InvalidField { field: f, .. }) => assert_eq!(f, field, "{bad}"),
