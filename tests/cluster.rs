@@ -31,8 +31,10 @@ fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// change from one to the other within the tests' second.
 const NO_PERIODIC_SYNC: &[(&str, &str)] = &[("TOLLGATE_SYNC_SECS", "3600")];
 
-#[test]
-fn a_revocation_through_one_instance_is_refused_by_the_other_within_a_second() {
+/// Two instances without the periodic sync, a key and a route `/api` made through `a`,
+/// and `b` serving the route with that key (so `b` has verified and cached the key):
+/// `(a, b, upstream, raw key, key id)`.
+fn two_instances_with_a_key() -> (Gateway, Gateway, Upstream, String, i64) {
     let a = Gateway::start_with(NO_PERIODIC_SYNC);
     let b = a.start_beside(NO_PERIODIC_SYNC);
     let up = Upstream::start();
@@ -46,6 +48,12 @@ fn a_revocation_through_one_instance_is_refused_by_the_other_within_a_second() {
             == 200),
         "a route created on a was not served by b within 1 s"
     );
+    (a, b, up, key, key_id)
+}
+
+#[test]
+fn a_revocation_through_one_instance_is_refused_by_the_other_within_a_second() {
+    let (a, b, _up, key, key_id) = two_instances_with_a_key();
     // b has verified and cached the key; revoke it through a.
     assert_eq!(
         a.admin_delete(&format!("/admin/api-keys/{key_id}")).status,
@@ -259,16 +267,7 @@ fn owner_wide_limits_and_quotas_are_exact_across_two_instances() {
         .unwrap()
         .get(0);
     assert_eq!(used, 30);
-    let per_key: Vec<i64> = db
-        .query(
-            "SELECT counts[1] FROM limit_counters l JOIN api_keys k ON k.id = l.owner_id
-              WHERE l.kind = 'k' AND k.user_id = $1",
-            &[&user],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let per_key = a.first_counts_of_keys(user);
     assert_eq!(per_key.iter().sum::<i64>(), 30);
     assert!(per_key.iter().all(|&n| n <= 12), "{per_key:?}");
 }
@@ -363,16 +362,7 @@ fn a_plan_edit_and_a_key_moving_plans_apply_on_the_other_instance_within_a_secon
 
 #[test]
 fn a_rotation_through_one_instance_reaches_the_other_with_its_grace_within_a_second() {
-    let a = Gateway::start_with(NO_PERIODIC_SYNC);
-    let b = a.start_beside(NO_PERIODIC_SYNC);
-    let up = Upstream::start();
-    let user = a.create_user("a@example.com");
-    let (old, key_id) = a.create_key(user, json!({}));
-    a.create_route(user, "/api", &up.addr);
-    assert!(eventually(Duration::from_secs(1), || b
-        .with_key("GET", "/api/x", &old)
-        .status
-        == 200));
+    let (a, b, _up, old, key_id) = two_instances_with_a_key();
     // b has cached the old secret; rotate through a with a short grace.
     let r = a.admin_post(
         &format!("/admin/api-keys/{key_id}/rotate"),
@@ -402,16 +392,7 @@ fn a_rotation_through_one_instance_reaches_the_other_with_its_grace_within_a_sec
 
 #[test]
 fn a_pause_and_a_resume_through_one_instance_apply_on_the_other_within_a_second() {
-    let a = Gateway::start_with(NO_PERIODIC_SYNC);
-    let b = a.start_beside(NO_PERIODIC_SYNC);
-    let up = Upstream::start();
-    let user = a.create_user("a@example.com");
-    let (key, key_id) = a.create_key(user, json!({}));
-    a.create_route(user, "/api", &up.addr);
-    assert!(eventually(Duration::from_secs(1), || b
-        .with_key("GET", "/api/x", &key)
-        .status
-        == 200));
+    let (a, b, _up, key, key_id) = two_instances_with_a_key();
     let path = format!("/admin/api-keys/{key_id}");
     assert_eq!(a.admin_patch(&path, json!({"isActive": false})).status, 200);
     assert!(

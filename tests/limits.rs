@@ -203,16 +203,7 @@ fn owner_wide_limits_hold_across_all_of_a_users_keys_under_concurrency() {
         .unwrap();
     assert_eq!(user_row.get::<_, Vec<i64>>(0), [40]);
     assert_eq!(user_row.get::<_, i64>(1), 40);
-    let per_key: Vec<i64> = db
-        .query(
-            "SELECT counts[1] FROM limit_counters l JOIN api_keys k ON k.id = l.owner_id
-              WHERE l.kind = 'k' AND k.user_id = $1",
-            &[&user],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let per_key = gw.first_counts_of_keys(user);
     assert_eq!(per_key.iter().sum::<i64>(), 40);
     assert!(per_key.iter().all(|&n| n <= 15), "{per_key:?}");
     // A fresh key of the same user gets nothing: the allowance is the user's.

@@ -419,14 +419,7 @@ mod tests {
     }
 
     fn check(name: &str, window_secs: u32, limit: i64) -> Check {
-        Check {
-            name: name.into(),
-            slot: format!("{name}/{window_secs}").into(),
-            window_secs,
-            limit,
-            period: None,
-            anchor: None,
-        }
+        crate::gateway::policy::window_check(name.into(), window_secs, limit)
     }
 
     fn row(kind: Subject, owner: i64, slots: &[(&str, i64, i64, i64)]) -> Row {

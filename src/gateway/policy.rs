@@ -59,7 +59,8 @@ impl Limits {
 /// The name the quota goes by in headers, errors and `/me`.
 pub const QUOTA_NAME: &str = "quota";
 
-fn window_check(name: Arc<str>, window_secs: u32, limit: i64) -> Check {
+/// A sliding limit's check (its slot built once, here).
+pub fn window_check(name: Arc<str>, window_secs: u32, limit: i64) -> Check {
     Check {
         slot: format!("{name}/{window_secs}").into(),
         name,

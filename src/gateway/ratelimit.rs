@@ -541,14 +541,7 @@ mod tests {
     use crate::store::counters::Subject;
 
     fn check(name: &str, window_secs: u32, limit: i64) -> Check {
-        Check {
-            name: name.into(),
-            slot: format!("{name}/{window_secs}").into(),
-            window_secs,
-            limit,
-            period: None,
-            anchor: None,
-        }
+        crate::gateway::policy::window_check(name.into(), window_secs, limit)
     }
 
     fn taken(name: &str, window: u32, limit: i64, admitted: i64, before: i64) -> Taken {

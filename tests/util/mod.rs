@@ -682,6 +682,21 @@ impl Gateway {
             .get(0)
     }
 
+    /// The count of the first sliding limit of each of `user`'s keys, in this window.
+    pub fn first_counts_of_keys(&self, user: i64) -> Vec<i64> {
+        self.db()
+            .query(
+                "SELECT coalesce(counts[1], 0) FROM limit_counters l
+                   JOIN api_keys k ON k.id = l.owner_id
+                  WHERE l.kind = 'k' AND k.user_id = $1",
+                &[&user],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
     /// Waits (at most 10 s) until `request_logs` holds at least `n` rows; returns the count.
     pub fn wait_for_log_rows(&self, n: i64) -> i64 {
         self.wait_for_log_rows_within(n, Duration::from_secs(10))
