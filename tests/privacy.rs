@@ -25,7 +25,8 @@ fn logged_ips(gw: &Gateway) -> Vec<String> {
     let n = 2 * CLIENTS.len() as i64;
     assert_eq!(gw.wait_for_log_rows(n), n);
     gw.db()
-        .query("SELECT client_ip FROM request_logs ORDER BY id", &[])
+        // By arrival: a row is queued after its answer, so ids may not follow the requests.
+        .query("SELECT client_ip FROM request_logs ORDER BY created_at, id", &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))
