@@ -26,7 +26,10 @@ fn logged_ips(gw: &Gateway) -> Vec<String> {
     assert_eq!(gw.wait_for_log_rows(n), n);
     gw.db()
         // By arrival: a row is queued after its answer, so ids may not follow the requests.
-        .query("SELECT client_ip FROM request_logs ORDER BY created_at, id", &[])
+        .query(
+            "SELECT client_ip FROM request_logs ORDER BY created_at, id",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
