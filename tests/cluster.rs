@@ -38,17 +38,28 @@ fn two_instances_with_a_key() -> (Gateway, Gateway, Upstream, String, i64) {
     let a = Gateway::start_with(NO_PERIODIC_SYNC);
     let b = a.start_beside(NO_PERIODIC_SYNC);
     let up = Upstream::start();
-    let user = a.create_user("a@example.com");
-    let (key, key_id) = a.create_key(user, json!({}));
-    a.create_route(user, "/api", &up.addr);
-    assert!(
-        eventually(Duration::from_secs(1), || b
-            .with_key("GET", "/api/x", &key)
-            .status
-            == 200),
-        "a route created on a was not served by b within 1 s"
-    );
+    let (key, key_id) = served_key(&a, &b, &up, "a@example.com", "/api", Duration::from_secs(1));
     (a, b, up, key, key_id)
+}
+
+/// A user, a key and a route `prefix` made through `a`, once `b` serves the route with the
+/// key (within `within`): `(raw key, key id)`.
+fn served_key(
+    a: &Gateway,
+    b: &Gateway,
+    up: &Upstream,
+    email: &str,
+    prefix: &str,
+    within: Duration,
+) -> (String, i64) {
+    let user = a.create_user(email);
+    let (key, key_id) = a.create_key(user, json!({}));
+    a.create_route(user, prefix, &up.addr);
+    assert!(
+        eventually(within, || b.with_key("GET", prefix, &key).status == 200),
+        "a route created on a was not served by b within {within:?}"
+    );
+    (key, key_id)
 }
 
 #[test]
@@ -191,15 +202,13 @@ fn many_concurrent_clients_on_one_key_across_two_instances_get_exactly_the_limit
 /// counts against anyone under test: a route of a user of its own, created last (a
 /// replica reloads the whole table at once), answered by `b`.
 fn routes_reached(a: &Gateway, b: &Gateway, up: &Upstream) {
-    let probe = a.create_user("probe@example.com");
-    let (key, _) = a.create_key(probe, json!({}));
-    a.create_route(probe, "/probe", &up.addr);
-    assert!(
-        eventually(Duration::from_secs(5), || b
-            .with_key("GET", "/probe", &key)
-            .status
-            == 200),
-        "b did not load the routes created on a"
+    served_key(
+        a,
+        b,
+        up,
+        "probe@example.com",
+        "/probe",
+        Duration::from_secs(5),
     );
 }
 

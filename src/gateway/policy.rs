@@ -190,7 +190,9 @@ impl Plans {
         limits
     }
 
-    fn resolve_now(&self, pool: &Pool, k: &KeyInfo, window_secs: u32) -> Limits {
+    /// The key's checks resolved afresh, leaving the memo alone: for views of a key record
+    /// read from the database (admin, `/me`), which is not the record requests carry.
+    pub fn resolve_now(&self, pool: &Pool, k: &KeyInfo, window_secs: u32) -> Limits {
         let Some(id) = k.own.plan_id.or(k.owner.plan_id) else {
             return resolve(k, None, window_secs);
         };

@@ -15,7 +15,6 @@ use crate::store::keys::KeyInfo;
 use crate::store::users::User;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use std::sync::Arc;
 
 pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
     let ctx = &rq.ctx;
@@ -62,9 +61,9 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
 
 /// A key's plan and every limit and quota that applies to it, the user's owner-wide ones
 /// included (named `user.*`, as in the headers).
-pub fn key_limits(op: &Operator, k: &Arc<KeyInfo>) -> Result<Value> {
+pub fn key_limits(op: &Operator, k: &KeyInfo) -> Result<Value> {
     let gw = op.gateway;
-    let limits = gw.plans.limits_for(op.pool, k, gw.rate_window_secs);
+    let limits = gw.plans.resolve_now(op.pool, k, gw.rate_window_secs);
     let plan = limits
         .plan_id
         .and_then(|id| gw.plans.get(id))

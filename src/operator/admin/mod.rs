@@ -72,10 +72,7 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         ("GET", ["api-keys", id, "limits"]) => {
             let key = crate::store::keys::get(pool, path_id(id)?)?
                 .ok_or_else(|| Error::NotFound("API key".into()))?;
-            Ok(Reply::json(
-                200,
-                &me::key_limits(op, &std::sync::Arc::new(key.info()))?,
-            ))
+            Ok(Reply::json(200, &me::key_limits(op, &key.info())?))
         }
         ("GET", ["users", id, "api-keys"]) => keys::list(pool, ctx, Some(path_id(id)?)),
         ("POST", ["api-keys"]) => {
