@@ -1,5 +1,7 @@
 //! tollgate: a self-hosted API gateway, one synchronous binary plus one PostgreSQL.
-//! `tollgate [serve]` applies migrations and serves; `tollgate migrate` only migrates.
+//! `tollgate [serve]` applies migrations and serves; `tollgate migrate` only migrates;
+//! `tollgate export` and `tollgate apply FILE [--dry-run] [--prune]` read and write the
+//! configuration as a file (docs/operations.md, "Config as code").
 //!
 //! Layers, bottom to top (docs/architecture.md; `make lint` checks that every `use`
 //! points down): `config`, `error` → `http` → `store` → `logs` → `gateway` →
@@ -41,6 +43,8 @@ fn main() -> ExitCode {
     let result = match cmd.as_str() {
         "serve" => serve(cfg),
         "migrate" => migrate(&cfg),
+        "export" => export(&cfg),
+        "apply" => apply(&cfg),
         // Hidden: synthetic traffic for benchmarks and tests (src/logs/devload.rs).
         "dev-load-logs" => dev_load_logs(&cfg),
         "-V" | "--version" => {
@@ -48,7 +52,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         other => Err(format!(
-            "unknown command {other:?}; use `serve` or `migrate`"
+            "unknown command {other:?}; use `serve`, `migrate`, `export` or `apply`"
         )),
     };
     match result {
@@ -67,6 +71,66 @@ fn migrate(cfg: &config::Config) -> Result<(), String> {
         log::info!("migrations: schema is up to date");
     } else {
         log::info!("migrations applied: {}", applied.join(", "));
+    }
+    Ok(())
+}
+
+/// `export`: the plans, users and routes as a config file, on stdout.
+fn export(cfg: &config::Config) -> Result<(), String> {
+    migrate(cfg)?;
+    let pool = store::pool(cfg).map_err(|e| e.to_string())?;
+    let file = operator::config_file::export(&pool).map_err(|e| format!("export: {e}"))?;
+    let text = serde_json::to_string_pretty(&file).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}
+
+/// `apply FILE [--dry-run] [--prune]` (FILE `-`: stdin): checks the whole file, then makes
+/// the database match it in one transaction and prints each change, one per line.
+fn apply(cfg: &config::Config) -> Result<(), String> {
+    let usage = "usage: tollgate apply FILE [--dry-run] [--prune]";
+    let (mut path, mut dry_run, mut prune) = (None, false, false);
+    for arg in std::env::args().skip(2) {
+        match arg.as_str() {
+            "--dry-run" => dry_run = true,
+            "--prune" => prune = true,
+            _ if path.is_none() && (arg == "-" || !arg.starts_with('-')) => path = Some(arg),
+            _ => return Err(usage.into()),
+        }
+    }
+    let path = path.ok_or(usage)?;
+    let text = if path == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(&path)
+    }
+    .map_err(|e| format!("{path}: {e}"))?;
+    let nothing = "nothing applied";
+    let desired =
+        operator::config_file::parse(&text).map_err(|e| format!("{path}: {e}; {nothing}"))?;
+    migrate(cfg)?;
+    let pool = store::pool(cfg).map_err(|e| e.to_string())?;
+    let outcomes = operator::config_file::apply(&pool, &desired, prune, dry_run)
+        .map_err(|e| format!("{path}: {e}; {nothing}"))?;
+    use operator::config_file::Verb;
+    let count = |v| outcomes.iter().filter(|o| o.verb == v).count();
+    for o in &outcomes {
+        println!("{o}");
+    }
+    let (c, u, d) = (
+        count(Verb::Created),
+        count(Verb::Updated),
+        count(Verb::Deleted),
+    );
+    let summary = if c + u + d == 0 {
+        "no changes".to_string()
+    } else {
+        format!("{c} created, {u} updated, {d} deleted")
+    };
+    if dry_run {
+        println!("{summary} (dry run: nothing applied)");
+    } else {
+        println!("{summary}");
     }
     Ok(())
 }

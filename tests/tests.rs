@@ -14,6 +14,9 @@ mod audit;
 mod analytics;
 // API keys: where the credential goes, bad keys, expiry, scopes, revocation, the cache.
 mod auth;
+// Config as code: `tollgate export` and `apply` (--dry-run, --prune), bad files refused
+// whole, a running gateway picking an applied change up.
+mod config_as_code;
 // CORS per route: preflights without a key, headers on answers, validation.
 mod cors;
 // `/dashboard` served without credentials under a self-only content security policy.

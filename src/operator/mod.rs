@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod analytics;
+pub mod config_file;
 pub mod dashboard;
 pub mod health;
 pub mod input;

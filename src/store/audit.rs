@@ -4,7 +4,7 @@
 use super::Pool;
 use crate::error::Result;
 use chrono::{DateTime, Utc};
-use postgres::Row;
+use postgres::{GenericClient, Row};
 use serde_json::Value;
 
 const COLS: &str = "id, at, actor, client_ip, action, target, before, after";
@@ -46,7 +46,13 @@ pub struct NewAudit<'a> {
 }
 
 pub fn insert(pool: &Pool, a: &NewAudit) -> Result<()> {
-    pool.get()?.execute(
+    insert_in(&mut **pool.get()?, a)
+}
+
+/// [`insert`] on a connection or transaction of the caller's (`tollgate apply` writes its
+/// rows in its own transaction, so they exist exactly when its changes do).
+pub fn insert_in(db: &mut impl GenericClient, a: &NewAudit) -> Result<()> {
+    db.execute(
         "INSERT INTO audit_log (actor, client_ip, action, target, before, after)
          VALUES ($1, $2, $3, $4, $5, $6)",
         &[

@@ -6,7 +6,7 @@ use super::{is_fk_violation, Pool};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use postgres::types::Type;
-use postgres::Row;
+use postgres::{GenericClient, Row};
 use serde_json::Value;
 
 /// The columns [`ApiKey::from_row`] reads, in order, from `k` (a key row) joined with its
@@ -239,6 +239,16 @@ pub fn list(pool: &Pool, after: i64, user_id: Option<i64>, limit: i64) -> Result
         .get()?
         .query(sql.as_str(), &[&after, &user_id, &limit])?;
     Ok(rows.iter().map(|r| ApiKey::from_row(r, 0)).collect())
+}
+
+/// How many keys (revoked ones too) each user has that has any, by user id: what deleting
+/// a user takes with it.
+pub fn counts_by_user_in(db: &mut impl GenericClient) -> Result<Vec<(i64, i64)>> {
+    let rows = db.query(
+        "SELECT user_id, count(*) FROM api_keys GROUP BY user_id",
+        &[],
+    )?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 pub fn get(pool: &Pool, id: i64) -> Result<Option<ApiKey>> {

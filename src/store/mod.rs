@@ -182,6 +182,26 @@ fn build(config: postgres::Config, size: u32, wait: Duration) -> Pool {
     }
 }
 
+pub use postgres::Transaction;
+
+/// The transaction `tollgate apply` makes its changes in, holding a lock until it ends: two
+/// applies at once would each compare their file with a state the other is changing.
+pub fn config_transaction(conn: &mut Conn) -> Result<Transaction<'_>> {
+    let mut tx = conn.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock(7316002872)", &[])?;
+    Ok(tx)
+}
+
+/// A read-only transaction that sees one snapshot throughout (`tollgate export`: routes
+/// and the users they name read at the same instant).
+pub fn snapshot(conn: &mut Conn) -> Result<Transaction<'_>> {
+    Ok(conn
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()?)
+}
+
 /// Whether the database answers a trivial query (`/readyz`).
 pub fn ping(pool: &Pool) -> bool {
     pool.get().ok().is_some_and(|mut c| alive(&mut c).is_ok())

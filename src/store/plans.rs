@@ -6,7 +6,7 @@ use super::{is_fk_violation, is_unique_violation, Pool};
 use crate::config::{MAX_LIMITS, MAX_LIMIT_WINDOW_SECS, MAX_QUOTA};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
-use postgres::Row;
+use postgres::{GenericClient, Row};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -370,13 +370,15 @@ fn name_taken(name: &str) -> Error {
 }
 
 pub fn insert(pool: &Pool, p: &PlanFields) -> Result<Plan> {
+    insert_in(&mut **pool.get()?, p)
+}
+
+/// [`insert`] on a connection or transaction of the caller's.
+pub fn insert_in(db: &mut impl GenericClient, p: &PlanFields) -> Result<Plan> {
     let sql =
         format!("INSERT INTO plans (name, limits, quota) VALUES ($1, $2, $3) RETURNING {COLS}");
     let limits = limits_to_db(&Some(p.limits.clone()));
-    match pool
-        .get()?
-        .query_one(sql.as_str(), &[&p.name, &limits, &quota_to_db(&p.quota)])
-    {
+    match db.query_one(sql.as_str(), &[&p.name, &limits, &quota_to_db(&p.quota)]) {
         Ok(row) => Ok(Plan::from_row(&row)),
         Err(e) if is_unique_violation(&e) => Err(name_taken(&p.name)),
         Err(e) => Err(e.into()),
@@ -385,8 +387,13 @@ pub fn insert(pool: &Pool, p: &PlanFields) -> Result<Plan> {
 
 /// Every plan, by id (there are few: they are tiers, not customers).
 pub fn list(pool: &Pool) -> Result<Vec<Plan>> {
+    list_in(&mut **pool.get()?)
+}
+
+/// [`list`] on a connection or transaction of the caller's.
+pub fn list_in(db: &mut impl GenericClient) -> Result<Vec<Plan>> {
     let sql = format!("SELECT {COLS} FROM plans ORDER BY id");
-    let rows = pool.get()?.query(sql.as_str(), &[])?;
+    let rows = db.query(sql.as_str(), &[])?;
     Ok(rows.iter().map(Plan::from_row).collect())
 }
 
@@ -406,6 +413,11 @@ pub struct PlanChanges {
 }
 
 pub fn update(pool: &Pool, id: i64, c: &PlanChanges) -> Result<Option<Plan>> {
+    update_in(&mut **pool.get()?, id, c)
+}
+
+/// [`update`] on a connection or transaction of the caller's.
+pub fn update_in(db: &mut impl GenericClient, id: i64, c: &PlanChanges) -> Result<Option<Plan>> {
     let sql = format!(
         "UPDATE plans SET name = coalesce($2, name), limits = coalesce($3, limits),
                 quota = CASE WHEN $4 THEN $5 ELSE quota END, updated_at = now()
@@ -414,10 +426,7 @@ pub fn update(pool: &Pool, id: i64, c: &PlanChanges) -> Result<Option<Plan>> {
     let limits = limits_to_db(&c.limits);
     let (q, quota) = c.quota.bind();
     let quota = quota.map(QuotaSpec::to_json);
-    match pool
-        .get()?
-        .query_opt(sql.as_str(), &[&id, &c.name, &limits, &q, &quota])
-    {
+    match db.query_opt(sql.as_str(), &[&id, &c.name, &limits, &q, &quota]) {
         Ok(row) => Ok(row.as_ref().map(Plan::from_row)),
         Err(e) if is_unique_violation(&e) => Err(name_taken(c.name.as_deref().unwrap_or(""))),
         Err(e) => Err(e.into()),
@@ -452,10 +461,12 @@ pub fn uses(pool: &Pool, ids: &[i64]) -> Result<Vec<PlanUse>> {
 
 /// Deletes a plan; a plan that a key or user is on is 409 (the foreign keys refuse).
 pub fn delete(pool: &Pool, id: i64) -> Result<bool> {
-    match pool
-        .get()?
-        .execute("DELETE FROM plans WHERE id = $1", &[&id])
-    {
+    delete_in(&mut **pool.get()?, id)
+}
+
+/// [`delete`] on a connection or transaction of the caller's.
+pub fn delete_in(db: &mut impl GenericClient, id: i64) -> Result<bool> {
+    match db.execute("DELETE FROM plans WHERE id = $1", &[&id]) {
         Ok(n) => Ok(n > 0),
         Err(e) if is_fk_violation(&e) => Err(Error::Conflict(
             "the plan is in use by a key or user; move them to another plan first".into(),

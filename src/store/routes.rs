@@ -5,7 +5,7 @@ use super::{is_fk_violation, is_unique_violation, Pool};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use postgres::types::ToSql;
-use postgres::Row;
+use postgres::{GenericClient, Row};
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -212,9 +212,13 @@ pub fn load_all(pool: &Pool) -> Result<Vec<Route>> {
 }
 
 /// Inserts `route` (its `id` is ignored) with every field, in one transaction.
-pub fn insert(pool: &Pool, mut route: Route) -> Result<RouteRecord> {
-    let mut conn = pool.get()?;
-    let mut tx = conn.transaction()?;
+pub fn insert(pool: &Pool, route: Route) -> Result<RouteRecord> {
+    insert_in(&mut **pool.get()?, route)
+}
+
+/// [`insert`] on a connection or transaction of the caller's (inside one, a savepoint).
+pub fn insert_in(db: &mut impl GenericClient, mut route: Route) -> Result<RouteRecord> {
+    let mut tx = db.transaction()?;
     let row = written(
         tx.query_one(
             "INSERT INTO routes (user_id, prefix, target_url) VALUES ($1, $2, $3) RETURNING id",
@@ -233,8 +237,16 @@ pub fn update(
     id: i64,
     apply: impl FnOnce(&mut Route) -> Result<()>,
 ) -> Result<Option<RouteRecord>> {
-    let mut conn = pool.get()?;
-    let mut tx = conn.transaction()?;
+    update_in(&mut **pool.get()?, id, apply)
+}
+
+/// [`update`] on a connection or transaction of the caller's (inside one, a savepoint).
+pub fn update_in(
+    db: &mut impl GenericClient,
+    id: i64,
+    apply: impl FnOnce(&mut Route) -> Result<()>,
+) -> Result<Option<RouteRecord>> {
+    let mut tx = db.transaction()?;
     let sql = format!("SELECT {COLS} FROM routes WHERE id = $1 FOR UPDATE");
     let Some(current) = tx.query_opt(sql.as_str(), &[&id])? else {
         return Ok(None);
@@ -275,13 +287,21 @@ fn written(result: std::result::Result<Row, postgres::Error>, prefix: &str) -> R
 
 /// Up to `limit` routes with ids above `after`, of one user or of all.
 pub fn list(pool: &Pool, after: i64, user_id: Option<i64>, limit: i64) -> Result<Vec<RouteRecord>> {
+    list_in(&mut **pool.get()?, after, user_id, limit)
+}
+
+/// [`list`] on a connection or transaction of the caller's.
+pub fn list_in(
+    db: &mut impl GenericClient,
+    after: i64,
+    user_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<RouteRecord>> {
     let sql = format!(
         "SELECT {COLS} FROM routes WHERE id > $1 AND ($2::int8 IS NULL OR user_id = $2)
          ORDER BY id LIMIT $3"
     );
-    let rows = pool
-        .get()?
-        .query(sql.as_str(), &[&after, &user_id, &limit])?;
+    let rows = db.query(sql.as_str(), &[&after, &user_id, &limit])?;
     Ok(rows.iter().map(RouteRecord::from_row).collect())
 }
 
@@ -293,10 +313,12 @@ pub fn get(pool: &Pool, id: i64) -> Result<Option<RouteRecord>> {
 
 /// Deletes a route; false if absent.
 pub fn delete(pool: &Pool, id: i64) -> Result<bool> {
-    let n = pool
-        .get()?
-        .execute("DELETE FROM routes WHERE id = $1", &[&id])?;
-    Ok(n > 0)
+    delete_in(&mut **pool.get()?, id)
+}
+
+/// [`delete`] on a connection or transaction of the caller's.
+pub fn delete_in(db: &mut impl GenericClient, id: i64) -> Result<bool> {
+    Ok(db.execute("DELETE FROM routes WHERE id = $1", &[&id])? > 0)
 }
 
 /// Prefixes of these routes by id (analytics).

@@ -4,7 +4,7 @@ use super::plans::{no_such_plan, Change, Policy, PolicyChanges};
 use super::{is_fk_violation, is_unique_violation, Pool};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
-use postgres::Row;
+use postgres::{GenericClient, Row};
 use serde_json::Value;
 
 const COLS: &str = "id, email, name, created_at, plan_id, limits, quota, metadata, external_id";
@@ -60,13 +60,18 @@ pub struct NewUser<'a> {
 /// Inserts a user; a taken email or external id is 409, a plan that does not exist 400 on
 /// `planId`.
 pub fn insert(pool: &Pool, u: &NewUser) -> Result<User> {
+    insert_in(&mut **pool.get()?, u)
+}
+
+/// [`insert`] on a connection or transaction of the caller's.
+pub fn insert_in(db: &mut impl GenericClient, u: &NewUser) -> Result<User> {
     let sql = format!(
         "INSERT INTO users (email, name, plan_id, limits, quota, metadata, external_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLS}"
     );
     let limits = super::plans::limits_to_db(&u.policy.limits);
     let quota = super::plans::quota_to_db(&u.policy.quota);
-    match pool.get()?.query_one(
+    match db.query_one(
         sql.as_str(),
         &[
             &u.email,
@@ -97,6 +102,11 @@ pub struct UserChanges {
 }
 
 pub fn update(pool: &Pool, id: i64, c: &UserChanges) -> Result<Option<User>> {
+    update_in(&mut **pool.get()?, id, c)
+}
+
+/// [`update`] on a connection or transaction of the caller's.
+pub fn update_in(db: &mut impl GenericClient, id: i64, c: &UserChanges) -> Result<Option<User>> {
     let sql = format!(
         "UPDATE users SET email = coalesce($2, email), name = coalesce($3, name),
                 metadata = coalesce($10, metadata),
@@ -106,7 +116,7 @@ pub fn update(pool: &Pool, id: i64, c: &UserChanges) -> Result<Option<User>> {
     );
     let (p, plan, l, limits, q, quota) = c.policy.values();
     let (x, external_id) = c.external_id.bind();
-    let row = pool.get()?.query_opt(
+    let row = db.query_opt(
         sql.as_str(),
         &[
             &id,
@@ -137,13 +147,21 @@ pub fn update(pool: &Pool, id: i64, c: &UserChanges) -> Result<Option<User>> {
 
 /// Up to `limit` users with ids above `after`, all or the one with this external id.
 pub fn list(pool: &Pool, after: i64, external_id: Option<&str>, limit: i64) -> Result<Vec<User>> {
+    list_in(&mut **pool.get()?, after, external_id, limit)
+}
+
+/// [`list`] on a connection or transaction of the caller's.
+pub fn list_in(
+    db: &mut impl GenericClient,
+    after: i64,
+    external_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<User>> {
     let sql = format!(
         "SELECT {COLS} FROM users WHERE id > $1 AND ($2::text IS NULL OR external_id = $2)
          ORDER BY id LIMIT $3"
     );
-    let rows = pool
-        .get()?
-        .query(sql.as_str(), &[&after, &external_id, &limit])?;
+    let rows = db.query(sql.as_str(), &[&after, &external_id, &limit])?;
     Ok(rows.iter().map(User::from_row).collect())
 }
 
@@ -155,8 +173,10 @@ pub fn get(pool: &Pool, id: i64) -> Result<Option<User>> {
 
 /// Deletes a user with its keys and routes (the foreign keys cascade); false if absent.
 pub fn delete(pool: &Pool, id: i64) -> Result<bool> {
-    let n = pool
-        .get()?
-        .execute("DELETE FROM users WHERE id = $1", &[&id])?;
-    Ok(n > 0)
+    delete_in(&mut **pool.get()?, id)
+}
+
+/// [`delete`] on a connection or transaction of the caller's.
+pub fn delete_in(db: &mut impl GenericClient, id: i64) -> Result<bool> {
+    Ok(db.execute("DELETE FROM users WHERE id = $1", &[&id])? > 0)
 }

@@ -14,9 +14,10 @@ use crate::store::plans::{
 use crate::store::Pool;
 use serde_json::{json, Map, Value};
 
-const FIELDS: &[&str] = &["name", "limits", "quota"];
+/// What a plan body may set.
+pub const FIELDS: &[&str] = &["name", "limits", "quota"];
 
-fn plan_json(p: &Plan, used: PlanUse) -> Value {
+pub fn plan_json(p: &Plan, used: PlanUse) -> Value {
     json!({
         "id": p.id,
         "name": p.name,
@@ -87,7 +88,15 @@ fn reply(pool: &Pool, status: u16, p: &Plan) -> Result<Reply> {
 /// only).
 pub fn create(pool: &Pool, cache: &Plans, body: &Map<String, Value>) -> Result<Reply> {
     input::only(body, FIELDS)?;
-    let fields = PlanFields {
+    let plan = plans::insert(pool, &read_new(body)?)?;
+    cache.reload(pool)?;
+    reply(pool, 201, &plan)
+}
+
+/// Reads every field of a plan being created (the caller has refused unknown fields):
+/// `POST /admin/plans` and a `tollgate apply` file read plans with this one function.
+pub fn read_new(body: &Map<String, Value>) -> Result<PlanFields> {
+    Ok(PlanFields {
         name: required(string(body, "name", 200)?, "name")?,
         limits: match body.get("limits") {
             None | Some(Value::Null) => Vec::new(),
@@ -97,10 +106,7 @@ pub fn create(pool: &Pool, cache: &Plans, body: &Map<String, Value>) -> Result<R
             None | Some(Value::Null) => None,
             Some(v) => Some(quota(v)?),
         },
-    };
-    let plan = plans::insert(pool, &fields)?;
-    cache.reload(pool)?;
-    reply(pool, 201, &plan)
+    })
 }
 
 pub fn list(pool: &Pool) -> Result<Reply> {

@@ -14,7 +14,7 @@ use crate::store::routes::{self, CorsPolicy, Route, RouteRecord};
 use crate::store::Pool;
 use serde_json::{json, Map, Value};
 
-fn route_json(r: &RouteRecord) -> Value {
+pub fn route_json(r: &RouteRecord) -> Value {
     let route = &r.route;
     json!({
         "id": route.id,
@@ -173,7 +173,7 @@ fn limit_field(v: &Value, field: &'static str, max: i64) -> Result<Option<i64>> 
 }
 
 /// What a route body may set (and, creating, `userId`).
-const FIELDS: &[&str] = &[
+pub const FIELDS: &[&str] = &[
     "prefix",
     "targetUrl",
     "host",
@@ -424,16 +424,26 @@ pub fn apply_fields(route: &mut Route, body: &Map<String, Value>) -> Result<()> 
 pub fn create(pool: &Pool, table: &RouteTable, body: &Map<String, Value>) -> Result<Reply> {
     input::only(body, &[FIELDS, &["userId"]].concat())?;
     let user_id = required(id(body, "userId")?, "userId")?;
-    required(body.get("prefix").filter(|v| !v.is_null()), "prefix")?;
-    required(body.get("targetUrl").filter(|v| !v.is_null()), "targetUrl")?;
-    let mut route = Route {
-        user_id,
-        ..Route::default()
-    };
-    apply_fields(&mut route, body)?;
+    let route = read_new(
+        body,
+        Route {
+            user_id,
+            ..Route::default()
+        },
+    )?;
     let saved = routes::insert(pool, route)?;
     table.reload(pool)?;
     Ok(Reply::json(201, &route_json(&saved)))
+}
+
+/// `base` with every field of a route being created applied (the caller has refused
+/// unknown fields): `POST /admin/routes` and a `tollgate apply` file read routes with this
+/// one function, so a field added to [`apply_fields`] is accepted by both.
+pub fn read_new(body: &Map<String, Value>, mut base: Route) -> Result<Route> {
+    required(body.get("prefix").filter(|v| !v.is_null()), "prefix")?;
+    required(body.get("targetUrl").filter(|v| !v.is_null()), "targetUrl")?;
+    apply_fields(&mut base, body)?;
+    Ok(base)
 }
 
 pub fn list(pool: &Pool, ctx: &Ctx) -> Result<Reply> {

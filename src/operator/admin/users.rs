@@ -11,12 +11,13 @@ use crate::http::{Ctx, Reply};
 use crate::operator::input::{self, change, required, string};
 use crate::operator::ts;
 use crate::store::counters::{self, Subject};
-use crate::store::plans::Change;
+use crate::store::plans::{Change, Policy};
 use crate::store::users::{self, NewUser, User, UserChanges};
 use crate::store::Pool;
 use serde_json::{json, Map, Value};
 
-const FIELDS: &[&str] = &[
+/// What a user body may set.
+pub const FIELDS: &[&str] = &[
     "email",
     "name",
     "planId",
@@ -26,7 +27,7 @@ const FIELDS: &[&str] = &[
     "externalId",
 ];
 
-fn user_json(u: &User) -> Value {
+pub fn user_json(u: &User) -> Value {
     let mut v = json!({
         "id": u.id,
         "email": u.email,
@@ -48,21 +49,42 @@ fn email(body: &Map<String, Value>) -> Result<Option<String>> {
     Ok(email)
 }
 
+/// A whole user as a body that creates one describes it.
+pub struct UserSpec {
+    pub email: String,
+    pub name: String,
+    pub external_id: Option<String>,
+    pub metadata: Value,
+    pub policy: Policy,
+}
+
+impl UserSpec {
+    pub fn as_new(&self) -> NewUser<'_> {
+        NewUser {
+            email: &self.email,
+            name: &self.name,
+            policy: &self.policy,
+            metadata: &self.metadata,
+            external_id: self.external_id.as_deref(),
+        }
+    }
+}
+
+/// Reads every field of a user being created (the caller has refused unknown fields):
+/// `POST /admin/users` and a `tollgate apply` file read users with this one function.
+pub fn read_new(body: &Map<String, Value>) -> Result<UserSpec> {
+    Ok(UserSpec {
+        email: required(email(body)?, "email")?,
+        name: required(string(body, "name", 200)?, "name")?,
+        external_id: external_id(body)?,
+        policy: policy(body)?,
+        metadata: input::metadata(body)?.unwrap_or_else(|| json!({})),
+    })
+}
+
 pub fn create(pool: &Pool, body: &Map<String, Value>) -> Result<Reply> {
     input::only(body, FIELDS)?;
-    let email = required(email(body)?, "email")?;
-    let name = required(string(body, "name", 200)?, "name")?;
-    let external_id = external_id(body)?;
-    let user = users::insert(
-        pool,
-        &NewUser {
-            email: &email,
-            name: &name,
-            policy: &policy(body)?,
-            metadata: &input::metadata(body)?.unwrap_or_else(|| json!({})),
-            external_id: external_id.as_deref(),
-        },
-    )?;
+    let user = users::insert(pool, &read_new(body)?.as_new())?;
     Ok(Reply::json(201, &user_json(&user)))
 }
 
