@@ -256,7 +256,8 @@ impl From<postgres::Error> for Error {
 
 impl From<r2d2::Error> for Error {
     fn from(e: r2d2::Error) -> Error {
-        log::warn!("no database connection: {e}");
+        // `store::Pool::get` has logged it (once per outage).
+        log::debug!("no database connection: {e}");
         Error::DatabaseUnavailable
     }
 }

@@ -243,7 +243,8 @@ struct Tally {
 }
 
 #[test]
-fn a_thirty_second_database_outage_under_load_serves_cached_keys_and_loses_no_log_rows() {
+fn a_thirty_second_database_outage_under_load_serves_cached_keys_loses_no_log_rows_and_logs_two_lines(
+) {
     let pg = PrivatePg::start();
     let gw = Gateway::start_on(TestDb::create_in(&pg.base()), &[]);
     let up = Upstream::start();
@@ -354,6 +355,12 @@ fn a_thirty_second_database_outage_under_load_serves_cached_keys_and_loses_no_lo
     let stats = gw.admin_get("/admin/stats").json();
     assert_eq!(stats["logRowsDropped"], 0, "{stats}");
     assert_eq!(stats["databaseUp"], true, "{stats}");
+    // The operator reads two lines about it: gone, and back with its length.
+    let out = gw.output();
+    let lines = |what: &str| out.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(lines("database unreachable"), 1, "{out}");
+    assert_eq!(lines("database reachable again after"), 1, "{out}");
+    assert_eq!(lines("error connecting to server"), 0, "{out}");
 }
 
 #[test]

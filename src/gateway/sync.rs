@@ -47,7 +47,12 @@ fn listen_forever(s: &Synced) {
     loop {
         match listen(s) {
             Ok(()) => pause = SYNC_RECONNECT_MIN,
-            Err(e) => log::warn!("config listener: {e}; retrying in {pause:?}"),
+            Err(e) => {
+                // Its connection is usually the first to notice an outage; the outage log
+                // says so once, and the retries stay out of the log while it lasts.
+                store::OUTAGE_LOG.failed(&format_args!("config listener: {e}"));
+                log::debug!("config listener: {e}; retrying in {pause:?}");
+            }
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(SYNC_RECONNECT_MAX);
@@ -59,6 +64,7 @@ fn listen_forever(s: &Synced) {
 fn listen(s: &Synced) -> std::result::Result<(), String> {
     let describe = |e: postgres::Error| describe(&e);
     let mut client = store::config_listener(&s.cfg)?;
+    store::OUTAGE_LOG.reached();
     log::debug!("config listener connected");
     reload_all(s);
     loop {

@@ -11,7 +11,7 @@ pub mod retention;
 
 use crate::config::{LOG_DRAIN_TICK, LOG_RETRY_BACKOFF};
 use crate::store::logs::{write_batch, LogRow};
-use crate::store::Pool;
+use crate::store::{Pool, OUTAGE_LOG};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -170,7 +170,12 @@ fn run(
                         counters.written.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        log::warn!("log write failed, {} rows kept: {e}", pending.len());
+                        // Once per outage (the outage log has it), else every failed write.
+                        if OUTAGE_LOG.is_down() {
+                            log::debug!("log write failed, {} rows kept: {e}", pending.len());
+                        } else {
+                            log::warn!("log write failed, {} rows kept: {e}", pending.len());
+                        }
                         retry_at = Instant::now() + LOG_RETRY_BACKOFF;
                         break;
                     }

@@ -1,10 +1,13 @@
 //! Outage tracking: whether the database answered lately, so that during an outage
-//! requests fail fast instead of each waiting for a pooled connection.
+//! requests fail fast instead of each waiting for a pooled connection; and the outage's
+//! two lines in the diagnostics log.
 
 use crate::config::DB_PROBE_INTERVAL;
 use crate::error::{Error, Result};
+use std::fmt::Display;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Whether the database answered lately. Once a request finds it unreachable, others skip
 /// it without waiting `db_wait` for a connection, and one probe per
@@ -71,6 +74,74 @@ impl DbHealth {
     }
 }
 
+/// The process's one outage log: an outage is the database's, not a pool's or a thread's,
+/// so every pool, the config listener and the log writer report to it.
+pub static OUTAGE_LOG: OutageLog = OutageLog::new();
+
+/// One line when the database goes away and one when it is back, with how long it was
+/// gone, however many connections fail in between (r2d2 alone logs every failed connect:
+/// ~20 lines a second under light traffic).
+pub struct OutageLog {
+    /// When the outage began and how many attempts have failed since; `None` while up.
+    down: Mutex<Option<(Instant, u64)>>,
+}
+
+impl OutageLog {
+    const fn new() -> OutageLog {
+        OutageLog {
+            down: Mutex::new(None),
+        }
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Notes a failed attempt to reach the database; only the outage's first is logged.
+    pub fn failed(&self, cause: &dyn Display) {
+        if self.note_failure() {
+            log::warn!(
+                "database unreachable: {cause}; further failures are not logged until it is back"
+            );
+        }
+    }
+
+    /// Notes that a connection was made; logs the end of an outage, with its length.
+    pub fn reached(&self) {
+        if let Some((length, failures)) = self.note_success() {
+            log::warn!(
+                "database reachable again after {:.1} s ({failures} failed attempts)",
+                length.as_secs_f64()
+            );
+        }
+    }
+
+    /// Whether this failure began an outage.
+    fn note_failure(&self) -> bool {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        match down.as_mut() {
+            Some((_, failures)) => {
+                *failures += 1;
+                false
+            }
+            None => {
+                *down = Some((Instant::now(), 1));
+                true
+            }
+        }
+    }
+
+    /// The outage this success ended: its length and failed attempts.
+    fn note_success(&self) -> Option<(Duration, u64)> {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        down.take()
+            .map(|(since, failures)| (since.elapsed(), failures))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +166,18 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         assert!(h.call(|| Ok(())).is_ok());
         assert!(h.is_up());
+    }
+
+    #[test]
+    fn an_outage_is_reported_once_when_it_begins_and_once_when_it_ends() {
+        let log = OutageLog::new();
+        assert_eq!(log.note_success(), None, "no outage, nothing to report");
+        assert!(log.note_failure(), "the first failure begins the outage");
+        assert!(!log.note_failure() && !log.note_failure());
+        assert!(log.is_down());
+        let (_, failures) = log.note_success().expect("the outage ends");
+        assert_eq!(failures, 3);
+        assert!(!log.is_down());
+        assert_eq!(log.note_success(), None, "ended once");
     }
 }

@@ -16,7 +16,7 @@ pub mod routes;
 pub mod usage;
 pub mod users;
 
-pub use health::DbHealth;
+pub use health::{DbHealth, OUTAGE_LOG};
 pub use migrate::migrate;
 
 use crate::config::{Config, DB_CONNECT_TIMEOUT};
@@ -52,8 +52,14 @@ impl Pool {
         self.waits.waiting.fetch_add(1, Ordering::Relaxed);
         let got = self.inner.get();
         self.waits.waiting.fetch_sub(1, Ordering::Relaxed);
-        if got.is_err() {
+        if let Err(e) = &got {
             self.waits.failed.fetch_add(1, Ordering::Relaxed);
+            // During an outage every caller fails alike; the outage log has said so once.
+            if OUTAGE_LOG.is_down() {
+                log::debug!("no database connection: {e}");
+            } else {
+                log::warn!("no database connection: {e}");
+            }
         }
         got
     }
@@ -175,6 +181,8 @@ fn build(config: postgres::Config, size: u32, wait: Duration) -> Pool {
         .min_idle(Some(size.min(4)))
         .connection_timeout(wait)
         .test_on_check_out(false)
+        .error_handler(Box::new(ReportOutage))
+        .event_handler(Box::new(ReportOutage))
         .build_unchecked(Manager(PostgresConnectionManager::new(config, NoTls)));
     Pool {
         inner,
@@ -200,6 +208,23 @@ pub fn snapshot(conn: &mut Conn) -> Result<Transaction<'_>> {
         .isolation_level(postgres::IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()?)
+}
+
+/// Hands r2d2's connect failures and new connections to the outage log, instead of r2d2
+/// logging every failed connect.
+#[derive(Debug)]
+struct ReportOutage;
+
+impl r2d2::HandleError<postgres::Error> for ReportOutage {
+    fn handle_error(&self, e: postgres::Error) {
+        OUTAGE_LOG.failed(&describe(&e));
+    }
+}
+
+impl r2d2::HandleEvent for ReportOutage {
+    fn handle_acquire(&self, _: r2d2::event::AcquireEvent) {
+        OUTAGE_LOG.reached();
+    }
 }
 
 /// Whether the database answers a trivial query (`/readyz`).
