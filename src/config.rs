@@ -96,7 +96,7 @@ pub const POOL_NUDGE_MAX_BURST: u32 = 64;
 /// database before the process exits anyway: under Kubernetes' default 30 s termination
 /// grace, so tollgate exits on its own terms before the SIGKILL.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 20_000;
-/// How long after SIGTERM/SIGINT a replica keeps serving normally while `/readyz` answers
+/// How long after SIGTERM (SIGINT skips it) a replica keeps serving normally while `/readyz` answers
 /// 503, before it stops taking requests: long enough for a load balancer's health check to
 /// see it leave (haproxy's `inter 1s fall 2` in scripts/conf/haproxy.cfg takes 2 s; 5 s is
 /// also the usual Kubernetes `preStop` pause for endpoint removal to propagate). With

@@ -2,7 +2,8 @@
 //! requests are still served for the drain (`TOLLGATE_SHUTDOWN_DRAIN_MS`), each answer
 //! saying `Connection: close`; after the drain a new request gets 503 `shutting_down`, a
 //! request in flight since before the signal still gets its 200, every answer is logged
-//! and the process exits 0. The replicas behind haproxy: tests/cluster.rs.
+//! and the process exits 0. SIGINT, Ctrl-C at a terminal, skips the drain. The replicas
+//! behind haproxy: tests/cluster.rs.
 
 use crate::util::{self, Resp};
 use serde_json::json;
@@ -99,4 +100,19 @@ fn sigterm_fails_readiness_serves_through_the_drain_then_refuses_while_requests_
     }
     assert_eq!(logged.len(), 4, "one row per gateway answer");
     assert!(gw.output().contains("every log row written"));
+}
+
+#[test]
+fn sigint_skips_the_drain() {
+    let (mut gw, _up, user) =
+        util::gateway_with_api_route(&[("TOLLGATE_SHUTDOWN_DRAIN_MS", "60000")]);
+    let (key, _) = gw.create_key(user, json!({"rateLimit": 1_000_000}));
+    let served = gw.with_key("GET", "/api/x", &key);
+    assert_eq!(served.status, 200, "{}", served.body);
+    gw.signal("INT");
+    let exit = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("still running 10 s after SIGINT: it waited for the drain");
+    assert!(exit.success(), "{exit:?}: {}", gw.output());
+    assert!(gw.logged_request_ids().contains(&request_id(&served)));
 }

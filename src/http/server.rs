@@ -152,7 +152,8 @@ fn shutdown_signals() -> io::Result<crossbeam_channel::Receiver<i32>> {
 /// 3. the handler writes what it has queued (within the same grace, but at least
 ///    `config::SHUTDOWN_LOG_FLUSH_MIN`) and `serve` returns, so `main` exits 0.
 ///
-/// A second signal at any point exits at once (`shutdown_signals`).
+/// SIGINT skips the drain. A second signal at any point exits at once
+/// (`shutdown_signals`).
 fn shutdown<H: Handler>(
     cfg: &Config,
     handler: &H,
@@ -162,11 +163,18 @@ fn shutdown<H: Handler>(
 ) {
     let stats = handler.stats();
     stats.draining.store(true, Ordering::SeqCst);
+    // SIGINT is Ctrl-C at a terminal, where no balancer waits for `/readyz`; service
+    // managers and orchestrators (systemd, Docker, Kubernetes) send SIGTERM.
+    let drain = if signal == signal_hook::consts::SIGINT {
+        Duration::ZERO
+    } else {
+        cfg.shutdown_drain
+    };
     log::info!(
         "signal {signal}: /readyz answers 503; serving for the drain ({} ms)",
-        cfg.shutdown_drain.as_millis()
+        drain.as_millis()
     );
-    std::thread::sleep(cfg.shutdown_drain);
+    std::thread::sleep(drain);
     let deadline = Instant::now() + cfg.shutdown_grace;
     log::info!(
         "drain over: refusing new requests, finishing those in flight (grace {} ms)",
