@@ -119,7 +119,9 @@ admitted=$((total - refused))
 sleep 0.5
 by_replica=$(psql_db -c "select count(*) filter (where status = 200), count(*)
     from request_logs where api_key_id = $lid")
-counted=$(psql_db -c "select coalesce(sum(count), 0) from rate_limit_counters where api_key_id = $lid")
+# Both buckets of the key's sliding windows (the test harness' `counted_for_key`).
+counted=$(psql_db -c "select coalesce(sum(c + p), 0) from limit_counters, unnest(counts, prevs) as x(c, p)
+    where kind = 'k' and owner_id = $lid")
 echo "  $total requests, $admitted admitted, $refused refused; counter rows hold $counted;" \
      "request_logs (200s, all): ${by_replica//|/, }"
 
