@@ -103,8 +103,8 @@ pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 20_000;
 /// `DEFAULT_SHUTDOWN_GRACE_MS` after it, the whole exit stays under Kubernetes' default
 /// 30 s termination grace. 0 stops taking requests at once (no balancer in front).
 pub const DEFAULT_SHUTDOWN_DRAIN_MS: u64 = 5_000;
-/// Once a replica stops taking requests, a worker leaves when nothing is in flight and no
-/// request has arrived for this long: a client that was mid-request on an already accepted
+/// Once a leaving replica has shut its listening socket, a worker leaves when no request
+/// has arrived for this long: a client that was mid-request on an already accepted
 /// connection still gets its 503 `shutting_down` rather than a closed connection.
 pub const SHUTDOWN_QUIET: Duration = Duration::from_millis(100);
 /// The least time shutdown gives the logger to write queued rows, even when in-flight

@@ -53,7 +53,8 @@ pub struct ServerStats {
     /// Set once nothing is in flight after the drain and the listening socket is shut:
     /// workers answer what tiny_http still holds, then leave.
     closed: AtomicBool,
-    /// Requests a worker is answering right now.
+    /// Requests taken before the drain ended that a worker is still answering: what the
+    /// stop waits for (those taken later are answered 503 at once).
     in_flight: AtomicUsize,
 }
 
@@ -263,20 +264,14 @@ fn spawn_pool_nudger(addr: std::net::SocketAddr) {
     }
 }
 
-/// Takes requests until the shutdown has closed the listening socket and answered every
-/// request that reached tiny_http: nothing in flight, and none arrived for
-/// `config::SHUTDOWN_QUIET`.
+/// Takes requests until the shutdown has closed the listening socket and none has arrived
+/// for `config::SHUTDOWN_QUIET`: every request that reached tiny_http is answered.
 fn worker<H: Handler>(server: &Server, handler: &H, limits: &Limits) {
     let stats = handler.stats();
     loop {
         let request = match server.recv_timeout(config::SHUTDOWN_QUIET) {
             Ok(Some(rq)) => rq,
-            Ok(None)
-                if stats.closed.load(Ordering::SeqCst)
-                    && stats.in_flight.load(Ordering::SeqCst) == 0 =>
-            {
-                return
-            }
+            Ok(None) if stats.closed.load(Ordering::SeqCst) => return,
             Ok(None) => continue,
             // The accept thread's error once `stop_accepting` shut the socket.
             Err(_) if stats.stopping() => continue,
@@ -285,12 +280,17 @@ fn worker<H: Handler>(server: &Server, handler: &H, limits: &Limits) {
                 continue;
             }
         };
-        stats.in_flight.fetch_add(1, Ordering::SeqCst);
+        let served = !stats.stopping();
+        if served {
+            stats.in_flight.fetch_add(1, Ordering::SeqCst);
+        }
         // A panic in respond or finish must not take the worker with it either.
         if catch_unwind(AssertUnwindSafe(|| handle(handler, limits, request))).is_err() {
             log::error!("panic while answering a request; worker continues");
         }
-        stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if served {
+            stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
