@@ -8,12 +8,15 @@
 # hop is the same), (b) one key's limit enforced exactly across both replicas, (c) a
 # revocation made through A refused by B (time measured), and (d) what the counter costs
 # the database on its own (pgbench on the replicas' batch statement), for the counters' share of database
-# load at N replicas. Env: BENCH_SECS (10), BENCH_KEYS (1000), BENCH_KEEP=1.
+# load at N replicas, and (e) a rolling restart (A, then B: SIGTERM, start again) under steady
+# traffic through haproxy: requests, failures, and request_logs rows against the answers.
+# Env: BENCH_SECS (10), BENCH_KEYS (1000), BENCH_ROLL_SECS (30), BENCH_KEEP=1.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO"
 
 SECS=${BENCH_SECS:-10}
+ROLL_SECS=${BENCH_ROLL_SECS:-30}
 NKEYS=${BENCH_KEYS:-1000}
 DB=tollgate_bench_cluster
 UP=127.0.0.1:18081 LB=127.0.0.1:18082 GA=127.0.0.1:18083
@@ -21,9 +24,9 @@ PGBIN=/usr/lib/postgresql/15/bin
 
 scripts/deps.sh pg bench cargo
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-GB=127.0.0.1:$(free_port) LB1=127.0.0.1:$(free_port)
+GB=127.0.0.1:$(free_port) LB1=127.0.0.1:$(free_port) STATS=127.0.0.1:$(free_port)
 . scripts/lib/bench-common.sh
-refuse_busy bench-cluster $UP $LB $GA $GB $LB1
+refuse_busy bench-cluster $UP $LB $GA $GB $LB1 $STATS
 cargo build --release
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -44,6 +47,7 @@ start_replica() { # start_replica <name> <addr>: prints its pid
     pids+=($!)
 }
 start_replica a "$GA"
+pid_a=$!
 # B starts once A has migrated, so the log shows one migration, not a wait on the lock.
 wait_http() { # wait_http <url>: up to 20 s
     for _ in $(seq 1 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done
@@ -53,11 +57,15 @@ wait_http() { # wait_http <url>: up to 20 s
 }
 wait_http "http://$GA/readyz"
 start_replica b "$GB"
+pid_b=$!
 wait_http "http://$GB/readyz"
 
 # The load-balancer configuration docs/operations.md ("Running more than one") shows, plus a second frontend with A alone.
 sed -e "s/@LB@/$LB/; s/@LB1@/$LB1/; s/@A@/$GA/g; s/@B@/$GB/g" scripts/conf/haproxy.cfg \
     >"$TMP/haproxy.cfg"
+# Plus a stats page: (e) waits until haproxy has a restarted replica up again.
+printf 'listen stats\n    bind %s\n    stats enable\n    stats uri /stats\n' "$STATS" \
+    >>"$TMP/haproxy.cfg"
 haproxy -db -f "$TMP/haproxy.cfg" 2>"$TMP/haproxy.log" &
 pids+=($!)
 wait_http "http://$UP/"
@@ -111,7 +119,9 @@ admitted=$((total - refused))
 sleep 0.5
 by_replica=$(psql_db -c "select count(*) filter (where status = 200), count(*)
     from request_logs where api_key_id = $lid")
-counted=$(psql_db -c "select coalesce(sum(count), 0) from rate_limit_counters where api_key_id = $lid")
+# Both buckets of the key's sliding windows (the test harness' `counted_for_key`).
+counted=$(psql_db -c "select coalesce(sum(c + p), 0) from limit_counters, unnest(counts, prevs) as x(c, p)
+    where kind = 'k' and owner_id = $lid")
 echo "  $total requests, $admitted admitted, $refused refused; counter rows hold $counted;" \
      "request_logs (200s, all): ${by_replica//|/, }"
 
@@ -171,6 +181,47 @@ tps_on=$(pgb on take16)
 echo "  batch of 1: $tps_one rounds/s; batch of 16: $tps_16 rounds/s ($((tps_16 * 16)) keys/s)" \
      "with synchronous_commit=off, $tps_on/s with on"
 
+echo "bench-cluster: (e) rolling restart under ${ROLL_SECS}s of steady traffic through haproxy:" \
+     "A, then B, SIGTERMed and started again (default drain, shipped haproxy checks)"
+roll=$(admin "$A" POST /admin/api-keys "{\"userId\":$uid,\"name\":\"rolling\",\"rateLimit\":1000000000}")
+roll_key=$(grep -o '"rawKey":"[^"]*"' <<<"$roll" | cut -d'"' -f4)
+roll_id=$(grep -o '"id":[0-9]*' <<<"$roll" | head -n1 | cut -d: -f2)
+lb_up() { # lb_up <a|b>: haproxy's health checks have the replica up
+    [[ $(curl -s "http://$STATS/stats;csv" | awk -F, -v s="$1" \
+        '$1 == "replicas" && $2 == s {print $18}') == UP ]]
+}
+restart_replica() { # restart_replica <name> <addr> <pid>: SIGTERM, exit 0, started again, up in haproxy
+    local t0 rc=0
+    t0=$(date +%s%N)
+    kill -TERM "$3"
+    wait "$3" || rc=$?
+    [[ $rc == 0 ]] || { echo "bench-cluster: replica $1 exited $rc" >&2; exit 1; }
+    start_replica "$1-restarted" "$2"
+    wait_http "http://$2/readyz"
+    for _ in $(seq 1 100); do lb_up "$1" && break; sleep 0.1; done
+    lb_up "$1" || { echo "bench-cluster: haproxy never saw $1 up again" >&2; exit 1; }
+    echo "  $1: exit 0, back in haproxy $(( ($(date +%s%N) - t0) / 1000000 )) ms after SIGTERM"
+}
+# Four keep-alive clients and two opening a connection per request, each waiting 20 ms
+# between requests (scripts/lib/soak-load.py).
+python3 scripts/lib/soak-load.py clients "http://$LB" "$ROLL_SECS" \
+    "{\"valid\":\"$roll_key\",\"fresh\":\"$roll_key\"}" >"$TMP/roll.json" &
+load=$!
+sleep 2
+restart_replica a "$GA" "$pid_a"
+restart_replica b "$GB" "$pid_b"
+kill -0 "$load" 2>/dev/null \
+    || echo "bench-cluster: the traffic ended before the restarts did; raise BENCH_ROLL_SECS" >&2
+wait "$load"
+sleep 2 # the replicas' log flush (TOLLGATE_LOG_FLUSH_MS)
+read -r roll_sent roll_failed < <(python3 -c 'import json, sys
+t = json.load(open(sys.argv[1]))
+print(sum(t.values()), sum(n for k, n in t.items() if not k.endswith(" 200")))' "$TMP/roll.json")
+roll_rows=$(psql_db -c "select count(*) from request_logs where api_key_id = $roll_id")
+roll_match=$([[ $roll_rows == "$roll_sent" ]] && echo "all matched" || echo "MISMATCH")
+echo "  $roll_sent requests, $roll_failed failed ($(cat "$TMP/roll.json")); request_logs rows:" \
+     "$roll_rows ($roll_match)"
+
 rps1=$(field "$one" rps) rps2=$(field "$both" rps)
 echo
 echo "bench-cluster summary ($(nproc) cores shared by everything; load average before: $load0," \
@@ -184,4 +235,5 @@ printf '%-52s %s\n' \
     "(d) counting rounds/s one database connection runs" \
     "$tps_one (batch of 1), $tps_16 (batch of 16 = $((tps_16 * 16)) keys/s; $tps_on with sync commit on)" \
     "(d) counters' share of one connection at two replicas' peak" \
-    "$(awk -v r="$rps2" -v t="$tps_one" 'BEGIN {printf "%.0f%% even if every request were a batch of 1 (%.0f req/s ÷ %.0f rounds/s)", 100*r/t, r, t}')"
+    "$(awk -v r="$rps2" -v t="$tps_one" 'BEGIN {printf "%.0f%% even if every request were a batch of 1 (%.0f req/s ÷ %.0f rounds/s)", 100*r/t, r, t}')" \
+    "(e) rolling restart: requests, failed, log rows" "$roll_sent, $roll_failed, $roll_rows ($roll_match)"

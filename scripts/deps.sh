@@ -3,6 +3,7 @@
 #   scripts/deps.sh pg      PostgreSQL 15 server binaries (for scripts/pg.sh)
 #   scripts/deps.sh bench   nginx, wrk, haproxy, curl (for scripts/bench.sh)
 #   scripts/deps.sh edge    nginx (the edge in front of tollgate, for tests/edge.rs)
+#   scripts/deps.sh cluster haproxy (in front of two replicas, for tests/cluster.rs)
 #   scripts/deps.sh cargo   only checks that a Rust toolchain is on PATH
 #   scripts/deps.sh soak    python3 and curl (load generator and admin calls of scripts/soak.sh)
 #   scripts/deps.sh httpbin httpbin + gunicorn from PyPI in a venv at .data/venv (the
@@ -68,11 +69,12 @@ make_venv() {
     fi
 }
 
-[[ $# -gt 0 ]] || { echo "usage: $0 pg|edge|bench|soak|cargo|httpbin|schemathesis|browser|promtool ..." >&2; exit 2; }
+[[ $# -gt 0 ]] || { echo "usage: $0 pg|edge|cluster|bench|soak|cargo|httpbin|schemathesis|browser|promtool ..." >&2; exit 2; }
 for purpose in "$@"; do
     case $purpose in
         pg) want "$PGBIN/initdb" postgresql ;;
         edge) want /usr/sbin/nginx nginx ;;
+        cluster) want /usr/sbin/haproxy haproxy ;;
         bench)
             want /usr/sbin/nginx nginx
             want /usr/bin/wrk wrk
@@ -91,7 +93,7 @@ for purpose in "$@"; do
             ;;
         promtool) want /usr/bin/promtool prometheus ;;
         schemathesis) install_schemathesis ;;
-        *) echo "deps: unknown purpose '$purpose' (pg|edge|bench|soak|cargo|httpbin|schemathesis|browser|promtool)" >&2; exit 2 ;;
+        *) echo "deps: unknown purpose '$purpose' (pg|edge|cluster|bench|soak|cargo|httpbin|schemathesis|browser|promtool)" >&2; exit 2 ;;
     esac
 done
 

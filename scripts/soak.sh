@@ -64,7 +64,8 @@ json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 USER_ID=$(admin POST /admin/users '{"email":"soak@example.com","name":"Soak"}' | json '["id"]')
 admin POST /admin/routes "{\"userId\":$USER_ID,\"prefix\":\"/api\",\"targetUrl\":\"http://127.0.0.1:$UP_PORT\"}" >/dev/null
 key() { admin POST /admin/api-keys "{\"userId\":$USER_ID,\"name\":\"$1\",\"rateLimit\":$2}" | json '["rawKey"]'; }
-KEYS="{\"valid\":\"$(key valid 100000000)\",\"limited\":\"$(key limited 60)\",\"victim\":\"$(key victim 100)\"}"
+VALID=$(key valid 100000000)
+KEYS="{\"valid\":\"$VALID\",\"slow\":\"$VALID\",\"limited\":\"$(key limited 60)\",\"victim\":\"$(key victim 100)\"}"
 
 echo "soak: ${SECS}s of mixed traffic against pid $GW_PID; samples every ${EVERY}s, warm-up ${WARMUP}s"
 python3 scripts/lib/soak-load.py clients "$G" "$SECS" "$KEYS" >"$WORK/tally.json" &

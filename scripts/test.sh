@@ -9,7 +9,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO"
 
-scripts/deps.sh pg edge cargo httpbin schemathesis browser promtool
+scripts/deps.sh pg edge cluster cargo httpbin schemathesis browser promtool
 # The fidelity tests run httpbin under this gunicorn as a real-world upstream.
 TOLLGATE_TEST_GUNICORN=$REPO/.data/venv/bin/gunicorn
 export TOLLGATE_TEST_GUNICORN

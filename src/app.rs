@@ -95,6 +95,9 @@ impl Handler for App {
         #[cfg(debug_assertions)]
         self.test_panic(&rq.ctx);
         let result = match (rq.ctx.bad_framing, &rq.ctx.refused) {
+            // The drain is over: whatever still reaches this process gets an answer that
+            // tells the client to go elsewhere, logged like any other.
+            _ if self.server.stopping() => Err(Error::ShuttingDown),
             (Some(why), _) => Err(Error::BadRequest(why.into())),
             (None, Some(e)) => Ok(Reply::error(e)),
             (None, None) if trace.client => {

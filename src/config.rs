@@ -96,6 +96,17 @@ pub const POOL_NUDGE_MAX_BURST: u32 = 64;
 /// database before the process exits anyway: under Kubernetes' default 30 s termination
 /// grace, so tollgate exits on its own terms before the SIGKILL.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 20_000;
+/// How long after SIGTERM (SIGINT skips it) a replica keeps serving normally while `/readyz` answers
+/// 503, before it stops taking requests: long enough for a load balancer's health check to
+/// see it leave (haproxy's `inter 1s fall 2` in scripts/conf/haproxy.cfg takes 2 s; 5 s is
+/// also the usual Kubernetes `preStop` pause for endpoint removal to propagate). With
+/// `DEFAULT_SHUTDOWN_GRACE_MS` after it, the whole exit stays under Kubernetes' default
+/// 30 s termination grace. 0 stops taking requests at once (no balancer in front).
+pub const DEFAULT_SHUTDOWN_DRAIN_MS: u64 = 5_000;
+/// Once a leaving replica has shut its listening socket, a worker leaves when no request
+/// has arrived for this long: a client that was mid-request on an already accepted
+/// connection still gets its 503 `shutting_down` rather than a closed connection.
+pub const SHUTDOWN_QUIET: Duration = Duration::from_millis(100);
 /// The least time shutdown gives the logger to write queued rows, even when in-flight
 /// requests used up the grace period.
 pub const SHUTDOWN_LOG_FLUSH_MIN: Duration = Duration::from_secs(2);
@@ -329,7 +340,10 @@ pub struct Config {
     /// when this is set, a second listener here serves `/metrics` without credentials, for
     /// a scraper on a private interface. Unset by default so nothing is exposed unasked.
     pub metrics_addr: Option<String>,
-    /// `TOLLGATE_SHUTDOWN_GRACE_MS`; defaults to [`DEFAULT_SHUTDOWN_GRACE_MS`].
+    /// `TOLLGATE_SHUTDOWN_DRAIN_MS`; defaults to [`DEFAULT_SHUTDOWN_DRAIN_MS`].
+    pub shutdown_drain: Duration,
+    /// `TOLLGATE_SHUTDOWN_GRACE_MS`, counted from the end of the drain; defaults to
+    /// [`DEFAULT_SHUTDOWN_GRACE_MS`].
     pub shutdown_grace: Duration,
     /// `TOLLGATE_RATELIMIT_ON_DB_ERROR`: `fail-open` (the default) or `fail-closed`. What a
     /// request with an already-verified key gets when the counter cannot be reached.
@@ -453,6 +467,7 @@ impl Config {
             )?,
             retention_batch: v.num("TOLLGATE_RETENTION_BATCH", DEFAULT_RETENTION_BATCH)?,
             metrics_addr: v.raw("TOLLGATE_METRICS_ADDR", "(none)"),
+            shutdown_drain: v.ms("TOLLGATE_SHUTDOWN_DRAIN_MS", DEFAULT_SHUTDOWN_DRAIN_MS)?,
             shutdown_grace: v.ms("TOLLGATE_SHUTDOWN_GRACE_MS", DEFAULT_SHUTDOWN_GRACE_MS)?,
             ratelimit_fail_open: v.fail_open("TOLLGATE_RATELIMIT_ON_DB_ERROR")?,
             bcrypt_concurrency: v

@@ -66,6 +66,9 @@ pub enum Error {
     AuthBusy,
     /// The database cannot be reached or no pooled connection came free in time.
     DatabaseUnavailable,
+    /// The process is leaving (SIGTERM/SIGINT): `/readyz` from the first signal, every
+    /// request once the drain is over.
+    ShuttingDown,
     /// A bug or an unexpected database answer; details go to the log, not the client.
     Internal(String),
 }
@@ -103,7 +106,8 @@ impl Error {
             Error::DatabaseUnavailable
             | Error::CircuitOpen { .. }
             | Error::UpstreamBusy
-            | Error::AuthBusy => 503,
+            | Error::AuthBusy
+            | Error::ShuttingDown => 503,
             Error::UpstreamTimeout => 504,
         }
     }
@@ -139,6 +143,7 @@ impl Error {
             Error::CircuitOpen { .. } => "upstream_circuit_open",
             Error::UpstreamBusy => "upstream_busy",
             Error::DatabaseUnavailable => "database_unavailable",
+            Error::ShuttingDown => "shutting_down",
             Error::Internal(_) => "internal",
         }
     }
@@ -224,6 +229,9 @@ impl fmt::Display for Error {
             ),
             Error::AuthBusy => write!(f, "too many key verifications in progress, try again"),
             Error::DatabaseUnavailable => write!(f, "database unavailable, try again"),
+            Error::ShuttingDown => {
+                write!(f, "this instance is shutting down; send the request again")
+            }
             Error::Internal(_) => write!(f, "internal error"),
         }
     }

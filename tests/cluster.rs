@@ -2,16 +2,20 @@
 //! quotas and owner-wide limits are counted in Postgres (batched, exact across instances),
 //! and admin changes made through one instance (routes, keys, plans) reach the other by
 //! LISTEN/NOTIFY within a second, with the periodic sync (TOLLGATE_SYNC_SECS) as the
-//! safety net. A crate of its own: each test
-//! runs two gateway processes on one database.
+//! safety net; and a rolling restart of both behind haproxy fails no request. A crate of its
+//! own: each test runs two gateway processes on one database.
 
 // The whole harness; this crate uses part of it.
 #[allow(dead_code)]
 mod util;
 
 use serde_json::json;
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use util::{Gateway, Upstream};
+use util::{free_port, Gateway, Upstream};
 
 /// Polls `f` until it returns true or `within` passes; returns whether it did.
 fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -419,4 +423,211 @@ fn a_pause_and_a_resume_through_one_instance_apply_on_the_other_within_a_second(
             == 200),
         "b still refused a key resumed on a"
     );
+}
+
+/// haproxy with the shipped configuration (scripts/conf/haproxy.cfg) in front of two
+/// replicas, its health checks every 200 ms instead of every second, plus a stats page
+/// that tells when it sees a replica up.
+struct Haproxy {
+    addr: String,
+    stats: String,
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Haproxy {
+    fn start(a: &Gateway, b: &Gateway) -> Haproxy {
+        let (lb, lb1, stats) = (free_port(), free_port(), free_port());
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-haproxy-{}-{lb}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let host = |gw: &Gateway| gw.direct_addr.trim_start_matches("http://").to_string();
+        let conf = include_str!("../scripts/conf/haproxy.cfg")
+            .replace("@LB@", &format!("127.0.0.1:{lb}"))
+            .replace("@LB1@", &format!("127.0.0.1:{lb1}"))
+            .replace("@A@", &host(a))
+            .replace("@B@", &host(b))
+            .replace("check inter 1s", "check inter 200ms");
+        assert!(conf.contains("check inter 200ms fall 2 rise 2"), "{conf}");
+        let conf = format!(
+            "{conf}\nlisten stats\n    bind 127.0.0.1:{stats}\n    stats enable\n    stats uri /stats\n"
+        );
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, conf).unwrap();
+        let haproxy =
+            std::env::var("TOLLGATE_TEST_HAPROXY").unwrap_or_else(|_| "/usr/sbin/haproxy".into());
+        let child = Command::new(haproxy)
+            .args(["-db", "-f", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start haproxy (make test installs it)");
+        let proxy = Haproxy {
+            addr: format!("http://127.0.0.1:{lb}"),
+            stats: format!("http://127.0.0.1:{stats}/stats;csv"),
+            child,
+            dir,
+        };
+        for name in ["a", "b"] {
+            assert!(
+                eventually(Duration::from_secs(10), || proxy.server_up(name)),
+                "haproxy never saw replica {name} up"
+            );
+        }
+        proxy
+    }
+
+    /// Whether haproxy's health checks have the replica `name` (`a` or `b`) up.
+    fn server_up(&self, name: &str) -> bool {
+        let Ok(r) = ureq::get(&self.stats).call() else {
+            return false;
+        };
+        let csv = r.into_body().read_to_string().unwrap_or_default();
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+        let Some(col) = header.iter().position(|h| *h == "status") else {
+            return false;
+        };
+        lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .any(|f| f[..2] == ["replicas", name] && f.get(col) == Some(&"UP"))
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGTERM to `old`, its clean exit, and a new replica on its port beside `beside`, once
+/// haproxy has it up again.
+fn restart(
+    old: &mut Gateway,
+    name: &str,
+    beside: &Gateway,
+    lb: &Haproxy,
+    env: &[(&str, &str)],
+) -> Gateway {
+    old.signal("TERM");
+    let exit = old
+        .wait_exit(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("replica {name} still running 15 s after SIGTERM"));
+    assert!(exit.success(), "replica {name}: {exit:?}: {}", old.output());
+    let new = beside.start_beside_on(old.port(), env);
+    assert!(
+        eventually(Duration::from_secs(10), || lb.server_up(name)),
+        "haproxy never saw the restarted replica {name} up"
+    );
+    new
+}
+
+/// Two replicas behind haproxy (checking `/readyz`), clients sending without pause on
+/// keep-alive and on new connections, and each replica in turn SIGTERMed and started
+/// again: every request is answered 200, and every answer has its row in request_logs.
+#[test]
+fn a_rolling_restart_behind_haproxy_fails_no_request_and_logs_every_answer() {
+    // Longer than haproxy's two failed checks 200 ms apart, with room for a busy machine.
+    let env = [("TOLLGATE_SHUTDOWN_DRAIN_MS", "1000")];
+    let mut a = Gateway::start_with(&env);
+    let mut b = a.start_beside(&env);
+    let up = Upstream::start();
+    let user = a.create_user("roll@example.com");
+    let (key, _) = a.create_key(user, json!({"rateLimit": 1_000_000}));
+    a.create_route(user, "/api", &up.addr);
+    assert!(eventually(Duration::from_secs(5), || b
+        .with_key("GET", "/api", &key)
+        .status
+        == 200));
+    let lb = Haproxy::start(&a, &b);
+    let answers = Mutex::new(Vec::<(u16, Option<String>, String)>::new());
+    let stop = AtomicBool::new(false);
+    let agent = || -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into()
+    };
+    let (a2, b2) = std::thread::scope(|s| {
+        for i in 0..4 {
+            let (lb, key, answers, stop, agent) = (&lb, &key, &answers, &stop, &agent);
+            s.spawn(move || {
+                // Two clients keep one connection to haproxy, two open one per request.
+                let keep = agent();
+                let url = format!("{}/api/roll/{i}", lb.addr);
+                while !stop.load(Ordering::Relaxed) {
+                    let fresh;
+                    let client = if i < 2 {
+                        &keep
+                    } else {
+                        fresh = agent();
+                        &fresh
+                    };
+                    let answer = match client.get(&url).header("x-api-key", key).call() {
+                        Ok(r) => {
+                            let id = r.headers().get("x-request-id");
+                            let id = id.and_then(|v| v.to_str().ok()).map(str::to_string);
+                            let status = r.status().as_u16();
+                            (
+                                status,
+                                id,
+                                r.into_body().read_to_string().unwrap_or_default(),
+                            )
+                        }
+                        Err(e) => (0, None, e.to_string()),
+                    };
+                    answers.lock().unwrap().push(answer);
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let b2 = restart(&mut b, "b", &a, &lb, &env);
+        std::thread::sleep(Duration::from_millis(500));
+        let a2 = restart(&mut a, "a", &b2, &lb, &env);
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        (a2, b2)
+    });
+    let answers = answers.into_inner().unwrap();
+    let failed: Vec<_> = answers.iter().filter(|(s, _, _)| *s != 200).collect();
+    let ids: HashSet<String> = answers.iter().filter_map(|(_, id, _)| id.clone()).collect();
+    let rows_of = |db: &mut postgres::Client| -> HashSet<String> {
+        db.query(
+            "SELECT request_id FROM request_logs WHERE path LIKE '/api/roll/%'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    let mut db = a.db();
+    let mut rows = HashSet::new();
+    eventually(Duration::from_secs(10), || {
+        rows = rows_of(&mut db);
+        rows.len() >= answers.len()
+    });
+    eprintln!(
+        "rolling restart: {} requests sent, {} failed, {} request_logs rows, {} matched",
+        answers.len(),
+        failed.len(),
+        rows.len(),
+        ids.intersection(&rows).count()
+    );
+    assert!(
+        failed.is_empty(),
+        "failed: {:?}",
+        &failed[..failed.len().min(10)]
+    );
+    assert_eq!(ids.len(), answers.len(), "one X-Request-Id per answer");
+    assert_eq!(
+        rows, ids,
+        "request_logs holds exactly the answered requests"
+    );
+    assert!(answers.len() > 100, "too little traffic to prove anything");
+    drop((a2, b2, up));
 }

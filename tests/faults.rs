@@ -9,7 +9,6 @@
 mod util;
 
 use serde_json::json;
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -44,20 +43,13 @@ fn get(agent: &ureq::Agent, url: &str, key: &str) -> (u16, Option<String>, bool,
     }
 }
 
-fn logged_request_ids(gw: &Gateway) -> HashSet<String> {
-    gw.db()
-        .query("SELECT request_id FROM request_logs", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 #[test]
 fn sigterm_lets_requests_in_flight_finish_logs_every_answered_request_and_exits_zero() {
     let grace = Duration::from_secs(10);
-    let (mut gw, up, user) =
-        util::gateway_with_api_route(&[("TOLLGATE_SHUTDOWN_GRACE_MS", "10000")]);
+    let (mut gw, up, user) = util::gateway_with_api_route(&[
+        ("TOLLGATE_SHUTDOWN_GRACE_MS", "10000"),
+        ("TOLLGATE_SHUTDOWN_DRAIN_MS", "500"),
+    ]);
     let (key, _) = gw.create_key(user, json!({"rateLimit": 1_000_000}));
     let base = gw.direct_addr.clone();
     let answered = Mutex::new(Vec::<(String, Instant)>::new());
@@ -74,13 +66,15 @@ fn sigterm_lets_requests_in_flight_finish_logs_every_answered_request_and_exits_
                     "/api/x"
                 };
                 while !stop.load(Ordering::Relaxed) {
-                    let (status, id, _, _) = get(&agent, &format!("{base}{path}"), key);
+                    let (status, id, _, body) = get(&agent, &format!("{base}{path}"), key);
                     if status == 0 {
-                        // No answer: the gateway has stopped; nothing of ours was logged.
+                        // Refused: the gateway has closed its socket; nothing was logged.
                         std::thread::sleep(Duration::from_millis(20));
                         continue;
                     }
-                    assert_eq!(status, 200, "{path}");
+                    // After the drain, requests arriving are refused, and logged.
+                    let refused = status == 503 && body.contains("\"shutting_down\"");
+                    assert!(status == 200 || refused, "{path}: {status} {body}");
                     let id = id.expect("every gateway answer carries X-Request-Id");
                     answered.lock().unwrap().push((id, Instant::now()));
                 }
@@ -103,7 +97,7 @@ fn sigterm_lets_requests_in_flight_finish_logs_every_answered_request_and_exits_
         after_signal > 0,
         "no request in flight at SIGTERM was answered"
     );
-    let logged = logged_request_ids(&gw);
+    let logged = gw.logged_request_ids();
     let missing: Vec<_> = answered
         .iter()
         .filter(|(id, _)| !logged.contains(id))

@@ -50,6 +50,9 @@ mod proxy;
 mod ratelimit;
 // One test per fixed bug.
 mod regression;
+// SIGTERM: readiness fails at once, the drain, 503 `shutting_down` after it, requests in
+// flight finished, the log flushed.
+mod shutdown;
 // Start-up configuration, migrations, liveness and readiness.
 mod startup;
 // Usage for billing: admitted and refused per key, user and plan, day and month; CSV.

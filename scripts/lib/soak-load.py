@@ -1,11 +1,14 @@
-"""Soak load for scripts/soak.sh: a slow-capable upstream and mixed client traffic.
+"""Soak load for scripts/soak.sh (and the rolling restart of scripts/bench-cluster.sh): a
+slow-capable upstream and mixed client traffic.
 
   soak-load.py upstream PORT              serve: /slow/<ms> sleeps first; everything answers 200 JSON
   soak-load.py clients URL SECS KEYS_JSON drive the gateway for SECS seconds, then print a JSON tally
 
 Mixed traffic, each kind on its own keep-alive connections: valid fast requests, valid
 requests to a slow upstream (400 ms), a key over its rate limit (429), and well-formed keys
-with wrong secrets from rotating client IPs (401, then 429 per IP) via X-Forwarded-For.
+with wrong secrets from rotating client IPs (401, then 429 per IP) via X-Forwarded-For;
+and valid fast requests on a new connection each. A kind runs when KEYS_JSON names its
+key. Every request is finished before a client stops, so the tally counts each answer.
 Standard library only.
 """
 import http.client
@@ -69,7 +72,7 @@ def client(url, until, kind, key, tally, lock):
             r = conn.getresponse()
             r.read()
             status = r.status
-            if r.getheader("Connection", "").lower() == "close":
+            if kind == "fresh" or r.getheader("Connection", "").lower() == "close":
                 conn.close()
                 conn = None
         except (OSError, http.client.HTTPException):
@@ -90,8 +93,10 @@ def main():
     url, secs, keys = sys.argv[2], float(sys.argv[3]), json.loads(sys.argv[4])
     until = time.time() + secs
     tally, lock = {}, threading.Lock()
-    plan = [("valid", keys["valid"])] * 4 + [("slow", keys["valid"])] * 4 \
-        + [("limited", keys["limited"])] * 2 + [("invalid", keys["victim"])] * 2
+    # (kind, the key it sends, clients)
+    kinds = [("valid", "valid", 4), ("slow", "slow", 4), ("limited", "limited", 2),
+             ("invalid", "victim", 2), ("fresh", "fresh", 2)]
+    plan = [(kind, keys[k]) for kind, k, n in kinds if k in keys for _ in range(n)]
     threads = [threading.Thread(target=client, args=(url, until, k, key, tally, lock))
                for k, key in plan]
     for t in threads:

@@ -33,7 +33,13 @@ pub fn respond(rq: Request, reply: Reply, head: bool) -> u64 {
     if streamed && len.is_none() && *rq.http_version() == (1, 1) {
         return write_raw(rq, reply.status, &reply.headers, Framing::Chunked(reader));
     }
-    if let (true, Some(n)) = (streamed, len) {
+    // tiny_http drops a `Connection` header from its responses; a closing answer (the
+    // shutdown's, see `server::shutdown`) is written raw to keep it.
+    let closing = reply
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("connection"));
+    if let (true, Some(n)) = (streamed || closing, len) {
         // An upstream body of known length that trickles in (long polls, drips) is relayed
         // as it arrives; tiny_http's buffered writer would hold it back until complete.
         return write_raw(rq, reply.status, &reply.headers, Framing::Sized(n, reader));

@@ -2,14 +2,15 @@
 //! it builds the [`Request`] (`context.rs`), asks the [`Handler`] for a [`Reply`], writes
 //! it (`respond.rs`), then tells the handler what was sent, for its log row. A panic
 //! anywhere in that answers 500 and the worker goes on. `serve` returns after a graceful
-//! shutdown on SIGTERM/SIGINT.
+//! shutdown on SIGTERM/SIGINT (see `shutdown`).
 
 use super::{context, respond, Ctx, Reply, Request};
 use crate::config::{self, Config};
 use crate::error::Error;
 use std::io;
+use std::net::TcpListener;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tiny_http::Server;
@@ -37,22 +38,50 @@ pub struct Sent {
     pub bytes_out: u64,
 }
 
-/// The server loop's own state, read by `/admin/stats` and `/metrics`.
+/// The server loop's own state, read by `/admin/stats`, `/metrics` and `/readyz`.
 #[derive(Default)]
 pub struct ServerStats {
     /// Requests answered with a declared body too large to drain safely
     /// (`respond::abandon`).
     pub abandoned_bodies: AtomicU64,
-    /// Set by the first SIGTERM/SIGINT: workers finish their request and stop.
-    pub shutting_down: AtomicBool,
+    /// Set by the first SIGTERM/SIGINT: `/readyz` answers 503 and every answer carries
+    /// `Connection: close`, while requests are still served for the drain.
+    draining: AtomicBool,
+    /// Set at the end of the drain: every request still arriving is answered 503
+    /// `shutting_down`.
+    stopping: AtomicBool,
+    /// Set once nothing is in flight after the drain and the listening socket is shut:
+    /// workers answer what tiny_http still holds, then leave.
+    closed: AtomicBool,
+    /// Requests taken before the drain ended that a worker is still answering: what the
+    /// stop waits for (those taken later are answered 503 at once).
+    in_flight: AtomicUsize,
+}
+
+impl ServerStats {
+    /// Whether the process is leaving (from the first signal on).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Whether the drain is over: requests are refused, not served.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
 }
 
 /// Serves until SIGTERM or SIGINT, then shuts down gracefully (see `shutdown`).
 pub fn serve<H: Handler>(cfg: &Config, handler: Arc<H>) -> io::Result<()> {
     // Registered before listening, so a signal during start-up is not lost.
     let signals = shutdown_signals()?;
-    let server = Server::http(&cfg.listen_addr)
-        .map_err(|e| io::Error::other(format!("cannot listen on {}: {e}", cfg.listen_addr)))?;
+    let cannot = |e: &dyn std::fmt::Display| {
+        io::Error::other(format!("cannot listen on {}: {e}", cfg.listen_addr))
+    };
+    let listener = TcpListener::bind(&cfg.listen_addr).map_err(|e| cannot(&e))?;
+    // A second handle on the listening socket: tiny_http owns the first and offers no way
+    // to stop accepting while its queue is still served (see `stop_accepting`).
+    let listening = listener.try_clone()?;
+    let server = Server::from_listener(listener, None).map_err(|e| cannot(&e))?;
     let server = Arc::new(server);
     if let Some(addr) = server.server_addr().to_ip() {
         spawn_pool_nudger(addr);
@@ -75,10 +104,11 @@ pub fn serve<H: Handler>(cfg: &Config, handler: Arc<H>) -> io::Result<()> {
                 .spawn(move || worker(&server, &*handler, &limits))?,
         );
     }
+    drop(server);
     let signal = signals
         .recv()
         .map_err(|_| io::Error::other("the signal thread stopped"))?;
-    shutdown(cfg.shutdown_grace, &*handler, server, handles, signal);
+    shutdown(cfg, &*handler, &listening, handles, signal);
     Ok(())
 }
 
@@ -110,37 +140,74 @@ fn shutdown_signals() -> io::Result<crossbeam_channel::Receiver<i32>> {
     Ok(rx)
 }
 
-/// Stops taking requests, lets the ones in flight finish within `grace`, then lets the
-/// handler write what it has queued (within the same grace, but at least
-/// `config::SHUTDOWN_LOG_FLUSH_MIN`) and returns, so `main` exits 0.
+/// The shutdown a rolling restart behind a load balancer needs (docs/operations.md,
+/// "Rolling restarts"), in three steps:
+/// 1. drain: for `cfg.shutdown_drain` everything is served as before, but `/readyz`
+///    answers 503 so the balancer's health check takes the replica out, and every answer
+///    carries `Connection: close` so no client keeps a connection to a leaving process;
+/// 2. stop: every request that still arrives, on a new connection or an open one, is
+///    answered 503 `shutting_down` while the requests in flight finish, within
+///    `cfg.shutdown_grace`; once none is left the listening socket is shut (new
+///    connections are refused, never accepted and left unanswered) and the workers answer
+///    what tiny_http had already accepted;
+/// 3. the handler writes what it has queued (within the same grace, but at least
+///    `config::SHUTDOWN_LOG_FLUSH_MIN`) and `serve` returns, so `main` exits 0.
+///
+/// SIGINT skips the drain. A second signal at any point exits at once
+/// (`shutdown_signals`).
 fn shutdown<H: Handler>(
-    grace: Duration,
+    cfg: &Config,
     handler: &H,
-    server: Arc<Server>,
+    listening: &TcpListener,
     workers: Vec<std::thread::JoinHandle<()>>,
     signal: i32,
 ) {
-    let deadline = Instant::now() + grace;
+    let stats = handler.stats();
+    stats.draining.store(true, Ordering::SeqCst);
+    // SIGINT is Ctrl-C at a terminal, where no balancer waits for `/readyz`; service
+    // managers and orchestrators (systemd, Docker, Kubernetes) send SIGTERM.
+    let drain = if signal == signal_hook::consts::SIGINT {
+        Duration::ZERO
+    } else {
+        cfg.shutdown_drain
+    };
     log::info!(
-        "signal {signal}: finishing requests in flight (grace {} ms)",
-        grace.as_millis()
+        "signal {signal}: /readyz answers 503; serving for the drain ({} ms)",
+        drain.as_millis()
     );
-    handler.stats().shutting_down.store(true, Ordering::SeqCst);
-    // Each unblock wakes one worker waiting in `recv`; a busy worker sees the flag when
-    // its request is done.
-    for _ in 0..workers.len() {
-        server.unblock();
+    std::thread::sleep(drain);
+    let deadline = Instant::now() + cfg.shutdown_grace;
+    log::info!(
+        "drain over: refusing new requests, finishing those in flight (grace {} ms)",
+        cfg.shutdown_grace.as_millis()
+    );
+    stats.stopping.store(true, Ordering::SeqCst);
+    let in_flight = || stats.in_flight.load(Ordering::SeqCst);
+    while Instant::now() < deadline && in_flight() > 0 {
+        std::thread::sleep(Duration::from_millis(10));
     }
+    stop_accepting(listening);
+    stats.closed.store(true, Ordering::SeqCst);
     while Instant::now() < deadline && workers.iter().any(|w| !w.is_finished()) {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let busy = workers.iter().filter(|w| !w.is_finished()).count();
-    if busy > 0 {
-        log::warn!("{busy} requests still in flight at the end of the grace period");
+    if in_flight() > 0 {
+        log::warn!(
+            "{} requests still in flight at the end of the grace period",
+            in_flight()
+        );
     }
-    // The last reference (once the workers are gone) closes the listening socket.
-    drop(server);
     handler.on_shutdown(deadline.max(Instant::now() + config::SHUTDOWN_LOG_FLUSH_MIN));
+}
+
+/// Shuts the listening socket for reading: on Linux the kernel then refuses new
+/// connections and wakes tiny_http's accept thread with an error, so it stops accepting,
+/// while the requests it already queued stay for the workers to answer. (Dropping the
+/// `Server`, tiny_http's own way, would drop that queue with them.)
+fn stop_accepting(listening: &TcpListener) {
+    if let Err(e) = socket2::SockRef::from(listening).shutdown(std::net::Shutdown::Read) {
+        log::error!("cannot stop accepting connections: {e}");
+    }
 }
 
 /// tiny_http 0.12 runs each connection on a pool thread for the connection's whole life,
@@ -197,20 +264,32 @@ fn spawn_pool_nudger(addr: std::net::SocketAddr) {
     }
 }
 
+/// Takes requests until the shutdown has closed the listening socket and none has arrived
+/// for `config::SHUTDOWN_QUIET`: every request that reached tiny_http is answered.
 fn worker<H: Handler>(server: &Server, handler: &H, limits: &Limits) {
-    let stopping = || handler.stats().shutting_down.load(Ordering::SeqCst);
-    while !stopping() {
-        let request = match server.recv() {
-            Ok(rq) => rq,
-            Err(_) if stopping() => return,
+    let stats = handler.stats();
+    loop {
+        let request = match server.recv_timeout(config::SHUTDOWN_QUIET) {
+            Ok(Some(rq)) => rq,
+            Ok(None) if stats.closed.load(Ordering::SeqCst) => return,
+            Ok(None) => continue,
+            // The accept thread's error once `stop_accepting` shut the socket.
+            Err(_) if stats.stopping() => continue,
             Err(e) => {
                 log::error!("accept failed: {e}");
                 continue;
             }
         };
+        let served = !stats.stopping();
+        if served {
+            stats.in_flight.fetch_add(1, Ordering::SeqCst);
+        }
         // A panic in respond or finish must not take the worker with it either.
         if catch_unwind(AssertUnwindSafe(|| handle(handler, limits, request))).is_err() {
             log::error!("panic while answering a request; worker continues");
+        }
+        if served {
+            stats.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -236,11 +315,16 @@ fn handle<H: Handler>(handler: &H, limits: &Limits, mut raw: tiny_http::Request)
     );
     let mut trace = H::Trace::default();
     let mut rq = Request::from_socket(ctx, &mut raw);
-    let reply = catch_unwind(AssertUnwindSafe(|| handler.handle(&mut rq, &mut trace)))
+    let mut reply = catch_unwind(AssertUnwindSafe(|| handler.handle(&mut rq, &mut trace)))
         .unwrap_or_else(|_| {
             log::error!("handler panicked on {} {}", rq.ctx.method, rq.ctx.path);
             Reply::error(&Error::Internal("handler panicked".into()))
         });
+    if handler.stats().draining() {
+        // RFC 9112 §9.6: the client opens its next request elsewhere (through the balancer,
+        // on another replica) instead of on a connection about to close.
+        reply.header("Connection", "close");
+    }
     let read = rq.body.bytes_read();
     let ctx = rq.ctx;
     let status = reply.status;

@@ -1,7 +1,9 @@
-//! `GET /healthz` (the process serves) and `GET /readyz` (it can reach the database).
+//! `GET /healthz` (the process serves) and `GET /readyz` (it can reach the database and is
+//! not shutting down).
 
+use crate::error::Error;
 use crate::gateway::breaker::Breakers;
-use crate::http::Reply;
+use crate::http::{Reply, ServerStats};
 use crate::store::{self, DbHealth, Pool};
 use serde_json::json;
 
@@ -11,8 +13,12 @@ pub fn healthz() -> Reply {
 
 /// 200 while the database answers, 503 while it does not; the upstream circuits are listed
 /// but are detail, not readiness: one failing service must not take the gateway out of its
-/// load balancer.
-pub fn readyz(pool: &Pool, health: &DbHealth, breakers: &Breakers) -> Reply {
+/// load balancer. From the first SIGTERM on it is 503 `shutting_down` while the process
+/// still serves (the drain), so the balancer takes it out before it stops.
+pub fn readyz(pool: &Pool, health: &DbHealth, breakers: &Breakers, server: &ServerStats) -> Reply {
+    if server.draining() {
+        return Reply::error(&Error::ShuttingDown);
+    }
     let ok = store::ping(pool);
     // A successful check ends a known outage for everyone at once.
     if ok {

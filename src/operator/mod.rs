@@ -79,6 +79,7 @@ pub fn dispatch(op: &Operator, rq: &mut Request) -> Result<Reply> {
             op.pool,
             op.health,
             &op.gateway.upstreams.breakers,
+            op.server,
         )),
         ("healthz" | "readyz", _) => Err(Error::MethodNotAllowed),
         ("openapi.json", "GET" | "HEAD") if ctx.path == "/openapi.json" => Ok(openapi::reply()),

@@ -412,7 +412,10 @@ impl Gateway {
 
     /// A gateway on a database made by the caller (e.g. on a `PrivatePg`).
     pub fn start_on(db: TestDb, env: &[(&str, &str)]) -> Gateway {
-        let port = free_port();
+        Gateway::start_on_port(db, free_port(), env)
+    }
+
+    fn start_on_port(db: TestDb, port: u16, env: &[(&str, &str)]) -> Gateway {
         let dir = std::env::temp_dir().join(unique("tollgate-test"));
         std::fs::create_dir_all(&dir).unwrap();
         let log_path = dir.join("stderr.log");
@@ -719,6 +722,16 @@ impl Gateway {
         }
     }
 
+    /// The request ids `request_logs` holds.
+    pub fn logged_request_ids(&self) -> std::collections::HashSet<String> {
+        self.db()
+            .query("SELECT request_id FROM request_logs", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -730,12 +743,24 @@ impl Gateway {
 impl Gateway {
     /// A second instance on this gateway's database (the database stays owned by `self`).
     pub fn start_beside(&self, env: &[(&str, &str)]) -> Gateway {
+        self.start_beside_on(free_port(), env)
+    }
+
+    /// `start_beside` listening on `port`: a replica restarted where a load balancer's
+    /// fixed server list expects it.
+    pub fn start_beside_on(&self, port: u16, env: &[(&str, &str)]) -> Gateway {
         let db = TestDb {
             name: self.db.name.clone(),
             owned: false,
             base: self.db.base.clone(),
         };
-        Gateway::start_on(db, env)
+        Gateway::start_on_port(db, port, env)
+    }
+
+    /// The port the gateway itself listens on.
+    pub fn port(&self) -> u16 {
+        let port = self.direct_addr.rsplit(':').next().expect("host:port");
+        port.parse().expect("a port")
     }
 
     /// Sends a signal (`TERM`, `INT`, ...) to the gateway process.
