@@ -10,7 +10,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 build:            ## release binary: target/release/tollgate
 	cargo build --release
 
-run: build        ## private Postgres + db `tollgate` + admin secret, then serve (LISTEN_ADDR, default 127.0.0.1:3000)
+run: build        ## private Postgres (scripts/pg.sh) + db `tollgate` + admin secret, then serve (LISTEN_ADDR, default 127.0.0.1:3000)
 	scripts/run.sh
 
 test:             ## private Postgres, then cargo test --all-targets (stops the cluster only if it started it)
@@ -37,6 +37,6 @@ lint:             ## cargo fmt --check, cargo clippy --all-targets -- -D warning
 demo: build       ## scripted walk-through against a throw-away database
 	scripts/demo.sh
 
-clean-data:       ## stop the private cluster and delete .data/ (database, admin secret)
-	scripts/pg.sh stop
+clean-data:       ## stop the private cluster, delete it (/var/lib/postgresql/tollgate/<key>) and .data/ (admin secret, venv)
+	scripts/pg.sh clean
 	rm -rf .data
