@@ -5,7 +5,7 @@ SHELL := /bin/bash
 # rustup installs cargo here; `make` from a non-login shell may not have it on PATH.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: build run test bench bench-analytics bench-cluster soak fmt lint demo clean-data
+.PHONY: build run test bench bench-analytics bench-cluster soak fmt lint demo deb clean-data
 
 build:            ## release binary: target/release/tollgate
 	cargo build --release
@@ -36,6 +36,10 @@ lint:             ## cargo fmt --check, cargo clippy --all-targets -- -D warning
 
 demo: build       ## scripted walk-through against a throw-away database
 	scripts/demo.sh
+
+deb:              ## Debian package (cargo-deb, installed on first need): target/debian/tollgate_<version>-1_<arch>.deb
+	scripts/deps.sh deb
+	cargo deb --locked
 
 clean-data:       ## stop the private cluster, delete it (/var/lib/postgresql/tollgate/<key>) and .data/ (admin secret, venv)
 	scripts/pg.sh clean

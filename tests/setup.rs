@@ -4,15 +4,15 @@
 //! that lives outside the clone. A crate of its own because it is a process shape of its
 //! own: a second checkout driven through `make`, with its own cluster.
 //!
-//! The clone gets the compiled dependencies of this checkout's release build (hard links),
-//! so its `cargo build --release` compiles only tollgate itself.
+//! The clone gets a copy of the compiled dependencies of this checkout's release build, so
+//! its `cargo build --release` compiles only tollgate itself.
 
 #[path = "util/shell.rs"]
 mod shell;
 #[allow(dead_code)]
 mod util;
 
-use shell::{run, sh, sh_ok, Group, TempDir};
+use shell::{as_operator, run, sh, sh_ok, Group, TempDir};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -26,11 +26,11 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
 
-/// The release build's compiled dependencies, linked into the clone's own target dir
-/// (its own, so this checkout's build never takes the clone's tollgate for its own).
+/// The release build's compiled dependencies, copied into the clone's own target dir (its
+/// own, so this checkout's build never takes the clone's tollgate for its own).
 fn seed_release_deps(clone: &Path) {
     let repo = shell::repo();
-    run(Command::new("cargo")
+    run(as_operator(&mut Command::new("cargo"))
         .args(["build", "--release", "--quiet"])
         .current_dir(&repo));
     // CARGO_BIN_EXE_tollgate is <target>/debug/tollgate.
@@ -43,9 +43,7 @@ fn seed_release_deps(clone: &Path) {
     for sub in ["deps", "build", ".fingerprint"] {
         let (f, t) = (from.join(sub), to.join(sub));
         let (f, t) = (f.to_str().unwrap(), t.to_str().unwrap());
-        sh(&format!(
-            "cp -al '{f}' '{t}' 2>/dev/null || {{ rm -rf '{t}' && cp -a '{f}' '{t}'; }}"
-        ));
+        sh(&format!("cp -a --reflink=auto '{f}' '{t}'"));
     }
     sh(&format!(
         "rm -rf '{0}'/deps/tollgate-* '{0}'/.fingerprint/tollgate-*",
@@ -103,15 +101,10 @@ fn make_run_serves_from_a_clone_postgres_cannot_enter_and_clean_data_removes_its
     let port = util::free_port();
     let log = tmp.0.join("make-run.log");
     let mut make = Group::spawn(
-        Command::new("make")
+        as_operator(&mut Command::new("make"))
             .arg("run")
             .current_dir(&clone)
-            // A shell of its own, as a new user's: no make or cargo state of this run,
-            // no secret from outside.
-            .env_remove("MAKEFLAGS")
-            .env_remove("MFLAGS")
-            .env_remove("MAKELEVEL")
-            .env_remove("CARGO_MAKEFLAGS")
+            // As a new user's shell: its own target dir, no secret from outside.
             .env_remove("CARGO_TARGET_DIR")
             .env_remove("ADMIN_SECRET")
             .env_remove("TOLLGATE_CLIENT_IP_KEY")
@@ -147,11 +140,9 @@ fn make_run_serves_from_a_clone_postgres_cannot_enter_and_clean_data_removes_its
     assert_eq!(mode(&tmp.0), 0o700, "no directory's mode was changed");
 
     make.stop();
-    run(Command::new("make")
+    run(as_operator(&mut Command::new("make"))
         .args(["--no-print-directory", "clean-data"])
-        .current_dir(&clone)
-        .env_remove("MAKEFLAGS")
-        .env_remove("MAKELEVEL"));
+        .current_dir(&clone));
     assert!(!cluster.exists(), "make clean-data left {cluster:?}");
     assert!(!clone.join(".data").exists(), "make clean-data left .data/");
     eprintln!(

@@ -11,6 +11,21 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `cmd` with the environment an operator's shell has: without what `cargo test` and `make`
+/// set for this process. A nested cargo would otherwise see `CARGO_PKG_NAME` and the like,
+/// which build scripts (ring's) watch, and rebuild them.
+pub fn as_operator(cmd: &mut Command) -> &mut Command {
+    for (var, _) in std::env::vars_os() {
+        let name = var.to_string_lossy();
+        let cargo_set = name == "CARGO"
+            || name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR";
+        if cargo_set || ["OUT_DIR", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"].contains(&&*name) {
+            cmd.env_remove(&var);
+        }
+    }
+    cmd
+}
+
 /// Runs `cmd` to completion, asserts that it succeeded and returns its stdout.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd
