@@ -11,8 +11,9 @@
 #   scripts/deps.sh promtool prometheus, for `promtool check metrics` in the metrics tests
 #   scripts/deps.sh schemathesis  schemathesis from PyPI into the same venv (tests/openapi.rs)
 #   scripts/deps.sh deb     cargo-deb (`cargo install --locked`, builds the .deb of `make deb`)
-#   scripts/deps.sh package what tests/package.rs needs: cargo-deb, and systemd for
-#                           `systemd-analyze verify` of the unit
+#   scripts/deps.sh package what tests/package.rs needs: cargo-deb, systemd (for
+#                           `systemd-analyze verify` of the unit), adduser (a dependency
+#                           of the package, so apt-get installs it without package lists)
 # Several purposes may be given at once. Needs root only when something is missing.
 set -euo pipefail
 
@@ -107,6 +108,7 @@ for purpose in "$@"; do
         package)
             install_cargo_deb
             want /usr/bin/systemd-analyze systemd
+            want /usr/sbin/adduser adduser
             ;;
         *) echo "deps: unknown purpose '$purpose' (pg|edge|bench|soak|cargo|httpbin|schemathesis|browser|promtool|deb|package)" >&2; exit 2 ;;
     esac
