@@ -37,9 +37,9 @@ lint:             ## cargo fmt --check, cargo clippy --all-targets -- -D warning
 demo: build       ## scripted walk-through against a throw-away database
 	scripts/demo.sh
 
-deb:              ## Debian package (cargo-deb, installed on first need): target/debian/tollgate_<version>-1_<arch>.deb
+deb:              ## Debian package (cargo-deb, installed on first need): target/debian/tollgate_<version>-1_<arch>.deb; DEB_FLAGS adds cargo-deb flags
 	scripts/deps.sh deb
-	cargo deb --locked
+	cargo deb --locked $(DEB_FLAGS)
 
 clean-data:       ## stop the private cluster, delete it (/var/lib/postgresql/tollgate/<key>) and .data/ (admin secret, venv)
 	scripts/pg.sh clean

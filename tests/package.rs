@@ -79,8 +79,9 @@ fn the_package_installs_serves_with_its_env_file_and_remove_keeps_config_and_dat
     run(as_operator(&mut Command::new("scripts/deps.sh"))
         .arg("package")
         .current_dir(&repo));
+    // --fast: the same files, compressed in seconds instead of most of a minute.
     let built = run(as_operator(&mut Command::new("make"))
-        .args(["--no-print-directory", "deb"])
+        .args(["--no-print-directory", "deb", "DEB_FLAGS=--fast"])
         .current_dir(&repo));
     let deb = Path::new(built.lines().rev().find(|l| l.ends_with(".deb")).unwrap());
     let built_after = started.elapsed();
@@ -112,15 +113,7 @@ fn the_package_installs_serves_with_its_env_file_and_remove_keeps_config_and_dat
         64
     );
 
-    let verify = Command::new("systemd-analyze")
-        .args(["verify", UNIT])
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "systemd-analyze verify: {}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    run(Command::new("systemd-analyze").args(["verify", UNIT]));
 
     // What an operator edits: the database and the address.
     let db = util::TestDb::create();
