@@ -50,7 +50,6 @@ start() {
         echo "pg.sh: already running ($RUN, port $PORT)"
         return 0
     fi
-    check_owner
     # Modes set explicitly: postgres must enter $BASE and $CLUSTER whatever root's umask.
     install -d -m 755 "$BASE" "$CLUSTER"
     [[ -f $CLUSTER/clone ]] || echo "$REPO" >"$CLUSTER/clone"
