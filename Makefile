@@ -5,12 +5,12 @@ SHELL := /bin/bash
 # rustup installs cargo here; `make` from a non-login shell may not have it on PATH.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: build run test bench bench-analytics bench-cluster soak fmt lint demo clean-data
+.PHONY: build run test bench bench-analytics bench-cluster soak fmt lint demo deb clean-data
 
 build:            ## release binary: target/release/tollgate
 	cargo build --release
 
-run: build        ## private Postgres + db `tollgate` + admin secret, then serve (LISTEN_ADDR, default 127.0.0.1:3000)
+run: build        ## private Postgres (scripts/pg.sh) + db `tollgate` + admin secret, then serve (LISTEN_ADDR, default 127.0.0.1:3000)
 	scripts/run.sh
 
 test:             ## private Postgres, then cargo test --all-targets (stops the cluster only if it started it)
@@ -37,6 +37,10 @@ lint:             ## cargo fmt --check, cargo clippy --all-targets -- -D warning
 demo: build       ## scripted walk-through against a throw-away database
 	scripts/demo.sh
 
-clean-data:       ## stop the private cluster and delete .data/ (database, admin secret)
-	scripts/pg.sh stop
+deb:              ## Debian package (cargo-deb, installed on first need): target/debian/tollgate_<version>-1_<arch>.deb; DEB_FLAGS adds cargo-deb flags
+	scripts/deps.sh deb
+	cargo deb --locked $(DEB_FLAGS)
+
+clean-data:       ## stop the private cluster, delete it (/var/lib/postgresql/tollgate/<key>) and .data/ (admin secret, venv)
+	scripts/pg.sh clean
 	rm -rf .data

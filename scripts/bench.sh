@@ -172,7 +172,7 @@ machine_ticks() {
 }
 pg_pids() {
     local pm
-    pm=$(head -n1 "$REPO/.data/pg/postmaster.pid")
+    pm=$(head -n1 "$(scripts/pg.sh dir)/pg/postmaster.pid")
     echo "$pm" $(ps -o pid= --ppid "$pm")
 }
 

@@ -11,6 +11,10 @@
 #   scripts/deps.sh browser chromium + chromium-driver (tests/browser.rs drives the dashboard)
 #   scripts/deps.sh promtool prometheus, for `promtool check metrics` in the metrics tests
 #   scripts/deps.sh schemathesis  schemathesis from PyPI into the same venv (tests/openapi.rs)
+#   scripts/deps.sh deb     cargo-deb (`cargo install --locked`, builds the .deb of `make deb`)
+#   scripts/deps.sh package what tests/package.rs needs: cargo-deb, systemd (for
+#                           `systemd-analyze verify` of the unit), adduser (a dependency
+#                           of the package, so apt-get installs it without package lists)
 # Several purposes may be given at once. Needs root only when something is missing.
 set -euo pipefail
 
@@ -53,6 +57,15 @@ install_schemathesis() {
     "$venv/bin/python" -m pip install -q --disable-pip-version-check schemathesis
 }
 
+# cargo-deb, which `make deb` builds the package with, into ~/.cargo/bin like cargo itself.
+# A few minutes of compiling, once.
+install_cargo_deb() {
+    check_cargo
+    command -v cargo-deb >/dev/null 2>&1 && return 0
+    echo "deps: installing cargo-deb (cargo install --locked; compiles for a few minutes, once)" >&2
+    cargo install cargo-deb --locked --quiet
+}
+
 # A fresh venv at .data/venv (python3-venv from Debian if missing).
 make_venv() {
     local venv=$REPO/.data/venv
@@ -69,7 +82,7 @@ make_venv() {
     fi
 }
 
-[[ $# -gt 0 ]] || { echo "usage: $0 pg|edge|cluster|bench|soak|cargo|httpbin|schemathesis|browser|promtool ..." >&2; exit 2; }
+[[ $# -gt 0 ]] || { echo "usage: $0 pg|edge|cluster|bench|soak|cargo|httpbin|schemathesis|browser|promtool|deb|package ..." >&2; exit 2; }
 for purpose in "$@"; do
     case $purpose in
         pg) want "$PGBIN/initdb" postgresql ;;
@@ -93,7 +106,13 @@ for purpose in "$@"; do
             ;;
         promtool) want /usr/bin/promtool prometheus ;;
         schemathesis) install_schemathesis ;;
-        *) echo "deps: unknown purpose '$purpose' (pg|edge|cluster|bench|soak|cargo|httpbin|schemathesis|browser|promtool)" >&2; exit 2 ;;
+        deb) install_cargo_deb ;;
+        package)
+            install_cargo_deb
+            want /usr/bin/systemd-analyze systemd
+            want /usr/sbin/adduser adduser
+            ;;
+        *) echo "deps: unknown purpose '$purpose' (pg|edge|cluster|bench|soak|cargo|httpbin|schemathesis|browser|promtool|deb|package)" >&2; exit 2 ;;
     esac
 done
 

@@ -1,37 +1,40 @@
 #!/usr/bin/env bash
-# A private PostgreSQL 15 cluster for development, tests and benchmarks.
+# A private PostgreSQL 15 cluster for development, tests and benchmarks, one per clone.
 #   scripts/pg.sh start | stop | status | url [db] | psql [db] [psql args...]
-#                 | createdb <db> | dropdb <db>
-# Data in <repo>/.data/pg, unix socket in <repo>/.data/run, port 54329, no TCP listener,
-# trust auth, log in .data/pg.log. Every command is idempotent. It never touches the
-# system-wide cluster (/var/lib/postgresql): it only ever passes -D .data/pg to pg_ctl.
+#                 | createdb <db> | dropdb <db> | dir | clean
+# The cluster lives outside the clone, in /var/lib/postgresql/tollgate/<key>/ (data in pg/,
+# unix socket in run/, log in pg.log), where <key> is the first 12 hex digits of the
+# SHA-256 of the clone's absolute path: the server runs as `postgres`, which cannot enter a
+# clone in root's home or under `mktemp -d` (mode 700), and two clones never share one.
+# .data/cluster links to it; .data/ itself keeps what only root reads (admin secret, venv).
+# Port 54329, no TCP listener: the port only names the socket file inside the cluster's own
+# socket directory, so clusters of different clones never clash on it. Trust auth. Every
+# command is idempotent. It never touches the system-wide cluster or another clone's: it
+# only ever passes -D <its own data directory> to pg_ctl.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 PGBIN=/usr/lib/postgresql/15/bin
 DATA=$REPO/.data
-PGDATA=$DATA/pg
-RUN=$DATA/run
-LOG=$DATA/pg.log
+BASE=/var/lib/postgresql/tollgate
+KEY=$(printf %s "$REPO" | sha256sum | cut -c1-12)
+CLUSTER=$BASE/$KEY
+PGDATA=$CLUSTER/pg
+RUN=$CLUSTER/run
+LOG=$CLUSTER/pg.log
 PORT=54329
+# Where clusters lived before they moved out of the clone (see `clean`).
+LEGACY=$DATA/pg
 
 # initdb and postgres refuse to run as root; cd / so postgres is not left in an unreadable cwd.
 as_pg() { (cd / && runuser -u postgres -- "$@"); }
 
-# The server runs as `postgres` and must reach .data/ through every parent directory.
-check_traversal() {
-    as_pg test -x "$REPO" && return 0
-    local d="" part parts
-    IFS=/ read -ra parts <<<"${REPO#/}"
-    for part in "${parts[@]}"; do # from / downwards: the first one postgres cannot enter
-        d=$d/$part
-        if ! as_pg test -x "$d"; then
-            echo "pg.sh: user postgres cannot enter $d (mode $(stat -c %A "$d")), and the" \
-                 "cluster must live under $REPO. Fix: chmod o+x $d  (or clone elsewhere)" >&2
-            exit 1
-        fi
-    done
-    echo "pg.sh: user postgres cannot enter $REPO" >&2
+# The cluster directory names its clone, so a directory is never taken for another's.
+check_owner() {
+    local owner
+    owner=$(cat "$CLUSTER/clone" 2>/dev/null) || return 0
+    [[ $owner == "$REPO" ]] && return 0
+    echo "pg.sh: $CLUSTER belongs to $owner, not $REPO; refusing to use it" >&2
     exit 1
 }
 
@@ -41,16 +44,24 @@ ready() { "$PGBIN/pg_isready" -q -h "$RUN" -p "$PORT" -U postgres; }
 start() {
     [[ -x $PGBIN/initdb ]] || "$REPO/scripts/deps.sh" pg
     id postgres >/dev/null 2>&1 || { echo "pg.sh: no 'postgres' user (install postgresql)" >&2; exit 1; }
+    check_owner
     if [[ -d $PGDATA ]] && running; then
         wait_ready
         echo "pg.sh: already running ($RUN, port $PORT)"
         return 0
     fi
-    check_traversal
-    mkdir -p "$DATA" "$PGDATA" "$RUN"
-    chown postgres:postgres "$PGDATA" "$RUN"
-    chmod 700 "$PGDATA"
-    touch "$LOG" && chown postgres:postgres "$LOG" # .data/ itself stays root's
+    # Modes set explicitly: postgres must enter $BASE and $CLUSTER whatever root's umask.
+    install -d -m 755 "$BASE" "$CLUSTER"
+    [[ -f $CLUSTER/clone ]] || echo "$REPO" >"$CLUSTER/clone"
+    install -d -m 700 -o postgres -g postgres "$PGDATA"
+    install -d -m 755 -o postgres -g postgres "$RUN"
+    touch "$LOG" && chown postgres:postgres "$LOG"
+    mkdir -p "$DATA"
+    ln -sfn "$CLUSTER" "$DATA/cluster"
+    if [[ -f $LEGACY/PG_VERSION ]]; then
+        echo "pg.sh: note: $LEGACY holds a cluster from before clusters moved to $BASE;" \
+             "make clean-data stops and deletes it" >&2
+    fi
     if [[ ! -f $PGDATA/PG_VERSION ]]; then
         as_pg "$PGBIN/initdb" -D "$PGDATA" --auth=trust -U postgres -E UTF8 --locale=C.UTF-8 >>"$LOG"
         echo "include 'tollgate.conf'" >>"$PGDATA/postgresql.conf"
@@ -86,6 +97,19 @@ stop() {
     fi
 }
 
+# Stops the cluster and deletes its directory, and this clone's cluster from before the
+# move (in .data/pg) if one is left; `make clean-data` then deletes .data/.
+clean() {
+    check_owner
+    stop
+    rm -rf "$CLUSTER"
+    if [[ -f $LEGACY/PG_VERSION ]] && as_pg "$PGBIN/pg_ctl" -D "$LEGACY" status >/dev/null 2>&1; then
+        as_pg "$PGBIN/pg_ctl" -D "$LEGACY" -m fast -w stop >/dev/null
+        echo "pg.sh: stopped the cluster in $LEGACY"
+    fi
+    echo "pg.sh: deleted $CLUSTER"
+}
+
 url() { echo "host=$RUN port=$PORT user=postgres${1:+ dbname=$1}"; }
 
 need_running() {
@@ -102,6 +126,8 @@ case $cmd in
     status)
         if [[ -d $PGDATA ]] && running; then echo "running: $(url)"; else echo "not running"; exit 3; fi ;;
     url) url "${1:-}" ;;
+    dir) echo "$CLUSTER" ;;
+    clean) clean ;;
     psql)
         need_running
         db=postgres # a first argument that is not an option names the database
@@ -118,5 +144,5 @@ case $cmd in
         need_running
         [[ -n ${1:-} ]] || { echo "usage: $0 dropdb <db>" >&2; exit 2; }
         PGOPTIONS='-c client_min_messages=warning' "$PGBIN/dropdb" -h "$RUN" -p "$PORT" -U postgres --if-exists --force "$1" ;;
-    *) echo "usage: $0 start|stop|status|url [db]|psql [db] [args]|createdb <db>|dropdb <db>" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|status|url [db]|psql [db] [args]|createdb <db>|dropdb <db>|dir|clean" >&2; exit 2 ;;
 esac

@@ -9,7 +9,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO"
 
-scripts/deps.sh pg edge cluster cargo httpbin schemathesis browser promtool
+scripts/deps.sh pg edge cluster cargo httpbin schemathesis browser promtool package
 # The fidelity tests run httpbin under this gunicorn as a real-world upstream.
 TOLLGATE_TEST_GUNICORN=$REPO/.data/venv/bin/gunicorn
 export TOLLGATE_TEST_GUNICORN
@@ -24,4 +24,6 @@ TOLLGATE_TEST_PG=$(scripts/pg.sh url)
 export TOLLGATE_TEST_PG
 
 cargo build
+# tests/setup.rs (a clone's `make run`) and tests/package.rs (`make deb`) use the release build.
+cargo build --release
 cargo test --all-targets -- --test-threads=4

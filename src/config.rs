@@ -719,6 +719,51 @@ mod tests {
         assert_eq!(table.len(), code.len(), "a variable is listed twice");
     }
 
+    /// The Debian package's settings file documents every variable `from_vars` reads with
+    /// the default it applies: a heading `# NAME, default DEFAULT: ...` and one assignment,
+    /// `#NAME=DEFAULT` (commented, so the default applies) or `NAME=value`.
+    #[test]
+    fn the_package_env_file_lists_every_setting_with_the_default_the_code_uses() {
+        let file = include_str!("../scripts/deb/tollgate.env").replace('`', "");
+        let code = Config::documented();
+        fn assignment(line: &str) -> Option<(&str, &str)> {
+            let line = line.strip_prefix('#').unwrap_or(line);
+            let (name, value) = line.split_once('=')?;
+            let is_name = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            is_name.then_some((name, value))
+        }
+        for (var, default) in &code {
+            let default = default.replace('`', "");
+            let heading = format!("# {var}, default {default}:");
+            assert!(
+                file.lines().any(|l| l.starts_with(&heading)),
+                "scripts/deb/tollgate.env has no line starting {heading:?}"
+            );
+            let set: Vec<&str> = file
+                .lines()
+                .filter(|l| assignment(l).is_some_and(|(n, _)| n == *var))
+                .collect();
+            assert_eq!(set.len(), 1, "{var} is assigned {set:?} in tollgate.env");
+            let literal = !default.starts_with('(') && !default.contains(' ');
+            if let Some(value) = set[0].strip_prefix(&format!("#{var}=")) {
+                if literal {
+                    assert_eq!(value, default, "the commented default of {var}");
+                }
+            }
+        }
+        for line in file.lines() {
+            if let Some((name, _)) = assignment(line) {
+                assert!(
+                    code.iter().any(|(var, _)| *var == name),
+                    "tollgate.env sets {name}, which config.rs does not read"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_bad_value_is_refused_naming_its_variable() {
         let get = |var: &str| match var {
