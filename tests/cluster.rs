@@ -11,21 +11,7 @@ mod util;
 
 use serde_json::json;
 use std::time::{Duration, Instant};
-use util::{Gateway, Upstream};
-
-/// Polls `f` until it returns true or `within` passes; returns whether it did.
-fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use util::{eventually, Gateway, Upstream};
 
 /// Both instances with the periodic reload an hour away: only LISTEN/NOTIFY can carry a
 /// change from one to the other within the tests' second.

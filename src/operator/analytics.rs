@@ -364,6 +364,8 @@ fn recent(pool: &Pool, ctx: &Ctx, s: &Scope) -> Result<(Value, Option<i64>)> {
                 "bytesOut": r.bytes_out,
                 "clientIp": r.client_ip,
                 "userAgent": r.user_agent,
+                "upstream": r.upstream,
+                "attempts": r.attempts,
                 "createdAt": ts(r.created_at.into()),
             })
         })
