@@ -151,6 +151,23 @@ fn round_robin_splits_traffic_by_weight_within_five_percent() {
         assert_eq!(r.get::<_, i64>(1), seen[&t.name] as i64);
         assert_eq!(r.get::<_, Option<i16>>(2), Some(1));
     }
+    // The admin's top routes list the targets (the dashboard shows them); a key holder's
+    // do not show internal addresses.
+    let top = gw.admin_get("/analytics/top-routes?window=1h").json();
+    let shown: Vec<&str> = top[0]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(t["state"], "healthy");
+            t["url"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(shown, [&a.url, &b.url, &c.url]);
+    let own = gw
+        .with_key("GET", "/analytics/top-routes?window=1h", &key)
+        .json();
+    assert!(own[0].get("targets").is_none(), "{own}");
     // `/metrics` has the same counts per target.
     let metrics = gw.admin_get("/metrics").body;
     for t in [&a, &b, &c] {

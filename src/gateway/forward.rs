@@ -13,7 +13,7 @@ use super::Trace;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::http::{Body, Ctx, Reply, Request, RequestBody};
-use crate::store::routes::Route;
+use crate::store::routes::{Route, Target};
 use std::io::{self, Read};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -45,6 +45,24 @@ impl Upstreams {
             health: Health::default(),
             max_body_bytes: cfg.max_body_bytes,
         }
+    }
+
+    /// Each target of the route's pool with its breaker and its state, for operators.
+    pub fn targets_of(&self, route: &Route) -> Vec<(Target, Circuit, &'static str)> {
+        let targets = route.pool();
+        let upstreams: Vec<String> = targets
+            .iter()
+            .map(|t| breaker::upstream_of(&t.url))
+            .collect();
+        let circuits = self.breakers.view(&upstreams);
+        targets
+            .into_iter()
+            .zip(circuits)
+            .map(|(t, c)| {
+                let state = self.target_state(route.id, &t.url, &c);
+                (t, c, state)
+            })
+            .collect()
     }
 
     /// A pool target's state as operators see it: `unhealthy` when its route's health

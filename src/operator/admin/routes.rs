@@ -704,13 +704,10 @@ pub fn get(pool: &Pool, id: i64) -> Result<Reply> {
 pub fn health(pool: &Pool, up: &Upstreams, id: i64) -> Result<Reply> {
     let r = routes::get(pool, id)?.ok_or_else(|| Error::NotFound("route".into()))?;
     let route = &r.route;
-    let targets = route.pool();
-    let upstreams: Vec<String> = targets.iter().map(|t| upstream_of(&t.url)).collect();
-    let circuits = up.breakers.view(&upstreams);
-    let list: Vec<Value> = targets
-        .iter()
-        .zip(&circuits)
-        .map(|(t, c)| {
+    let list: Vec<Value> = up
+        .targets_of(route)
+        .into_iter()
+        .map(|(t, c, state)| {
             let probed = route
                 .health_check
                 .as_ref()
@@ -718,7 +715,7 @@ pub fn health(pool: &Pool, up: &Upstreams, id: i64) -> Result<Reply> {
             json!({
                 "url": t.url,
                 "weight": t.weight,
-                "state": up.target_state(route.id, &t.url, c),
+                "state": state,
                 "circuit": c.state,
                 "inFlight": c.in_flight,
                 "lastProbe": probed.and_then(|h| h.last).map(|p| json!({
