@@ -114,6 +114,32 @@ fn routes_and_a_limit_changed_through_one_instance_apply_on_the_other_within_a_s
 }
 
 #[test]
+fn a_pool_changed_through_one_instance_applies_on_the_other_within_a_second() {
+    let (a, b, up, key, _) = two_instances_with_a_key();
+    let route = a.admin_get("/admin/routes").json()[0]["id"]
+        .as_i64()
+        .unwrap();
+    let second = Upstream::start();
+    let r = a.admin_patch(
+        &format!("/admin/routes/{route}"),
+        json!({"targets": [{"url": second.addr}], "balance": "least-inflight"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        eventually(Duration::from_secs(1), || {
+            b.with_key("GET", "/api/pool", &key);
+            !second.requests().is_empty()
+        }),
+        "b kept forwarding to the old pool"
+    );
+    // Once b has the new pool, the old target gets nothing more.
+    b.with_key("GET", "/api/pool", &key);
+    let old = up.requests().len();
+    assert_eq!(b.with_key("GET", "/api/pool", &key).status, 200);
+    assert_eq!(up.requests().len(), old);
+}
+
+#[test]
 fn many_concurrent_clients_on_one_key_across_two_instances_get_exactly_the_limit() {
     // An hour-long window: a fresh key has no previous bucket, so the sliding estimate is
     // the current bucket's count alone and exactly `LIMIT` requests may pass. Only a run

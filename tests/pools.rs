@@ -250,6 +250,33 @@ fn hash_keeps_each_key_on_one_target_and_moves_only_the_removed_targets_keys() {
 }
 
 #[test]
+fn a_target_removed_from_the_pool_finishes_its_requests_in_flight() {
+    let slow = Target::start_with("slow", 1_500, None);
+    let fast = Target::start("fast");
+    let (gw, key, route) = pool_route(
+        json!([{"url": slow.url}, {"url": fast.url}]),
+        json!({}),
+        &[],
+    );
+    std::thread::scope(|s| {
+        // Equal weights: the first pick is the first target.
+        let in_flight = s.spawn(|| gw.with_key("GET", "/svc/long", &key));
+        assert!(eventually(Duration::from_secs(5), || slow.stats()
+            ["inFlight"]
+            == 1));
+        let r = gw.admin_patch(
+            &format!("/admin/routes/{route}"),
+            json!({"targets": [{"url": fast.url}]}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        for _ in 0..4 {
+            assert_eq!(answered_by(&gw.with_key("GET", "/svc/new", &key)), "fast");
+        }
+        assert_eq!(answered_by(&in_flight.join().unwrap()), "slow");
+    });
+}
+
+#[test]
 fn killing_a_target_under_load_loses_no_idempotent_request() {
     let a = Target::start("a");
     let mut b = Target::start("b");
