@@ -594,6 +594,33 @@ mod tests {
     }
 
     #[test]
+    fn only_requests_the_target_never_got_or_could_repeat_go_to_another_target() {
+        let io = |k: io::ErrorKind| ureq::Error::Io(io::Error::from(k));
+        let refused = io(io::ErrorKind::ConnectionRefused);
+        let reset = io(io::ErrorKind::ConnectionReset);
+        assert!(may_retry(&refused, "POST", 0), "never sent: any method");
+        assert!(
+            !may_retry(&refused, "POST", 10),
+            "a body already read cannot be resent"
+        );
+        assert!(may_retry(&reset, "GET", 0) && may_retry(&reset, "DELETE", 0));
+        assert!(
+            !may_retry(&reset, "POST", 0),
+            "a POST that reached the target is not repeated"
+        );
+        assert!(may_retry(
+            &ureq::Error::Timeout(ureq::Timeout::Connect),
+            "PATCH",
+            0
+        ));
+        assert!(!may_retry(
+            &ureq::Error::Timeout(ureq::Timeout::RecvResponse),
+            "GET",
+            0
+        ));
+    }
+
+    #[test]
     fn hop_by_hop_and_connection_listed_headers_are_dropped() {
         let out = end_to_end(
             &h(&[
