@@ -8,13 +8,15 @@
 #       upstream), the ceiling of the fixed shape
 #   (f) as (c), but every key on a plan of three limits and a quota, and its user (one of
 #       BENCH_F_USERS, 10) with an owner-wide limit: five checks a request (issue 12)
+#   (h) as (c), but the route is a pool of two targets, (a)'s nginx on a second port too
+#       (127.0.0.1:18085), balanced round-robin (issue 14)
 # wrk -t1 -c32 --latency, ROUNDS rounds with the cases interleaved (so drift hits all of
 # them alike), medians reported in ONE table with each case's ratio to (b) and its target
 # (issue 6), plus the CPU each request cost tollgate, Postgres and the whole machine (read
 # from /proc around every run: the profile that says where a request's time goes). The logger and analytics
 # rows come from scripts/bench-analytics.sh when that script exists.
 # Env: BENCH_SECS (10), BENCH_CONNS (32: wrk connections), BENCH_KEYS (1000), BENCH_ROUNDS (3),
-# BENCH_F_USERS (10), BENCH_CASES ("a b c d e f": which cases to run), BENCH_BIN (the tollgate
+# BENCH_F_USERS (10), BENCH_CASES ("a b c d e f h": which cases to run), BENCH_BIN (the tollgate
 # binary to measure, default target/release/tollgate), BENCH_BASE_BIN (an older build to
 # measure in the same run: adds cases (c0) and (d0), (c) and (d) on that binary, on
 # 127.0.0.1:18084 with a database of its own), BENCH_KEEP=1 keeps the temp
@@ -29,17 +31,17 @@ CONNS=${BENCH_CONNS:-32}
 NKEYS=${BENCH_KEYS:-1000}
 ROUNDS=${BENCH_ROUNDS:-3}
 FUSERS=${BENCH_F_USERS:-10}
-CASES=${BENCH_CASES:-a b c d e f}
+CASES=${BENCH_CASES:-a b c d e f h}
 BIN=${BENCH_BIN:-target/release/tollgate}
 BASE_BIN=${BENCH_BASE_BIN:-}
 DB=tollgate_bench
-UP=127.0.0.1:18081 PX=127.0.0.1:18082 GW=127.0.0.1:18083 GW0=127.0.0.1:18084
+UP=127.0.0.1:18081 PX=127.0.0.1:18082 GW=127.0.0.1:18083 GW0=127.0.0.1:18084 UP2=127.0.0.1:18085
 G=http://$GW
 [[ -n $BASE_BIN ]] && CASES="$CASES c0 d0"
 
 scripts/deps.sh pg bench cargo
 . scripts/lib/bench-common.sh
-refuse_busy bench $UP $PX $GW $GW0
+refuse_busy bench $UP $PX $GW $GW0 $UP2
 cargo build --release
 load0=$(cut -d' ' -f1-3 /proc/loadavg) # other work on the machine skews every case
 
@@ -92,11 +94,13 @@ admin() { # admin <path> <json> [base url]: POST, fail on non-2xx, print the bod
         -H 'content-type: application/json' -d "$2"
 }
 
-plain_keys() { # plain_keys <tag> <base url>: a user, a catch-all route, NKEYS keys
-    local uid
-    uid=$(admin /admin/users '{"email":"bench@example.com","name":"bench"}' "$2" \
+plain_keys() { # plain_keys <tag> <base url> [targets]: a user, a catch-all route (to the
+    # upstream, or over the pool `targets`), NKEYS keys
+    local uid target="\"targetUrl\":\"http://$UP\""
+    [[ -z ${3:-} ]] || target="\"targets\":$3"
+    uid=$(admin /admin/users "{\"email\":\"bench$1@example.com\",\"name\":\"bench\"}" "$2" \
         | grep -o '"id":[0-9]*' | head -n1 | cut -d: -f2)
-    admin /admin/routes "{\"userId\":$uid,\"prefix\":\"/\",\"targetUrl\":\"http://$UP\"}" "$2" >/dev/null
+    admin /admin/routes "{\"userId\":$uid,\"prefix\":\"/\",$target}" "$2" >/dev/null
     echo "bench: creating $NKEYS keys${1:+ on the baseline}"
     seq 1 "$NKEYS" | xargs -P 4 -I{} curl -sS -f -X POST "$2/admin/api-keys" \
         -H "x-admin-secret: $ADMIN_SECRET" -H 'content-type: application/json' \
@@ -106,6 +110,8 @@ plain_keys() { # plain_keys <tag> <base url>: a user, a catch-all route, NKEYS k
     head -n1 "$TMP/keys$1.txt" >"$TMP/onekey$1.txt"
 }
 plain_keys "" "$G"
+# (h): the same shape as (c) on a route whose pool is the upstream on both its ports.
+[[ " $CASES " == *" h "* ]] && plain_keys -h "$G" "[{\"url\":\"http://$UP\"},{\"url\":\"http://$UP2\"}]"
 if [[ -n $BASE_BIN ]]; then
     scripts/pg.sh dropdb "${DB}_base"
     scripts/pg.sh createdb "${DB}_base"
@@ -141,7 +147,7 @@ grep -o '"rawKey":"[^"]*"' "$TMP/keys-f.json" | cut -d'"' -f4 >"$TMP/keys-f.txt"
 }
 
 echo "bench: warming every key once (its one bcrypt verification)"
-for f in keys.txt keys-f.txt keys0.txt; do
+for f in keys.txt keys-f.txt keys-h.txt keys0.txt; do
     [[ -e $TMP/$f ]] || continue
     url=$G/
     [[ $f == keys0.txt ]] && url=http://$GW0/
@@ -177,9 +183,9 @@ pg_pids() {
 }
 
 declare -A URL=([a]="http://$UP/" [b]="http://$PX/" [c]="$G/" [d]="$G/" [e]="$G/healthz"
-    [f]="$G/" [c0]="http://$GW0/" [d0]="http://$GW0/")
+    [f]="$G/" [h]="$G/" [c0]="http://$GW0/" [d0]="http://$GW0/")
 declare -A KEYS=([a]=keys.txt [b]=keys.txt [c]=keys.txt [d]=onekey.txt [e]=keys.txt
-    [f]=keys-f.txt [c0]=keys0.txt [d0]=onekey0.txt)
+    [f]=keys-f.txt [h]=keys-h.txt [c0]=keys0.txt [d0]=onekey0.txt)
 declare -A NAME=(
     [a]="(a) nginx upstream, direct"
     [b]="(b) nginx reverse proxy"
@@ -187,6 +193,7 @@ declare -A NAME=(
     [d]="(d) tollgate, one key"
     [e]="(e) tollgate /healthz: server layer alone"
     [f]="(f) as (c), plan + quota + owner-wide limit"
+    [h]="(h) as (c), a pool of two targets"
     [c0]="(c0) (c) on the baseline binary"
     [d0]="(d0) (d) on the baseline binary"
 )
@@ -202,7 +209,7 @@ for r in $(seq 1 "$ROUNDS"); do
         t1=$(ticks "$tgp") p1=$(ticks $pgp) m1=$(machine_ticks)
         # Upstream connections that are not reused pile up in TIME-WAIT (60 s each): count
         # the closed connections to the upstream's port.
-        tw=$(ss -Htan state time-wait '( dport = :18081 or sport = :18081 )' | wc -l)
+        tw=$(ss -Htan state time-wait '( dport = :18081 or sport = :18081 or dport = :18085 or sport = :18085 )' | wc -l)
         line=$(grep '^BENCH ' "$out") || { cat "$out" >&2; exit 1; }
         n=$(grep -o 'requests=[0-9]*' <<<"$line" | cut -d= -f2)
         hz=$(getconf CLK_TCK)
@@ -258,11 +265,13 @@ for c in $CASES; do
         'BEGIN {if (b > 0) printf "%.2f", x / b; else print "-"}')"
     [[ $c == f ]] && target="≥ 0.9 × (c): $(awk -v f="$(median f rps)" -v c="$(median c rps)" \
         'BEGIN {if (c > 0) printf "%.2f", f / c; else print "-"}')"
+    [[ $c == h ]] && target="≈ (c): $(awk -v h="$(median h rps)" -v c="$(median c rps)" \
+        'BEGIN {if (c > 0) printf "%.2f", h / c; else print "-"}')"
     rps=$(median "$c" rps)
     printf "$fmt" "${NAME[$c]}" "$(printf %.0f "$rps")" "$(ms "$(median "$c" p50_us)")" \
         "$(ms "$(median "$c" p99_us)")" "$(ratio "$rps")" \
-        "$([[ $c == [cdef]* ]] && median "$c" tg_cpu_us || echo -)" \
-        "$([[ $c == [cdef]* ]] && median "$c" pg_cpu_us || echo -)" "$(median "$c" all_cpu_us)" "$target"
+        "$([[ $c == [cdefh]* ]] && median "$c" tg_cpu_us || echo -)" \
+        "$([[ $c == [cdefh]* ]] && median "$c" pg_cpu_us || echo -)" "$(median "$c" all_cpu_us)" "$target"
 done
 added=$(awk -v c="$(median c p99_us)" -v a="$(median a p99_us)" 'BEGIN {printf "%.2f", (c-a)/1000}')
 printf "$fmt" "added p99 over direct upstream at $CONNS conns, (c) - (a)" "" "" "$added" "" "" "" "" "≤ 2 ms"
@@ -274,7 +283,7 @@ for c in $CASES; do
         | awk '{s+=$1} END {print s+0}')
     [[ $non2xx -eq 0 ]] || echo "note: ${NAME[$c]} had $non2xx non-2xx answers"
 done
-echo "TIME-WAIT connections to the upstream (:18081) right after each case (max over rounds):" \
+echo "TIME-WAIT connections to the upstream (:18081, :18085) right after each case (max over rounds):" \
     "$(for c in $CASES; do [[ $c == e ]] && continue; echo -n "($c) $(grep "^$c " "$TMP/results.txt" \
         | grep -o 'timewait=[0-9]*' | cut -d= -f2 | sort -n | tail -n1)  "; done)"
 echo "tollgate /admin/stats: $stats"

@@ -142,6 +142,8 @@ impl Handler for App {
                 .header("User-Agent")
                 .map(|v| target::printable(v).into_owned()),
             created_at: ctx.received_at,
+            upstream: trace.ids.upstream,
+            attempts: trace.ids.attempts,
         });
     }
 

@@ -218,6 +218,35 @@ pub const MAX_METADATA_BYTES: usize = 4 * 1024;
 /// Most entries in one `allowCidrs` or `denyCidrs` list: each is tried in turn on every
 /// request, and longer lists are usually a blocklist that belongs at the edge.
 pub const MAX_IP_RULES: usize = 64;
+/// Most targets in one route's pool: every pick looks at each of them, and a service
+/// spread wider than this belongs behind its own load balancer.
+pub const MAX_POOL_TARGETS: usize = 64;
+/// Largest weight of a pool target: 1 to 100 expresses any useful ratio between targets.
+pub const MAX_TARGET_WEIGHT: i64 = 100;
+/// Retries on another target after a failed connection when a route names none: one, as
+/// nginx's `proxy_next_upstream` does, so a dead target costs a client nothing.
+pub const DEFAULT_ROUTE_RETRIES: i16 = 1;
+/// Most retries a route may ask for: each one waits up to a connect timeout.
+pub const MAX_ROUTE_RETRIES: i64 = 3;
+/// A health check's defaults, as Kong's and APISIX's active checks have them: a probe every
+/// 2 s that must answer within 500 ms; 3 failures in a row mark a target unhealthy, 2
+/// successes healthy again; any 2xx is healthy.
+pub const DEFAULT_HEALTH_INTERVAL_MS: i64 = 2_000;
+pub const DEFAULT_HEALTH_TIMEOUT_MS: i64 = 500;
+pub const DEFAULT_HEALTHY_AFTER: i64 = 2;
+pub const DEFAULT_UNHEALTHY_AFTER: i64 = 3;
+pub const DEFAULT_HEALTH_EXPECT: &str = "2xx";
+/// Shortest probe interval: 50 ms keeps one probing thread ahead of many targets.
+pub const MIN_HEALTH_INTERVAL_MS: i64 = 50;
+/// Longest probe interval and timeout: a minute; slower checks notice nothing in time.
+pub const MAX_HEALTH_INTERVAL_MS: i64 = 60_000;
+/// Most consecutive probe results a state change may wait for.
+pub const MAX_HEALTH_THRESHOLD: i64 = 10;
+/// The health thread wakes at least this often, to notice new routes and forget removed
+/// ones (their probe state and their balancers' counters).
+pub const HEALTH_TICK_MAX: Duration = Duration::from_millis(500);
+/// How probes introduce themselves, so an upstream can leave them out of its own logs.
+pub const HEALTH_USER_AGENT: &str = "tollgate-health";
 /// How long start-up (`serve`, `migrate`) waits for the database before giving up: long
 /// enough for a database started alongside the gateway (systemd, compose, `make run`).
 pub const STARTUP_DB_WAIT: Duration = Duration::from_secs(30);

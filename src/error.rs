@@ -58,6 +58,11 @@ pub enum Error {
     },
     /// Too many requests already in flight to this upstream.
     UpstreamBusy,
+    /// No target of the route's pool may take a request now: circuits open, or marked
+    /// unhealthy by the health check.
+    UpstreamUnavailable {
+        retry_after: u64,
+    },
     /// Too many failed key or admin-secret checks from this client IP.
     TooManyFailures {
         retry_after: u64,
@@ -106,6 +111,7 @@ impl Error {
             Error::DatabaseUnavailable
             | Error::CircuitOpen { .. }
             | Error::UpstreamBusy
+            | Error::UpstreamUnavailable { .. }
             | Error::AuthBusy
             | Error::ShuttingDown => 503,
             Error::UpstreamTimeout => 504,
@@ -142,6 +148,7 @@ impl Error {
             Error::UpstreamTimeout => "upstream_timeout",
             Error::CircuitOpen { .. } => "upstream_circuit_open",
             Error::UpstreamBusy => "upstream_busy",
+            Error::UpstreamUnavailable { .. } => "upstream_unavailable",
             Error::DatabaseUnavailable => "database_unavailable",
             Error::ShuttingDown => "shutting_down",
             Error::Internal(_) => "internal",
@@ -155,6 +162,7 @@ impl Error {
             Error::RateLimited { retry_after, .. }
             | Error::QuotaExceeded { retry_after, .. }
             | Error::CircuitOpen { retry_after }
+            | Error::UpstreamUnavailable { retry_after }
             | Error::TooManyFailures { retry_after } => Some(*retry_after),
             Error::UpstreamBusy | Error::DatabaseUnavailable | Error::AuthBusy => Some(1),
             _ => None,
@@ -223,6 +231,10 @@ impl fmt::Display for Error {
                 write!(f, "upstream is failing; not trying it for {retry_after} s")
             }
             Error::UpstreamBusy => write!(f, "too many requests in flight to this upstream"),
+            Error::UpstreamUnavailable { .. } => write!(
+                f,
+                "no target of this route's upstream pool is available (circuits open or unhealthy)"
+            ),
             Error::TooManyFailures { retry_after } => write!(
                 f,
                 "too many failed authentication attempts from this address; retry in {retry_after} s"

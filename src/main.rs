@@ -175,6 +175,7 @@ fn serve(cfg: config::Config) -> Result<(), String> {
     let cfg = &app.cfg;
     logs::retention::spawn(app.pool.clone(), cfg);
     gateway::sync::spawn(cfg, app.pool.clone(), app.gateway.clone());
+    gateway::health::spawn(app.gateway.clone());
     if let Some(addr) = &cfg.metrics_addr {
         let side = app.clone();
         http::server::spawn_single_thread(addr, "metrics", move |method, path| {

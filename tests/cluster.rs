@@ -15,21 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use util::{free_port, Gateway, Upstream};
-
-/// Polls `f` until it returns true or `within` passes; returns whether it did.
-fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use util::{eventually, free_port, Gateway, Upstream};
 
 /// Both instances with the periodic reload an hour away: only LISTEN/NOTIFY can carry a
 /// change from one to the other within the tests' second.
@@ -129,6 +115,32 @@ fn routes_and_a_limit_changed_through_one_instance_apply_on_the_other_within_a_s
             == 404),
         "b kept serving a route deleted on a for 1 s"
     );
+}
+
+#[test]
+fn a_pool_changed_through_one_instance_applies_on_the_other_within_a_second() {
+    let (a, b, up, key, _) = two_instances_with_a_key();
+    let route = a.admin_get("/admin/routes").json()[0]["id"]
+        .as_i64()
+        .unwrap();
+    let second = Upstream::start();
+    let r = a.admin_patch(
+        &format!("/admin/routes/{route}"),
+        json!({"targets": [{"url": second.addr}], "balance": "least-inflight"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        eventually(Duration::from_secs(1), || {
+            b.with_key("GET", "/api/pool", &key);
+            !second.requests().is_empty()
+        }),
+        "b kept forwarding to the old pool"
+    );
+    // Once b has the new pool, the old target gets nothing more.
+    b.with_key("GET", "/api/pool", &key);
+    let old = up.requests().len();
+    assert_eq!(b.with_key("GET", "/api/pool", &key).status, 200);
+    assert_eq!(up.requests().len(), old);
 }
 
 #[test]

@@ -39,6 +39,8 @@ mod logging;
 mod limits;
 // `/metrics`: access, the text exposition format, values against known traffic.
 mod metrics;
+// Upstream pools: balancing, retries on another target, health checks, every target down.
+mod pools;
 // Plans, and the plan, limits and quota of keys and users through the admin API; quota
 // resets; unknown body fields.
 mod plans;

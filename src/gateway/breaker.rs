@@ -33,6 +33,26 @@ pub struct Breakers {
     max_in_flight: usize,
 }
 
+/// One upstream's breaker as [`Breakers::view`] saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Circuit {
+    /// `closed`, `open` or `half-open`.
+    pub state: &'static str,
+    /// Seconds until it lets a request through again; `None`: it would now.
+    pub retry_after: Option<u64>,
+    pub in_flight: usize,
+}
+
+impl Default for Circuit {
+    fn default() -> Circuit {
+        Circuit {
+            state: "closed",
+            retry_after: None,
+            in_flight: 0,
+        }
+    }
+}
+
 /// A request's place at an upstream; give the outcome to `Breakers::finish`, and drop it
 /// (with the response body) to free the slot.
 pub struct Permit {
@@ -137,6 +157,34 @@ impl Breakers {
                 until: now + self.cooldown,
             };
         }
+    }
+
+    /// How each of `upstreams` stands now, under one lock, without admitting anything: a
+    /// target whose circuit refuses is skipped by the balancer (`balance.rs`).
+    pub fn view(&self, upstreams: &[String]) -> Vec<Circuit> {
+        let now = Instant::now();
+        let map = self.lock();
+        upstreams
+            .iter()
+            .map(|u| match map.get(u) {
+                None => Circuit::default(),
+                Some(s) => Circuit {
+                    retry_after: match s.phase {
+                        Phase::Open { until } if now < until => {
+                            Some((until - now).as_secs_f64().ceil().max(1.0) as u64)
+                        }
+                        Phase::HalfOpen => Some(1),
+                        _ => None,
+                    },
+                    state: match s.phase {
+                        Phase::Closed => "closed",
+                        Phase::Open { .. } => "open",
+                        Phase::HalfOpen => "half-open",
+                    },
+                    in_flight: s.in_flight,
+                },
+            })
+            .collect()
     }
 
     /// Every upstream seen, for `/readyz`.

@@ -1,25 +1,33 @@
 //! The forward phase, with ureq: method, path, query and body unchanged, end-to-end
-//! headers both ways, the upstream's status and body streamed back; each upstream behind
-//! its circuit breaker and in-flight cap (`breaker.rs`).
+//! headers both ways, the upstream's status and body streamed back; the target picked
+//! from the route's pool (`balance.rs`), each target behind its circuit breaker and
+//! in-flight cap (`breaker.rs`), a failed connection retried on another target.
 
 use super::auth::Authed;
-use super::breaker::{self, Breakers};
+use super::balance::{Balancer, Balancers};
+use super::breaker::{self, Breakers, Circuit};
+use super::health::Health;
 use super::identity;
 use super::keys::bearer_key;
+use super::Trace;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::http::{Body, Reply, Request, RequestBody};
-use crate::store::routes::Route;
+use crate::http::{Body, Ctx, Reply, Request, RequestBody};
+use crate::store::routes::{Route, Target};
 use std::io::{self, Read};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use ureq::http;
 
 /// The forward phase's state: the pooled agent, its pool-less twin for the one retry
-/// after a dead pooled connection, the breakers, and the gateway-wide body limit.
+/// after a dead pooled connection, the breakers, every route's balancer, the targets'
+/// probe results, and the gateway-wide body limit.
 pub struct Upstreams {
     agent: ureq::Agent,
     fresh_agent: ureq::Agent,
     pub breakers: Arc<Breakers>,
+    pub balancers: Balancers,
+    pub health: Health,
     max_body_bytes: u64,
 }
 
@@ -33,7 +41,40 @@ impl Upstreams {
                 cfg.breaker_cooldown,
                 cfg.upstream_max_in_flight,
             )),
+            balancers: Balancers::default(),
+            health: Health::default(),
             max_body_bytes: cfg.max_body_bytes,
+        }
+    }
+
+    /// Each target of the route's pool with its breaker and its state, for operators.
+    pub fn targets_of(&self, route: &Route) -> Vec<(Target, Circuit, &'static str)> {
+        let targets = route.pool();
+        let upstreams: Vec<String> = targets
+            .iter()
+            .map(|t| breaker::upstream_of(&t.url))
+            .collect();
+        let circuits = self.breakers.view(&upstreams);
+        targets
+            .into_iter()
+            .zip(circuits)
+            .map(|(t, c)| {
+                let state = self.target_state(route.id, &t.url, &c);
+                (t, c, state)
+            })
+            .collect()
+    }
+
+    /// A pool target's state as operators see it: `unhealthy` when its route's health
+    /// check marked it down, `circuit open` while its breaker refuses (or probes), else
+    /// `healthy`.
+    pub fn target_state(&self, route_id: i64, url: &str, circuit: &Circuit) -> &'static str {
+        if self.health.is_down(route_id, url) {
+            "unhealthy"
+        } else if circuit.state != "closed" {
+            "circuit open"
+        } else {
+            "healthy"
         }
     }
 
@@ -138,12 +179,10 @@ pub fn upstream_url(target: &str, path: &str, query: Option<&str>) -> String {
     url
 }
 
-/// Forwards the request to the route's upstream and returns its answer, body streamed.
-pub fn forward(up: &Upstreams, route: &Route, rq: &mut Request, key: &Authed) -> Result<Reply> {
-    let ctx = &rq.ctx;
+/// The headers sent upstream: the client's end-to-end ones without its gateway credential
+/// or anything the gateway itself speaks for, then identity, forwarding and framing.
+fn upstream_headers(route: &Route, ctx: &Ctx, key: &Authed, path: &str) -> Vec<(String, String)> {
     let credential_header = key.credential_header;
-    let path = route.upstream_path(&ctx.path);
-    let url = upstream_url(&route.target_url, &path, ctx.query.as_deref());
     let client_headers = &ctx.headers;
     // The gateway's credential never travels on: `x-api-key` always, and `Authorization`
     // whenever it carries a gateway key (even when `x-api-key` was the one used).
@@ -174,7 +213,7 @@ pub fn forward(up: &Upstreams, route: &Route, rq: &mut Request, key: &Authed) ->
             &key.info,
             &identity::Request {
                 method: &ctx.method,
-                path: &path,
+                path,
                 query: ctx.query.as_deref(),
                 now: chrono::Utc::now().timestamp(),
             },
@@ -191,66 +230,118 @@ pub fn forward(up: &Upstreams, route: &Route, rq: &mut Request, key: &Authed) ->
         // Keep the client's framing: a declared length is forwarded as such, not chunked.
         headers.push(("content-length".into(), n.to_string()));
     }
-    let builder = || {
+    headers
+}
+
+/// Forwards the request to a target of the route's pool (`balance.rs` picks it) and
+/// returns its answer, body streamed. A failed connection is retried on another target
+/// (see [`may_retry`]) up to the route's `retries`; `trace` records the target that
+/// answered, or was tried last, and how many were tried.
+pub fn forward(
+    up: &Upstreams,
+    route: &Route,
+    rq: &mut Request,
+    key: &Authed,
+    trace: &mut Trace,
+) -> Result<Reply> {
+    let ctx = &rq.ctx;
+    let path = route.upstream_path(&ctx.path);
+    let headers = upstream_headers(route, ctx, key, &path);
+    let builder = |url: &str| {
         headers.iter().fold(
             http::Request::builder()
                 .method(ctx.method.as_str())
-                .uri(url.as_str()),
+                .uri(url),
             |b, (k, v)| b.header(k, v),
         )
     };
-    let upstream = breaker::upstream_of(&route.target_url);
-    let permit = up.breakers.admit(&upstream)?;
+    let balancer = up.balancers.of(route);
     let max = up.max_body(route);
     let has_body = ctx.content_length.is_some_and(|n| n > 0) || ctx.chunked;
-    let mut body = Limited {
-        inner: &mut rq.body,
-        max,
-    };
     let unforwardable = |e: http::Error| Error::BadRequest(format!("cannot forward: {e}"));
-    // Two calls rather than one `SendBody` variable: `SendBody` is invariant over its
-    // lifetime, so `none()` and a borrowed reader cannot share a binding.
-    let result = if has_body {
-        let request = builder()
-            .body(ureq::SendBody::from_reader(&mut body))
-            .map_err(unforwardable)?;
-        up.agent.run(with_timeouts(&up.agent, route, request))
-    } else {
-        let send = || -> Result<_> {
-            let request = builder()
-                .body(ureq::SendBody::none())
-                .map_err(unforwardable)?;
-            Ok(up.agent.run(with_timeouts(&up.agent, route, request)))
+    let mut tried = vec![false; balancer.targets.len()];
+    let mut attempts: i16 = 0;
+    let mut last_failure: Option<ureq::Error> = None;
+    let (response, permit) = loop {
+        let (i, permit) = match (choose(up, route, &balancer, key.id, &tried), last_failure) {
+            (Ok(choice), _) => choice,
+            // No other target to retry on: the failure stands.
+            (Err(_), Some(e)) => return Err(upstream_error(e)),
+            (Err(e), None) => return Err(e),
         };
-        match send()? {
-            // A pooled keep-alive connection the upstream had already closed fails before
-            // any byte of answer; a safe method without a body is retried once (RFC 9110
-            // §9.2.2) on a fresh connection: another idle one from the pool may have been
-            // closed by the upstream just the same.
-            Err(e) if is_stale_connection(&e) && is_idempotent(&ctx.method) => {
-                log::debug!(
-                    "retrying {} {url} after a dead pooled connection: {e}",
-                    ctx.method
-                );
-                let request = builder()
+        tried[i] = true;
+        attempts += 1;
+        trace.upstream = Some(balancer.targets[i].url.clone());
+        trace.attempts = Some(attempts);
+        let counters = &balancer.counters[i];
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        let url = upstream_url(&balancer.targets[i].url, &path, ctx.query.as_deref());
+        // Two calls rather than one `SendBody` variable: `SendBody` is invariant over its
+        // lifetime, so `none()` and a borrowed reader cannot share a binding.
+        let result = if has_body {
+            let mut body = Limited {
+                inner: &mut rq.body,
+                max,
+            };
+            let request = builder(&url)
+                .body(ureq::SendBody::from_reader(&mut body))
+                .map_err(unforwardable)?;
+            up.agent.run(with_timeouts(&up.agent, route, request))
+        } else {
+            let send = || -> Result<_> {
+                let request = builder(&url)
                     .body(ureq::SendBody::none())
                     .map_err(unforwardable)?;
-                up.fresh_agent.run(with_timeouts(&up.agent, route, request))
+                Ok(up.agent.run(with_timeouts(&up.agent, route, request)))
+            };
+            match send()? {
+                // A pooled keep-alive connection the upstream had already closed fails
+                // before any byte of answer; an idempotent method without a body is retried
+                // once (RFC 9110 §9.2.2) on a fresh connection to the same target: another
+                // idle one from the pool may have been closed by the upstream just the
+                // same. This is not one of the route's `retries`, which change target.
+                Err(e) if failure(&e) == Failure::Died && is_idempotent(&ctx.method) => {
+                    log::debug!(
+                        "retrying {} {url} after a dead pooled connection: {e}",
+                        ctx.method
+                    );
+                    let request = builder(&url)
+                        .body(ureq::SendBody::none())
+                        .map_err(unforwardable)?;
+                    up.fresh_agent.run(with_timeouts(&up.agent, route, request))
+                }
+                other => other,
             }
-            other => other,
+        };
+        if rq.body.bytes_read() > max {
+            return Err(Error::PayloadTooLarge(max));
+        }
+        let failed = match &result {
+            // An error while sending the client's own body is the client's, not the
+            // upstream's, unless no connection was ever made.
+            Err(e @ ureq::Error::Io(_)) if has_body => failure(e) == Failure::NeverConnected,
+            Err(_) => true,
+            Ok(r) => route.breaker_on_5xx && r.status().is_server_error(),
+        };
+        up.breakers.finish(&permit, failed);
+        if failed {
+            counters.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        match result {
+            Ok(response) => break (response, permit),
+            Err(e)
+                if attempts <= route.retries
+                    && may_retry(&e, &ctx.method, rq.body.bytes_read()) =>
+            {
+                log::debug!(
+                    "{} {url} failed before an answer ({e}); trying another target",
+                    ctx.method
+                );
+                last_failure = Some(e);
+            }
+            Err(e) => return Err(upstream_error(e)),
         }
     };
-    if rq.body.bytes_read() > max {
-        return Err(Error::PayloadTooLarge(max));
-    }
-    let failed = match &result {
-        // An error while sending the client's own body is the client's, not the upstream's.
-        Err(ureq::Error::Io(_)) if has_body => false,
-        Err(_) => true,
-        Ok(r) => route.breaker_on_5xx && r.status().is_server_error(),
-    };
-    up.breakers.finish(&permit, failed);
-    let response = result.map_err(upstream_error)?;
     let (parts, upstream_body) = response.into_parts();
     let upstream_headers: Vec<(String, String)> = parts
         .headers
@@ -281,6 +372,66 @@ pub fn forward(up: &Upstreams, route: &Route, rq: &mut Request, key: &Authed) ->
         headers: end_to_end(&upstream_headers, &[]),
         body,
     })
+}
+
+/// A target for the request and its place there, among those it has not `tried`. A pool
+/// of one answers as a lone upstream always has (its breaker's own 503s); in a larger pool
+/// a target whose circuit refuses, or that its health check marked down, is skipped, and
+/// when none is left the answer is 503 `upstream_unavailable`, with `Retry-After` the
+/// soonest a circuit lets requests through again.
+fn choose(
+    up: &Upstreams,
+    route: &Route,
+    b: &Balancer,
+    key_id: i64,
+    tried: &[bool],
+) -> Result<(usize, breaker::Permit)> {
+    let n = b.targets.len();
+    let down =
+        |i: usize| route.health_check.is_some() && up.health.is_down(route.id, &b.targets[i].url);
+    // Until a probe could make it healthy again.
+    let probe_wait = || {
+        route.health_check.as_ref().map_or(1, |h| {
+            (u64::from(h.interval_ms) * u64::from(h.healthy_after))
+                .div_ceil(1000)
+                .max(1)
+        })
+    };
+    if n == 1 {
+        if tried[0] || down(0) {
+            return Err(Error::UpstreamUnavailable {
+                retry_after: probe_wait(),
+            });
+        }
+        return Ok((0, up.breakers.admit(&b.upstreams[0])?));
+    }
+    let mut skip = tried.to_vec();
+    let mut busy = false;
+    loop {
+        let view = up.breakers.view(&b.upstreams);
+        let eligible: Vec<bool> = (0..n)
+            .map(|i| !skip[i] && view[i].retry_after.is_none() && !down(i))
+            .collect();
+        let in_flight: Vec<usize> = view.iter().map(|c| c.in_flight).collect();
+        let Some(i) = b.pick(&eligible, key_id, &in_flight) else {
+            if busy {
+                return Err(Error::UpstreamBusy);
+            }
+            let retry_after = view
+                .iter()
+                .filter_map(|c| c.retry_after)
+                .min()
+                .unwrap_or_else(probe_wait);
+            return Err(Error::UpstreamUnavailable { retry_after });
+        };
+        match up.breakers.admit(&b.upstreams[i]) {
+            Ok(permit) => return Ok((i, permit)),
+            Err(e) => {
+                busy |= matches!(e, Error::UpstreamBusy);
+                skip[i] = true;
+            }
+        }
+    }
 }
 
 /// Applies a route's own timeouts, when it has any, on top of the agent's.
@@ -321,23 +472,56 @@ impl Read for Guarded {
     }
 }
 
+/// Methods a client expects may be repeated (RFC 9110 §9.2.2).
 fn is_idempotent(method: &str) -> bool {
-    matches!(method, "GET" | "HEAD" | "OPTIONS")
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+    )
 }
 
-/// Errors that mean the connection died under us rather than that the upstream refused.
-fn is_stale_connection(e: &ureq::Error) -> bool {
+/// How an attempt failed before any byte of answer, for the retries.
+#[derive(PartialEq)]
+enum Failure {
+    /// No connection was made: the target never got the request.
+    NeverConnected,
+    /// The connection died under us (reset, closed, garbled) rather than that the
+    /// upstream refused: a pooled connection it had closed, or a target that went away.
+    Died,
+    /// Anything else, a timeout after connecting among them.
+    Other,
+}
+
+fn failure(e: &ureq::Error) -> Failure {
+    use io::ErrorKind::*;
     match e {
-        ureq::Error::Io(io) => matches!(
-            io.kind(),
-            io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe
-                | io::ErrorKind::UnexpectedEof
-        ),
-        ureq::Error::Protocol(_) => true,
-        _ => false,
+        ureq::Error::Io(io) => match io.kind() {
+            ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable => {
+                Failure::NeverConnected
+            }
+            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => Failure::Died,
+            _ => Failure::Other,
+        },
+        ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve)
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::HostNotFound => Failure::NeverConnected,
+        ureq::Error::Protocol(_) => Failure::Died,
+        _ => Failure::Other,
     }
+}
+
+/// Whether a failed attempt may be sent to another target: only if no byte of the client's
+/// body was consumed (it is streamed, never held, so it cannot be sent twice), and either
+/// no connection was made, or the connection died before any byte of answer and the method
+/// is idempotent (a non-idempotent request that reached the target may have been acted
+/// on, so it gets the 502). Timeouts after connecting are never retried.
+fn may_retry(e: &ureq::Error, method: &str, body_read: u64) -> bool {
+    body_read == 0
+        && match failure(e) {
+            Failure::NeverConnected => true,
+            Failure::Died => is_idempotent(method),
+            Failure::Other => false,
+        }
 }
 
 fn upstream_error(e: ureq::Error) -> Error {
@@ -407,6 +591,33 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn only_requests_the_target_never_got_or_could_repeat_go_to_another_target() {
+        let io = |k: io::ErrorKind| ureq::Error::Io(io::Error::from(k));
+        let refused = io(io::ErrorKind::ConnectionRefused);
+        let reset = io(io::ErrorKind::ConnectionReset);
+        assert!(may_retry(&refused, "POST", 0), "never sent: any method");
+        assert!(
+            !may_retry(&refused, "POST", 10),
+            "a body already read cannot be resent"
+        );
+        assert!(may_retry(&reset, "GET", 0) && may_retry(&reset, "DELETE", 0));
+        assert!(
+            !may_retry(&reset, "POST", 0),
+            "a POST that reached the target is not repeated"
+        );
+        assert!(may_retry(
+            &ureq::Error::Timeout(ureq::Timeout::Connect),
+            "PATCH",
+            0
+        ));
+        assert!(!may_retry(
+            &ureq::Error::Timeout(ureq::Timeout::RecvResponse),
+            "GET",
+            0
+        ));
     }
 
     #[test]

@@ -22,13 +22,16 @@ pub enum UpstreamFailure {
     CircuitOpen,
     /// Too many requests already in flight to that upstream.
     Busy,
+    /// No target of a pool could take the request (circuits open or unhealthy).
+    Unavailable,
 }
 
-const FAILURE_KINDS: [(UpstreamFailure, &str); 4] = [
+const FAILURE_KINDS: [(UpstreamFailure, &str); 5] = [
     (UpstreamFailure::Unreachable, "unreachable"),
     (UpstreamFailure::Timeout, "timeout"),
     (UpstreamFailure::CircuitOpen, "circuit_open"),
     (UpstreamFailure::Busy, "busy"),
+    (UpstreamFailure::Unavailable, "unavailable"),
 ];
 
 impl UpstreamFailure {
@@ -39,6 +42,7 @@ impl UpstreamFailure {
             Error::UpstreamTimeout => Some(UpstreamFailure::Timeout),
             Error::CircuitOpen { .. } => Some(UpstreamFailure::CircuitOpen),
             Error::UpstreamBusy => Some(UpstreamFailure::Busy),
+            Error::UpstreamUnavailable { .. } => Some(UpstreamFailure::Unavailable),
             _ => None,
         }
     }
@@ -59,7 +63,7 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; 15],
     latency_sum_micros: AtomicU64,
     rate_limited: AtomicU64,
-    upstream_failures: [AtomicU64; 4],
+    upstream_failures: [AtomicU64; 5],
 }
 
 impl Metrics {

@@ -11,7 +11,8 @@
 //!    body limit from the declared length, and the route's IP rules.
 //! 4. **limits** (`policy.rs`, `ratelimit.rs`, `counting.rs`): which limits and quotas
 //!    apply, counted in Postgres, one round per batch of requests.
-//! 5. **forward** (`forward.rs`, `breaker.rs`): to the upstream and back.
+//! 5. **forward** (`forward.rs`, `balance.rs`, `breaker.rs`): to a target of the route's
+//!    pool and back; `health.rs` probes the targets of routes with a health check.
 //!
 //! Once the route is known, every answer (the upstream's or the gateway's own 405, 413,
 //! 429, 502...) gets the route's CORS headers (`cors.rs`), so a browser can read it.
@@ -21,11 +22,13 @@
 //! `sync.rs` keeps the key cache and route table in step with the database.
 
 pub mod auth;
+pub mod balance;
 pub mod breaker;
 pub mod cors;
 pub mod counting;
 pub mod forward;
 pub mod guards;
+pub mod health;
 pub mod identity;
 pub mod ip_rules;
 pub mod keys;
@@ -139,6 +142,10 @@ pub struct Trace {
     pub plan_id: Option<i64>,
     /// The limit phase's verdict: admitted, refused by a limit or quota, or not reached.
     pub admitted: Option<bool>,
+    /// The pool target that answered, or was tried last.
+    pub upstream: Option<String>,
+    /// How many targets the forward phase tried.
+    pub attempts: Option<i16>,
 }
 
 /// The gateway path: preflight → auth → scope → route → limits → forward. A request for a
@@ -214,7 +221,7 @@ fn on_route(
         return Ok(refused);
     }
     // 5. forward
-    let mut reply = forward::forward(&gw.upstreams, route, rq, key).unwrap_or_else(|e| {
+    let mut reply = forward::forward(&gw.upstreams, route, rq, key, trace).unwrap_or_else(|e| {
         if let Some(kind) = UpstreamFailure::of(&e) {
             gw.metrics.upstream_failure(kind);
         }

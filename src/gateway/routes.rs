@@ -73,6 +73,11 @@ impl RouteTable {
         *self.by_user.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(by_user);
     }
 
+    /// Every route, for the health thread.
+    pub fn all(&self) -> Vec<Arc<Route>> {
+        self.snapshot().values().flatten().cloned().collect()
+    }
+
     /// Every route's prefix by id, for the `route` label of `/metrics`.
     pub fn prefixes(&self) -> HashMap<i64, String> {
         self.snapshot()

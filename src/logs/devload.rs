@@ -65,6 +65,8 @@ fn row(rng: &mut Rng, i: u64, at: SystemTime) -> LogRow {
         client_ip: format!("10.0.{}.{}", key, rng.next() % 250),
         user_agent: Some("dev-load-logs".into()),
         created_at: at,
+        upstream: Some(format!("http://10.0.1.{route}:8080")),
+        attempts: Some(1),
     }
 }
 

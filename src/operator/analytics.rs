@@ -12,6 +12,7 @@ use crate::config::{
     ANALYTICS_RECENT_DEFAULT as RECENT_DEFAULT, ANALYTICS_TOP_DEFAULT as TOP_DEFAULT,
 };
 use crate::error::{Error, Result};
+use crate::gateway::Gateway;
 use crate::http::{Body, Ctx, Reply};
 use crate::store::analytics::{self, Filter, Group, Totals};
 use crate::store::usage::{self, Bucket, GroupBy};
@@ -43,7 +44,8 @@ pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
     }
     let gw = op.gateway;
     let mut limit_headers = None;
-    let own_user = if check_admin(op.admin, ctx)? {
+    let admin = check_admin(op.admin, ctx)?;
+    let own_user = if admin {
         None
     } else {
         let key = gw.authenticate_key_holder(op.pool, op.health, ctx)?;
@@ -59,7 +61,7 @@ pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
     let mut reply = match endpoint {
         // Dates rather than a window, and JSON or CSV.
         "/analytics/usage" => usage(op.pool, ctx, own_user)?,
-        _ => traffic(op.pool, ctx, endpoint, own_user)?,
+        _ => traffic(op.pool, ctx, endpoint, own_user, admin.then_some(gw))?,
     };
     if let Some(limit) = limit_headers {
         limit.add_headers(&gw.limiter, &mut reply);
@@ -67,14 +69,21 @@ pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
     Ok(reply)
 }
 
-/// The endpoints over a `?window=` of the rollups (and `recent`, of raw rows).
-fn traffic(pool: &Pool, ctx: &Ctx, endpoint: &str, own_user: Option<i64>) -> Result<Reply> {
+/// The endpoints over a `?window=` of the rollups (and `recent`, of raw rows). `pools`:
+/// the gateway, for the admin only, whose top routes show their targets.
+fn traffic(
+    pool: &Pool,
+    ctx: &Ctx,
+    endpoint: &str,
+    own_user: Option<i64>,
+    pools: Option<&Gateway>,
+) -> Result<Reply> {
     let scope = scope(ctx, own_user)?;
     let mut next_cursor = None;
     let body = match endpoint {
         "/analytics/overview" => overview(pool, ctx, &scope)?,
         "/analytics/timeseries" => timeseries(pool, ctx, &scope)?,
-        "/analytics/top-routes" => top_routes(pool, ctx, &scope)?,
+        "/analytics/top-routes" => top_routes(pool, ctx, &scope, pools)?,
         "/analytics/top-keys" => top_keys(pool, ctx, &scope)?,
         "/analytics/recent" => {
             let (rows, next) = recent(pool, ctx, &scope)?;
@@ -243,9 +252,23 @@ fn timeseries(pool: &Pool, ctx: &Ctx, s: &Scope) -> Result<Value> {
     Ok(Value::Array(series.collect()))
 }
 
+/// A route's targets as this replica forwards to them, with their state (see
+/// `Upstreams::target_state`); empty for a route this replica does not have.
+fn route_targets(gw: &Gateway, id: i64) -> Value {
+    let Some(route) = gw.routes.all().into_iter().find(|r| r.id == id) else {
+        return json!([]);
+    };
+    gw.upstreams
+        .targets_of(&route)
+        .iter()
+        .map(|(t, _, state)| json!({"url": t.url, "weight": t.weight, "state": state}))
+        .collect()
+}
+
 /// Busiest routes from the rollups; traffic that matched no route is listed by raw path
-/// (`analytics::unrouted`).
-fn top_routes(pool: &Pool, ctx: &Ctx, s: &Scope) -> Result<Value> {
+/// (`analytics::unrouted`). For the admin (`pools`), each route's `targets` too: their
+/// URLs are internal addresses a key holder is not shown.
+fn top_routes(pool: &Pool, ctx: &Ctx, s: &Scope, pools: Option<&Gateway>) -> Result<Value> {
     let limit = limit(ctx, TOP_DEFAULT)?;
     let routed: Vec<Totals> =
         analytics::window_sums(pool, &s.filter, s.bounds(), Group::Route, true)?
@@ -261,7 +284,7 @@ fn top_routes(pool: &Pool, ctx: &Ctx, s: &Scope) -> Result<Value> {
                 .get(&t.group)
                 .cloned()
                 .unwrap_or_else(|| format!("(deleted route {})", t.group));
-            let v = json!({
+            let mut v = json!({
                 "routeId": t.group,
                 "path": path,
                 "count": t.count,
@@ -269,6 +292,9 @@ fn top_routes(pool: &Pool, ctx: &Ctx, s: &Scope) -> Result<Value> {
                 "avgLatencyMs": round2(t.avg_ms()),
                 "p95Ms": round2(t.p(0.95)),
             });
+            if let Some(gw) = pools {
+                v["targets"] = route_targets(gw, t.group);
+            }
             (t.count, v)
         })
         .collect();
@@ -364,6 +390,8 @@ fn recent(pool: &Pool, ctx: &Ctx, s: &Scope) -> Result<(Value, Option<i64>)> {
                 "bytesOut": r.bytes_out,
                 "clientIp": r.client_ip,
                 "userAgent": r.user_agent,
+                "upstream": r.upstream,
+                "attempts": r.attempts,
                 "createdAt": ts(r.created_at.into()),
             })
         })

@@ -58,6 +58,10 @@ fn user_entry(u: &User, plan: Option<&str>) -> Map<String, Value> {
 
 fn route_entry(r: &RouteRecord, owner: &str) -> Map<String, Value> {
     let mut m = without(routes::route_json(r), ROUTE_NOT_IN_FILE);
+    // The admin API shows a pool both ways (`targetUrl`: its first target); a body takes
+    // one of them: `targetUrl` for a pool of one at weight 1, else `targets`.
+    let one = matches!(r.route.pool().as_slice(), [t] if t.weight == 1);
+    m.remove(if one { "targets" } else { "targetUrl" });
     m.insert("owner".into(), json!(owner));
     m
 }
@@ -303,7 +307,7 @@ pub fn parse(text: &str) -> Result<Desired> {
             }
             let mut rest = body.clone();
             rest.remove("owner");
-            Ok((owner, routes::read_new(&rest, Route::default())?))
+            Ok((owner, routes::read_new(&rest)?))
         })()
         .map_err(|e| at(place.clone(), e))?;
         let id = route_id(&owner, &route);
@@ -690,6 +694,12 @@ mod tests {
                 "identityHeaders": true, "allowCidrs": ["10.0.0.0/8"],
                 "denyCidrs": ["10.1.0.0/16"],
                 "cors": {"allowedOrigins": ["https://app.test"], "maxAgeSecs": 5}
+            }),
+            json!({
+                "owner": "ada@example.com", "prefix": "/pool",
+                "targets": [{"url": "http://h:1", "weight": 2}, {"url": "http://h:2"}],
+                "balance": "hash", "retries": 0,
+                "healthCheck": {"path": "/health", "intervalMs": 1000}
             }),
         ] {
             let d = parse(&file(json!([route]))).unwrap();

@@ -4,9 +4,11 @@
 
 use super::{check_admin, check_secret, Operator};
 use crate::error::{Error, Result};
+use crate::gateway::balance::Balancer;
 use crate::gateway::keys::bearer;
 use crate::gateway::metrics::DURATION_BUCKETS_SECS;
 use crate::http::{Body, Ctx, Reply};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -58,6 +60,56 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// Per pool target, on this replica: attempts, failed attempts, and whether it takes
+/// traffic (1: healthy; 0: unhealthy or its circuit open). Labelled by route and target
+/// URL, both defined by the operator, so the series stay bounded; a target removed from
+/// its pool leaves them once the route's balancer is remade.
+fn targets(out: &mut String, gw: &crate::gateway::Gateway, prefixes: &HashMap<i64, String>) {
+    let pools = gw.upstreams.balancers.snapshot();
+    let series = |b: &Balancer, i: usize, id: i64| {
+        format!(
+            "route_id=\"{id}\",route=\"{}\",target=\"{}\"",
+            label(prefixes.get(&id).map_or("", String::as_str)),
+            label(&b.targets[i].url)
+        )
+    };
+    let families: [(&str, &str, &str); 3] = [
+        (
+            "tollgate_target_requests_total",
+            "counter",
+            "Attempts sent to each pool target (a retry counts on each target tried).",
+        ),
+        (
+            "tollgate_target_failures_total",
+            "counter",
+            "Attempts that failed at each pool target: no connection, a timeout, or a 5xx where the route counts them.",
+        ),
+        (
+            "tollgate_target_healthy",
+            "gauge",
+            "1 while a pool target takes traffic, 0 while unhealthy or its circuit is open.",
+        ),
+    ];
+    for (f, (name, kind, help)) in families.iter().enumerate() {
+        family(out, name, kind, help);
+        for (id, b) in &pools {
+            let circuits = gw.upstreams.breakers.view(&b.upstreams);
+            for (i, c) in b.counters.iter().enumerate() {
+                let v = match f {
+                    0 => c.requests.load(Ordering::Relaxed),
+                    1 => c.failures.load(Ordering::Relaxed),
+                    _ => u64::from(
+                        gw.upstreams
+                            .target_state(*id, &b.targets[i].url, &circuits[i])
+                            == "healthy",
+                    ),
+                };
+                let _ = writeln!(out, "{name}{{{}}} {v}", series(b, i, *id));
+            }
+        }
+    }
 }
 
 fn render(op: &Operator) -> String {
@@ -163,6 +215,8 @@ fn render(op: &Operator) -> String {
             "tollgate_upstream_in_flight{{upstream=\"{upstream}\"}} {n}"
         );
     }
+
+    targets(&mut out, gw, &prefixes);
 
     let l = &op.logger.counters;
     let gauges_and_counters: [(&str, &str, &str, u64); 10] = [

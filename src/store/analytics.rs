@@ -224,7 +224,8 @@ pub fn recent(
     let (lo, hi) = (status.map(|s| s.0), status.map(|s| s.1));
     let rows = pool.get()?.query(
         "SELECT id, request_id, api_key_id, user_id, route_id, method, path, query, status,
-                latency_ms, bytes_in, bytes_out, client_ip, user_agent, created_at
+                latency_ms, bytes_in, bytes_out, client_ip, user_agent, created_at, upstream,
+                attempts
            FROM request_logs
           WHERE created_at >= $4
             AND ($1::int8 IS NULL OR user_id = $1)
@@ -266,6 +267,8 @@ pub fn recent(
                 client_ip: r.get(12),
                 user_agent: r.get(13),
                 created_at: r.get(14),
+                upstream: r.get(15),
+                attempts: r.get(16),
             },
         })
         .collect())

@@ -33,11 +33,15 @@ pub struct LogRow {
     pub client_ip: String,
     pub user_agent: Option<String>,
     pub created_at: SystemTime,
+    /// The pool target that answered, or was tried last; None before the forward phase.
+    pub upstream: Option<String>,
+    /// How many targets were tried (a retry on another target makes it 2).
+    pub attempts: Option<i16>,
 }
 
 const COPY_SQL: &str = "COPY request_logs (request_id, api_key_id, user_id, route_id, method,
-    path, query, status, latency_ms, bytes_in, bytes_out, client_ip, user_agent, created_at)
-    FROM STDIN BINARY";
+    path, query, status, latency_ms, bytes_in, bytes_out, client_ip, user_agent, created_at,
+    upstream, attempts) FROM STDIN BINARY";
 
 const TYPES: &[Type] = &[
     Type::TEXT,
@@ -54,6 +58,8 @@ const TYPES: &[Type] = &[
     Type::TEXT,
     Type::TEXT,
     Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::INT2,
 ];
 
 /// Stamps each key's newest request time; older stamps never overwrite newer ones.
@@ -69,7 +75,7 @@ pub fn write_batch(pool: &Pool, batch: &[&LogRow]) -> Result<(), String> {
     let sink = tx.copy_in(COPY_SQL).map_err(pg)?;
     let mut w = BinaryCopyInWriter::new(sink, TYPES);
     for r in batch {
-        let values: [&(dyn ToSql + Sync); 14] = [
+        let values: [&(dyn ToSql + Sync); 16] = [
             &r.request_id,
             &r.api_key_id,
             &r.user_id,
@@ -84,6 +90,8 @@ pub fn write_batch(pool: &Pool, batch: &[&LogRow]) -> Result<(), String> {
             &r.client_ip,
             &r.user_agent,
             &r.created_at,
+            &r.upstream,
+            &r.attempts,
         ];
         w.write(&values).map_err(pg)?;
     }

@@ -40,6 +40,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "012_route_cors",
         include_str!("../../sql/012_route_cors.sql"),
     ),
+    (
+        "013_upstream_pools",
+        include_str!("../../sql/013_upstream_pools.sql"),
+    ),
 ];
 
 /// Applies pending migrations, retrying the first connection for up to `wait` so that a

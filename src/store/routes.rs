@@ -2,6 +2,10 @@
 
 use super::ip_rules::IpRules;
 use super::{is_fk_violation, is_unique_violation, Pool};
+use crate::config::{
+    DEFAULT_HEALTHY_AFTER, DEFAULT_HEALTH_EXPECT, DEFAULT_HEALTH_INTERVAL_MS,
+    DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_UNHEALTHY_AFTER,
+};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use postgres::types::ToSql;
@@ -37,6 +41,115 @@ pub struct Route {
     pub ip_rules: IpRules,
     /// Answers browsers' preflights and adds `Access-Control-*` headers; `None`: no CORS.
     pub cors: Option<CorsPolicy>,
+    /// The pool `target_url` heads (it is `targets[0].url`); empty only for a route built
+    /// in code from `target_url` alone, which is then its pool of one (see [`Route::pool`]).
+    pub targets: Vec<Target>,
+    pub balance: Balance,
+    /// Active probing of every target; `None`: only the breaker judges them.
+    pub health_check: Option<HealthCheck>,
+    /// Retries on another target after a connection failed (`gateway/forward.rs`).
+    pub retries: i16,
+}
+
+/// One member of a route's pool: scheme, host, port and the path every target shares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub url: String,
+    pub weight: u32,
+}
+
+/// How a route picks a target (`gateway/balance.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Smooth weighted round-robin, as nginx's.
+    #[default]
+    RoundRobin,
+    /// The fewest requests in flight for its weight.
+    LeastInflight,
+    /// Weighted rendezvous hashing on the API key id.
+    Hash,
+}
+
+impl Balance {
+    pub const NAMES: [(Balance, &'static str); 3] = [
+        (Balance::RoundRobin, "round-robin"),
+        (Balance::LeastInflight, "least-inflight"),
+        (Balance::Hash, "hash"),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Balance::NAMES
+            .iter()
+            .find(|(b, _)| *b == self)
+            .map_or("round-robin", |(_, n)| n)
+    }
+
+    pub fn parse(s: &str) -> Option<Balance> {
+        Balance::NAMES
+            .iter()
+            .find(|(_, n)| *n == s)
+            .map(|(b, _)| *b)
+    }
+}
+
+/// A route's active health check, as the admin API validated it (`healthCheck`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// Appended to each target's URL.
+    pub path: String,
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+    /// Consecutive good probes that make an unhealthy target healthy again.
+    pub healthy_after: u32,
+    /// Consecutive failed probes that make a healthy target unhealthy.
+    pub unhealthy_after: u32,
+    /// A status class (`2xx`) or one status (`204`).
+    pub expect_status: String,
+}
+
+impl HealthCheck {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "path": self.path,
+            "intervalMs": self.interval_ms,
+            "timeoutMs": self.timeout_ms,
+            "healthyAfter": self.healthy_after,
+            "unhealthyAfter": self.unhealthy_after,
+            "expectStatus": self.expect_status,
+        })
+    }
+
+    /// Reads what [`HealthCheck::to_json`] wrote (validated before it was stored).
+    pub fn from_json(v: &Value) -> HealthCheck {
+        let n = |k: &str, d: i64| {
+            v.get(k)
+                .and_then(Value::as_i64)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(d as u32)
+        };
+        HealthCheck {
+            path: v.get("path").and_then(Value::as_str).unwrap_or("/").into(),
+            interval_ms: n("intervalMs", DEFAULT_HEALTH_INTERVAL_MS),
+            timeout_ms: n("timeoutMs", DEFAULT_HEALTH_TIMEOUT_MS),
+            healthy_after: n("healthyAfter", DEFAULT_HEALTHY_AFTER),
+            unhealthy_after: n("unhealthyAfter", DEFAULT_UNHEALTHY_AFTER),
+            expect_status: v
+                .get("expectStatus")
+                .and_then(Value::as_str)
+                .unwrap_or(DEFAULT_HEALTH_EXPECT)
+                .into(),
+        }
+    }
+
+    /// Whether a probe's status is the expected one.
+    pub fn expects(&self, status: u16) -> bool {
+        let want = self.expect_status.as_bytes();
+        let got = status.to_string();
+        match want {
+            [class, b'x', b'x'] => got.as_bytes().first() == Some(class),
+            _ => got == self.expect_status,
+        }
+    }
 }
 
 /// A route's CORS policy, parsed once from its `cors` column (`gateway/cors.rs` applies it).
@@ -95,6 +208,37 @@ impl CorsPolicy {
     }
 }
 
+/// A route's JSON columns (`cors`, `targets`, `health_check`) and its `balance` name, made
+/// for one write.
+type Json = (Option<Value>, Value, Option<Value>, &'static str);
+
+/// The stored pool: `[{"url", "weight"}]`.
+fn targets_to_json(targets: &[Target]) -> Value {
+    targets
+        .iter()
+        .map(|t| json!({"url": t.url, "weight": t.weight}))
+        .collect()
+}
+
+/// Reads what [`targets_to_json`] wrote; an entry without a URL is skipped.
+fn targets_from_json(v: &Value) -> Vec<Target> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            Some(Target {
+                url: t.get("url")?.as_str()?.to_string(),
+                weight: t
+                    .get("weight")
+                    .and_then(Value::as_u64)
+                    .and_then(|w| u32::try_from(w).ok())
+                    .unwrap_or(1)
+                    .max(1),
+            })
+        })
+        .collect()
+}
+
 /// A route with its row's timestamps, as the admin API shows it.
 #[derive(Debug, Clone)]
 pub struct RouteRecord {
@@ -106,15 +250,15 @@ pub struct RouteRecord {
 /// The columns [`Route::from_row`] reads, in order, then the two timestamps.
 const COLS: &str = "id, user_id, prefix, target_url, host, strip_prefix, preserve_host, \
     methods, connect_timeout_ms, read_timeout_ms, timeout_ms, max_body_bytes, breaker_on_5xx, \
-    identity_headers, signing_secret, allow_cidrs::text[], deny_cidrs::text[], cors, created_at, \
-    updated_at";
+    identity_headers, signing_secret, allow_cidrs::text[], deny_cidrs::text[], cors, targets, \
+    balance, health_check, retries, created_at, updated_at";
 
 /// Every field but `id` and `user_id`, as `UPDATE ... SET` binds them (see `params`).
 const VALUES: &str = "host = $2, strip_prefix = $3, preserve_host = $4, methods = $5, \
     connect_timeout_ms = $6, read_timeout_ms = $7, timeout_ms = $8, max_body_bytes = $9, \
     breaker_on_5xx = $10, prefix = $11, target_url = $12, identity_headers = $13, \
     signing_secret = $14, allow_cidrs = $15::text[]::cidr[], deny_cidrs = $16::text[]::cidr[], \
-    cors = $17";
+    cors = $17, targets = $18, balance = $19, health_check = $20, retries = $21";
 
 impl Route {
     fn from_row(r: &Row) -> Route {
@@ -139,16 +283,36 @@ impl Route {
                 .get::<_, Option<Value>>(17)
                 .as_ref()
                 .map(CorsPolicy::from_json),
+            targets: targets_from_json(&r.get::<_, Value>(18)),
+            balance: Balance::parse(r.get(19)).unwrap_or_default(),
+            health_check: r
+                .get::<_, Option<Value>>(20)
+                .as_ref()
+                .map(HealthCheck::from_json),
+            retries: r.get(21),
         }
     }
 
-    /// Binds `$1` (the id) to `$17`; `cidrs` holds the rule lists as text and `cors_json`
-    /// the JSON made from the CORS policy, which must live as long as the parameters.
+    /// The targets to balance over: the stored pool, or `target_url` alone.
+    pub fn pool(&self) -> Vec<Target> {
+        if self.targets.is_empty() {
+            vec![Target {
+                url: self.target_url.clone(),
+                weight: 1,
+            }]
+        } else {
+            self.targets.clone()
+        }
+    }
+
+    /// Binds `$1` (the id) to `$21`; `cidrs` holds the rule lists as text and `json` the
+    /// CORS policy, the pool and the health check as JSON, which must live as long as the
+    /// parameters.
     fn params<'a>(
         &'a self,
         cidrs: &'a [Vec<String>; 2],
-        cors_json: &'a Option<Value>,
-    ) -> [&'a (dyn ToSql + Sync); 17] {
+        json: &'a Json,
+    ) -> [&'a (dyn ToSql + Sync); 21] {
         [
             &self.id,
             &self.host,
@@ -166,7 +330,11 @@ impl Route {
             &self.signing_secret,
             &cidrs[0],
             &cidrs[1],
-            cors_json,
+            &json.0,
+            &json.1,
+            &json.3,
+            &json.2,
+            &self.retries,
         ]
     }
 
@@ -198,8 +366,8 @@ impl RouteRecord {
     fn from_row(r: &Row) -> RouteRecord {
         RouteRecord {
             route: Route::from_row(r),
-            created_at: r.get(18),
-            updated_at: r.get(19),
+            created_at: r.get(22),
+            updated_at: r.get(23),
         }
     }
 }
@@ -264,9 +432,14 @@ fn save(mut tx: postgres::Transaction<'_>, route: &Route) -> Result<RouteRecord>
         IpRules::to_db(&route.ip_rules.allow),
         IpRules::to_db(&route.ip_rules.deny),
     ];
-    let cors = route.cors.as_ref().map(CorsPolicy::to_json);
+    let json: Json = (
+        route.cors.as_ref().map(CorsPolicy::to_json),
+        targets_to_json(&route.pool()),
+        route.health_check.as_ref().map(HealthCheck::to_json),
+        route.balance.as_str(),
+    );
     let row = written(
-        tx.query_one(sql.as_str(), &route.params(&cidrs, &cors)),
+        tx.query_one(sql.as_str(), &route.params(&cidrs, &json)),
         &route.prefix,
     )?;
     tx.commit()?;

@@ -197,6 +197,8 @@ mod tests {
             client_ip: String::new(),
             user_agent: None,
             created_at: SystemTime::UNIX_EPOCH + Duration::from_secs(at),
+            upstream: None,
+            attempts: None,
         }
     }
 

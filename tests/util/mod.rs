@@ -345,6 +345,21 @@ fn serve_conn(conn: TcpStream, seen: &Mutex<Vec<Seen>>) {
     }
 }
 
+/// Polls `f` every 20 ms until it returns true or `within` passes; returns whether it did.
+#[allow(dead_code)] // used by tests/cluster.rs and tests/pools.rs only
+pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// An address nothing listens on: connections are refused.
 pub fn dead_upstream() -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -135,6 +135,7 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         }
         ("GET", ["routes"]) => routes::list(pool, ctx),
         ("GET", ["routes", id]) => routes::get(pool, path_id(id)?),
+        ("GET", ["routes", id, "health"]) => routes::health(pool, &gw.upstreams, path_id(id)?),
         ("PATCH" | "PUT", ["routes", id]) => {
             let (id, b) = (path_id(id)?, input::json_object(body)?);
             write("route.update", Target::Route(Some(id)), &mut || {

@@ -3,16 +3,24 @@
 
 use super::keys::cidr_strings;
 use super::paged;
-use crate::config::{CORS_MAX_AGE_SECS, CORS_MAX_LIST};
+use crate::config::{
+    CORS_MAX_AGE_SECS, CORS_MAX_LIST, DEFAULT_HEALTHY_AFTER, DEFAULT_HEALTH_EXPECT,
+    DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_ROUTE_RETRIES,
+    DEFAULT_UNHEALTHY_AFTER, MAX_HEALTH_INTERVAL_MS, MAX_HEALTH_THRESHOLD, MAX_POOL_TARGETS,
+    MAX_ROUTE_RETRIES, MAX_TARGET_WEIGHT, MIN_HEALTH_INTERVAL_MS,
+};
 use crate::error::{Error, Result};
+use crate::gateway::breaker::upstream_of;
 use crate::gateway::cors::is_token;
+use crate::gateway::forward::Upstreams;
 use crate::gateway::routes::RouteTable;
 use crate::http::{target, Ctx, Reply};
 use crate::operator::input::{self, id, required, string};
 use crate::operator::{is_operator_path, ts};
-use crate::store::routes::{self, CorsPolicy, Route, RouteRecord};
+use crate::store::routes::{self, Balance, CorsPolicy, HealthCheck, Route, RouteRecord, Target};
 use crate::store::Pool;
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
 pub fn route_json(r: &RouteRecord) -> Value {
     let route = &r.route;
@@ -36,6 +44,14 @@ pub fn route_json(r: &RouteRecord) -> Value {
         "allowCidrs": cidr_strings(&route.ip_rules.allow),
         "denyCidrs": cidr_strings(&route.ip_rules.deny),
         "cors": route.cors.as_ref().map(CorsPolicy::to_json),
+        "targets": route
+            .pool()
+            .iter()
+            .map(|t| json!({"url": t.url, "weight": t.weight}))
+            .collect::<Vec<_>>(),
+        "balance": route.balance.as_str(),
+        "healthCheck": route.health_check.as_ref().map(HealthCheck::to_json),
+        "retries": route.retries,
         "createdAt": ts(r.created_at),
         "updatedAt": ts(r.updated_at),
     })
@@ -83,7 +99,12 @@ pub fn normalize_prefix(p: &str) -> Result<String> {
 
 /// An absolute `http` or `https` URL with a host and no query or fragment.
 pub fn normalize_target(t: &str) -> Result<String> {
-    let bad = |m: &str| Err(Error::field("targetUrl", m.to_string()));
+    normalize_target_as(t, "targetUrl".into())
+}
+
+/// [`normalize_target`] for the field `field` (`targetUrl` or `targets[i].url`).
+fn normalize_target_as(t: &str, field: Cow<'static, str>) -> Result<String> {
+    let bad = |m: &str| Err(Error::field(field.clone(), m.to_string()));
     if t.len() > 2048 {
         return bad("must be at most 2048 characters");
     }
@@ -190,6 +211,23 @@ pub const FIELDS: &[&str] = &[
     "allowCidrs",
     "denyCidrs",
     "cors",
+    "targets",
+    "balance",
+    "healthCheck",
+    "retries",
+];
+
+/// What each of a route's `targets` may set.
+const TARGET_FIELDS: &[&str] = &["url", "weight"];
+
+/// What a route's `healthCheck` object may set.
+const HEALTH_CHECK_FIELDS: &[&str] = &[
+    "path",
+    "intervalMs",
+    "timeoutMs",
+    "healthyAfter",
+    "unhealthyAfter",
+    "expectStatus",
 ];
 
 /// What a route's `cors` object may set.
@@ -293,17 +331,188 @@ fn cors_origin(o: &str) -> Option<String> {
     (scheme_ok && port_ok && host_ok).then_some(o)
 }
 
-/// A route's `cors` policy; `null` removes it.
-fn cors(v: &Value) -> Result<Option<CorsPolicy>> {
+/// `input::only` for an object nested in the body: an unknown field is named with its
+/// path (`cors.extra`, `targets[1].port`).
+fn only_within(obj: &Map<String, Value>, allowed: &[&str], path: &str) -> Result<()> {
+    input::only(obj, allowed).map_err(|e| match e {
+        Error::InvalidField { field, message } => Error::field(format!("{path}.{field}"), message),
+        e => e,
+    })
+}
+
+/// An optional object field (`cors`, `healthCheck`): `None` for null, else the object
+/// with only `allowed` fields.
+fn nested_object<'a>(
+    v: &'a Value,
+    field: &'static str,
+    allowed: &[&str],
+) -> Result<Option<&'a Map<String, Value>>> {
     let obj = match v {
         Value::Null => return Ok(None),
         Value::Object(o) => o,
-        _ => return Err(Error::field("cors", "must be an object or null")),
+        _ => return Err(Error::field(field, "must be an object or null")),
     };
-    input::only(obj, CORS_FIELDS).map_err(|e| match e {
-        Error::InvalidField { field, message } => Error::field(format!("cors.{field}"), message),
-        e => e,
-    })?;
+    only_within(obj, allowed, field)?;
+    Ok(Some(obj))
+}
+
+/// A whole number within `min..=max`; absent or null is `default`.
+fn ranged(v: Option<&Value>, field: String, min: i64, max: i64, default: i64) -> Result<i64> {
+    match v {
+        None | Some(Value::Null) => Ok(default),
+        Some(n) => n
+            .as_i64()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| {
+                Error::field(field, format!("must be a whole number from {min} to {max}"))
+            }),
+    }
+}
+
+/// The path part of a normalised target URL (`""` for none).
+fn url_path(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.find('/').map_or("", |i| &rest[i..])
+}
+
+/// A route's `targets`: 1 to `MAX_POOL_TARGETS` objects `{url, weight}` (weight 1 to
+/// `MAX_TARGET_WEIGHT`, default 1). They must share the scheme and the path, so a request
+/// reaches the same resource whichever target takes it (they differ in host and port
+/// only), and name each host and port once (the breaker and probes are per target).
+fn targets(v: &Value) -> Result<Vec<Target>> {
+    let list = match v {
+        Value::Array(a) if (1..=MAX_POOL_TARGETS).contains(&a.len()) => a,
+        _ => {
+            return Err(Error::field(
+                "targets",
+                format!("must be an array of 1 to {MAX_POOL_TARGETS} objects {{url, weight}}"),
+            ))
+        }
+    };
+    let mut out: Vec<Target> = Vec::with_capacity(list.len());
+    for (i, t) in list.iter().enumerate() {
+        let at = format!("targets[{i}]");
+        let Some(obj) = t.as_object() else {
+            return Err(Error::field(at, "must be an object {url, weight}"));
+        };
+        only_within(obj, TARGET_FIELDS, &at)?;
+        let field = format!("{at}.url");
+        let url = match obj.get("url") {
+            Some(Value::String(u)) => normalize_target_as(u.trim(), field.clone().into())?,
+            None | Some(Value::Null) => return Err(Error::field(field, "is required")),
+            Some(_) => return Err(Error::field(field, "must be a string")),
+        };
+        let weight = ranged(
+            obj.get("weight"),
+            format!("{at}.weight"),
+            1,
+            MAX_TARGET_WEIGHT,
+            1,
+        )? as u32;
+        if let Some(first) = out.first() {
+            let scheme = |u: &str| u.split("://").next().unwrap_or("").to_string();
+            if scheme(&url) != scheme(&first.url) {
+                return Err(Error::field(
+                    field,
+                    "must use the same scheme as targets[0].url",
+                ));
+            }
+            if url_path(&url) != url_path(&first.url) {
+                return Err(Error::field(
+                    field,
+                    "must have the same path as targets[0].url: a pool's targets differ only in host and port",
+                ));
+            }
+            if let Some(j) = out
+                .iter()
+                .position(|t| upstream_of(&t.url) == upstream_of(&url))
+            {
+                return Err(Error::field(
+                    field,
+                    format!("names the same host and port as targets[{j}].url"),
+                ));
+            }
+        }
+        out.push(Target { url, weight });
+    }
+    Ok(out)
+}
+
+/// A route's `healthCheck`; `null` removes it. `path` is required; the rest default as
+/// `config.rs` says.
+fn health_check(v: &Value) -> Result<Option<HealthCheck>> {
+    let Some(obj) = nested_object(v, "healthCheck", HEALTH_CHECK_FIELDS)? else {
+        return Ok(None);
+    };
+    let path = match obj.get("path") {
+        Some(Value::String(p)) if p.starts_with('/') && p.len() <= 512 => p,
+        _ => {
+            return Err(Error::field(
+                "healthCheck.path",
+                "is required: a path starting with / (at most 512 characters)",
+            ))
+        }
+    };
+    if target::normalize(path.split('?').next().unwrap_or(path)).is_err() || path.contains('#') {
+        return Err(Error::field(
+            "healthCheck.path",
+            "must be a plain path (no dot segments, control characters or fragment)",
+        ));
+    }
+    let n = |k: &str, min, max, default| {
+        ranged(obj.get(k), format!("healthCheck.{k}"), min, max, default).map(|n| n as u32)
+    };
+    let interval_ms = n(
+        "intervalMs",
+        MIN_HEALTH_INTERVAL_MS,
+        MAX_HEALTH_INTERVAL_MS,
+        DEFAULT_HEALTH_INTERVAL_MS,
+    )?;
+    let expect_status = match obj.get("expectStatus") {
+        None | Some(Value::Null) => DEFAULT_HEALTH_EXPECT.to_string(),
+        Some(Value::String(s))
+            if matches!(s.as_bytes(), [b'1'..=b'5', b'x', b'x'])
+                || s.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c)) =>
+        {
+            s.clone()
+        }
+        _ => {
+            return Err(Error::field(
+                "healthCheck.expectStatus",
+                "must be a status class such as 2xx or one status such as 204",
+            ))
+        }
+    };
+    Ok(Some(HealthCheck {
+        path: path.clone(),
+        interval_ms,
+        timeout_ms: n(
+            "timeoutMs",
+            1,
+            MAX_HEALTH_INTERVAL_MS,
+            DEFAULT_HEALTH_TIMEOUT_MS,
+        )?,
+        healthy_after: n(
+            "healthyAfter",
+            1,
+            MAX_HEALTH_THRESHOLD,
+            DEFAULT_HEALTHY_AFTER,
+        )?,
+        unhealthy_after: n(
+            "unhealthyAfter",
+            1,
+            MAX_HEALTH_THRESHOLD,
+            DEFAULT_UNHEALTHY_AFTER,
+        )?,
+        expect_status,
+    }))
+}
+
+/// A route's `cors` policy; `null` removes it.
+fn cors(v: &Value) -> Result<Option<CorsPolicy>> {
+    let Some(obj) = nested_object(v, "cors", CORS_FIELDS)? else {
+        return Ok(None);
+    };
     let token = |upper: bool| {
         move |s: &str| {
             is_token(s).then(|| {
@@ -381,8 +590,24 @@ pub fn apply_fields(route: &mut Route, body: &Map<String, Value>) -> Result<()> 
     if let Some(p) = string(body, "prefix", 512)? {
         route.prefix = normalize_prefix(&p)?;
     }
+    let given = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
+    if given("targetUrl") && given("targets") {
+        return Err(Error::field(
+            "targets",
+            "give either targetUrl (one target) or targets (a pool), not both",
+        ));
+    }
+    // Either one replaces the whole pool; `target_url` always heads it.
     if let Some(t) = string(body, "targetUrl", 2048)? {
         route.target_url = normalize_target(&t)?;
+        route.targets = vec![Target {
+            url: route.target_url.clone(),
+            weight: 1,
+        }];
+    }
+    if let Some(v) = body.get("targets") {
+        route.targets = targets(v)?;
+        route.target_url = route.targets[0].url.clone();
     }
     if let Some(allow) = input::cidrs(body, "allowCidrs")? {
         route.ip_rules.allow = allow;
@@ -407,6 +632,21 @@ pub fn apply_fields(route: &mut Route, body: &Map<String, Value>) -> Result<()> 
             "identityHeaders" => route.identity_headers = flag(v, "identityHeaders")?,
             "signingSecret" => route.signing_secret = signing_secret(v)?,
             "cors" => route.cors = cors(v)?,
+            "healthCheck" => route.health_check = health_check(v)?,
+            "balance" => {
+                route.balance = v.as_str().and_then(Balance::parse).ok_or_else(|| {
+                    Error::field("balance", "must be round-robin, least-inflight or hash")
+                })?
+            }
+            "retries" => {
+                route.retries = ranged(
+                    Some(v).filter(|v| !v.is_null()),
+                    "retries".into(),
+                    0,
+                    MAX_ROUTE_RETRIES,
+                    i64::from(DEFAULT_ROUTE_RETRIES),
+                )? as i16
+            }
             "methods" => route.methods = methods(v)?,
             "connectTimeoutMs" => route.connect_timeout_ms = timeout("connectTimeoutMs")?,
             "readTimeoutMs" => route.read_timeout_ms = timeout("readTimeoutMs")?,
@@ -414,7 +654,7 @@ pub fn apply_fields(route: &mut Route, body: &Map<String, Value>) -> Result<()> 
             "maxBodyBytes" => {
                 route.max_body_bytes = limit_field(v, "maxBodyBytes", MAX_ROUTE_BODY_BYTES)?
             }
-            // `prefix`, `targetUrl` and the CIDR lists above; `userId` is read by `create`.
+            // `prefix`, the target and the CIDR lists above; `userId` is read by `create`.
             _ => {}
         }
     }
@@ -424,24 +664,33 @@ pub fn apply_fields(route: &mut Route, body: &Map<String, Value>) -> Result<()> 
 pub fn create(pool: &Pool, table: &RouteTable, body: &Map<String, Value>) -> Result<Reply> {
     input::only(body, &[FIELDS, &["userId"]].concat())?;
     let user_id = required(id(body, "userId")?, "userId")?;
-    let route = read_new(
-        body,
-        Route {
-            user_id,
-            ..Route::default()
-        },
-    )?;
+    let route = Route {
+        user_id,
+        ..read_new(body)?
+    };
     let saved = routes::insert(pool, route)?;
     table.reload(pool)?;
     Ok(Reply::json(201, &route_json(&saved)))
 }
 
-/// `base` with every field of a route being created applied (the caller has refused
+/// A new route (no owner yet) with every field of the body applied (the caller has refused
 /// unknown fields): `POST /admin/routes` and a `tollgate apply` file read routes with this
 /// one function, so a field added to [`apply_fields`] is accepted by both.
-pub fn read_new(body: &Map<String, Value>, mut base: Route) -> Result<Route> {
+pub fn read_new(body: &Map<String, Value>) -> Result<Route> {
+    let mut base = Route {
+        retries: DEFAULT_ROUTE_RETRIES,
+        ..Route::default()
+    };
     required(body.get("prefix").filter(|v| !v.is_null()), "prefix")?;
-    required(body.get("targetUrl").filter(|v| !v.is_null()), "targetUrl")?;
+    if !["targetUrl", "targets"]
+        .iter()
+        .any(|k| body.get(*k).is_some_and(|v| !v.is_null()))
+    {
+        return Err(Error::field(
+            "targetUrl",
+            "is required (or targets, for a pool)",
+        ));
+    }
     apply_fields(&mut base, body)?;
     Ok(base)
 }
@@ -456,6 +705,47 @@ pub fn list(pool: &Pool, ctx: &Ctx) -> Result<Reply> {
 pub fn get(pool: &Pool, id: i64) -> Result<Reply> {
     let r = routes::get(pool, id)?.ok_or_else(|| Error::NotFound("route".into()))?;
     Ok(Reply::json(200, &route_json(&r)))
+}
+
+/// `GET /admin/routes/:id/health`: each target of the route's pool as THIS replica sees it
+/// (balancing, breakers and probes are per replica): `state` is `unhealthy` when the health
+/// check marked it down, `circuit open` while its breaker refuses, else `healthy`; the
+/// last probe; and the requests in flight to its host and port from this replica.
+pub fn health(pool: &Pool, up: &Upstreams, id: i64) -> Result<Reply> {
+    let r = routes::get(pool, id)?.ok_or_else(|| Error::NotFound("route".into()))?;
+    let route = &r.route;
+    let list: Vec<Value> = up
+        .targets_of(route)
+        .into_iter()
+        .map(|(t, c, state)| {
+            let probed = route
+                .health_check
+                .as_ref()
+                .and_then(|_| up.health.of(route.id, &t.url));
+            json!({
+                "url": t.url,
+                "weight": t.weight,
+                "state": state,
+                "circuit": c.state,
+                "inFlight": c.in_flight,
+                "lastProbe": probed.and_then(|h| h.last).map(|p| json!({
+                    "ok": p.ok,
+                    "status": p.status,
+                    "error": p.error,
+                    "at": ts(p.at.into()),
+                })),
+            })
+        })
+        .collect();
+    Ok(Reply::json(
+        200,
+        &json!({
+            "routeId": route.id,
+            "balance": route.balance.as_str(),
+            "healthCheck": route.health_check.as_ref().map(HealthCheck::to_json),
+            "targets": list,
+        }),
+    ))
 }
 
 /// Merges the fields present in `body` into the stored route (see `routes::update` for
@@ -531,6 +821,119 @@ mod tests {
             "http://u:p@h",
         ] {
             assert!(normalize_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pools_are_validated_naming_the_field() {
+        let body = |v: Value| v.as_object().unwrap().clone();
+        let mut r = Route::default();
+        apply_fields(
+            &mut r,
+            &body(json!({"targets": [{"url": "https://a:1/v1/", "weight": 100},
+                                     {"url": " https://b:1/v1"}],
+                         "balance": "least-inflight", "retries": 3,
+                         "healthCheck": {"path": "/h?x=1", "intervalMs": 50, "expectStatus": "204"}})),
+        )
+        .unwrap();
+        assert_eq!(r.target_url, "https://a:1/v1");
+        assert_eq!(
+            r.targets,
+            [
+                Target {
+                    url: "https://a:1/v1".into(),
+                    weight: 100
+                },
+                Target {
+                    url: "https://b:1/v1".into(),
+                    weight: 1
+                }
+            ]
+        );
+        assert_eq!((r.balance, r.retries), (Balance::LeastInflight, 3));
+        let hc = r.health_check.clone().unwrap();
+        assert_eq!(
+            (hc.interval_ms, hc.timeout_ms, hc.unhealthy_after),
+            (50, 500, 3)
+        );
+        assert_eq!(HealthCheck::from_json(&hc.to_json()), hc);
+        apply_fields(&mut r, &body(json!({"healthCheck": null, "retries": null}))).unwrap();
+        assert_eq!((r.health_check.clone(), r.retries), (None, 1));
+        let t = |url: &str| json!({"url": url});
+        for (bad, field) in [
+            (
+                json!({"targetUrl": "http://a:1", "targets": [t("http://b:1")]}),
+                "targets",
+            ),
+            (json!({"targets": []}), "targets"),
+            (json!({"targets": null}), "targets"),
+            (json!({"targets": vec![t("http://a:1"); 65]}), "targets"),
+            (json!({"targets": ["http://a:1"]}), "targets[0]"),
+            (json!({"targets": [{"weight": 1}]}), "targets[0].url"),
+            (json!({"targets": [t("ftp://a:1")]}), "targets[0].url"),
+            (
+                json!({"targets": [t("http://a:1"), t("https://b:1")]}),
+                "targets[1].url",
+            ),
+            (
+                json!({"targets": [t("http://a:1/x"), t("http://b:1/y")]}),
+                "targets[1].url",
+            ),
+            (
+                json!({"targets": [t("http://a:1"), t("http://a:1/")]}),
+                "targets[1].url",
+            ),
+            (
+                json!({"targets": [{"url": "http://a:1", "weight": 0}]}),
+                "targets[0].weight",
+            ),
+            (
+                json!({"targets": [{"url": "http://a:1", "weight": 101}]}),
+                "targets[0].weight",
+            ),
+            (
+                json!({"targets": [{"url": "http://a:1", "port": 1}]}),
+                "targets[0].port",
+            ),
+            (json!({"balance": "random"}), "balance"),
+            (json!({"balance": 1}), "balance"),
+            (json!({"retries": 4}), "retries"),
+            (json!({"retries": -1}), "retries"),
+            (json!({"healthCheck": "/h"}), "healthCheck"),
+            (json!({"healthCheck": {}}), "healthCheck.path"),
+            (
+                json!({"healthCheck": {"path": "/a/../b"}}),
+                "healthCheck.path",
+            ),
+            (
+                json!({"healthCheck": {"path": "/h", "intervalMs": 10}}),
+                "healthCheck.intervalMs",
+            ),
+            (
+                json!({"healthCheck": {"path": "/h", "timeoutMs": 0}}),
+                "healthCheck.timeoutMs",
+            ),
+            (
+                json!({"healthCheck": {"path": "/h", "healthyAfter": 11}}),
+                "healthCheck.healthyAfter",
+            ),
+            (
+                json!({"healthCheck": {"path": "/h", "expectStatus": "2yy"}}),
+                "healthCheck.expectStatus",
+            ),
+            (
+                json!({"healthCheck": {"path": "/h", "expectStatus": 200}}),
+                "healthCheck.expectStatus",
+            ),
+            (
+                json!({"healthCheck": {"path": "/h", "extra": 1}}),
+                "healthCheck.extra",
+            ),
+        ] {
+            match apply_fields(&mut r, &body(bad.clone())) {
+                Err(Error::InvalidField { field: f, .. }) => assert_eq!(f, field, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
         }
     }
 

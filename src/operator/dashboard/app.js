@@ -312,6 +312,22 @@ function fillTable(id, rows, columns, emptyText) {
   }
 }
 
+// A top route's prefix and, for the admin, its targets: host:port (×weight) marked by
+// state (healthy, unhealthy, circuit open), as this replica forwards to them.
+function routeCell(r) {
+  if (!Array.isArray(r.targets) || !r.targets.length) return r.path ?? DASH;
+  const cell = el("div", {}, r.path ?? DASH);
+  const list = el("div", { class: "targets" });
+  for (const t of r.targets) {
+    const host = t.url.replace(/^[a-z]+:\/\//, "").split("/")[0];
+    const label = host + (t.weight > 1 ? " ×" + t.weight : "");
+    const state = String(t.state);
+    list.append(el("span", { class: "target " + state.replace(" ", "-"), title: t.url + " · " + state }, label));
+  }
+  cell.append(list);
+  return cell;
+}
+
 function unavailable(id, columns, why) {
   fillTable(id, [], new Array(columns).fill([() => ""]), why);
 }
@@ -588,7 +604,7 @@ async function refresh() {
 
   if (routes.status === "fulfilled") {
     fillTable("top-routes", routes.value, [
-      [(r) => r.path ?? DASH],
+      [routeCell],
       [(r) => count(r.count), "n"],
       [(r) => count(r.errorCount), "n"],
       [(r) => ms(r.avgLatencyMs), "n"],
