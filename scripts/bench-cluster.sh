@@ -171,7 +171,7 @@ take_script 1 >"$TMP/take1.sql"
 take_script 16 >"$TMP/take16.sql"
 pgb() { # pgb <synchronous_commit> <script>: prints rounds/s
     PGOPTIONS="-c synchronous_commit=$1" runuser -u postgres -- "$PGBIN/pgbench" -n -M prepared \
-        -c 1 -j 1 -T "$SECS" -f "$TMP/$2.sql" -h "$(scripts/pg.sh dir)/run" -p 54329 -U postgres "$DB" \
+        -c 1 -j 1 -T "$SECS" -f "$TMP/$2.sql" -h "$(scripts/pg.sh dir)/run" -p "$(scripts/pg.sh port)" -U postgres "$DB" \
         2>/dev/null | grep -o "tps = [0-9]*" | cut -d" " -f3
 }
 chmod 755 "$TMP" && chmod 644 "$TMP/take1.sql" "$TMP/take16.sql"

@@ -8,15 +8,22 @@
 #       upstream), the ceiling of the fixed shape
 #   (f) as (c), but every key on a plan of three limits and a quota, and its user (one of
 #       BENCH_F_USERS, 10) with an owner-wide limit: five checks a request (issue 12)
+#   (g) as (c), but with the database unreachable (fail-open, log rows buffered): the
+#       ceiling of the full path in this shape, what (c) and (d) are measured against (issue
+#       16). Its own instance, on a role of its own that is refused logins once its keys are
+#       warm (its connections are ended too), so the other cases keep their database.
 #   (h) as (c), but the route is a pool of two targets, (a)'s nginx on a second port too
 #       (127.0.0.1:18085), balanced round-robin (issue 14)
+# Every tollgate case runs twice, on instances that reach Postgres over its unix socket
+# and over TCP on 127.0.0.1 (what a database on another host pays at least): (ct), (dt),
+# ... in the same table. BENCH_DB ("socket tcp") picks which.
 # wrk -t1 -c32 --latency, ROUNDS rounds with the cases interleaved (so drift hits all of
 # them alike), medians reported in ONE table with each case's ratio to (b) and its target
 # (issue 6), plus the CPU each request cost tollgate, Postgres and the whole machine (read
 # from /proc around every run: the profile that says where a request's time goes). The logger and analytics
 # rows come from scripts/bench-analytics.sh when that script exists.
 # Env: BENCH_SECS (10), BENCH_CONNS (32: wrk connections), BENCH_KEYS (1000), BENCH_ROUNDS (3),
-# BENCH_F_USERS (10), BENCH_CASES ("a b c d e f h": which cases to run), BENCH_BIN (the tollgate
+# BENCH_F_USERS (10), BENCH_CASES ("a b c d e f g h": which cases to run), BENCH_BIN (the tollgate
 # binary to measure, default target/release/tollgate), BENCH_BASE_BIN (an older build to
 # measure in the same run: adds cases (c0) and (d0), (c) and (d) on that binary, on
 # 127.0.0.1:18084 with a database of its own), BENCH_KEEP=1 keeps the temp
@@ -31,17 +38,29 @@ CONNS=${BENCH_CONNS:-32}
 NKEYS=${BENCH_KEYS:-1000}
 ROUNDS=${BENCH_ROUNDS:-3}
 FUSERS=${BENCH_F_USERS:-10}
-CASES=${BENCH_CASES:-a b c d e f h}
+CASES=${BENCH_CASES:-a b c d e f g h}
+VIA=${BENCH_DB:-socket tcp}
 BIN=${BENCH_BIN:-target/release/tollgate}
 BASE_BIN=${BENCH_BASE_BIN:-}
 DB=tollgate_bench
 UP=127.0.0.1:18081 PX=127.0.0.1:18082 GW=127.0.0.1:18083 GW0=127.0.0.1:18084 UP2=127.0.0.1:18085
+# The instances the cases run on: socket (GW), TCP (GWT), and (g)'s over each (GWG, GWGT).
+GWT=127.0.0.1:18086 GWG=127.0.0.1:18087 GWGT=127.0.0.1:18088
 G=http://$GW
 [[ -n $BASE_BIN ]] && CASES="$CASES c0 d0"
+# Over TCP: every tollgate case but (e) (/healthz never reaches the database) and the
+# baseline's, as <case>t.
+if [[ " $VIA " == *" tcp "* ]]; then
+    for c in $CASES; do [[ $c == [cdfgh] ]] && CASES="$CASES ${c}t"; done
+fi
+if [[ " $VIA " != *" socket "* ]]; then
+    CASES=$(for c in $CASES; do [[ $c == [cdfgh] ]] || echo -n "$c "; done)
+fi
+G_ROLE=tollgate_bench_g
 
 scripts/deps.sh pg bench cargo
 . scripts/lib/bench-common.sh
-refuse_busy bench $UP $PX $GW $GW0 $UP2
+refuse_busy bench $UP $PX $GW $GW0 $UP2 $GWT $GWG $GWGT
 cargo build --release
 load0=$(cut -d' ' -f1-3 /proc/loadavg) # other work on the machine skews every case
 
@@ -65,8 +84,12 @@ echo "bench: tollgate with TOLLGATE_BCRYPT_COST=4 (bcrypt only affects a key's f
 ADMIN_SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 CLIENT_IP_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 declare -A TG_PID=()
-start_tollgate() { # start_tollgate <tag> <binary> <addr> <db>: serve, wait for /readyz
-    ADMIN_SECRET=$ADMIN_SECRET DATABASE_URL=$(scripts/pg.sh url "$4") LISTEN_ADDR=$3 \
+start_tollgate() { # start_tollgate <tag> <binary> <addr> <db> [tcp-url|url] [role]: serve, wait for /readyz
+    local url
+    url=$(scripts/pg.sh "${5:-url}" "$4")
+    [[ -z ${6:-} ]] || url=${url/user=postgres/user=$6}
+    # No drain on SIGTERM: nothing balances over these, and the bench stops them all.
+    ADMIN_SECRET=$ADMIN_SECRET DATABASE_URL=$url LISTEN_ADDR=$3 TOLLGATE_SHUTDOWN_DRAIN_MS=0 \
         TOLLGATE_CLIENT_IP_KEY=$CLIENT_IP_KEY TOLLGATE_BCRYPT_COST=4 RUST_LOG=${RUST_LOG:-warn} \
         "$2" serve 2>"$TMP/tollgate$1.log" &
     pids+=($!)
@@ -88,6 +111,14 @@ wait_http "http://$UP/"
 wait_http "http://$PX/"
 start_tollgate "" "$BIN" "$GW" "$DB"
 tg_pid=${TG_PID[m]}
+[[ " $CASES " == *t\ * ]] && start_tollgate t "$BIN" "$GWT" "$DB" tcp-url
+if [[ " $CASES " == *" g "* || " $CASES " == *" gt "* ]]; then
+    # (g)'s instances log in as a role of their own, refused logins once they are warm.
+    scripts/pg.sh psql -qtAXc "DROP ROLE IF EXISTS $G_ROLE; CREATE ROLE $G_ROLE SUPERUSER LOGIN"
+    extra_roles+=("$G_ROLE")
+    [[ " $CASES " == *" g "* ]] && start_tollgate g "$BIN" "$GWG" "$DB" url "$G_ROLE"
+    [[ " $CASES " == *" gt "* ]] && start_tollgate gt "$BIN" "$GWGT" "$DB" tcp-url "$G_ROLE"
+fi
 
 admin() { # admin <path> <json> [base url]: POST, fail on non-2xx, print the body
     curl -sS -f -X POST "${3:-$G}$1" -H "x-admin-secret: $ADMIN_SECRET" \
@@ -146,15 +177,33 @@ grep -o '"rawKey":"[^"]*"' "$TMP/keys-f.json" | cut -d'"' -f4 >"$TMP/keys-f.txt"
 [[ $(wc -l <"$TMP/keys-f.txt") -eq $NKEYS ]] || { echo "bench: expected $NKEYS (f) keys" >&2; exit 1; }
 }
 
-echo "bench: warming every key once (its one bcrypt verification)"
-for f in keys.txt keys-f.txt keys-h.txt keys0.txt; do
-    [[ -e $TMP/$f ]] || continue
-    url=$G/
-    [[ $f == keys0.txt ]] && url=http://$GW0/
-    codes=$(xargs -P 4 -I{} curl -s -o /dev/null -w '%{http_code}\n' -H 'x-api-key: {}' "$url" \
-        <"$TMP/$f" | sort | uniq -c | tr -s ' \n' ' ')
-    [[ $codes =~ ^\ ?$NKEYS\ 200\ ?$ ]] || { echo "bench: warm-up statuses ($f): $codes" >&2; exit 1; }
+echo "bench: warming every key once on each instance (its one bcrypt verification)"
+warm() { # warm <keys file> <base url>
+    [[ -e $TMP/$1 ]] || return 0
+    codes=$(xargs -P 4 -I{} curl -s -o /dev/null -w '%{http_code}\n' -H 'x-api-key: {}' "$2/" \
+        <"$TMP/$1" | sort | uniq -c | tr -s ' \n' ' ')
+    [[ $codes =~ ^\ ?$NKEYS\ 200\ ?$ ]] || { echo "bench: warm-up statuses ($1 on $2): $codes" >&2; exit 1; }
+}
+for f in keys.txt keys-f.txt keys-h.txt; do
+    warm "$f" "$G"
+    [[ -z ${TG_PID[mt]:-} ]] || warm "$f" "http://$GWT"
 done
+warm keys0.txt "http://$GW0"
+[[ -z ${TG_PID[mg]:-} ]] || warm keys.txt "http://$GWG"
+[[ -z ${TG_PID[mgt]:-} ]] || warm keys.txt "http://$GWGT"
+if [[ -n ${TG_PID[mg]:-}${TG_PID[mgt]:-} ]]; then
+    # Now cut (g)'s instances off: no new session for the role, and its sessions ended.
+    scripts/pg.sh psql -qtAXc "ALTER ROLE $G_ROLE NOLOGIN;
+        SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '$G_ROLE'" >/dev/null
+    for u in ${TG_PID[mg]:+$GWG} ${TG_PID[mgt]:+$GWGT}; do
+        for _ in $(seq 1 100); do
+            [[ $(curl -s -o /dev/null -w '%{http_code}' "http://$u/readyz") == 503 ]] && break
+            sleep 0.1
+        done
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "http://$u/readyz") == 503 ]] \
+            || { echo "bench: $u still reaches the database" >&2; exit 1; }
+    done
+fi
 
 # CPU ticks (utime + stime) of tollgate and of the whole Postgres cluster (postmaster and
 # its backends), so each case can say how much CPU one request cost in each.
@@ -183,9 +232,13 @@ pg_pids() {
 }
 
 declare -A URL=([a]="http://$UP/" [b]="http://$PX/" [c]="$G/" [d]="$G/" [e]="$G/healthz"
-    [f]="$G/" [h]="$G/" [c0]="http://$GW0/" [d0]="http://$GW0/")
+    [f]="$G/" [g]="http://$GWG/" [h]="$G/" [c0]="http://$GW0/" [d0]="http://$GW0/"
+    [ct]="http://$GWT/" [dt]="http://$GWT/" [ft]="http://$GWT/" [gt]="http://$GWGT/" [ht]="http://$GWT/")
 declare -A KEYS=([a]=keys.txt [b]=keys.txt [c]=keys.txt [d]=onekey.txt [e]=keys.txt
-    [f]=keys-f.txt [h]=keys-h.txt [c0]=keys0.txt [d0]=onekey0.txt)
+    [f]=keys-f.txt [g]=keys.txt [h]=keys-h.txt [c0]=keys0.txt [d0]=onekey0.txt)
+# The instance each tollgate case runs on (its CPU is the case's tg µs/rq).
+declare -A INST=([c]=m [d]=m [e]=m [f]=m [h]=m [g]=mg [c0]=m0 [d0]=m0
+    [ct]=mt [dt]=mt [ft]=mt [ht]=mt [gt]=mgt)
 declare -A NAME=(
     [a]="(a) nginx upstream, direct"
     [b]="(b) nginx reverse proxy"
@@ -193,18 +246,21 @@ declare -A NAME=(
     [d]="(d) tollgate, one key"
     [e]="(e) tollgate /healthz: server layer alone"
     [f]="(f) as (c), plan + quota + owner-wide limit"
+    [g]="(g) as (c), database unreachable"
     [h]="(h) as (c), a pool of two targets"
     [c0]="(c0) (c) on the baseline binary"
     [d0]="(d0) (d) on the baseline binary"
 )
+name() { # a case's name; <case>t is <case> over TCP
+    if [[ $1 == ?t ]]; then echo "(${1}) ${NAME[${1%t}]#(?) }, TCP"; else echo "${NAME[$1]}"; fi
+}
 for r in $(seq 1 "$ROUNDS"); do
     for c in $CASES; do
         out=$TMP/wrk-$c-$r.txt
         pgp=$(pg_pids)
-        tgp=$tg_pid
-        [[ $c == ?0 ]] && tgp=${TG_PID[m0]}
+        tgp=${TG_PID[${INST[$c]:-m}]}
         t0=$(ticks "$tgp") p0=$(ticks $pgp) m0=$(machine_ticks)
-        BENCH_KEYS_FILE=$TMP/${KEYS[$c]} wrk -t1 -c"$CONNS" -d"${SECS}s" --latency \
+        BENCH_KEYS_FILE=$TMP/${KEYS[${c%t}]} wrk -t1 -c"$CONNS" -d"${SECS}s" --latency \
             -s scripts/conf/rotate.lua "${URL[$c]}" >"$out"
         t1=$(ticks "$tgp") p1=$(ticks $pgp) m1=$(machine_ticks)
         # Upstream connections that are not reused pile up in TIME-WAIT (60 s each): count
@@ -216,7 +272,7 @@ for r in $(seq 1 "$ROUNDS"); do
         cpu=$(awk -v t=$((t1 - t0)) -v p=$((p1 - p0)) -v m=$((m1 - m0)) -v n="$n" -v hz="$hz" \
             'BEGIN {printf "tg_cpu_us=%.1f pg_cpu_us=%.1f all_cpu_us=%.1f", t*1e6/hz/n, p*1e6/hz/n, m*1e6/hz/n}')
         cpu="$cpu timewait=$tw"
-        echo "round $r/$ROUNDS ${NAME[$c]}: ${line#BENCH } $cpu"
+        echo "round $r/$ROUNDS $(name "$c"): ${line#BENCH } $cpu"
         echo "$c ${line#BENCH } $cpu" >>"$TMP/results.txt"
     done
 done
@@ -257,31 +313,50 @@ echo "wrk -t1 -c$CONNS -d${SECS}s, median of $ROUNDS rounds; $(nproc) cores shar
      "tollgate and Postgres (load average before: $load0, after: $(cut -d' ' -f1-3 /proc/loadavg))"
 fmt='%-44s %9s %8s %8s %9s %9s %9s %9s %s\n'
 printf "$fmt" case req/s "p50 ms" "p99 ms" "÷ proxy" "tg µs/rq" "pg µs/rq" "all µs/rq" target
+of() { # of <x> <y>: median rps of case x ÷ that of case y
+    awk -v x="$(median "$1" rps)" -v y="$(median "$2" rps)" \
+        'BEGIN {if (y > 0) printf "%.2f", x / y; else print "-"}'
+}
 for c in $CASES; do
     target=""
     [[ $c == c ]] && target="≥ 0.35"
     [[ $c == d ]] && target="≥ 0.25"
+    # Issue 16: the full path and one hot key against (g), the ceiling, on each transport.
+    if [[ $c == [cd] || $c == [cd]t ]]; then
+        gc=g
+        [[ $c == ?t ]] && gc=gt
+        if [[ " $CASES " == *" $gc "* ]]; then
+            target="${target:+$target, }≥ 0.85 × ($gc): $(of "$c" "$gc")"
+        fi
+    fi
     [[ $c == [cd]0 ]] && target="($c) ÷ this: $(awk -v x="$(median "${c%0}" rps)" -v b="$(median "$c" rps)" \
         'BEGIN {if (b > 0) printf "%.2f", x / b; else print "-"}')"
     [[ $c == f ]] && target="≥ 0.9 × (c): $(awk -v f="$(median f rps)" -v c="$(median c rps)" \
         'BEGIN {if (c > 0) printf "%.2f", f / c; else print "-"}')"
-    [[ $c == h ]] && target="≈ (c): $(awk -v h="$(median h rps)" -v c="$(median c rps)" \
-        'BEGIN {if (c > 0) printf "%.2f", h / c; else print "-"}')"
+    [[ $c == h ]] && target="≈ (c): $(of h c)"
+    [[ $c == ht ]] && target="≈ (ct): $(of ht ct)"
+    [[ $c == ft ]] && target="≥ 0.9 × (ct): $(of ft ct)"
     rps=$(median "$c" rps)
-    printf "$fmt" "${NAME[$c]}" "$(printf %.0f "$rps")" "$(ms "$(median "$c" p50_us)")" \
+    printf "$fmt" "$(name "$c")" "$(printf %.0f "$rps")" "$(ms "$(median "$c" p50_us)")" \
         "$(ms "$(median "$c" p99_us)")" "$(ratio "$rps")" \
-        "$([[ $c == [cdefh]* ]] && median "$c" tg_cpu_us || echo -)" \
-        "$([[ $c == [cdefh]* ]] && median "$c" pg_cpu_us || echo -)" "$(median "$c" all_cpu_us)" "$target"
+        "$([[ $c == [cdefgh]* ]] && median "$c" tg_cpu_us || echo -)" \
+        "$([[ $c == [cdefgh]* ]] && median "$c" pg_cpu_us || echo -)" "$(median "$c" all_cpu_us)" "$target"
 done
-added=$(awk -v c="$(median c p99_us)" -v a="$(median a p99_us)" 'BEGIN {printf "%.2f", (c-a)/1000}')
-printf "$fmt" "added p99 over direct upstream at $CONNS conns, (c) - (a)" "" "" "$added" "" "" "" "" "≤ 2 ms"
+added() { awk -v c="$(median "$1" p99_us)" -v a="$(median a p99_us)" 'BEGIN {printf "%.2f", (c-a)/1000}'; }
+for c in c ct; do
+    [[ " $CASES " == *" $c "* ]] || continue
+    target="≤ 2 ms"
+    g=g${c#c}
+    [[ " $CASES " == *" $g "* ]] && target="$target; ≤ 1.5 × ($g)'s $(added "$g") ms"
+    printf "$fmt" "added p99 over direct upstream at $CONNS conns, ($c) - (a)" "" "" "$(added "$c")" "" "" "" "" "$target"
+done
 printf "$fmt" "logger rows/s [scripts/bench-analytics.sh]" "$(an logger_rows_per_sec)" "" "" "" "" "" "" "≥ 100000"
 printf "$fmt" "analytics overview 24h @10M rows, ms" "" "$(an analytics_overview_ms)" "" "" "" "" "" "≤ 50 ms (raw: $(an raw_overview_ms))"
 printf "$fmt" "analytics timeseries 24h @10M rows, ms" "" "$(an analytics_timeseries_ms)" "" "" "" "" "" "≤ 50 ms (raw: $(an raw_timeseries_ms))"
 for c in $CASES; do
     non2xx=$(grep "^$c " "$TMP/results.txt" | grep -o ' non2xx=[0-9]*' | cut -d= -f2 \
         | awk '{s+=$1} END {print s+0}')
-    [[ $non2xx -eq 0 ]] || echo "note: ${NAME[$c]} had $non2xx non-2xx answers"
+    [[ $non2xx -eq 0 ]] || echo "note: $(name "$c") had $non2xx non-2xx answers"
 done
 echo "TIME-WAIT connections to the upstream (:18081, :18085) right after each case (max over rounds):" \
     "$(for c in $CASES; do [[ $c == e ]] && continue; echo -n "($c) $(grep "^$c " "$TMP/results.txt" \

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # A private PostgreSQL 15 cluster for development, tests and benchmarks, one per clone.
-#   scripts/pg.sh start | stop | status | url [db] | psql [db] [psql args...]
+#   scripts/pg.sh start | stop | status | url [db] | tcp-url [db] | port | psql [db] [psql args...]
 #                 | createdb <db> | dropdb <db> | dir | clean
 # The cluster lives outside the clone, in /var/lib/postgresql/tollgate/<key>/ (data in pg/,
 # unix socket in run/, log in pg.log), where <key> is the first 12 hex digits of the
 # SHA-256 of the clone's absolute path: the server runs as `postgres`, which cannot enter a
 # clone in root's home or under `mktemp -d` (mode 700), and two clones never share one.
 # .data/cluster links to it; .data/ itself keeps what only root reads (admin secret, venv).
-# Port 54329, no TCP listener: the port only names the socket file inside the cluster's own
-# socket directory, so clusters of different clones never clash on it. Trust auth. Every
+# The unix socket is what tests and `make run` use. It also listens on 127.0.0.1 (what a
+# database on another host costs: `make bench` measures both), on a port derived from the
+# same key (20000-29999, below the kernel's ephemeral range), so the clusters of different
+# clones do not clash on it; start refuses a port something else holds. Trust auth. Every
 # command is idempotent. It never touches the system-wide cluster or another clone's: it
 # only ever passes -D <its own data directory> to pg_ctl.
 set -euo pipefail
@@ -22,7 +24,7 @@ CLUSTER=$BASE/$KEY
 PGDATA=$CLUSTER/pg
 RUN=$CLUSTER/run
 LOG=$CLUSTER/pg.log
-PORT=54329
+PORT=$((20000 + 0x${KEY:0:4} % 10000))
 # Where clusters lived before they moved out of the clone (see `clean`).
 LEGACY=$DATA/pg
 
@@ -50,6 +52,10 @@ start() {
         echo "pg.sh: already running ($RUN, port $PORT)"
         return 0
     fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+        echo "pg.sh: 127.0.0.1:$PORT (this clone's port) is in use by another program" >&2
+        exit 1
+    fi
     # Modes set explicitly: postgres must enter $BASE and $CLUSTER whatever root's umask.
     install -d -m 755 "$BASE" "$CLUSTER"
     [[ -f $CLUSTER/clone ]] || echo "$REPO" >"$CLUSTER/clone"
@@ -71,7 +77,7 @@ start() {
     # parallel test binaries each with its own pool (default 16) plus bench workers.
     as_pg tee "$PGDATA/tollgate.conf" >/dev/null <<EOF
 port = $PORT
-listen_addresses = ''
+listen_addresses = '127.0.0.1'
 unix_socket_directories = '$RUN'
 max_connections = 200
 shared_buffers = 256MB
@@ -111,6 +117,7 @@ clean() {
 }
 
 url() { echo "host=$RUN port=$PORT user=postgres${1:+ dbname=$1}"; }
+tcp_url() { echo "host=127.0.0.1 port=$PORT user=postgres${1:+ dbname=$1}"; }
 
 need_running() {
     if [[ -d $PGDATA ]] && running; then return 0; fi
@@ -126,6 +133,8 @@ case $cmd in
     status)
         if [[ -d $PGDATA ]] && running; then echo "running: $(url)"; else echo "not running"; exit 3; fi ;;
     url) url "${1:-}" ;;
+    tcp-url) tcp_url "${1:-}" ;;
+    port) echo "$PORT" ;;
     dir) echo "$CLUSTER" ;;
     clean) clean ;;
     psql)
@@ -144,5 +153,5 @@ case $cmd in
         need_running
         [[ -n ${1:-} ]] || { echo "usage: $0 dropdb <db>" >&2; exit 2; }
         PGOPTIONS='-c client_min_messages=warning' "$PGBIN/dropdb" -h "$RUN" -p "$PORT" -U postgres --if-exists --force "$1" ;;
-    *) echo "usage: $0 start|stop|status|url [db]|psql [db] [args]|createdb <db>|dropdb <db>|dir|clean" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|status|url [db]|tcp-url [db]|port|psql [db] [args]|createdb <db>|dropdb <db>|dir|clean" >&2; exit 2 ;;
 esac

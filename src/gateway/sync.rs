@@ -95,17 +95,17 @@ fn listen(s: &Synced) -> std::result::Result<(), String> {
         }
         if routes {
             if let Err(e) = s.gateway.routes.reload(&s.pool) {
-                log::warn!("route reload after notification failed: {e}");
+                failed("route reload after notification", &e);
             }
         }
         if plans {
             if let Err(e) = s.gateway.plans.reload(&s.pool) {
-                log::warn!("plan reload after notification failed: {e}");
+                failed("plan reload after notification", &e);
             }
         }
         if keys {
             if let Err(e) = refresh_keys(&s.pool, &s.gateway.auth.cache) {
-                log::warn!("key refresh after notification failed: {e}");
+                failed("key refresh after notification", &e);
             }
         }
     }
@@ -113,13 +113,23 @@ fn listen(s: &Synced) -> std::result::Result<(), String> {
 
 fn reload_all(s: &Synced) {
     if let Err(e) = reload_routes(&s.pool, &s.gateway.routes) {
-        log::warn!("route reload failed: {e}");
+        failed("route reload", &e);
     }
     if let Err(e) = s.gateway.plans.reload(&s.pool) {
-        log::warn!("plan reload failed: {e}");
+        failed("plan reload", &e);
     }
     if let Err(e) = refresh_keys(&s.pool, &s.gateway.auth.cache) {
-        log::warn!("key refresh failed: {e}");
+        failed("key refresh", &e);
+    }
+}
+
+/// A failed reload is worth a warning, except during a database outage, which the outage
+/// log has reported once already (the periodic reload would repeat it every interval).
+fn failed(what: &str, e: &dyn std::fmt::Display) {
+    if store::OUTAGE_LOG.is_down() {
+        log::debug!("{what} failed: {e}");
+    } else {
+        log::warn!("{what} failed: {e}");
     }
 }
 
