@@ -30,7 +30,7 @@ fn document(gw: &Gateway) -> Value {
 }
 
 #[test]
-fn every_documented_method_is_dispatched_and_every_dispatched_method_is_documented() {
+fn every_documented_method_is_dispatched_every_dispatched_one_documented_and_405_says_which() {
     let gw = Gateway::start();
     let doc = document(&gw);
     let paths = doc["paths"].as_object().expect("paths");
@@ -50,6 +50,29 @@ fn every_documented_method_is_dispatched_and_every_dispatched_method_is_document
             );
             checked += 1;
         }
+        // A 405 lists what the path takes (RFC 9110 §15.5.6): the documented methods,
+        // HEAD wherever GET is.
+        let r = gw.admin_raw("TRACE", &concrete, "");
+        assert_eq!(r.status, 405, "TRACE {path}: {}", r.body);
+        let mut allow: Vec<String> = r
+            .header("allow")
+            .unwrap_or_else(|| panic!("TRACE {path}: 405 without Allow"))
+            .split(", ")
+            .map(str::to_string)
+            .collect();
+        allow.sort();
+        let mut documented: Vec<String> = ops
+            .as_object()
+            .expect("operations")
+            .keys()
+            .filter(|m| !matches!(m.as_str(), "parameters" | "summary" | "description"))
+            .map(|m| m.to_ascii_uppercase())
+            .collect();
+        if documented.iter().any(|m| m == "GET") && !documented.iter().any(|m| m == "HEAD") {
+            documented.push("HEAD".into());
+        }
+        documented.sort();
+        assert_eq!(allow, documented, "Allow of {path}");
     }
     assert!(checked >= 100, "{checked}");
 }

@@ -3,6 +3,7 @@
 //! no data: it asks for the admin secret or an API key and calls `/analytics/*` with it (and,
 //! for the plan panel, `/admin/*` or `/me`).
 
+use super::READ_ONLY;
 use crate::error::{Error, Result};
 use crate::http::{Body, Ctx, Reply};
 
@@ -24,7 +25,7 @@ pub fn handle(ctx: &Ctx) -> Result<Reply> {
         _ => return Err(Error::NotFound("dashboard file".into())),
     };
     if ctx.method != "GET" && ctx.method != "HEAD" {
-        return Err(Error::MethodNotAllowed);
+        return Err(Error::method_not_allowed(READ_ONLY));
     }
     let mut reply = Reply::empty(200);
     reply.header("Content-Type", content_type);

@@ -64,6 +64,9 @@ pub const OPERATOR_PREFIXES: &[&str] = &[
     "/me",
 ];
 
+/// The `Allow` list of an endpoint that is only read (a 405's header says it).
+pub const READ_ONLY: &str = "GET, HEAD";
+
 pub fn is_operator_path(path: &str) -> bool {
     OPERATOR_PREFIXES.iter().any(|p| prefix_matches(p, path))
 }
@@ -79,9 +82,11 @@ pub fn dispatch(op: &Operator, rq: &mut Request) -> Result<Reply> {
             op.health,
             &op.gateway.upstreams.breakers,
         )),
-        ("healthz" | "readyz", _) => Err(Error::MethodNotAllowed),
+        ("healthz" | "readyz", _) => Err(Error::method_not_allowed(READ_ONLY)),
         ("openapi.json", "GET" | "HEAD") if ctx.path == "/openapi.json" => Ok(openapi::reply()),
-        ("openapi.json", _) if ctx.path == "/openapi.json" => Err(Error::MethodNotAllowed),
+        ("openapi.json", _) if ctx.path == "/openapi.json" => {
+            Err(Error::method_not_allowed(READ_ONLY))
+        }
         ("admin", _) => admin::handle(op, rq),
         ("analytics", _) => analytics::handle(op, ctx),
         ("metrics", _) => metrics::handle(op, ctx),

@@ -37,7 +37,16 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
     let write = |action: &str, target: Target, f: &mut dyn FnMut() -> Result<Reply>| {
         audited(pool, &actor, action, target, f)
     };
-    match (ctx.method.as_str(), &segs[1..]) {
+    let allow = allowed(&segs[1..]).ok_or_else(|| Error::NotFound("admin endpoint".into()))?;
+    // HEAD is GET without the body (RFC 9110 §9.3.2); `respond` drops the body.
+    let method = match ctx.method.as_str() {
+        "HEAD" => "GET",
+        m => m,
+    };
+    if !allow.split(", ").any(|m| m == method) {
+        return Err(Error::method_not_allowed(allow));
+    }
+    match (method, &segs[1..]) {
         ("POST", ["users"]) => {
             let b = input::json_object(body)?;
             write("user.create", Target::User(None), &mut || {
@@ -149,11 +158,25 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         }
         ("GET", ["stats"]) => Ok(Reply::json(200, &stats(op))),
         ("GET", ["audit"]) => audit::list(pool, ctx),
-        (_, ["users" | "api-keys" | "plans" | "routes" | "stats" | "audit", ..]) => {
-            Err(Error::MethodNotAllowed)
-        }
-        _ => Err(Error::NotFound("admin endpoint".into())),
+        _ => Err(Error::Internal(format!(
+            "{method} {} is allowed but not dispatched",
+            ctx.path
+        ))),
     }
+}
+
+/// The methods an admin path takes (its `Allow` header), or `None` for no such endpoint.
+/// `handle` refuses any other method before dispatching; the arms there are these.
+fn allowed(segs: &[&str]) -> Option<&'static str> {
+    Some(match segs {
+        ["users" | "api-keys" | "plans" | "routes"] => "GET, HEAD, POST",
+        ["users" | "api-keys" | "plans", _] => "GET, HEAD, PATCH, DELETE",
+        ["routes", _] => "GET, HEAD, PATCH, PUT, DELETE",
+        ["users", _, "limits" | "api-keys"] | ["api-keys", _, "limits"] => "GET, HEAD",
+        ["users" | "api-keys", _, "quota", "reset"] | ["api-keys", _, "rotate"] => "POST",
+        ["stats" | "audit"] => "GET, HEAD",
+        _ => return None,
+    })
 }
 
 /// A page of records as a JSON array, `rows` holding up to `limit + 1` of them: when the
@@ -219,12 +242,27 @@ mod tests {
     }
 
     #[test]
-    fn unknown_paths_are_404_and_wrong_methods_405() {
+    fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
         let f = Fixture::new();
         assert_eq!(f.admin("GET", "/admin/widgets", "").status, 404);
-        assert_eq!(f.admin("DELETE", "/admin/stats", "").status, 405);
-        assert_eq!(f.admin("PUT", "/admin/users", "").status, 405);
-        assert_eq!(f.admin("POST", "/admin/api-keys/3", "{}").status, 405);
+        assert_eq!(f.admin("GET", "/admin/users/1/widgets", "").status, 404);
+        for (method, path, allow) in [
+            ("DELETE", "/admin/stats", "GET, HEAD"),
+            ("PUT", "/admin/users", "GET, HEAD, POST"),
+            ("POST", "/admin/api-keys/3", "GET, HEAD, PATCH, DELETE"),
+            ("TRACE", "/admin/routes/3", "GET, HEAD, PATCH, PUT, DELETE"),
+            ("GET", "/admin/users/3/quota/reset", "POST"),
+        ] {
+            let r = f.admin(method, path, "{}");
+            assert_eq!(r.status, 405, "{method} {path}");
+            let got: Vec<&str> = r
+                .headers
+                .iter()
+                .filter(|(k, _)| k == "Allow")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(got, [allow], "{method} {path}");
+        }
     }
 
     #[test]
