@@ -6,7 +6,8 @@
 //! - `admin/`: users, API keys, routes, stats, the audit log (`x-admin-secret`).
 //! - `analytics.rs`: traffic figures from the rollups (admin secret, or a key for its own).
 //! - `me.rs`: a key holder's own plan, limits and quotas (its key).
-//! - `health.rs`, `metrics.rs`, `dashboard.rs`, `openapi.rs`.
+//! - `health.rs`, `metrics.rs`, `dashboard.rs` (also `/docs`, the API reference page),
+//!   `openapi.rs`.
 //! - `input.rs`: bounded JSON bodies, query parameters, field validation.
 
 pub mod admin;
@@ -60,6 +61,7 @@ pub const OPERATOR_PREFIXES: &[&str] = &[
     "/readyz",
     "/metrics",
     "/dashboard",
+    "/docs",
     "/openapi.json",
     "/me",
 ];
@@ -91,6 +93,7 @@ pub fn dispatch(op: &Operator, rq: &mut Request) -> Result<Reply> {
         ("analytics", _) => analytics::handle(op, ctx),
         ("metrics", _) => metrics::handle(op, ctx),
         ("dashboard", _) => dashboard::handle(ctx),
+        ("docs", _) => dashboard::serve(ctx, dashboard::DOCS),
         ("me", _) => me::handle(op, rq),
         _ => Err(Error::NotFound("endpoint".into())),
     }
