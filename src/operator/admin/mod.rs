@@ -3,7 +3,8 @@
 //! shapes follow the reference gateway's documented API so existing curl scripts keep
 //! working.
 //! Lists answer a JSON array; `X-Next-Cursor` says where the next page starts. A body
-//! field an endpoint does not take is refused (400 naming it), never ignored.
+//! field an endpoint does not take is refused (400 naming it), never ignored; endpoints
+//! that take no body (deletes, quota resets) refuse any field.
 
 pub mod audit;
 pub mod keys;
@@ -63,12 +64,14 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         }
         ("POST", ["users", id, "quota", "reset"]) => {
             let id = path_id(id)?;
+            input::no_fields(body)?;
             write("user.quota_reset", Target::User(Some(id)), &mut || {
                 users::reset_quota(pool, id)
             })
         }
         ("DELETE", ["users", id]) => {
             let id = path_id(id)?;
+            input::no_fields(body)?;
             write("user.delete", Target::User(Some(id)), &mut || {
                 users::delete(pool, cache, &gw.routes, id)
             })
@@ -100,6 +103,7 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         }
         ("DELETE", ["api-keys", id]) => {
             let id = path_id(id)?;
+            input::no_fields(body)?;
             write("key.revoke", Target::Key(Some(id)), &mut || {
                 keys::revoke(pool, cache, id)
             })
@@ -112,6 +116,7 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         }
         ("POST", ["api-keys", id, "quota", "reset"]) => {
             let id = path_id(id)?;
+            input::no_fields(body)?;
             write("key.quota_reset", Target::Key(Some(id)), &mut || {
                 keys::reset_quota(pool, id)
             })
@@ -132,6 +137,7 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         }
         ("DELETE", ["plans", id]) => {
             let id = path_id(id)?;
+            input::no_fields(body)?;
             write("plan.delete", Target::Plan(Some(id)), &mut || {
                 plans::delete(pool, &gw.plans, id)
             })
@@ -152,6 +158,7 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         }
         ("DELETE", ["routes", id]) => {
             let id = path_id(id)?;
+            input::no_fields(body)?;
             write("route.delete", Target::Route(Some(id)), &mut || {
                 routes::delete(pool, &gw.routes, id)
             })
