@@ -521,6 +521,31 @@ fn bad_admin_input_gets_400_naming_the_field_and_creates_nothing() {
             json!({"targetUrl": "javascript:alert(1)"}).to_string(),
             "targetUrl",
         ),
+        // What a record always has cannot be cleared with null (nor is null "keep").
+        (
+            "PATCH",
+            format!("/admin/routes/{route_id}"),
+            json!({"prefix": null}).to_string(),
+            "prefix",
+        ),
+        (
+            "PUT",
+            format!("/admin/routes/{route_id}"),
+            json!({"targetUrl": null}).to_string(),
+            "targetUrl",
+        ),
+        (
+            "PATCH",
+            format!("/admin/api-keys/{key_id}"),
+            json!({"name": null}).to_string(),
+            "name",
+        ),
+        (
+            "PATCH",
+            format!("/admin/api-keys/{key_id}"),
+            json!({"scopes": null}).to_string(),
+            "scopes",
+        ),
         ("GET", "/admin/users/0".into(), String::new(), "id"),
         (
             "GET",
