@@ -517,6 +517,11 @@ fn docs_page_renders_every_operation_filters_them_and_tries_them_for_real() {
     for expected in ["POST", "/admin/users", "email", "required", "201", "409"] {
         assert!(create_user.contains(expected), "{expected}: {create_user}");
     }
+    let all = browser.text("#ops");
+    assert!(
+        !all.lines().any(|l| l.trim() == "null"),
+        "no absent part shown"
+    );
     // The stylesheet made it through the content security policy.
     let radius = browser
         .script("return getComputedStyle(document.querySelector('.op')).borderTopLeftRadius");

@@ -15,8 +15,13 @@ function el(tag, attrs, ...children) {
     else if (k === "text") e.textContent = v;
     else e.setAttribute(k, v);
   }
-  for (const c of children) if (c !== null && c !== undefined) e.append(c);
-  return e;
+  return add(e, ...children);
+}
+
+// Appends the children that are there (`append` would write null as the text "null").
+function add(parent, ...children) {
+  for (const c of children) if (c !== null && c !== undefined) parent.append(c);
+  return parent;
 }
 
 // Text with `code` spans, as the document writes them.
@@ -55,7 +60,8 @@ function typeLine(raw) {
     notes.push((s.minLength || 0) + ".." + (s.maxLength === undefined ? "" : s.maxLength) + " chars");
   }
   if (s.minimum !== undefined) notes.push("≥ " + s.minimum);
-  if (s.maximum !== undefined) notes.push("≤ " + s.maximum);
+  // JSON numbers past 2^53 lose digits in JavaScript; int64's own bound goes unsaid.
+  if (s.maximum !== undefined && s.maximum <= Number.MAX_SAFE_INTEGER) notes.push("≤ " + s.maximum);
   if (s.minItems !== undefined || s.maxItems !== undefined) {
     notes.push((s.minItems || 0) + ".." + (s.maxItems === undefined ? "" : s.maxItems) + " items");
   }
@@ -179,19 +185,19 @@ function operation(method, path, op) {
       el("td", {}, prose(p.description, "span")));
   });
   const section = el("section", { class: "op", id, "data-method": method, "data-path": path });
-  section.append(
+  add(section, 
     el("h3", {}, el("span", { class: "method " + method, text: method.toUpperCase() }), el("code", { class: "path", text: path })),
     op.summary ? el("p", { class: "summary", text: op.summary }) : null,
     op.description ? prose(op.description) : null);
   const security = (op.security || doc.security || []).flatMap((s) => Object.keys(s));
-  section.append(el("p", { class: "auth", text: security.length ? "Credentials: " + security.join(" or ") : "No credentials needed" }));
+  add(section, el("p", { class: "auth", text: security.length ? "Credentials: " + security.join(" or ") : "No credentials needed" }));
   const pt = table(["parameter", "in", "type", ""], paramRows);
-  if (pt) section.append(el("h4", { text: "Parameters" }), pt);
+  if (pt) add(section, el("h4", { text: "Parameters" }), pt);
   const body = op.requestBody && resolve(op.requestBody);
   const json = body && body.content && body.content["application/json"];
   if (json) {
     const rows = fieldRows(json.schema, 0, [], words);
-    section.append(el("h4", { text: "Body " + (refName(json.schema) || "") }), body.description ? prose(body.description) : null,
+    add(section, el("h4", { text: "Body " + (refName(json.schema) || "") }), body.description ? prose(body.description) : null,
       table(["field", "type", "", ""], rows) || el("p", { text: typeLine(json.schema) }));
   }
   const answers = Object.entries(op.responses || {}).map(([status, raw]) => {
@@ -205,8 +211,8 @@ function operation(method, path, op) {
       el("td", {}, prose(r.description, "span")),
       el("td", { text: schema ? refName(schema) || typeLine(schema) : kind }));
   });
-  section.append(el("h4", { text: "Answers" }), table(["status", "", "body"], answers));
-  section.append(tryIt(method, path, op, params));
+  add(section, el("h4", { text: "Answers" }), table(["status", "", "body"], answers));
+  add(section, tryIt(method, path, op, params));
   section.dataset.search = words.join(" ").toLowerCase();
   return section;
 }
