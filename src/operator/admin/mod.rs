@@ -86,7 +86,12 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
                 .ok_or_else(|| Error::NotFound("API key".into()))?;
             Ok(Reply::json(200, &me::key_limits(op, &key.info())?))
         }
-        ("GET", ["users", id, "api-keys"]) => keys::list(pool, ctx, Some(path_id(id)?)),
+        ("GET", ["users", id, "api-keys"]) => {
+            // The path names a user: one that does not exist is 404, not an empty list.
+            let user = crate::store::users::get(pool, path_id(id)?)?
+                .ok_or_else(|| Error::NotFound("user".into()))?;
+            keys::list(pool, ctx, Some(user.id))
+        }
         ("POST", ["api-keys"]) => {
             let b = input::json_object(body)?;
             write("key.create", Target::Key(None), &mut || {
