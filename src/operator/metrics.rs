@@ -31,10 +31,10 @@ pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
 /// The optional `TOLLGATE_METRICS_ADDR` listener's answer: `/metrics` only, without
 /// credentials, for a scraper on a private interface.
 pub fn side_listener(op: &Operator, method: &str, path: &str) -> Reply {
-    if path == "/metrics" && matches!(method, "GET" | "HEAD") {
-        reply(op)
-    } else {
-        Reply::error(&Error::NotFound("endpoint".into()))
+    match (path, method) {
+        ("/metrics", "GET" | "HEAD") => reply(op),
+        ("/metrics", _) => Reply::error(&Error::method_not_allowed(READ_ONLY)),
+        _ => Reply::error(&Error::NotFound("endpoint".into())),
     }
 }
 
