@@ -34,7 +34,11 @@ pub enum Error {
     NotFound(String),
     RouteNotFound,
     Conflict(String),
-    MethodNotAllowed,
+    /// The path exists but not for this method; `allow` lists the methods it takes, as the
+    /// `Allow` header every 405 must carry says them (RFC 9110 §15.5.6), e.g. `GET, HEAD`.
+    MethodNotAllowed {
+        allow: Cow<'static, str>,
+    },
     PayloadTooLarge(u64),
     /// The request target is longer than this many bytes.
     UriTooLong(usize),
@@ -86,6 +90,21 @@ impl Error {
         }
     }
 
+    /// A 405 for an endpoint that takes `allow` (a static list, e.g. `"GET, HEAD"`).
+    pub fn method_not_allowed(allow: impl Into<Cow<'static, str>>) -> Error {
+        Error::MethodNotAllowed {
+            allow: allow.into(),
+        }
+    }
+
+    /// The `Allow` header a 405 carries.
+    pub fn allow(&self) -> Option<&str> {
+        match self {
+            Error::MethodNotAllowed { allow } => Some(allow),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             Error::InvalidField { .. } | Error::BadRequest(_) => 400,
@@ -98,7 +117,7 @@ impl Error {
             | Error::InactiveApiKey => 401,
             Error::InsufficientScope | Error::IpNotAllowed | Error::CorsOriginNotAllowed => 403,
             Error::NotFound(_) | Error::RouteNotFound => 404,
-            Error::MethodNotAllowed => 405,
+            Error::MethodNotAllowed { .. } => 405,
             Error::Conflict(_) => 409,
             Error::PayloadTooLarge(_) => 413,
             Error::UriTooLong(_) => 414,
@@ -135,7 +154,7 @@ impl Error {
             Error::CorsOriginNotAllowed => "cors_origin_not_allowed",
             Error::NotFound(_) => "not_found",
             Error::RouteNotFound => "route_not_found",
-            Error::MethodNotAllowed => "method_not_allowed",
+            Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::Conflict(_) => "conflict",
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::UriTooLong(_) => "uri_too_long",
@@ -210,7 +229,9 @@ impl fmt::Display for Error {
             }
             Error::NotFound(what) => write!(f, "{what} not found"),
             Error::RouteNotFound => write!(f, "no route matches this path for this key"),
-            Error::MethodNotAllowed => write!(f, "method not allowed on this endpoint"),
+            Error::MethodNotAllowed { allow } => {
+                write!(f, "method not allowed on this endpoint; it takes {allow}")
+            }
             Error::Conflict(m) => write!(f, "{m}"),
             Error::PayloadTooLarge(max) => {
                 write!(f, "request body is larger than {max} bytes")

@@ -44,10 +44,11 @@ fn users_can_be_created_listed_fetched_and_deleted_with_their_keys() {
             .status,
         204
     );
-    assert_eq!(
-        gw.admin("GET", &format!("/admin/users/{id}"), None).status,
-        404
-    );
+    // Gone everywhere the path names it, its key list included (not an empty list).
+    for path in ["", "/api-keys", "/limits"] {
+        let r = gw.admin("GET", &format!("/admin/users/{id}{path}"), None);
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+    }
     assert_eq!(gw.with_key("GET", "/x", &key).status, 401);
 }
 
@@ -520,6 +521,31 @@ fn bad_admin_input_gets_400_naming_the_field_and_creates_nothing() {
             format!("/admin/routes/{route_id}"),
             json!({"targetUrl": "javascript:alert(1)"}).to_string(),
             "targetUrl",
+        ),
+        // What a record always has cannot be cleared with null (nor is null "keep").
+        (
+            "PATCH",
+            format!("/admin/routes/{route_id}"),
+            json!({"prefix": null}).to_string(),
+            "prefix",
+        ),
+        (
+            "PUT",
+            format!("/admin/routes/{route_id}"),
+            json!({"targetUrl": null}).to_string(),
+            "targetUrl",
+        ),
+        (
+            "PATCH",
+            format!("/admin/api-keys/{key_id}"),
+            json!({"name": null}).to_string(),
+            "name",
+        ),
+        (
+            "PATCH",
+            format!("/admin/api-keys/{key_id}"),
+            json!({"scopes": null}).to_string(),
+            "scopes",
         ),
         ("GET", "/admin/users/0".into(), String::new(), "id"),
         (

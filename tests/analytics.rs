@@ -846,3 +846,25 @@ fn a_batch_whose_rollups_fail_is_retried_whole_and_raw_rows_never_run_ahead() {
     }
     assert_eq!(count(&gw.admin_get("/analytics/overview").json()), 5);
 }
+
+/// The reference (Express) gateway's dashboard reads `statusCode` from recent rows and
+/// `avg_latency` from top routes; both are sent beside tollgate's own names, with the
+/// same values, so that dashboard works with only the admin secret added.
+#[test]
+fn the_reference_dashboards_field_names_carry_the_same_values() {
+    let gw = Gateway::start();
+    let (_up, _alice, _k, _bob, _bk) = alice_and_bob_traffic(&gw);
+    let recent = gw.admin_get("/analytics/recent").json();
+    let errors = arr(&recent)
+        .iter()
+        .filter(|r| r["statusCode"].as_u64().unwrap_or_else(|| panic!("{r}")) >= 400)
+        .count();
+    assert_eq!(errors, 3, "{recent}");
+    assert!(arr(&recent).iter().all(|r| r["statusCode"] == r["status"]));
+    let top = gw.admin_get("/analytics/top-routes").json();
+    for r in arr(&top) {
+        let avg = r["avg_latency"].as_f64().unwrap_or_else(|| panic!("{r}"));
+        assert!(avg > 0.0, "{r}");
+        assert_eq!(r["avg_latency"], r["avgLatencyMs"]);
+    }
+}

@@ -480,6 +480,134 @@ fn dashboard_in_headless_chromium_shows_the_overview_numbers() {
     drop(browser);
 }
 
+/// `/docs` renders every operation of `/openapi.json`, its search narrows them, and Try it
+/// sends real requests with the credential typed into the page: an admin read, an admin
+/// write the database then holds, a wrong secret's 401, and a key holder's `/me`.
+#[test]
+fn docs_page_renders_every_operation_filters_them_and_tries_them_for_real() {
+    let gw = Gateway::start();
+    let user = gw.create_user("docs@example.com");
+    let (key, key_id) = gw.create_key(user, json!({"name": "docs key"}));
+    let doc = gw.get("/openapi.json", &[]).json();
+    let operations: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|ops| {
+            let ops = ops.as_object().unwrap();
+            ["get", "post", "put", "patch", "delete"]
+                .iter()
+                .filter(|m| ops.contains_key(**m))
+                .count()
+        })
+        .sum();
+
+    let browser = Browser::start();
+    browser.open(&format!("{}/docs", gw.direct_addr));
+    wait_for(&browser, "document.body.dataset.ready");
+    let count = |css: &str| {
+        browser
+            .script(&format!("return document.querySelectorAll('{css}').length"))
+            .as_u64()
+            .unwrap() as usize
+    };
+    assert_eq!(count(".op"), operations, "one section per operation");
+    assert_eq!(count("#toc li"), operations, "one contents entry each");
+    let create_user = browser.text("#op-post-admin-users");
+    for expected in ["POST", "/admin/users", "email", "required", "201", "409"] {
+        assert!(create_user.contains(expected), "{expected}: {create_user}");
+    }
+    let all = browser.text("#ops");
+    assert!(
+        !all.lines().any(|l| l.trim() == "null"),
+        "no absent part shown"
+    );
+    // The stylesheet made it through the content security policy.
+    let radius = browser
+        .script("return getComputedStyle(document.querySelector('.op')).borderTopLeftRadius");
+    assert_eq!(radius, json!("8px"), "app.css applied");
+
+    // Search: every word must match, in any case; the rest is hidden, contents included.
+    browser.type_into("#search", "POST quota/reset");
+    let shown = || {
+        browser
+            .script(
+                "return [...document.querySelectorAll('.op')].filter(s => !s.hidden)\
+                 .map(s => s.dataset.method + ' ' + s.dataset.path).sort().join(',')",
+            )
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        shown(),
+        "post /admin/api-keys/{id}/quota/reset,post /admin/users/{id}/quota/reset"
+    );
+    assert_eq!(count("#toc li:not([hidden])"), 2);
+    assert_eq!(
+        browser.text("#count"),
+        format!("2 of {operations} operations")
+    );
+    browser.script("const s = document.getElementById('search'); s.value = ''; s.dispatchEvent(new Event('input')); return 0");
+    assert_eq!(count(".op:not([hidden])"), operations);
+
+    // Try it, as the operator: a read, then a write.
+    browser.type_into("#credential", ADMIN_SECRET);
+    let answer = |op: &str| {
+        wait_for(
+            &browser,
+            &format!("document.querySelector('#{op} .answer').dataset.status"),
+        );
+        browser.text(&format!("#{op} .answer"))
+    };
+    browser.click("#op-get-admin-users-id summary");
+    browser.type_into("#op-get-admin-users-id [data-param=id]", &user.to_string());
+    browser.click("#op-get-admin-users-id .send");
+    let got = answer("op-get-admin-users-id");
+    assert!(got.starts_with("HTTP 200"), "{got}");
+    assert!(got.contains("docs@example.com"), "{got}");
+
+    browser.click("#op-post-admin-users summary");
+    browser.script(
+        "document.querySelector('#op-post-admin-users textarea').value = \
+         JSON.stringify({email: 'tried@example.com', name: 'Tried'}); return 0",
+    );
+    browser.click("#op-post-admin-users .send");
+    let got = answer("op-post-admin-users");
+    assert!(got.starts_with("HTTP 201"), "{got}");
+    let users = gw.admin_get("/admin/users").json();
+    assert!(
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["email"] == "tried@example.com"),
+        "the write reached the database: {users}"
+    );
+
+    // A wrong secret gets the server's 401, shown as it came.
+    browser.script("document.getElementById('credential').value = ''; return 0");
+    browser.type_into("#credential", "not-the-admin-secret");
+    browser.click("#op-get-admin-stats summary");
+    browser.click("#op-get-admin-stats .send");
+    let got = answer("op-get-admin-stats");
+    assert!(
+        got.starts_with("HTTP 401") && got.contains("unauthorized"),
+        "{got}"
+    );
+
+    // An API key goes in x-api-key: `/me` answers for that key.
+    browser.script("document.getElementById('credential').value = ''; return 0");
+    browser.type_into("#credential", &key);
+    browser.click("#op-get-me summary");
+    browser.click("#op-get-me .send");
+    let got = answer("op-get-me");
+    assert!(got.starts_with("HTTP 200"), "{got}");
+    let me: Value = serde_json::from_str(got.split_once("\n\n").unwrap().1).unwrap();
+    assert_eq!(me["keyId"], json!(key_id), "{me}");
+    drop(browser);
+}
+
 /// The plan panel and the usage table: the admin picks a key, then its user, and sees the
 /// plan, where each limit and the quota stand, the months' usage, and a CSV download equal
 /// to the API's; a key holder sees its own key without a picker.

@@ -67,3 +67,33 @@ fn dashboard_has_the_plan_panel_and_the_usage_table_with_a_csv_link() {
         assert!(script.contains(wiring), "app.js: {wiring}");
     }
 }
+
+#[test]
+fn docs_page_is_served_like_the_dashboard_under_the_same_policy() {
+    let gw = Gateway::start();
+    for (path, kind) in [
+        ("/docs", "text/html"),
+        ("/docs/", "text/html"),
+        ("/docs/app.js", "text/javascript"),
+        ("/docs/app.css", "text/css"),
+    ] {
+        let r = gw.direct("GET", path, &[], None);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r
+            .header("content-type")
+            .is_some_and(|c| c.starts_with(kind)));
+        let csp = r.header("content-security-policy").unwrap_or_default();
+        assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"));
+        assert!(!r.body.contains("https://") && !r.body.contains("<script>"));
+    }
+    // Rendered from the document the binary serves, read with the page's own origin.
+    let script = gw.direct("GET", "/docs/app.js", &[], None).body;
+    assert!(script.contains("fetch(\"/openapi.json\""));
+    assert!(
+        !script.contains("innerHTML"),
+        "text is never parsed as HTML"
+    );
+    let r = gw.direct("POST", "/docs", &[], Some(b""));
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
+    assert_eq!(gw.direct("GET", "/docs/nope.js", &[], None).status, 404);
+}

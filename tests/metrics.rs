@@ -496,6 +496,13 @@ fn metrics_listener_serves_metrics_without_credentials_and_nothing_else() {
         .call()
         .unwrap();
     assert_eq!(r.status(), 404, "only /metrics on the metrics listener");
+    let r = agent
+        .post(format!("http://{addr}/metrics"))
+        .send_empty()
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let allow = r.headers().get("allow").and_then(|v| v.to_str().ok());
+    assert_eq!(allow, Some("GET, HEAD"));
     drop(gw);
 }
 

@@ -159,7 +159,7 @@ fn plan_fields_are_validated_naming_the_field() {
         (json!({"name": "p", "limits": seventeen}), "limits"),
         (
             json!({"name": "p", "limits": [{"name": "a", "limit": 1, "windowSecs": 1, "x": 1}]}),
-            "limits",
+            "limits.x",
         ),
         (json!({"name": "p", "quota": 5}), "quota"),
         (
@@ -177,7 +177,7 @@ fn plan_fields_are_validated_naming_the_field() {
         ),
         (
             json!({"name": "p", "quota": {"limit": 5, "period": "day", "reset": 1}}),
-            "quota",
+            "quota.reset",
         ),
         (json!({"name": "p", "rateLimit": 5}), "rateLimit"),
     ];
@@ -566,7 +566,70 @@ fn unknown_body_fields_are_refused_naming_them_and_change_nothing() {
             "userId",
         ),
     ];
-    for (method, path, body, field) in &cases {
+    // Inside the objects a body holds, named by their path.
+    let limit = json!({"name": "m", "limit": 5, "windowSec": 60});
+    let nested = [
+        (
+            "POST",
+            "/admin/plans".to_string(),
+            json!({"name": "p", "limits": [limit]}),
+            "limits.windowSec",
+        ),
+        (
+            "PATCH",
+            format!("/admin/users/{user}"),
+            json!({"quota": {"limit": 5, "period": "day", "anchr": "created"}}),
+            "quota.anchr",
+        ),
+        (
+            "PATCH",
+            format!("/admin/api-keys/{key}"),
+            json!({"limits": [limit]}),
+            "limits.windowSec",
+        ),
+        (
+            "PUT",
+            format!("/admin/routes/{route}"),
+            json!({"cors": {"allowedOrigin": ["https://a.example"]}}),
+            "cors.allowedOrigin",
+        ),
+    ];
+    // Every admin write the document lists (and a key's own rotation), including those
+    // that take no body at all, refuses a misspelt field before anything else.
+    let doc = gw.get("/openapi.json", &[]).json();
+    let mut every = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ["post", "put", "patch", "delete"] {
+            if ops.get(method).is_some() && (path.starts_with("/admin/") || path == "/me/rotate") {
+                let concrete = path.replace("{id}", &id_for(path, user, key, route, plan));
+                every.push((method.to_uppercase(), concrete));
+            }
+        }
+    }
+    assert!(every.len() >= 17, "{every:?}");
+    let (raw_key, _) = gw.create_key(user, json!({"name": "own"}));
+    let audit_rows = || -> i64 {
+        gw.db()
+            .query_one("SELECT count(*) FROM audit_log", &[])
+            .unwrap()
+            .get(0)
+    };
+    let audited = audit_rows();
+    for (method, path) in &every {
+        let body = json!({"stripprefix": true});
+        let r = if path == "/me/rotate" {
+            let raw = body.to_string();
+            let headers = [
+                ("x-api-key", raw_key.as_str()),
+                ("content-type", "application/json"),
+            ];
+            gw.request("POST", path, &headers, Some(raw.as_bytes()))
+        } else {
+            gw.admin(method, path, Some(body))
+        };
+        assert_refused(&r, "stripprefix", &format!("{method} {path}"));
+    }
+    for (method, path, body, field) in cases.iter().chain(&nested) {
         let r = gw.admin(method, path, Some(body.clone()));
         assert_refused(&r, field, &format!("{method} {path} {body}"));
         assert!(r.json()["error"]["message"]
@@ -587,7 +650,14 @@ fn unknown_body_fields_are_refused_naming_them_and_change_nothing() {
             count("routes"),
             count("plans")
         ),
-        (1, 1, 1, 1)
+        (1, 2, 1, 1)
+    );
+    // Nothing refused was recorded as done, the own key's rotation included.
+    assert_eq!(audit_rows(), audited);
+    assert!(
+        gw.request("GET", "/me", &[("x-api-key", &raw_key)], None)
+            .status
+            == 200
     );
     assert_eq!(
         gw.admin_get(&format!("/admin/api-keys/{key}")).json()["name"],
@@ -601,6 +671,17 @@ fn unknown_body_fields_are_refused_naming_them_and_change_nothing() {
         gw.admin_get(&format!("/admin/plans/{plan}")).json()["name"],
         "pro"
     );
+}
+
+/// The id a document path's `{id}` stands for in the test above.
+fn id_for(path: &str, user: i64, key: i64, route: i64, plan: i64) -> String {
+    let id = match path.split('/').nth(2) {
+        Some("users") => user,
+        Some("api-keys") => key,
+        Some("routes") => route,
+        _ => plan,
+    };
+    id.to_string()
 }
 
 /// Scripts send ids both as numbers and as numeric strings (the admin API has always taken

@@ -171,3 +171,23 @@ fn only_a_request_whose_body_is_read_gets_100_continue() {
     assert!(admitted.starts_with("HTTP/1.1 100 Continue"), "{admitted}");
     assert!(admitted.contains("HTTP/1.1 200"), "{admitted}");
 }
+
+/// b6bc4f4: a metadata float near f64::MAX was stored (jsonb prints it as 309 digits) but
+/// could not be read back, so the user answered 500 on every read, list and delete.
+#[test]
+fn metadata_floats_read_back_as_written_even_at_the_edge_of_f64() {
+    let gw = Gateway::start();
+    let metadata = json!({"max": f64::MAX, "tiny": 5e-324, "min": f64::MIN});
+    let r = gw.admin_post(
+        "/admin/users",
+        json!({"email": "f@example.com", "name": "F", "metadata": metadata}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_i64().unwrap();
+    let read = gw.admin_get(&format!("/admin/users/{id}"));
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.json()["metadata"], metadata);
+    assert_eq!(gw.admin_get("/admin/users").status, 200);
+    let gone = gw.admin("DELETE", &format!("/admin/users/{id}"), None);
+    assert_eq!(gone.status, 204, "{}", gone.body);
+}

@@ -202,12 +202,8 @@ fn on_route(
     route: &store::routes::Route,
 ) -> Result<Reply> {
     if !route.allows(&rq.ctx.method) {
-        let mut reply = Reply::error(&Error::MethodNotAllowed);
-        reply.header(
-            "Allow",
-            route.methods.as_deref().unwrap_or_default().join(", "),
-        );
-        return Ok(reply);
+        let allow = route.methods.as_deref().unwrap_or_default().join(", ");
+        return Err(Error::method_not_allowed(allow));
     }
     // Checked from the declared length before any byte is read (chunked bodies are
     // checked while they stream).

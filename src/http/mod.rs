@@ -187,6 +187,9 @@ impl Reply {
         if let Some(secs) = e.retry_after() {
             reply.header("Retry-After", secs.to_string());
         }
+        if let Some(allow) = e.allow() {
+            reply.header("Allow", allow);
+        }
         reply
     }
 

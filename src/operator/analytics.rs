@@ -5,7 +5,7 @@
 //! secret sees everything and may filter by user, key or route; an API key sees only its
 //! own user's traffic (and its calls count against its rate limit like any other request).
 
-use super::{check_admin, input, ts, Operator};
+use super::{check_admin, input, ts, Operator, READ_ONLY};
 use crate::config::{
     ANALYTICS_DEFAULT_WINDOW as DEFAULT_WINDOW, ANALYTICS_MAX_POINTS as MAX_POINTS,
     ANALYTICS_MAX_WINDOW_SECS as MAX_WINDOW_SECS, ANALYTICS_MIN_WINDOW_SECS as MIN_WINDOW_SECS,
@@ -40,7 +40,7 @@ impl Scope {
 
 pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
     if ctx.method != "GET" && ctx.method != "HEAD" {
-        return Err(Error::MethodNotAllowed);
+        return Err(Error::method_not_allowed(READ_ONLY));
     }
     let gw = op.gateway;
     let mut limit_headers = None;
@@ -267,7 +267,9 @@ fn route_targets(gw: &Gateway, id: i64) -> Value {
 
 /// Busiest routes from the rollups; traffic that matched no route is listed by raw path
 /// (`analytics::unrouted`). For the admin (`pools`), each route's `targets` too: their
-/// URLs are internal addresses a key holder is not shown.
+/// URLs are internal addresses a key holder is not shown. `avg_latency` repeats
+/// `avgLatencyMs` under the name the reference (Express) gateway's dashboard reads, so that
+/// dashboard works unchanged.
 fn top_routes(pool: &Pool, ctx: &Ctx, s: &Scope, pools: Option<&Gateway>) -> Result<Value> {
     let limit = limit(ctx, TOP_DEFAULT)?;
     let routed: Vec<Totals> =
@@ -280,6 +282,7 @@ fn top_routes(pool: &Pool, ctx: &Ctx, s: &Scope, pools: Option<&Gateway>) -> Res
     let mut out: Vec<(i64, Value)> = routed
         .iter()
         .map(|t| {
+            let avg = round2(t.avg_ms());
             let path = prefixes
                 .get(&t.group)
                 .cloned()
@@ -289,7 +292,8 @@ fn top_routes(pool: &Pool, ctx: &Ctx, s: &Scope, pools: Option<&Gateway>) -> Res
                 "path": path,
                 "count": t.count,
                 "errorCount": t.errors(),
-                "avgLatencyMs": round2(t.avg_ms()),
+                "avgLatencyMs": avg,
+                "avg_latency": avg,
                 "p95Ms": round2(t.p(0.95)),
             });
             if let Some(gw) = pools {
@@ -301,12 +305,14 @@ fn top_routes(pool: &Pool, ctx: &Ctx, s: &Scope, pools: Option<&Gateway>) -> Res
     if s.filter.route_id.is_none() {
         let unrouted = analytics::unrouted(pool, &s.filter, s.start, limit)?;
         out.extend(unrouted.into_iter().map(|u| {
+            let avg = round2(u.avg_ms);
             let v = json!({
                 "routeId": null,
                 "path": u.path,
                 "count": u.count,
                 "errorCount": u.errors,
-                "avgLatencyMs": round2(u.avg_ms),
+                "avgLatencyMs": avg,
+                "avg_latency": avg,
                 "p95Ms": round2(u.p95_ms),
             });
             (u.count, v)
@@ -356,7 +362,8 @@ fn status_range(v: &str) -> Option<(i32, i32)> {
 }
 
 /// Newest rows first. `?before=<id>` continues after a row of an earlier page;
-/// `X-Next-Cursor` carries the value for the next page.
+/// `X-Next-Cursor` carries the value for the next page. `statusCode` repeats `status` for
+/// the reference gateway's dashboard, which reads that name.
 fn recent(pool: &Pool, ctx: &Ctx, s: &Scope) -> Result<(Value, Option<i64>)> {
     let limit = limit(ctx, RECENT_DEFAULT)?;
     let status = match input::query_param(ctx, "status")? {
@@ -385,6 +392,7 @@ fn recent(pool: &Pool, ctx: &Ctx, s: &Scope) -> Result<(Value, Option<i64>)> {
                 "path": r.path,
                 "query": r.query,
                 "status": r.status,
+                "statusCode": r.status,
                 "latencyMs": round2(r.latency_ms),
                 "bytesIn": r.bytes_in,
                 "bytesOut": r.bytes_out,

@@ -173,12 +173,19 @@ pub fn only(m: &Map<String, Value>, allowed: &[&str]) -> Result<()> {
         Some(k) => {
             // The name is echoed back, so a hostile one is cut short.
             let name: String = k.chars().take(64).collect();
-            Err(Error::field(
-                name,
-                format!("unknown field; this body takes {}", allowed.join(", ")),
-            ))
+            let takes = match allowed {
+                [] => "this endpoint takes no body fields".to_string(),
+                _ => format!("this body takes {}", allowed.join(", ")),
+            };
+            Err(Error::field(name, format!("unknown field; {takes}")))
         }
     }
+}
+
+/// The body of an endpoint that takes none (a quota reset, a DELETE): empty or `{}`; any
+/// field is refused like an unknown one, since the client believes it does something.
+pub fn no_fields(body: &mut dyn Read) -> Result<()> {
+    only(&json_object_or_empty(body)?, &[])
 }
 
 /// A PATCH field: absent keeps, `null` clears, anything else is read by `parse`.

@@ -5,7 +5,7 @@
 
 use super::admin::audit::{audited, Actor, Target};
 use super::admin::keys;
-use super::{input, ts, Operator};
+use super::{input, ts, Operator, READ_ONLY};
 use crate::error::{Error, Result};
 use crate::gateway::policy::{owner_wide, Limits};
 use crate::gateway::ratelimit::LimitState;
@@ -25,7 +25,8 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
     };
     match (rotate, ctx.method.as_str()) {
         (false, "GET" | "HEAD") | (true, "POST") => {}
-        _ => return Err(Error::MethodNotAllowed),
+        (false, _) => return Err(Error::method_not_allowed(READ_ONLY)),
+        (true, _) => return Err(Error::method_not_allowed("POST")),
     }
     let key = op
         .gateway

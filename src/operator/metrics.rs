@@ -2,7 +2,7 @@
 //! `gateway/metrics.rs`; the rest (log queue, pool, key cache, circuits) is read from the
 //! parts that own it when a scrape renders the page.
 
-use super::{check_admin, check_secret, Operator};
+use super::{check_admin, check_secret, Operator, READ_ONLY};
 use crate::error::{Error, Result};
 use crate::gateway::balance::Balancer;
 use crate::gateway::keys::bearer;
@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// `Authorization: Bearer` (what Prometheus' `authorization` scrape setting sends).
 pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
     if ctx.method != "GET" && ctx.method != "HEAD" {
-        return Err(Error::MethodNotAllowed);
+        return Err(Error::method_not_allowed(READ_ONLY));
     }
     // Both forms count against the client IP's admin failure limit like /admin does, so
     // this endpoint is no way around it for someone guessing the secret.
@@ -33,10 +33,10 @@ pub fn handle(op: &Operator, ctx: &Ctx) -> Result<Reply> {
 /// The optional `TOLLGATE_METRICS_ADDR` listener's answer: `/metrics` only, without
 /// credentials, for a scraper on a private interface.
 pub fn side_listener(op: &Operator, method: &str, path: &str) -> Reply {
-    if path == "/metrics" && matches!(method, "GET" | "HEAD") {
-        reply(op)
-    } else {
-        Reply::error(&Error::NotFound("endpoint".into()))
+    match (path, method) {
+        ("/metrics", "GET" | "HEAD") => reply(op),
+        ("/metrics", _) => Reply::error(&Error::method_not_allowed(READ_ONLY)),
+        _ => Reply::error(&Error::NotFound("endpoint".into())),
     }
 }
 

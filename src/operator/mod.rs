@@ -6,7 +6,8 @@
 //! - `admin/`: users, API keys, routes, stats, the audit log (`x-admin-secret`).
 //! - `analytics.rs`: traffic figures from the rollups (admin secret, or a key for its own).
 //! - `me.rs`: a key holder's own plan, limits and quotas (its key).
-//! - `health.rs`, `metrics.rs`, `dashboard.rs`, `openapi.rs`.
+//! - `health.rs`, `metrics.rs`, `dashboard.rs` (also `/docs`, the API reference page),
+//!   `openapi.rs`.
 //! - `input.rs`: bounded JSON bodies, query parameters, field validation.
 
 pub mod admin;
@@ -61,9 +62,13 @@ pub const OPERATOR_PREFIXES: &[&str] = &[
     "/readyz",
     "/metrics",
     "/dashboard",
+    "/docs",
     "/openapi.json",
     "/me",
 ];
+
+/// The `Allow` list of an endpoint that is only read (a 405's header says it).
+pub const READ_ONLY: &str = "GET, HEAD";
 
 pub fn is_operator_path(path: &str) -> bool {
     OPERATOR_PREFIXES.iter().any(|p| prefix_matches(p, path))
@@ -81,13 +86,16 @@ pub fn dispatch(op: &Operator, rq: &mut Request) -> Result<Reply> {
             &op.gateway.upstreams.breakers,
             op.server,
         )),
-        ("healthz" | "readyz", _) => Err(Error::MethodNotAllowed),
+        ("healthz" | "readyz", _) => Err(Error::method_not_allowed(READ_ONLY)),
         ("openapi.json", "GET" | "HEAD") if ctx.path == "/openapi.json" => Ok(openapi::reply()),
-        ("openapi.json", _) if ctx.path == "/openapi.json" => Err(Error::MethodNotAllowed),
+        ("openapi.json", _) if ctx.path == "/openapi.json" => {
+            Err(Error::method_not_allowed(READ_ONLY))
+        }
         ("admin", _) => admin::handle(op, rq),
         ("analytics", _) => analytics::handle(op, ctx),
         ("metrics", _) => metrics::handle(op, ctx),
         ("dashboard", _) => dashboard::handle(ctx),
+        ("docs", _) => dashboard::serve(ctx, dashboard::DOCS),
         ("me", _) => me::handle(op, rq),
         _ => Err(Error::NotFound("endpoint".into())),
     }

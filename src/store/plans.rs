@@ -98,10 +98,7 @@ impl LimitSpec {
             .keys()
             .find(|k| !["name", "limit", "windowSecs"].contains(&k.as_str()))
         {
-            return Err(Error::field(
-                field,
-                format!("unknown field \"{k}\" in a limit"),
-            ));
+            return Err(unknown(field, k, "a limit takes name, limit, windowSecs"));
         }
         let name = m
             .get("name")
@@ -159,7 +156,7 @@ impl QuotaSpec {
             .keys()
             .find(|k| !["limit", "period", "anchor"].contains(&k.as_str()))
         {
-            return Err(Error::field(field, format!("unknown field \"{k}\"")));
+            return Err(unknown(field, k, "a quota takes limit, period, anchor"));
         }
         let limit = whole(m.get("limit"), 1, MAX_QUOTA).ok_or_else(|| {
             Error::field(
@@ -219,6 +216,12 @@ fn whole(v: Option<&Value>, min: i64, max: i64) -> Option<i64> {
 }
 
 /// Limits stored in a `jsonb` column (written only after [`LimitSpec::list_from_json`]).
+/// An unknown field inside `field`'s object, named `field.k` (cut short: it is echoed).
+fn unknown(field: &str, k: &str, takes: &str) -> Error {
+    let name: String = k.chars().take(64).collect();
+    Error::field(format!("{field}.{name}"), format!("unknown field; {takes}"))
+}
+
 pub fn limits_from_db(v: Option<Value>) -> Option<Vec<LimitSpec>> {
     v.map(|v| LimitSpec::list_from_json(&v, "limits").unwrap_or_default())
 }

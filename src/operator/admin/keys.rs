@@ -210,6 +210,12 @@ pub fn get(pool: &Pool, id: i64) -> Result<Reply> {
 /// past expires the key at once (unlike at creation, where that would be a mistake).
 pub fn update(pool: &Pool, cache: &KeyCache, id: i64, body: &Map<String, Value>) -> Result<Reply> {
     input::only(body, UPDATE_FIELDS)?;
+    // A key always has a name and scopes: `null` cannot clear them, nor mean "keep".
+    for field in ["name", "scopes"] {
+        if body.get(field) == Some(&Value::Null) {
+            return Err(Error::field(field, "cannot be cleared (null)"));
+        }
+    }
     let changes = KeyChanges {
         name: string(body, "name", 200)?,
         rate_limit: change(body, "rateLimit", |_| {

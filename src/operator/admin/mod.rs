@@ -3,7 +3,8 @@
 //! shapes follow the reference gateway's documented API so existing curl scripts keep
 //! working.
 //! Lists answer a JSON array; `X-Next-Cursor` says where the next page starts. A body
-//! field an endpoint does not take is refused (400 naming it), never ignored.
+//! field an endpoint does not take is refused (400 naming it), never ignored; endpoints
+//! that take no body (deletes, quota resets) refuse any field.
 
 pub mod audit;
 pub mod keys;
@@ -37,7 +38,16 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
     let write = |action: &str, target: Target, f: &mut dyn FnMut() -> Result<Reply>| {
         audited(pool, &actor, action, target, f)
     };
-    match (ctx.method.as_str(), &segs[1..]) {
+    let allow = allowed(&segs[1..]).ok_or_else(|| Error::NotFound("admin endpoint".into()))?;
+    // HEAD is GET without the body (RFC 9110 §9.3.2); `respond` drops the body.
+    let method = match ctx.method.as_str() {
+        "HEAD" => "GET",
+        m => m,
+    };
+    if !allow.split(", ").any(|m| m == method) {
+        return Err(Error::method_not_allowed(allow));
+    }
+    match (method, &segs[1..]) {
         ("POST", ["users"]) => {
             let b = input::json_object(body)?;
             write("user.create", Target::User(None), &mut || {
@@ -54,12 +64,14 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         }
         ("POST", ["users", id, "quota", "reset"]) => {
             let id = path_id(id)?;
+            input::no_fields(body)?;
             write("user.quota_reset", Target::User(Some(id)), &mut || {
                 users::reset_quota(pool, id)
             })
         }
         ("DELETE", ["users", id]) => {
             let id = path_id(id)?;
+            input::no_fields(body)?;
             write("user.delete", Target::User(Some(id)), &mut || {
                 users::delete(pool, cache, &gw.routes, id)
             })
@@ -74,7 +86,12 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
                 .ok_or_else(|| Error::NotFound("API key".into()))?;
             Ok(Reply::json(200, &me::key_limits(op, &key.info())?))
         }
-        ("GET", ["users", id, "api-keys"]) => keys::list(pool, ctx, Some(path_id(id)?)),
+        ("GET", ["users", id, "api-keys"]) => {
+            // The path names a user: one that does not exist is 404, not an empty list.
+            let user = crate::store::users::get(pool, path_id(id)?)?
+                .ok_or_else(|| Error::NotFound("user".into()))?;
+            keys::list(pool, ctx, Some(user.id))
+        }
         ("POST", ["api-keys"]) => {
             let b = input::json_object(body)?;
             write("key.create", Target::Key(None), &mut || {
@@ -91,6 +108,7 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         }
         ("DELETE", ["api-keys", id]) => {
             let id = path_id(id)?;
+            input::no_fields(body)?;
             write("key.revoke", Target::Key(Some(id)), &mut || {
                 keys::revoke(pool, cache, id)
             })
@@ -103,6 +121,7 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         }
         ("POST", ["api-keys", id, "quota", "reset"]) => {
             let id = path_id(id)?;
+            input::no_fields(body)?;
             write("key.quota_reset", Target::Key(Some(id)), &mut || {
                 keys::reset_quota(pool, id)
             })
@@ -123,6 +142,7 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         }
         ("DELETE", ["plans", id]) => {
             let id = path_id(id)?;
+            input::no_fields(body)?;
             write("plan.delete", Target::Plan(Some(id)), &mut || {
                 plans::delete(pool, &gw.plans, id)
             })
@@ -144,17 +164,32 @@ pub fn handle(op: &Operator, rq: &mut Request) -> Result<Reply> {
         }
         ("DELETE", ["routes", id]) => {
             let id = path_id(id)?;
+            input::no_fields(body)?;
             write("route.delete", Target::Route(Some(id)), &mut || {
                 routes::delete(pool, &gw.routes, id)
             })
         }
         ("GET", ["stats"]) => Ok(Reply::json(200, &stats(op))),
         ("GET", ["audit"]) => audit::list(pool, ctx),
-        (_, ["users" | "api-keys" | "plans" | "routes" | "stats" | "audit", ..]) => {
-            Err(Error::MethodNotAllowed)
-        }
-        _ => Err(Error::NotFound("admin endpoint".into())),
+        _ => Err(Error::Internal(format!(
+            "{method} {} is allowed but not dispatched",
+            ctx.path
+        ))),
     }
+}
+
+/// The methods an admin path takes (its `Allow` header), or `None` for no such endpoint.
+/// `handle` refuses any other method before dispatching; the arms there are these.
+fn allowed(segs: &[&str]) -> Option<&'static str> {
+    Some(match segs {
+        ["users" | "api-keys" | "plans" | "routes"] => "GET, HEAD, POST",
+        ["users" | "api-keys" | "plans", _] => "GET, HEAD, PATCH, DELETE",
+        ["routes", _] => "GET, HEAD, PATCH, PUT, DELETE",
+        ["users", _, "limits" | "api-keys"] | ["api-keys", _, "limits"] => "GET, HEAD",
+        ["users" | "api-keys", _, "quota", "reset"] | ["api-keys", _, "rotate"] => "POST",
+        ["stats" | "audit"] => "GET, HEAD",
+        _ => return None,
+    })
 }
 
 /// A page of records as a JSON array, `rows` holding up to `limit + 1` of them: when the
@@ -220,12 +255,27 @@ mod tests {
     }
 
     #[test]
-    fn unknown_paths_are_404_and_wrong_methods_405() {
+    fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
         let f = Fixture::new();
         assert_eq!(f.admin("GET", "/admin/widgets", "").status, 404);
-        assert_eq!(f.admin("DELETE", "/admin/stats", "").status, 405);
-        assert_eq!(f.admin("PUT", "/admin/users", "").status, 405);
-        assert_eq!(f.admin("POST", "/admin/api-keys/3", "{}").status, 405);
+        assert_eq!(f.admin("GET", "/admin/users/1/widgets", "").status, 404);
+        for (method, path, allow) in [
+            ("DELETE", "/admin/stats", "GET, HEAD"),
+            ("PUT", "/admin/users", "GET, HEAD, POST"),
+            ("POST", "/admin/api-keys/3", "GET, HEAD, PATCH, DELETE"),
+            ("TRACE", "/admin/routes/3", "GET, HEAD, PATCH, PUT, DELETE"),
+            ("GET", "/admin/users/3/quota/reset", "POST"),
+        ] {
+            let r = f.admin(method, path, "{}");
+            assert_eq!(r.status, 405, "{method} {path}");
+            let got: Vec<&str> = r
+                .headers
+                .iter()
+                .filter(|(k, _)| k == "Allow")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(got, [allow], "{method} {path}");
+        }
     }
 
     #[test]

@@ -587,6 +587,15 @@ fn cors(v: &Value) -> Result<Option<CorsPolicy>> {
 /// Applies the fields present in `body` to `route` (a blank one when creating, the stored
 /// one when updating); absent fields keep their value, `null` resets an option.
 pub fn apply_fields(route: &mut Route, body: &Map<String, Value>) -> Result<()> {
+    // A route always has both: `null` cannot reset them, and is not taken as "keep".
+    for field in ["prefix", "targetUrl"] {
+        if body.get(field).is_some_and(Value::is_null) {
+            return Err(Error::field(
+                field,
+                "must be a string; it cannot be cleared",
+            ));
+        }
+    }
     if let Some(p) = string(body, "prefix", 512)? {
         route.prefix = normalize_prefix(&p)?;
     }
