@@ -40,6 +40,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "012_route_cors",
         include_str!("../../sql/012_route_cors.sql"),
     ),
+    ("014_counting", include_str!("../../sql/014_counting.sql")),
 ];
 
 /// Applies pending migrations, retrying the first connection for up to `wait` so that a

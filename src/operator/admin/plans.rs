@@ -8,13 +8,13 @@ use crate::http::Reply;
 use crate::operator::input::{self, change, id, required, string};
 use crate::operator::ts;
 use crate::store::plans::{
-    self, Change, LimitSpec, Plan, PlanChanges, PlanFields, PlanUse, Policy, PolicyChanges,
-    QuotaSpec,
+    self, Change, Counting, LimitSpec, Plan, PlanChanges, PlanFields, PlanUse, Policy,
+    PolicyChanges, QuotaSpec,
 };
 use crate::store::Pool;
 use serde_json::{json, Map, Value};
 
-const FIELDS: &[&str] = &["name", "limits", "quota"];
+const FIELDS: &[&str] = &["name", "limits", "quota", "counting"];
 
 fn plan_json(p: &Plan, used: PlanUse) -> Value {
     json!({
@@ -22,6 +22,7 @@ fn plan_json(p: &Plan, used: PlanUse) -> Value {
         "name": p.name,
         "limits": limits_json(&p.limits),
         "quota": p.quota.as_ref().map(QuotaSpec::to_json),
+        "counting": p.counting.map(Counting::as_str),
         "keys": used.keys,
         "users": used.users,
         "createdAt": ts(p.created_at),
@@ -47,6 +48,21 @@ fn limits(v: &Value) -> Result<Vec<LimitSpec>> {
 
 fn quota(v: &Value) -> Result<QuotaSpec> {
     QuotaSpec::from_json(v, "quota")
+}
+
+/// `counting`: `"exact"` or `"lease"` (docs/limits.md#leases).
+pub fn counting(v: &Value) -> Result<Counting> {
+    v.as_str()
+        .and_then(Counting::parse)
+        .ok_or_else(|| Error::field("counting", "must be \"exact\" or \"lease\""))
+}
+
+/// A key's or plan's `counting` as created: absent or null is none of its own.
+pub fn own_counting(body: &Map<String, Value>) -> Result<Option<Counting>> {
+    match body.get("counting") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => counting(v).map(Some),
+    }
 }
 
 fn plan_id(body: &Map<String, Value>) -> Result<i64> {
@@ -97,6 +113,7 @@ pub fn create(pool: &Pool, cache: &Plans, body: &Map<String, Value>) -> Result<R
             None | Some(Value::Null) => None,
             Some(v) => Some(quota(v)?),
         },
+        counting: own_counting(body)?,
     };
     let plan = plans::insert(pool, &fields)?;
     cache.reload(pool)?;
@@ -129,6 +146,7 @@ pub fn update(pool: &Pool, cache: &Plans, id: i64, body: &Map<String, Value>) ->
             Change::Set(l) => Some(l),
         },
         quota: change(body, "quota", quota)?,
+        counting: change(body, "counting", counting)?,
     };
     if body.get("name") == Some(&Value::Null) {
         return Err(Error::field(
