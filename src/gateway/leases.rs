@@ -331,7 +331,8 @@ impl Leases {
             if stale && !refill {
                 local.give_back();
             }
-            if !refill && local.owed.is_empty() {
+            let want = if refill { self.want(local) } else { 0 };
+            if want == 0 && local.owed.is_empty() {
                 continue;
             }
             jobs.push(Job {
@@ -344,7 +345,7 @@ impl Leases {
                     lease: true,
                 },
                 demand: Demand {
-                    want: if refill { self.want(local) } else { 0 },
+                    want,
                     returns: std::mem::take(&mut local.owed),
                 },
             });
