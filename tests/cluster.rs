@@ -428,24 +428,6 @@ const LEASES: &[(&str, &str)] = &[
     ("TOLLGATE_LEASE_HORIZON_MS", "20"),
 ];
 
-fn lease_admitted(gw: &Gateway) -> i64 {
-    gw.admin_get("/admin/stats").json()["leaseAdmitted"]
-        .as_i64()
-        .unwrap()
-}
-
-/// The key's counter row: each sliding limit's current count, and the quota's count.
-fn key_counts(gw: &Gateway, key_id: i64) -> (Vec<i64>, i64) {
-    let row = gw
-        .db()
-        .query_one(
-            "SELECT counts, quota_used FROM limit_counters WHERE kind = 'k' AND owner_id = $1",
-            &[&key_id],
-        )
-        .unwrap();
-    (row.get(0), row.get(1))
-}
-
 fn epoch() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -477,17 +459,17 @@ fn two_replicas_leasing_one_key_never_pass_a_limit_and_lose_nothing() {
     let (ok, _) = burst_across([&a, &b], std::slice::from_ref(&key), 16, 25);
     assert!(ok <= 300, "{ok} admitted for a quota of 300");
     assert!(
-        lease_admitted(&a) + lease_admitted(&b) > 0,
+        a.lease_admitted() + b.lease_admitted() > 0,
         "the burst was never leased"
     );
-    let (counts, quota) = key_counts(&a, key_id);
+    let (counts, quota) = a.key_counts(key_id);
     assert!(counts[0] <= 400 && counts[1] <= 350 && quota <= 300);
     let ok = ok as i64;
     assert!(
-        eventually(Duration::from_secs(5), || key_counts(&a, key_id)
+        eventually(Duration::from_secs(5), || a.key_counts(key_id)
             == (vec![ok, ok], ok)),
         "unused units were not given back: {:?} for {ok} admitted",
-        key_counts(&a, key_id)
+        a.key_counts(key_id)
     );
     // The rest, through one replica: exactly what the quota has left.
     let more = (0..=300 - ok)
@@ -525,7 +507,7 @@ fn a_replica_killed_holding_a_lease_keeps_its_share_until_the_next_bucket_ends()
         let (ok, refused) = burst_across([&a, &a], std::slice::from_ref(&key), 8, 2);
         assert_eq!(refused, 0);
         admitted += ok as i64;
-        let counted = key_counts(&a, key_id).0[0];
+        let counted = a.key_counts(key_id).0[0];
         if counted > admitted {
             a.signal("KILL");
             break counted - admitted;

@@ -22,29 +22,11 @@ fn burst(gw: &Gateway, key: &str, threads: usize, each: usize) -> (usize, usize)
     status_counts(&limits::burst(&[gw], &[key.to_string()], threads, each))
 }
 
-fn lease_admitted(gw: &Gateway) -> i64 {
-    gw.admin_get("/admin/stats").json()["leaseAdmitted"]
-        .as_i64()
-        .unwrap()
-}
-
-/// The key's counter row: each sliding limit's current count, and the quota's count.
-fn counts(gw: &Gateway, key_id: i64) -> (Vec<i64>, i64) {
-    let row = gw
-        .db()
-        .query_one(
-            "SELECT counts, quota_used FROM limit_counters WHERE kind = 'k' AND owner_id = $1",
-            &[&key_id],
-        )
-        .unwrap();
-    (row.get(0), row.get(1))
-}
-
 /// Polls until the key's counts are `want` (unused lease units given back) or 5 s pass.
 fn counts_become(gw: &Gateway, key_id: i64, want: &(Vec<i64>, i64)) -> (Vec<i64>, i64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let now = counts(gw, key_id);
+        let now = gw.key_counts(key_id);
         if &now == want || Instant::now() > deadline {
             return now;
         }
@@ -74,9 +56,9 @@ fn one_replica_admits_exactly_the_quota_from_leases_and_gives_back_nothing_unuse
     let (ok, refused) = burst(&gw, &key, 16, 25);
     assert_eq!((ok, refused), (300, 100), "the quota, exactly");
     assert_eq!(up.requests().len(), 300);
-    assert!(lease_admitted(&gw) > 0, "the burst was never leased");
+    assert!(gw.lease_admitted() > 0, "the burst was never leased");
     // Every unit was used: the rows hold exactly what was admitted, on every check.
-    assert_eq!(counts(&gw, key_id), (vec![300, 300], 300));
+    assert_eq!(gw.key_counts(key_id), (vec![300, 300], 300));
     let refused = gw.with_key("GET", "/api", &key);
     assert_eq!(refused.code(), "quota_exceeded");
 }
@@ -89,7 +71,7 @@ fn unused_units_are_given_back_once_the_key_goes_quiet() {
     // Well under the quota: leases are granted and some units are left over.
     let (ok, _) = burst(&gw, &key, 8, 12);
     assert_eq!(ok, 96);
-    assert!(lease_admitted(&gw) > 0, "the burst was never leased");
+    assert!(gw.lease_admitted() > 0, "the burst was never leased");
     let ok = ok as i64;
     let want = (vec![ok, ok], ok);
     assert_eq!(counts_become(&gw, key_id, &want), want);
@@ -108,10 +90,10 @@ fn exact_counting_on_a_plan_or_a_key_counts_every_request_in_a_round() {
     for (key, id) in [(&on_exact, exact_id), (&own_exact, own_id)] {
         let (ok, refused) = burst(&gw, key, 16, 25);
         assert_eq!((ok, refused), (300, 100));
-        assert_eq!(counts(&gw, id), (vec![300, 300], 300));
+        assert_eq!(gw.key_counts(id), (vec![300, 300], 300));
     }
     assert_eq!(
-        lease_admitted(&gw),
+        gw.lease_admitted(),
         0,
         "an exact key was admitted from a lease"
     );
@@ -126,7 +108,7 @@ fn exact_counting_on_a_plan_or_a_key_counts_every_request_in_a_round() {
     assert_eq!(r.json()["counting"], Value::Null);
     burst(&gw, &third, 8, 12);
     assert!(
-        lease_admitted(&gw) > 0,
+        gw.lease_admitted() > 0,
         "the plan's lease counting did not apply"
     );
 }

@@ -410,3 +410,97 @@ fn forget_idle(map: &mut HashMap<i64, Local>, now: Instant) {
             || now.duration_since(l.last_used) < LEASE_IDLE
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::policy::window_check;
+
+    fn limits() -> Limits {
+        Limits {
+            key: vec![window_check("minute".into(), 60, 1_000)].into(),
+            lease: true,
+            ..Default::default()
+        }
+    }
+
+    /// What a round answers for key 7 granting `leased` units, 7 counted before, its
+    /// bucket ending `left` seconds after the round read the clock.
+    fn grant(l: &Limits, leased: i64, left: f64) -> Grant {
+        Grant {
+            key: 7,
+            user: 1,
+            key_checks: l.key.clone(),
+            user_checks: l.user.clone(),
+            taken: vec![Taken {
+                admitted: 1,
+                leased,
+                bucket: 100,
+                owner_wide: false,
+                name: "minute".into(),
+                window: 60,
+                limit: 1_000,
+                before: 7,
+                weighted: 0.0,
+                ends: 6_060.0,
+                period_secs: 60.0,
+                now: 6_060.0 - left,
+            }]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn a_lease_admits_its_units_asks_for_more_at_half_and_shows_its_own_count() {
+        let (leases, l) = (Leases::new(Duration::from_millis(100), 4), limits());
+        assert!(leases.admit(7, 1, &l).is_err(), "no lease yet");
+        leases.granting(&[7]);
+        leases.granted(Instant::now(), vec![grant(&l, 4, 30.0)], &[7]);
+        // 7 before, the round's own request, then 4 leased: this replica's next is 9th.
+        let used: Vec<i64> = (0..4)
+            .map(|_| leases.admit(7, 1, &l).unwrap()[0].before + 1)
+            .collect();
+        assert_eq!(used, [9, 10, 11, 12]);
+        assert_eq!(leases.refills.1.try_iter().collect::<Vec<_>>(), [7]);
+        let demand = leases.admit(7, 1, &l).unwrap_err();
+        assert!(demand.returns.is_empty(), "nothing left to give back");
+        assert_eq!(leases.admitted.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn an_expired_lease_admits_nothing_and_its_units_go_back_where_they_were_counted() {
+        let (leases, l) = (Leases::new(Duration::from_millis(100), 4), limits());
+        assert!(leases.admit(7, 1, &l).is_err());
+        // The bucket ended as the round read the clock: the lease is born expired.
+        leases.granted(Instant::now(), vec![grant(&l, 5, 0.0)], &[]);
+        let demand = leases.admit(7, 1, &l).unwrap_err();
+        let held = Held {
+            subject: Subject::Key,
+            owner: 7,
+            slot: "minute/60".into(),
+            quota: false,
+            bucket: 100,
+        };
+        assert_eq!(demand.returns, [(held, 5)]);
+        assert!(leases.admit(7, 1, &l).is_err());
+    }
+
+    #[test]
+    fn changed_limits_give_the_lease_back_and_an_exact_key_never_touches_it() {
+        let (leases, l) = (Leases::new(Duration::from_millis(100), 4), limits());
+        assert!(leases.admit(7, 1, &l).is_err());
+        leases.granted(Instant::now(), vec![grant(&l, 5, 30.0)], &[]);
+        let exact = Limits {
+            lease: false,
+            ..l.clone()
+        };
+        assert!(leases.admit(7, 1, &exact).unwrap_err().returns.is_empty());
+        let lowered = Limits {
+            key: vec![window_check("minute".into(), 60, 500)].into(),
+            ..l
+        };
+        let demand = leases.admit(7, 1, &lowered).unwrap_err();
+        assert_eq!(demand.returns.len(), 1);
+        assert_eq!(demand.returns[0].1, 5);
+    }
+}
