@@ -78,6 +78,23 @@ fn unused_units_are_given_back_once_the_key_goes_quiet() {
 }
 
 #[test]
+fn a_replica_stopped_by_sigterm_gives_its_unused_units_back_on_the_way_out() {
+    let (mut gw, _up, user) = gateway_with_api_route(LEASE_ENV);
+    let plan = plan(&gw, limits_and_quota("leased", Value::Null));
+    let (key, key_id) = gw.create_key(user, json!({"planId": plan}));
+    let (ok, _) = burst(&gw, &key, 8, 12);
+    gw.signal("TERM");
+    assert!(gw.wait_exit(Duration::from_secs(25)).is_some());
+    let ok = ok as i64;
+    assert_eq!(gw.key_counts(key_id), (vec![ok, ok], ok));
+    assert!(
+        gw.output().contains("unused lease units given back"),
+        "{}",
+        gw.output()
+    );
+}
+
+#[test]
 fn exact_counting_on_a_plan_or_a_key_counts_every_request_in_a_round() {
     let (gw, up, user) = gateway_with_api_route(LEASE_ENV);
     let exact = plan(&gw, limits_and_quota("exact", json!("exact")));

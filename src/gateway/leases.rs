@@ -335,22 +335,40 @@ impl Leases {
             if want == 0 && local.owed.is_empty() {
                 continue;
             }
-            jobs.push(Job {
-                key,
-                user: local.user,
-                limits: Limits {
-                    plan_id: None,
-                    key: local.key_checks.clone(),
-                    user: local.user_checks.clone(),
-                    lease: true,
-                },
-                demand: Demand {
-                    want,
-                    returns: std::mem::take(&mut local.owed),
-                },
-            });
+            jobs.push(job(key, local, want));
         }
         jobs
+    }
+
+    /// Every lease given back (at shutdown): the rounds that take their units off.
+    pub fn all_back(&self) -> Vec<Job> {
+        let mut map = self.lock();
+        let mut jobs = Vec::new();
+        for (&key, local) in map.iter_mut() {
+            local.give_back();
+            if !local.owed.is_empty() {
+                jobs.push(job(key, local, 0));
+            }
+        }
+        jobs
+    }
+}
+
+/// A keeper's round for `key`: `want` units, and what the key owes back.
+fn job(key: i64, local: &mut Local, want: i64) -> Job {
+    Job {
+        key,
+        user: local.user,
+        limits: Limits {
+            plan_id: None,
+            key: local.key_checks.clone(),
+            user: local.user_checks.clone(),
+            lease: true,
+        },
+        demand: Demand {
+            want,
+            returns: std::mem::take(&mut local.owed),
+        },
     }
 }
 

@@ -322,6 +322,19 @@ impl Counters {
         Ok(d)
     }
 
+    /// Gives every lease's unused units back (at shutdown, once no request is in flight),
+    /// so a replica stopped for a deploy keeps nothing from the others.
+    pub fn give_back_leases(&self) {
+        let jobs = self.leases.all_back();
+        if jobs.is_empty() {
+            return;
+        }
+        match self.take_jobs(jobs) {
+            Ok(()) => log::info!("shutdown: unused lease units given back"),
+            Err(e) => log::warn!("shutdown: lease units not given back: {e}"),
+        }
+    }
+
     /// The lease keeper's loop (its own thread): refills the leases requests asked for
     /// and gives back the idle and expired ones, each pass as one round.
     pub fn keep_leases(&self, health: &DbHealth) -> ! {
