@@ -53,8 +53,15 @@ fn one_replica_admits_exactly_the_quota_from_leases_and_gives_back_nothing_unuse
     let (gw, up, user) = gateway_with_api_route(LEASE_ENV);
     let plan = plan(&gw, limits_and_quota("leased", json!("lease")));
     let (key, key_id) = gw.create_key(user, json!({"planId": plan}));
-    let (ok, refused) = burst(&gw, &key, 16, 25);
-    assert_eq!((ok, refused), (300, 100), "the quota, exactly");
+    let rs = limits::burst(&[&gw], std::slice::from_ref(&key), 16, 25);
+    assert_eq!(status_counts(&rs), (300, 100), "the quota, exactly");
+    // Admitted from a lease or not, every answer describes the quota, the closest to
+    // refusing, with what this replica knows is left of it.
+    for r in rs.iter().filter(|r| r.status == 200) {
+        assert_eq!(r.header("X-RateLimit-Limit"), Some("300"));
+        let left: i64 = r.header("X-RateLimit-Remaining").unwrap().parse().unwrap();
+        assert!((0..300).contains(&left), "{left}");
+    }
     assert_eq!(up.requests().len(), 300);
     assert!(gw.lease_admitted() > 0, "the burst was never leased");
     // Every unit was used: the rows hold exactly what was admitted, on every check.

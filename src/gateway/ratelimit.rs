@@ -323,13 +323,14 @@ impl Counters {
     }
 
     /// Gives every lease's unused units back (at shutdown, once no request is in flight),
-    /// so a replica stopped for a deploy keeps nothing from the others.
-    pub fn give_back_leases(&self) {
+    /// so a replica stopped for a deploy keeps nothing from the others. Not tried during
+    /// a known outage, which would hold the shutdown up for `db_wait`.
+    pub fn give_back_leases(&self, health: &DbHealth) {
         let jobs = self.leases.all_back();
         if jobs.is_empty() {
             return;
         }
-        match self.take_jobs(jobs) {
+        match health.call(|| self.take_jobs(jobs)) {
             Ok(()) => log::info!("shutdown: unused lease units given back"),
             Err(e) => log::warn!("shutdown: lease units not given back: {e}"),
         }
