@@ -228,7 +228,9 @@ impl Leases {
     }
 
     fn want(&self, local: &Local) -> i64 {
-        (local.rate * self.horizon.as_secs_f64()).ceil() as i64
+        // Rounded down: a key seeing less than a request a horizon is not leased (a
+        // lease of one unit would only add the round that gives it back).
+        (local.rate * self.horizon.as_secs_f64()).floor() as i64
     }
 
     /// Notes rounds in flight that may grant these keys a lease.
