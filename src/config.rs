@@ -54,7 +54,8 @@ pub const LEASE_SHARE: f64 = 0.25;
 pub const LEASE_IDLE: Duration = Duration::from_millis(500);
 /// How often the lease keeper looks for leases to give back when no refill wakes it.
 pub const LEASE_SWEEP: Duration = Duration::from_millis(100);
-/// Keys a replica keeps lease state for (rate, lease); beyond this, idle ones are forgotten.
+/// Keys a replica keeps lease state for (rate, lease): ~200 bytes each. From half of it on,
+/// the keeper forgets idle ones; a new key finding it full is counted exactly.
 pub const LEASE_KEYS_MAX: usize = 100_000;
 /// How long a request waits for a pooled connection before the gateway answers 503.
 pub const DEFAULT_DB_WAIT_MS: u64 = 2_000;

@@ -154,7 +154,8 @@ impl Leases {
         let now = Instant::now();
         let mut map = self.lock();
         if map.len() >= LEASE_KEYS_MAX && !map.contains_key(&key) {
-            forget_idle(&mut map, now);
+            // Full of busy keys (the keeper forgets idle ones): this one is counted exactly.
+            return Err(Demand::default());
         }
         let local = map.entry(key).or_insert_with(|| Local {
             user,
@@ -321,6 +322,9 @@ impl Leases {
         asked.extend(self.refills.1.try_iter());
         let now = Instant::now();
         let mut map = self.lock();
+        if map.len() >= LEASE_KEYS_MAX / 2 {
+            forget_idle(&mut map, now);
+        }
         let mut jobs = Vec::new();
         for (&key, local) in map.iter_mut() {
             let refill = asked.contains(&key);
@@ -421,7 +425,7 @@ fn held(g: &Grant) -> Option<Vec<Held>> {
 }
 
 /// Forgets keys with nothing leased, owed or in flight that have been idle a while, so
-/// the map stays within `LEASE_KEYS_MAX`.
+/// the map keeps room under `LEASE_KEYS_MAX` for keys that become busy.
 fn forget_idle(map: &mut HashMap<i64, Local>, now: Instant) {
     map.retain(|_, l| {
         l.lease.is_some()
