@@ -147,8 +147,9 @@ impl Handler for App {
         });
     }
 
-    /// Writes every queued log row by `deadline`.
+    /// Gives back unused lease units, and writes every queued log row by `deadline`.
     fn on_shutdown(&self, deadline: Instant) {
+        self.gateway.limiter.counters.give_back_leases(&self.health);
         let lost = self.logger.shutdown(deadline);
         if lost > 0 {
             log::error!("shutdown: {lost} log rows could not be written in time");

@@ -27,6 +27,36 @@ pub const DEFAULT_COUNTER_POOL_SIZE: u32 = 1;
 /// while the previous statement is in flight, which under load is the whole burst; a
 /// positive value only delays an idle gateway.
 pub const DEFAULT_COALESCE_WINDOW_US: u64 = 0;
+/// How much of a key's recent traffic a lease reserves ahead of need (see
+/// `gateway::leases`): the lease is the key's request rate over this long, so it is
+/// refilled about twice a horizon on a hot key and a cold key (less than a request a
+/// horizon) is never leased. 100 ms keeps refills to ~20 rounds a second per hot key while
+/// the units a replica holds, and so what it may keep from others near the limit, stay a
+/// tenth of a second of its traffic. 0 turns leases off: every request is counted exactly.
+pub const DEFAULT_LEASE_HORIZON_MS: u64 = 100;
+/// Leases are granted only while at least this much room is left under every limit and
+/// quota of the key (and its user) after the round's own requests: below it, requests are
+/// counted one by one as without leases, so near the limit nothing is held back from other
+/// replicas. 1000: small limits (tens or hundreds a window) are always exact, and a lease
+/// on a large one takes at most [`LEASE_SHARE`] of the room.
+pub const DEFAULT_LEASE_MIN_ROOM: i64 = 1_000;
+/// How keys and plans without a `counting` field are counted: from leases (true) or one
+/// request at a time (false). Leases, because they take the database round trip off the
+/// hot path of a busy key while keeping every limit exact as a ceiling; what they change
+/// (a bounded under-admission near a large limit while another replica holds units) only
+/// exists above `TOLLGATE_LEASE_MIN_ROOM` of room, so small limits count as before.
+pub const LEASE_BY_DEFAULT: bool = true;
+/// The largest share of the room left that one lease may take, so that a replica leaves
+/// most of what remains to the others.
+pub const LEASE_SHARE: f64 = 0.25;
+/// A lease not used for this long is given back (its units uncounted), so a key that went
+/// quiet on a replica does not keep room from the others.
+pub const LEASE_IDLE: Duration = Duration::from_millis(500);
+/// How often the lease keeper looks for leases to give back when no refill wakes it.
+pub const LEASE_SWEEP: Duration = Duration::from_millis(100);
+/// Keys a replica keeps lease state for (rate, lease): ~200 bytes each. From half of it on,
+/// the keeper forgets idle ones; a new key finding it full is counted exactly.
+pub const LEASE_KEYS_MAX: usize = 100_000;
 /// How long a request waits for a pooled connection before the gateway answers 503.
 pub const DEFAULT_DB_WAIT_MS: u64 = 2_000;
 /// Upstream connect timeout: a healthy service on the same network accepts in well under a
@@ -320,6 +350,10 @@ pub struct Config {
     pub counter_pool_size: u32,
     /// `TOLLGATE_COALESCE_WINDOW_US`; defaults to [`DEFAULT_COALESCE_WINDOW_US`].
     pub coalesce_window: Duration,
+    /// `TOLLGATE_LEASE_HORIZON_MS` (0: no leases); defaults to [`DEFAULT_LEASE_HORIZON_MS`].
+    pub lease_horizon: Duration,
+    /// `TOLLGATE_LEASE_MIN_ROOM`; defaults to [`DEFAULT_LEASE_MIN_ROOM`].
+    pub lease_min_room: i64,
     /// `TOLLGATE_DB_WAIT_MS`; defaults to [`DEFAULT_DB_WAIT_MS`].
     pub db_wait: Duration,
     /// `TOLLGATE_CONNECT_TIMEOUT_MS`; defaults to [`DEFAULT_CONNECT_TIMEOUT_MS`].
@@ -470,6 +504,10 @@ impl Config {
             coalesce_window: Duration::from_micros(
                 v.num("TOLLGATE_COALESCE_WINDOW_US", DEFAULT_COALESCE_WINDOW_US)?,
             ),
+            lease_horizon: Duration::from_millis(
+                v.num("TOLLGATE_LEASE_HORIZON_MS", DEFAULT_LEASE_HORIZON_MS)?,
+            ),
+            lease_min_room: v.num("TOLLGATE_LEASE_MIN_ROOM", DEFAULT_LEASE_MIN_ROOM)?,
             db_wait: v.ms("TOLLGATE_DB_WAIT_MS", DEFAULT_DB_WAIT_MS)?,
             connect_timeout: v.ms("TOLLGATE_CONNECT_TIMEOUT_MS", DEFAULT_CONNECT_TIMEOUT_MS)?,
             upstream_timeout: v.ms("TOLLGATE_UPSTREAM_TIMEOUT_MS", DEFAULT_UPSTREAM_TIMEOUT_MS)?,

@@ -176,6 +176,13 @@ fn serve(cfg: config::Config) -> Result<(), String> {
     logs::retention::spawn(app.pool.clone(), cfg);
     gateway::sync::spawn(cfg, app.pool.clone(), app.gateway.clone());
     gateway::health::spawn(app.gateway.clone());
+    if !cfg.lease_horizon.is_zero() {
+        let keeper = app.clone();
+        std::thread::Builder::new()
+            .name("lease-keeper".into())
+            .spawn(move || keeper.gateway.limiter.counters.keep_leases(&keeper.health))
+            .map_err(|e| format!("starting the lease keeper: {e}"))?;
+    }
     if let Some(addr) = &cfg.metrics_addr {
         let side = app.clone();
         http::server::spawn_single_thread(addr, "metrics", move |method, path| {

@@ -643,3 +643,118 @@ fn a_rolling_restart_behind_haproxy_fails_no_request_and_logs_every_answer() {
     assert!(answers.len() > 100, "too little traffic to prove anything");
     drop((a2, b2, up));
 }
+
+/// Leases (`counting: "lease"`, docs/limits.md#leases) granted down to 4 units of room,
+/// a key's rate measured over 20 ms, so that small test limits are leased.
+const LEASES: &[(&str, &str)] = &[
+    ("TOLLGATE_LEASE_MIN_ROOM", "4"),
+    ("TOLLGATE_LEASE_HORIZON_MS", "20"),
+];
+
+fn epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Two replicas leasing one key on a plan of two limits and a daily quota, hammered
+/// through both: no limit is ever passed; the units neither used come back once the key
+/// is quiet, and then the rest of the quota is admitted, so the total is the quota exactly.
+#[test]
+fn two_replicas_leasing_one_key_never_pass_a_limit_and_lose_nothing() {
+    let a = Gateway::start_with(LEASES);
+    let b = a.start_beside(LEASES);
+    let up = Upstream::start();
+    let user = a.create_user("a@example.com");
+    let plan = a.admin_post(
+        "/admin/plans",
+        json!({"name": "leased", "counting": "lease", "limits": [
+                  {"name": "hour", "limit": 400, "windowSecs": 3600},
+                  {"name": "day", "limit": 350, "windowSecs": 86400}],
+               "quota": {"limit": 300, "period": "day"}}),
+    );
+    assert_eq!(plan.status, 201, "{}", plan.body);
+    let plan = plan.json()["id"].as_i64().unwrap();
+    let (key, key_id) = a.create_key(user, json!({"planId": plan}));
+    a.create_route(user, "/api", &up.addr);
+    routes_reached(&a, &b, &up);
+    let (ok, _) = burst_across([&a, &b], std::slice::from_ref(&key), 16, 25);
+    assert!(ok <= 300, "{ok} admitted for a quota of 300");
+    assert!(
+        a.lease_admitted() + b.lease_admitted() > 0,
+        "the burst was never leased"
+    );
+    let (counts, quota) = a.key_counts(key_id);
+    assert!(counts[0] <= 400 && counts[1] <= 350 && quota <= 300);
+    let ok = ok as i64;
+    assert!(
+        eventually(Duration::from_secs(5), || a.key_counts(key_id)
+            == (vec![ok, ok], ok)),
+        "unused units were not given back: {:?} for {ok} admitted",
+        a.key_counts(key_id)
+    );
+    // The rest, through one replica: exactly what the quota has left.
+    let more = (0..=300 - ok)
+        .filter(|_| a.with_key("GET", "/api", &key).status == 200)
+        .count() as i64;
+    assert_eq!(ok + more, 300);
+    assert_eq!(up.requests().len() as i64, 300 + 1, "the 300 and the probe");
+    assert_eq!(b.with_key("GET", "/api", &key).code(), "quota_exceeded");
+}
+
+/// A replica SIGKILLed while it holds a lease never gives its units back: they count in
+/// the bucket they were counted in, and (weighted down) in the next one, so the other
+/// replica admits less until then; from the start of the bucket after that it admits
+/// the full limit again.
+#[test]
+fn a_replica_killed_holding_a_lease_keeps_its_share_until_the_next_bucket_ends() {
+    const W: f64 = 4.0;
+    const LIMIT: i64 = 60;
+    let mut a = Gateway::start_with(LEASES);
+    let b = a.start_beside(LEASES);
+    let up = Upstream::start();
+    let user = a.create_user("a@example.com");
+    let (key, key_id) = a.create_key(
+        user,
+        json!({"limits": [{"name": "short", "limit": LIMIT, "windowSecs": W as u32}]}),
+    );
+    a.create_route(user, "/api", &up.addr);
+    routes_reached(&a, &b, &up);
+    // From the start of a bucket, bursts on `a` until it holds units it has not used.
+    let sleep_until = |t: f64| std::thread::sleep(Duration::from_secs_f64((t - epoch()).max(0.0)));
+    let b0 = (epoch() / W).floor() + 1.0;
+    sleep_until(b0 * W + 0.05);
+    let mut admitted = 0;
+    let held = loop {
+        let (ok, refused) = burst_across([&a, &a], std::slice::from_ref(&key), 8, 2);
+        assert_eq!(refused, 0);
+        admitted += ok as i64;
+        let counted = a.key_counts(key_id).0[0];
+        if counted > admitted {
+            a.signal("KILL");
+            break counted - admitted;
+        }
+        assert!(admitted < LIMIT / 2, "a never held a lease");
+    };
+    assert!(a.wait_exit(Duration::from_secs(5)).is_some());
+    assert_eq!((epoch() / W).floor(), b0, "the bursts outlasted the bucket");
+    // Still in that bucket: `b` gets what neither admitted nor the dead lease holds.
+    let start = epoch();
+    let got = (0..LIMIT)
+        .filter(|_| b.with_key("GET", "/api", &key).status == 200)
+        .count() as i64;
+    if (epoch() / W).floor() == (start / W).floor() {
+        assert_eq!(
+            got,
+            LIMIT - admitted - held,
+            "{held} held by the dead replica"
+        );
+    }
+    // From the start of the bucket after next, nothing of them counts: the full limit.
+    sleep_until((b0 + 2.0) * W + 0.05);
+    let got = (0..LIMIT + 5)
+        .filter(|_| b.with_key("GET", "/api", &key).status == 200)
+        .count() as i64;
+    assert_eq!(got, LIMIT);
+}

@@ -17,7 +17,7 @@ fn now_secs() -> f64 {
         .as_secs_f64()
 }
 
-fn status_counts(rs: &[Resp]) -> (usize, usize) {
+pub fn status_counts(rs: &[Resp]) -> (usize, usize) {
     let ok = rs.iter().filter(|r| r.status == 200).count();
     let refused = rs.iter().filter(|r| r.status == 429).count();
     assert_eq!(ok + refused, rs.len(), "only 200s and 429s expected");
@@ -30,7 +30,7 @@ fn send(gw: &Gateway, key: &str, n: usize) -> Vec<Resp> {
 }
 
 /// `threads` × `each` requests at once, spread over `keys` and `gateways`.
-fn burst(gateways: &[&Gateway], keys: &[String], threads: usize, each: usize) -> Vec<Resp> {
+pub fn burst(gateways: &[&Gateway], keys: &[String], threads: usize, each: usize) -> Vec<Resp> {
     let start = Barrier::new(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)

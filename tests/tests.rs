@@ -35,6 +35,8 @@ mod ip_rules;
 mod lifecycle;
 // The request log: one row per gateway answer, its columns, a full queue.
 mod logging;
+// Leases (counting "lease"): exact on one replica, unused units given back, the exact option.
+mod leases;
 // Named limits, quotas and owner-wide limits: enforcement, headers, periods, exactness.
 mod limits;
 // `/metrics`: access, the text exposition format, values against known traffic.

@@ -7,8 +7,14 @@
 //! the keys of one user, in batch order, share the smallest room left under the user's
 //! checks. So every limit and quota admits every admitted request, a refused request counts
 //! in none, and no count passes its limit.
+//!
+//! A round also gives back the unused units of leases (`leases.rs`) and grants new ones:
+//! units given back are taken off the bucket they were counted in first; units granted
+//! come after every request of the round, from what room is left, and are counted like
+//! admitted requests, so a lease never lets a count pass its limit either.
 
 use super::policy::Check;
+use crate::config::LEASE_SHARE;
 use crate::store::counters::{Row, Subject};
 use crate::store::plans::Period;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, Utc};
@@ -25,6 +31,24 @@ pub struct Entries {
     pub key_checks: Vec<Arc<[Check]>>,
     /// Each user's owner-wide checks, as its first request in the batch saw them.
     pub user_checks: HashMap<i64, Arc<[Check]>>,
+    /// Lease units wanted for each entry's key beyond its requests (0: none).
+    pub wants: Vec<i64>,
+    /// Leased units given back: taken off their buckets before anything is admitted.
+    pub returns: Vec<(Held, i64)>,
+    /// A lease is granted only while at least this much room is left after the round's
+    /// requests (`TOLLGATE_LEASE_MIN_ROOM`).
+    pub min_room: i64,
+}
+
+/// Where a lease's units were counted for one check: the subject's row, the check's slot
+/// and the bucket (the quota: the period's start) they went into.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Held {
+    pub subject: Subject,
+    pub owner: i64,
+    pub slot: Arc<str>,
+    pub quota: bool,
+    pub bucket: i64,
 }
 
 /// One check's answer for one entry.
@@ -32,6 +56,10 @@ pub struct Entries {
 pub struct Taken {
     /// Requests of the entry admitted (the same on each of its checks).
     pub admitted: i64,
+    /// Lease units granted to the entry's key, counted after its admitted requests.
+    pub leased: i64,
+    /// The bucket counted in (`floor(now / window)`; the quota: its period's start).
+    pub bucket: i64,
     /// A user's (owner-wide) check rather than the key's own.
     pub owner_wide: bool,
     pub name: Arc<str>,
@@ -64,7 +92,8 @@ struct Eval {
 }
 
 impl Entries {
-    /// Every key and user whose row the round must lock: those with checks.
+    /// Every key and user whose row the round must lock: those with checks, and those
+    /// given back units.
     pub fn subjects(&self) -> Vec<(Subject, i64)> {
         let keys = self
             .keys
@@ -77,16 +106,26 @@ impl Entries {
             .iter()
             .filter(|(_, c)| !c.is_empty())
             .map(|(u, _)| (Subject::User, *u));
-        let mut all: Vec<(Subject, i64)> = keys.chain(users).collect();
+        let returns = self.returns.iter().map(|(h, _)| (h.subject, h.owner));
+        let mut all: Vec<(Subject, i64)> = keys.chain(users).chain(returns).collect();
         all.sort_unstable();
+        all.dedup();
         all
     }
 
     /// The round: each entry's answer, one `Taken` per check (key's first, then its
     /// user's), and the rows that changed.
     pub fn allocate(&self, rows: Vec<Row>, now: f64) -> (Vec<Vec<Taken>>, Vec<Row>) {
-        let rows: HashMap<(Subject, i64), Row> =
+        let mut rows: HashMap<(Subject, i64), Row> =
             rows.into_iter().map(|r| ((r.kind, r.owner), r)).collect();
+        let mut touched: Vec<(Subject, i64)> = Vec::new();
+        for (held, units) in &self.returns {
+            if let Some(r) = rows.get_mut(&(held.subject, held.owner)) {
+                give_back(r, held, *units);
+                touched.push((held.subject, held.owner));
+            }
+        }
+        let rows = rows;
         let row = |s: Subject, id: i64| rows.get(&(s, id));
         let key_evals: Vec<Vec<Eval>> = self
             .keys
@@ -105,10 +144,9 @@ impl Entries {
         let mut taken_before: HashMap<i64, i64> = HashMap::new();
         let mut user_added: HashMap<i64, i64> = HashMap::new();
         let mut answers = Vec::with_capacity(self.keys.len());
-        let mut changed = Vec::new();
-        for (i, &key) in self.keys.iter().enumerate() {
+        let mut admitted_of = Vec::with_capacity(self.keys.len());
+        for (i, &user) in self.users.iter().enumerate() {
             let n = i64::from(self.counts[i]);
-            let user = self.users[i];
             let k = room(&key_evals[i]).map_or(n, |r| r.min(n)).max(0);
             let ucap = user_evals.get(&user).and_then(|e| room(e));
             let before = taken_before.entry(user).or_default();
@@ -118,6 +156,7 @@ impl Entries {
             };
             *before += k;
             *user_added.entry(user).or_default() += admitted;
+            admitted_of.push(admitted);
             let mut answer = Vec::new();
             let key_checks = &*self.key_checks[i];
             answer.extend(taken(key_checks, &key_evals[i], admitted, 0, false, now));
@@ -132,7 +171,37 @@ impl Entries {
                 ));
             }
             answers.push(answer);
-            if admitted > 0 && !key_checks.is_empty() {
+        }
+        // Leases come after every request of the round: each takes at most its want and
+        // `LEASE_SHARE` of the room left under its key's and its user's checks, and none
+        // is granted below `min_room`.
+        for (i, &user) in self.users.iter().enumerate() {
+            let want = self.wants.get(i).copied().unwrap_or(0);
+            if want <= 0 {
+                continue;
+            }
+            let key_left = room(&key_evals[i]).map_or(i64::MAX, |r| r - admitted_of[i]);
+            let user_left = user_evals
+                .get(&user)
+                .and_then(|e| room(e))
+                .map_or(i64::MAX, |cap| {
+                    cap - user_added.get(&user).copied().unwrap_or(0)
+                });
+            let left = key_left.min(user_left);
+            if left == i64::MAX || left < self.min_room.max(1) {
+                continue;
+            }
+            let grant = want.min((left as f64 * LEASE_SHARE).floor() as i64).max(0);
+            *user_added.entry(user).or_default() += grant;
+            for t in &mut answers[i] {
+                t.leased = grant;
+            }
+        }
+        let mut changed = Vec::new();
+        for (i, &key) in self.keys.iter().enumerate() {
+            let key_checks = &*self.key_checks[i];
+            let added = admitted_of[i] + answers[i].first().map_or(0, |t| t.leased);
+            if added > 0 && !key_checks.is_empty() {
                 let old = row(Subject::Key, key);
                 changed.push(updated(
                     Subject::Key,
@@ -140,7 +209,7 @@ impl Entries {
                     old,
                     key_checks,
                     &key_evals[i],
-                    admitted,
+                    added,
                 ));
             }
         }
@@ -159,9 +228,35 @@ impl Entries {
                 }
             }
         }
+        // A row given units back and not otherwise changed is written as given back.
+        for s in touched {
+            if !changed.iter().any(|r| (r.kind, r.owner) == s) {
+                changed.extend(rows.get(&s).cloned());
+            }
+        }
         // Rows absent from the database (deleted a moment ago) are not written.
         changed.retain(|r| rows.contains_key(&(r.kind, r.owner)));
         (answers, changed)
+    }
+}
+
+/// Takes `units` leased and unused off the bucket they were counted in: the current one,
+/// or the previous one if the row has moved on by one; nothing if it has moved further
+/// (they no longer count) or the slot is gone. Never below zero.
+fn give_back(r: &mut Row, held: &Held, units: i64) {
+    if held.quota {
+        if r.quota_start == held.bucket {
+            r.quota_used = (r.quota_used - units).max(0);
+        }
+        return;
+    }
+    let Some(i) = r.names.iter().position(|n| **n == *held.slot) else {
+        return;
+    };
+    if r.buckets[i] == held.bucket {
+        r.counts[i] = (r.counts[i] - units).max(0);
+    } else if r.buckets[i] == held.bucket + 1 {
+        r.prevs[i] = (r.prevs[i] - units).max(0);
     }
 }
 
@@ -175,6 +270,8 @@ fn taken<'a>(
 ) -> impl Iterator<Item = Taken> + 'a {
     checks.iter().zip(evals).map(move |(c, e)| Taken {
         admitted,
+        leased: 0,
+        bucket: e.bucket,
         owner_wide,
         name: c.name.clone(),
         window: c.window_secs,
@@ -494,6 +591,7 @@ mod tests {
                 vec![check("default", 60, 100)].into(),
             ],
             user_checks: HashMap::from([(1, vec![check("hour", 3600, 10)].into())]),
+            ..Default::default()
         };
         let rows = vec![
             row(Subject::Key, 7, &[]),
@@ -551,5 +649,85 @@ mod tests {
         let (answers, changed) = e.allocate(Vec::new(), 100.0);
         assert_eq!(answers[0][0].admitted, 0);
         assert!(changed.is_empty());
+    }
+
+    #[test]
+    fn a_lease_comes_after_the_rounds_requests_and_takes_a_share_of_what_is_left() {
+        // "minute" has 7 of 1000 used, the user's "hour" 600 of 2000: 3 requests, then a
+        // lease of at most a quarter of min(1000 - 10, 2000 - 603) = 247.
+        let e = Entries {
+            keys: vec![7],
+            users: vec![1],
+            counts: vec![3],
+            key_checks: vec![vec![check("minute", 60, 1000)].into()],
+            user_checks: HashMap::from([(1, vec![check("hour", 3600, 2000)].into())]),
+            wants: vec![500],
+            min_room: 100,
+            ..Default::default()
+        };
+        let rows = vec![
+            row(Subject::Key, 7, &[("minute/60", 100, 7, 0)]),
+            row(Subject::User, 1, &[("hour/3600", 1, 600, 0)]),
+        ];
+        let (answers, changed) = e.allocate(rows.clone(), 6_030.0);
+        assert_eq!((answers[0][0].admitted, answers[0][0].leased), (3, 247));
+        assert_eq!(answers[0][1].leased, 247);
+        let count = |k: Subject| changed.iter().find(|r| r.kind == k).unwrap().counts[0];
+        assert_eq!((count(Subject::Key), count(Subject::User)), (257, 850));
+        // Wanting less takes less; below the minimum room nothing is leased.
+        let small = Entries {
+            wants: vec![20],
+            ..e
+        };
+        assert_eq!(small.allocate(rows.clone(), 6_030.0).0[0][0].leased, 20);
+        let near = Entries {
+            min_room: 1_000,
+            ..small
+        };
+        let (answers, changed) = near.allocate(rows, 6_030.0);
+        assert_eq!((answers[0][0].admitted, answers[0][0].leased), (3, 0));
+        assert_eq!(changed[0].counts, [10]);
+    }
+
+    #[test]
+    fn units_given_back_leave_the_bucket_they_were_counted_in() {
+        let held = |slot: &str, quota: bool, bucket: i64| Held {
+            subject: Subject::Key,
+            owner: 7,
+            slot: slot.into(),
+            quota,
+            bucket,
+        };
+        let e = Entries {
+            keys: vec![7],
+            users: vec![1],
+            counts: vec![0],
+            key_checks: vec![vec![check("minute", 60, 100), check("hour", 3600, 100)].into()],
+            // Bucket 100 is still current for "minute"; "hour" has moved on to bucket 1,
+            // so its units are in the previous count; "day" is gone; the quota period 50
+            // is over.
+            returns: vec![
+                (held("minute/60", false, 100), 4),
+                (held("hour/3600", false, 0), 5),
+                (held("day/86400", false, 0), 9),
+                (held("quota", true, 50), 3),
+            ],
+            ..Default::default()
+        };
+        let mut r = row(
+            Subject::Key,
+            7,
+            &[("minute/60", 100, 10, 2), ("hour/3600", 1, 1, 8)],
+        );
+        r.quota_start = 60;
+        r.quota_used = 6;
+        let (answers, changed) = e.allocate(vec![r], 6_030.0);
+        assert_eq!(answers[0][0].admitted, 0);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(
+            (changed[0].counts.clone(), changed[0].prevs.clone()),
+            (vec![6, 1], vec![2, 3])
+        );
+        assert_eq!(changed[0].quota_used, 6);
     }
 }

@@ -187,6 +187,7 @@ mod tests {
             scopes: "read,write".into(),
             owner_external_id: Some("cus 1".into()),
             ip_rules: Default::default(),
+            counting: None,
         }
     }
 }

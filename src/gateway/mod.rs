@@ -32,6 +32,7 @@ pub mod health;
 pub mod identity;
 pub mod ip_rules;
 pub mod keys;
+pub mod leases;
 pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
@@ -71,7 +72,13 @@ impl Gateway {
             ),
             routes: RouteTable::default(),
             limiter: Limiter::new(
-                ratelimit::Counters::new(counter_pool, cfg.coalesce_window, cfg.clock_shift_secs),
+                ratelimit::Counters::new(
+                    counter_pool,
+                    cfg.coalesce_window,
+                    cfg.clock_shift_secs,
+                    leases::Leases::new(cfg.lease_horizon, cfg.lease_min_room),
+                    cfg.db_wait,
+                ),
                 cfg.ratelimit_fail_open,
             ),
             plans: policy::Plans::default(),

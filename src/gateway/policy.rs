@@ -3,10 +3,12 @@
 //! counted across all of the user's keys. Plans are cached here and reloaded when any
 //! replica changes one (the `plans` notification, `sync.rs`).
 
-use crate::config::{DEFAULT_KEY_RATE_LIMIT, PLAN_MISS_RELOAD_EVERY, RESOLVED_CACHE_MAX};
+use crate::config::{
+    DEFAULT_KEY_RATE_LIMIT, LEASE_BY_DEFAULT, PLAN_MISS_RELOAD_EVERY, RESOLVED_CACHE_MAX,
+};
 use crate::error::Result;
 use crate::store::keys::KeyInfo;
-use crate::store::plans::{self, Anchor, LimitSpec, Period, Plan, Policy, QuotaSpec};
+use crate::store::plans::{self, Anchor, Counting, LimitSpec, Period, Plan, Policy, QuotaSpec};
 use crate::store::Pool;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -38,6 +40,9 @@ pub struct Limits {
     pub key: Arc<[Check]>,
     /// The user's own limits and quota, counted across all of the user's keys.
     pub user: Arc<[Check]>,
+    /// Counted from leases (`counting: "lease"`, see `leases.rs`) rather than one request
+    /// at a time.
+    pub lease: bool,
 }
 
 impl Limits {
@@ -48,10 +53,12 @@ impl Limits {
     /// The sliding limits alone.
     pub fn without_quotas(&self) -> Limits {
         let windows = |c: &[Check]| c.iter().filter(|c| c.period.is_none()).cloned().collect();
+        // Operator calls are few: counted exactly, apart from the key's lease.
         Limits {
             plan_id: self.plan_id,
             key: windows(&self.key),
             user: windows(&self.user),
+            lease: false,
         }
     }
 }
@@ -91,7 +98,8 @@ fn quota_check(q: &QuotaSpec, created: DateTime<Utc>) -> Check {
 /// The checks for one key. Its own `rateLimit` (the limit `default` over the gateway
 /// window) and `limits` replace its plan's limits; its own quota replaces its plan's; the
 /// plan is the key's own, else its user's; with neither, the gateway default applies. The
-/// user's own limits and quota are counted owner-wide, on top.
+/// user's own limits and quota are counted owner-wide, on top. The key's own `counting`
+/// wins over its plan's; with neither, [`LEASE_BY_DEFAULT`].
 pub fn resolve(k: &KeyInfo, plan: Option<&Plan>, window_secs: u32) -> Limits {
     let mut key: Vec<Check> = Vec::new();
     let own_limits = k.rate_limit.is_some() || k.own.limits.is_some();
@@ -115,6 +123,10 @@ pub fn resolve(k: &KeyInfo, plan: Option<&Plan>, window_secs: u32) -> Limits {
         plan_id: plan.map(|p| p.id),
         key: key.into(),
         user: owner_wide(&k.owner, k.owner_created_at),
+        lease: k
+            .counting
+            .or(plan.and_then(|p| p.counting))
+            .map_or(LEASE_BY_DEFAULT, |c| c == Counting::Lease),
     }
 }
 

@@ -12,8 +12,13 @@
 //! member derives its own position from that. The limits stay exact across replicas (the
 //! row locks serialise every round that touches a key or user) while the database runs one
 //! round per batch instead of one per request or per limit.
+//!
+//! A busy key counted by lease (`leases.rs`) skips all of that: its requests are admitted
+//! from units its rounds counted ahead of need, and a keeper thread refills the lease
+//! before it runs out, so they wait for no round at all.
 
 use super::counting::{Entries, Taken};
+use super::leases::{Demand, Grant, Job, Leases};
 use super::metrics::Metrics;
 use super::policy::Limits;
 use crate::error::{Error, Result};
@@ -23,7 +28,7 @@ use crate::store::{DbHealth, Pool};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where one limit or quota stands for one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,14 +85,24 @@ struct Pending {
 }
 
 impl Pending {
-    /// Adds one request; returns its entry and its 0-based position among the entry's
-    /// requests.
-    fn join(&mut self, key_id: i64, user_id: i64, limits: &Limits) -> (usize, i32) {
+    /// Adds `requests` requests (1, or 0 for a lease's round) with what the key's lease
+    /// wants or gives back; returns its entry and the 0-based position of its first
+    /// request among the entry's requests.
+    fn join(
+        &mut self,
+        key_id: i64,
+        user_id: i64,
+        limits: &Limits,
+        requests: i32,
+        demand: Demand,
+    ) -> (usize, i32) {
         let e = &mut self.entries;
+        e.returns.extend(demand.returns);
         match self.index.get(&key_id) {
             Some(&entry) => {
                 let me = e.counts[entry];
-                e.counts[entry] += 1;
+                e.counts[entry] += requests;
+                e.wants[entry] = e.wants[entry].max(demand.want);
                 (entry, me)
             }
             None => {
@@ -95,7 +110,8 @@ impl Pending {
                 self.index.insert(key_id, entry);
                 e.keys.push(key_id);
                 e.users.push(user_id);
-                e.counts.push(1);
+                e.counts.push(requests);
+                e.wants.push(demand.want);
                 e.key_checks.push(limits.key.clone());
                 e.user_checks
                     .entry(user_id)
@@ -125,12 +141,24 @@ pub struct Counters {
     /// batching factor.
     pub statements: AtomicU64,
     pub counted: AtomicU64,
+    pub leases: Leases,
+    /// How long a request refused by its round waits for a lease of its key being granted
+    /// by another round of this replica (`TOLLGATE_DB_WAIT_MS`).
+    db_wait: Duration,
 }
 
 impl Counters {
     /// `linger` is how long a batch's leader waits for more members before running it.
-    pub fn new(pool: Pool, linger: Duration, clock_shift: f64) -> Counters {
+    pub fn new(
+        pool: Pool,
+        linger: Duration,
+        clock_shift: f64,
+        leases: Leases,
+        db_wait: Duration,
+    ) -> Counters {
         Counters {
+            leases,
+            db_wait,
             max_running: pool.max_size().max(1),
             pool,
             linger,
@@ -149,18 +177,48 @@ impl Counters {
     }
 
     /// Joins the pending batch and returns this request's entry's answer and its 0-based
-    /// position among its key's requests in the batch. Leads the batch (runs its
-    /// statement) when a counter connection is free; otherwise waits until the batch has
-    /// been answered or a connection frees up while it is still pending.
-    fn take(&self, key_id: i64, user_id: i64, limits: &Limits) -> Result<(Arc<[Taken]>, i32)> {
+    /// position among its key's requests in the batch.
+    fn take(
+        &self,
+        key_id: i64,
+        user_id: i64,
+        limits: &Limits,
+        demand: Demand,
+    ) -> Result<(Arc<[Taken]>, i32)> {
         let mut st = self.lock();
-        let (entry, me) = st.pending.join(key_id, user_id, limits);
+        let (entry, me) = st.pending.join(key_id, user_id, limits, 1, demand);
         let batch = st.pending.batch.clone();
+        let answer = self.answered(st, &batch);
+        answer_for(answer, entry).map(|t| (t, me))
+    }
+
+    /// Runs the keeper's rounds (refills, units given back) as one batch; requests join it.
+    fn take_jobs(&self, jobs: Vec<Job>) -> Result<()> {
+        let mut st = self.lock();
+        for j in jobs {
+            st.pending.join(j.key, j.user, &j.limits, 0, j.demand);
+        }
+        let batch = st.pending.batch.clone();
+        match self.answered(st, &batch) {
+            Ok(_) => Ok(()),
+            Err(true) => Err(Error::DatabaseUnavailable),
+            Err(false) => Err(Error::Internal("rate-limit statement failed".into())),
+        }
+    }
+
+    /// Waits until `batch` (joined under `st`) is answered, leading it when a counter
+    /// connection is free; otherwise waiting until the batch has been answered or a
+    /// connection frees up while it is still pending.
+    fn answered<'a, 'b>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        batch: &'b Arc<Batch>,
+    ) -> &'b Answer {
         loop {
             if let Some(answer) = batch.answer.get() {
-                return answer_for(answer, entry).map(|t| (t, me));
+                return answer;
             }
-            if Arc::ptr_eq(&st.pending.batch, &batch)
+            if Arc::ptr_eq(&st.pending.batch, batch)
                 && !st.pending.claimed
                 && st.running < self.max_running
             {
@@ -185,7 +243,8 @@ impl Counters {
     /// Runs the batch's statement and publishes its answer. Whatever happens in `run`,
     /// even a panic, the guard answers the members and frees the connection slot, so no
     /// request waits forever on a batch whose leader is gone.
-    fn lead(&self, pending: Pending) {
+    fn lead(&self, mut pending: Pending) {
+        pending.entries.min_room = self.leases.min_room;
         let mut lead = Lead {
             counters: self,
             batch: pending.batch.clone(),
@@ -203,9 +262,35 @@ impl Counters {
 
     fn run(&self, p: &Pending) -> Result<Vec<Arc<[Taken]>>> {
         let e = &p.entries;
+        let wanting: Vec<i64> = (e.keys.iter().zip(&e.wants))
+            .filter(|(_, &w)| w > 0)
+            .map(|(&k, _)| k)
+            .collect();
+        let mut granting = Granting {
+            leases: &self.leases,
+            sent: Instant::now(),
+            grants: Vec::new(),
+            keys: wanting,
+        };
+        if !granting.keys.is_empty() {
+            self.leases.granting(&granting.keys);
+        }
         let taken = counters::count(&self.pool, &e.subjects(), self.clock_shift, |rows, now| {
             e.allocate(rows, now)
         })?;
+        let taken: Vec<Arc<[Taken]>> = taken.into_iter().map(Arc::from).collect();
+        for (i, t) in taken.iter().enumerate() {
+            if t.first().is_some_and(|t| t.leased > 0) {
+                granting.grants.push(Grant {
+                    key: e.keys[i],
+                    user: e.users[i],
+                    key_checks: e.key_checks[i].clone(),
+                    user_checks: e.user_checks.get(&e.users[i]).cloned().unwrap_or_default(),
+                    taken: t.clone(),
+                });
+            }
+        }
+        drop(granting);
         self.statements.fetch_add(1, Ordering::Relaxed);
         self.counted.fetch_add(
             e.counts
@@ -215,21 +300,63 @@ impl Counters {
             Ordering::Relaxed,
         );
         // Shared by the entry's members: each reads it, none copies it.
-        Ok(taken.into_iter().map(Arc::from).collect())
+        Ok(taken)
     }
 
-    /// Counts one request of `key_id` (of `user_id`) under `limits` and decides it.
-    pub fn check(&self, key_id: i64, user_id: i64, limits: &Limits) -> Result<Decision> {
-        let (taken, me) = self.take(key_id, user_id, limits)?;
-        decide_member(&taken, me)
+    /// Counts one request of `key_id` (of `user_id`) under `limits` in a round, with what
+    /// its key's lease wants or gives back, and decides it.
+    fn check_in_round(
+        &self,
+        key_id: i64,
+        user_id: i64,
+        limits: &Limits,
+        demand: Demand,
+    ) -> Result<Decision> {
+        let (taken, me) = self.take(key_id, user_id, limits, demand)?;
+        let d = decide_member(&taken, me)?;
+        if !d.allowed {
+            if let Some(taken) = self.leases.admit_refused(key_id, limits, self.db_wait) {
+                return decide_member(&taken, 0);
+            }
+        }
+        Ok(d)
+    }
+
+    /// Gives every lease's unused units back (at shutdown, once no request is in flight),
+    /// so a replica stopped for a deploy keeps nothing from the others. Not tried during
+    /// a known outage, which would hold the shutdown up for `db_wait`.
+    pub fn give_back_leases(&self, health: &DbHealth) {
+        let jobs = self.leases.all_back();
+        if jobs.is_empty() {
+            return;
+        }
+        match health.call(|| self.take_jobs(jobs)) {
+            Ok(()) => log::info!("shutdown: unused lease units given back"),
+            Err(e) => log::warn!("shutdown: lease units not given back: {e}"),
+        }
+    }
+
+    /// The lease keeper's loop (its own thread): refills the leases requests asked for
+    /// and gives back the idle and expired ones, each pass as one round.
+    pub fn keep_leases(&self, health: &DbHealth) -> ! {
+        loop {
+            let jobs = self.leases.due();
+            if jobs.is_empty() {
+                continue;
+            }
+            // A failed round may have committed before its answer was lost: its units are
+            // not given back twice (under-admission, never over), they age out.
+            if let Err(e) = health.call(|| self.take_jobs(jobs)) {
+                log::debug!("lease round failed: {e}");
+            }
+        }
     }
 
     /// Where every limit and quota of a key stands, counting nothing (`GET /me`). With
     /// only `limits.user`, where a user's owner-wide ones stand (any `key_id`).
     pub fn peek(&self, key_id: i64, user_id: i64, limits: &Limits) -> Result<Vec<LimitState>> {
         let mut p = Pending::default();
-        p.join(key_id, user_id, limits);
-        p.entries.counts[0] = 0;
+        p.join(key_id, user_id, limits, 0, Demand::default());
         let e = &p.entries;
         let (rows, now) = counters::read(&self.pool, &e.subjects(), self.clock_shift)?;
         let taken = e
@@ -262,6 +389,24 @@ impl Drop for Lead<'_> {
         self.batch.cv.notify_all();
         if !st.pending.entries.keys.is_empty() {
             st.pending.batch.cv.notify_one();
+        }
+    }
+}
+
+/// A round's leases until it ends: installed (or, if the round failed, only released)
+/// whatever happens, so requests waiting on them are freed.
+struct Granting<'a> {
+    leases: &'a Leases,
+    sent: Instant,
+    grants: Vec<Grant>,
+    keys: Vec<i64>,
+}
+
+impl Drop for Granting<'_> {
+    fn drop(&mut self) {
+        if !self.keys.is_empty() {
+            let grants = std::mem::take(&mut self.grants);
+            self.leases.granted(self.sent, grants, &self.keys);
         }
     }
 }
@@ -494,7 +639,13 @@ impl Limiter {
         if limits.is_empty() {
             return Ok(Limit::Unlimited);
         }
-        match health.call(|| self.counters.check(key_id, user_id, limits)) {
+        // A lease admits without the database, also while it cannot be reached.
+        let c = &self.counters;
+        let demand = match c.leases.admit(key_id, user_id, limits) {
+            Ok(taken) => return decide_member(&taken, 0).map(Limit::Decided),
+            Err(demand) => demand,
+        };
+        match health.call(|| c.check_in_round(key_id, user_id, limits, demand)) {
             Ok(d) => Ok(Limit::Decided(d)),
             Err(Error::DatabaseUnavailable) if self.fail_open => Ok(Limit::Degraded),
             Err(e) => Err(e),
@@ -547,6 +698,8 @@ mod tests {
     fn taken(name: &str, window: u32, limit: i64, admitted: i64, before: i64) -> Taken {
         Taken {
             admitted,
+            leased: 0,
+            bucket: 17,
             owner_wide: false,
             name: name.into(),
             window,
@@ -569,7 +722,7 @@ mod tests {
                     key: vec![check("default", 60, 100 + k)].into(),
                     ..Default::default()
                 };
-                p.join(k, 1, &limits)
+                p.join(k, 1, &limits, 1, Demand::default())
             })
             .collect();
         assert_eq!(joins, [(0, 0), (1, 0), (0, 1), (0, 2), (2, 0), (1, 1)]);
@@ -588,8 +741,8 @@ mod tests {
             user: vec![check("minute", 60, 15)].into(),
             ..Default::default()
         };
-        p.join(2, 5, &limits);
-        p.join(1, 5, &limits);
+        p.join(2, 5, &limits, 1, Demand::default());
+        p.join(1, 5, &limits, 1, Demand::default());
         assert_eq!(
             p.entries.subjects(),
             [(Subject::Key, 1), (Subject::Key, 2), (Subject::User, 5)]

@@ -231,6 +231,7 @@ pub fn parse(text: &str) -> Result<Desired> {
             name: fields.name.clone(),
             limits: fields.limits.clone(),
             quota: fields.quota.clone(),
+            counting: fields.counting,
             created_at: now,
             updated_at: now,
         });
@@ -452,6 +453,7 @@ pub fn apply(pool: &Pool, d: &Desired, prune: bool, dry_run: bool) -> Result<Vec
                     name: None,
                     limits: Some(fp.fields.limits.clone()),
                     quota: set(fp.fields.quota.clone()),
+                    counting: set(fp.fields.counting),
                 };
                 let new = store::plans::update_in(&mut tx, cur.id, &change)?
                     .ok_or_else(|| Error::NotFound("plan".into()))?;

@@ -260,10 +260,14 @@ impl std::fmt::Display for Literal {
 }
 
 /// Zeroes the quota period of a key (`'k'`) or user (`'u'`): the count starts again now,
-/// the period's boundaries stay. False if the subject does not exist.
+/// the period's boundaries stay (they are computed, not stored). The stored period start
+/// is cleared too, so units a lease counted before the reset are never given back into
+/// the new count (`gateway::counting::give_back` matches the period start). False if the
+/// subject does not exist.
 pub fn reset_quota(pool: &Pool, kind: Subject, id: i64) -> Result<bool> {
     let n = pool.get()?.execute(
-        "UPDATE limit_counters SET quota_used = 0 WHERE kind = $1 AND owner_id = $2",
+        "UPDATE limit_counters SET quota_used = 0, quota_start = -1
+          WHERE kind = $1 AND owner_id = $2",
         &[&kind.code(), &id],
     )?;
     Ok(n > 0)

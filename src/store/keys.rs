@@ -1,7 +1,7 @@
 //! `api_keys`: every statement on the table, and the one mapping of its row.
 
 use super::ip_rules::{Cidr, IpRules};
-use super::plans::{no_such_plan, Change, Policy, PolicyChanges};
+use super::plans::{no_such_plan, Change, Counting, Policy, PolicyChanges};
 use super::{is_fk_violation, Pool};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
@@ -15,7 +15,7 @@ const COLS: &str = "k.id, k.user_id, k.name, k.public_id, k.scopes, k.rate_limit
     k.revoked_at, k.last_used_at, k.created_at, k.plan_id, k.limits, k.quota, \
     u.plan_id, u.limits, u.quota, u.created_at, \
     k.key_hash, k.prev_key_hash, k.prev_valid_until, k.rotated_at, k.paused_at, k.metadata, \
-    u.metadata, u.external_id, k.allow_cidrs::text[], k.deny_cidrs::text[]";
+    u.metadata, u.external_id, k.allow_cidrs::text[], k.deny_cidrs::text[], k.counting";
 
 /// `FROM` for [`COLS`]; statements that change a key select from their `RETURNING *` as `k`.
 const FROM: &str = "api_keys k JOIN users u ON u.id = k.user_id";
@@ -47,6 +47,8 @@ pub struct ApiKey {
     pub owner_metadata: Value,
     pub owner_external_id: Option<String>,
     pub ip_rules: IpRules,
+    /// The key's own `counting` (None: its plan's, else the gateway's default).
+    pub counting: Option<Counting>,
 }
 
 /// The bcrypt hashes a key is verified against: the current secret's and, after a
@@ -82,6 +84,7 @@ pub struct KeyInfo {
     pub owner_external_id: Option<String>,
     /// Parsed once here, so a request only matches.
     pub ip_rules: IpRules,
+    pub counting: Option<Counting>,
 }
 
 impl ApiKey {
@@ -112,6 +115,7 @@ impl ApiKey {
             owner_metadata: r.get(at + 23),
             owner_external_id: r.get(at + 24),
             ip_rules: IpRules::from_db(r.get(at + 25), r.get(at + 26)),
+            counting: Counting::from_db(r.get(at + 27)),
         }
     }
 
@@ -137,6 +141,7 @@ impl ApiKey {
             },
             owner_external_id: self.owner_external_id.clone(),
             ip_rules: self.ip_rules.clone(),
+            counting: self.counting,
         }
     }
 }
@@ -177,6 +182,7 @@ pub struct NewKey<'a> {
     pub own: &'a Policy,
     pub metadata: &'a Value,
     pub ip_rules: &'a IpRules,
+    pub counting: Option<Counting>,
 }
 
 /// A foreign key violation is the body's fault: a user or plan it names does not exist.
@@ -198,16 +204,17 @@ pub fn insert(pool: &Pool, k: &NewKey) -> Result<ApiKey> {
         "WITH k AS (
             INSERT INTO api_keys (user_id, name, public_id, key_hash, rate_limit, scopes,
                                   expires_at, plan_id, limits, quota, metadata,
-                                  allow_cidrs, deny_cidrs)
+                                  allow_cidrs, deny_cidrs, counting)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
-                    $12::text[]::cidr[], $13::text[]::cidr[]) RETURNING *)
+                    $12::text[]::cidr[], $13::text[]::cidr[], $14) RETURNING *)
          SELECT {COLS} FROM {FROM_CHANGED}"
     );
     let limits = super::plans::limits_to_db(&k.own.limits);
     let quota = super::plans::quota_to_db(&k.own.quota);
     let allow = IpRules::to_db(&k.ip_rules.allow);
     let deny = IpRules::to_db(&k.ip_rules.deny);
-    let params: [&(dyn postgres::types::ToSql + Sync); 13] = [
+    let counting = k.counting.map(Counting::as_str);
+    let params: [&(dyn postgres::types::ToSql + Sync); 14] = [
         &k.user_id,
         &k.name,
         &k.public_id,
@@ -221,6 +228,7 @@ pub fn insert(pool: &Pool, k: &NewKey) -> Result<ApiKey> {
         k.metadata,
         &allow,
         &deny,
+        &counting,
     ];
     match pool.get()?.query_one(sql.as_str(), &params) {
         Ok(row) => Ok(ApiKey::from_row(&row, 0)),
@@ -273,6 +281,7 @@ pub struct KeyChanges {
     /// Replace the whole list (empty clears it).
     pub allow_cidrs: Option<Vec<Cidr>>,
     pub deny_cidrs: Option<Vec<Cidr>>,
+    pub counting: Change<Counting>,
 }
 
 pub fn update(pool: &Pool, id: i64, c: &KeyChanges) -> Result<Option<ApiKey>> {
@@ -287,6 +296,7 @@ pub fn update(pool: &Pool, id: i64, c: &KeyChanges) -> Result<Option<ApiKey>> {
                    metadata = coalesce($15, metadata),
                    allow_cidrs = coalesce($16::text[]::cidr[], allow_cidrs),
                    deny_cidrs = coalesce($17::text[]::cidr[], deny_cidrs),
+                   counting = CASE WHEN $18 THEN $19 ELSE counting END,
                    {}
              WHERE id = $1 RETURNING *)
          SELECT {COLS} FROM {FROM_CHANGED}",
@@ -296,6 +306,8 @@ pub fn update(pool: &Pool, id: i64, c: &KeyChanges) -> Result<Option<ApiKey>> {
     let (p, plan, l, limits, q, quota) = c.policy.values();
     let allow = c.allow_cidrs.as_deref().map(IpRules::to_db);
     let deny = c.deny_cidrs.as_deref().map(IpRules::to_db);
+    let (k, counting) = c.counting.bind();
+    let counting = counting.map(|c| c.as_str());
     let row = pool.get()?.query_opt(
         sql.as_str(),
         &[
@@ -316,6 +328,8 @@ pub fn update(pool: &Pool, id: i64, c: &KeyChanges) -> Result<Option<ApiKey>> {
             &c.metadata,
             &allow,
             &deny,
+            &k,
+            &counting,
         ],
     );
     match row {

@@ -44,6 +44,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "013_upstream_pools",
         include_str!("../../sql/013_upstream_pools.sql"),
     ),
+    ("014_counting", include_str!("../../sql/014_counting.sql")),
 ];
 
 /// Applies pending migrations, retrying the first connection for up to `wait` so that a

@@ -336,17 +336,50 @@ pub fn no_such_plan() -> Error {
     Error::field("planId", "no such plan")
 }
 
+/// How a plan's or key's requests are counted (`counting`; docs/limits.md#leases).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counting {
+    /// One request at a time, each in a counting round.
+    Exact,
+    /// From units a replica counted ahead of need.
+    Lease,
+}
+
+impl Counting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Counting::Exact => "exact",
+            Counting::Lease => "lease",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Counting> {
+        match s {
+            "exact" => Some(Counting::Exact),
+            "lease" => Some(Counting::Lease),
+            _ => None,
+        }
+    }
+
+    /// The column's value (NULL: not set here).
+    pub fn from_db(v: Option<String>) -> Option<Counting> {
+        v.as_deref().and_then(Counting::parse)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub id: i64,
     pub name: String,
     pub limits: Vec<LimitSpec>,
     pub quota: Option<QuotaSpec>,
+    /// None: the gateway's default.
+    pub counting: Option<Counting>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-const COLS: &str = "id, name, limits, quota, created_at, updated_at";
+const COLS: &str = "id, name, limits, quota, created_at, updated_at, counting";
 
 impl Plan {
     fn from_row(r: &Row) -> Plan {
@@ -357,6 +390,7 @@ impl Plan {
             quota: quota_from_db(r.get(3)),
             created_at: r.get(4),
             updated_at: r.get(5),
+            counting: Counting::from_db(r.get(6)),
         }
     }
 }
@@ -366,6 +400,7 @@ pub struct PlanFields {
     pub name: String,
     pub limits: Vec<LimitSpec>,
     pub quota: Option<QuotaSpec>,
+    pub counting: Option<Counting>,
 }
 
 fn name_taken(name: &str) -> Error {
@@ -378,10 +413,16 @@ pub fn insert(pool: &Pool, p: &PlanFields) -> Result<Plan> {
 
 /// [`insert`] on a connection or transaction of the caller's.
 pub fn insert_in(db: &mut impl GenericClient, p: &PlanFields) -> Result<Plan> {
-    let sql =
-        format!("INSERT INTO plans (name, limits, quota) VALUES ($1, $2, $3) RETURNING {COLS}");
+    let sql = format!(
+        "INSERT INTO plans (name, limits, quota, counting) VALUES ($1, $2, $3, $4)
+         RETURNING {COLS}"
+    );
     let limits = limits_to_db(&Some(p.limits.clone()));
-    match db.query_one(sql.as_str(), &[&p.name, &limits, &quota_to_db(&p.quota)]) {
+    let counting = p.counting.map(Counting::as_str);
+    match db.query_one(
+        sql.as_str(),
+        &[&p.name, &limits, &quota_to_db(&p.quota), &counting],
+    ) {
         Ok(row) => Ok(Plan::from_row(&row)),
         Err(e) if is_unique_violation(&e) => Err(name_taken(&p.name)),
         Err(e) => Err(e.into()),
@@ -413,6 +454,7 @@ pub struct PlanChanges {
     pub name: Option<String>,
     pub limits: Option<Vec<LimitSpec>>,
     pub quota: Change<QuotaSpec>,
+    pub counting: Change<Counting>,
 }
 
 pub fn update(pool: &Pool, id: i64, c: &PlanChanges) -> Result<Option<Plan>> {
@@ -423,13 +465,19 @@ pub fn update(pool: &Pool, id: i64, c: &PlanChanges) -> Result<Option<Plan>> {
 pub fn update_in(db: &mut impl GenericClient, id: i64, c: &PlanChanges) -> Result<Option<Plan>> {
     let sql = format!(
         "UPDATE plans SET name = coalesce($2, name), limits = coalesce($3, limits),
-                quota = CASE WHEN $4 THEN $5 ELSE quota END, updated_at = now()
+                quota = CASE WHEN $4 THEN $5 ELSE quota END,
+                counting = CASE WHEN $6 THEN $7 ELSE counting END, updated_at = now()
           WHERE id = $1 RETURNING {COLS}"
     );
     let limits = limits_to_db(&c.limits);
     let (q, quota) = c.quota.bind();
     let quota = quota.map(QuotaSpec::to_json);
-    match db.query_opt(sql.as_str(), &[&id, &c.name, &limits, &q, &quota]) {
+    let (k, counting) = c.counting.bind();
+    let counting = counting.map(|c| c.as_str());
+    match db.query_opt(
+        sql.as_str(),
+        &[&id, &c.name, &limits, &q, &quota, &k, &counting],
+    ) {
         Ok(row) => Ok(row.as_ref().map(Plan::from_row)),
         Err(e) if is_unique_violation(&e) => Err(name_taken(c.name.as_deref().unwrap_or(""))),
         Err(e) => Err(e.into()),

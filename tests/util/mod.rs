@@ -700,6 +700,25 @@ impl Gateway {
             .get(0)
     }
 
+    /// A key's counter row: each sliding limit's current count, and the quota's count.
+    pub fn key_counts(&self, key_id: i64) -> (Vec<i64>, i64) {
+        let row = self
+            .db()
+            .query_one(
+                "SELECT counts, quota_used FROM limit_counters WHERE kind = 'k' AND owner_id = $1",
+                &[&key_id],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    }
+
+    /// Requests this gateway admitted from leases (`/admin/stats`).
+    pub fn lease_admitted(&self) -> i64 {
+        self.admin_get("/admin/stats").json()["leaseAdmitted"]
+            .as_i64()
+            .unwrap()
+    }
+
     /// The count of the first sliding limit of each of `user`'s keys, in this window.
     pub fn first_counts_of_keys(&self, user: i64) -> Vec<i64> {
         self.db()

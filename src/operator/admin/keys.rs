@@ -3,7 +3,7 @@
 //! the reply leaves, so the very next request sees them.
 
 use super::paged;
-use super::plans::{policy, policy_changes, policy_json};
+use super::plans::{counting, own_counting, policy, policy_changes, policy_json};
 use crate::config::{DEFAULT_KEY_RATE_LIMIT, DEFAULT_ROTATION_GRACE_SECS, MAX_ROTATION_GRACE_SECS};
 use crate::error::{Error, Result};
 use crate::gateway::keys::{mint_key, KeyCache};
@@ -13,7 +13,7 @@ use crate::operator::{ts, ts_opt};
 use crate::store::counters::{self, Subject};
 use crate::store::ip_rules::{Cidr, IpRules};
 use crate::store::keys::{self, ApiKey, KeyChanges, NewKey};
-use crate::store::plans::{Change, LimitSpec};
+use crate::store::plans::{Change, Counting, LimitSpec};
 use crate::store::{users, Pool};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
@@ -43,6 +43,7 @@ pub fn key_json(k: &ApiKey) -> Value {
         "denyCidrs": cidr_strings(&k.ip_rules.deny),
     });
     policy_json(&k.own, &mut v);
+    v["counting"] = json!(k.counting.map(Counting::as_str));
     // Which plan the key counts by when it has no limits of its own: its own, else its
     // user's (the limits themselves are resolved by `gateway::policy`).
     v["effective"] = json!({"planId": k.own.plan_id.or(k.owner.plan_id)});
@@ -65,6 +66,7 @@ const CREATE_FIELDS: &[&str] = &[
     "metadata",
     "allowCidrs",
     "denyCidrs",
+    "counting",
 ];
 const UPDATE_FIELDS: &[&str] = &[
     "name",
@@ -78,6 +80,7 @@ const UPDATE_FIELDS: &[&str] = &[
     "metadata",
     "allowCidrs",
     "denyCidrs",
+    "counting",
 ];
 const ROTATE_FIELDS: &[&str] = &["graceSecs"];
 
@@ -186,6 +189,7 @@ pub fn create(pool: &Pool, bcrypt_cost: u32, body: &Map<String, Value>) -> Resul
             own: &own,
             metadata: &metadata,
             ip_rules: &ip_rules,
+            counting: own_counting(body)?,
         },
     )?;
     let mut v = key_json(&key);
@@ -229,6 +233,7 @@ pub fn update(pool: &Pool, cache: &KeyCache, id: i64, body: &Map<String, Value>)
         metadata: input::metadata(body)?,
         allow_cidrs: input::cidrs(body, "allowCidrs")?,
         deny_cidrs: input::cidrs(body, "denyCidrs")?,
+        counting: change(body, "counting", counting)?,
     };
     // Revocation is final: resuming a revoked key would answer 200 and change nothing.
     if changes.pause == Some(false) {

@@ -230,6 +230,8 @@ fn stats(op: &Operator) -> Value {
         // Their ratio is how many requests one counting round served (batching).
         "counterStatements": limiter.counters.statements.load(Ordering::Relaxed),
         "counterRequests": limiter.counters.counted.load(Ordering::Relaxed),
+        // Admitted from a lease, without a counting round.
+        "leaseAdmitted": limiter.counters.leases.admitted.load(Ordering::Relaxed),
     })
 }
 

@@ -8,14 +8,14 @@ use crate::http::Reply;
 use crate::operator::input::{self, change, id, required, string};
 use crate::operator::ts;
 use crate::store::plans::{
-    self, Change, LimitSpec, Plan, PlanChanges, PlanFields, PlanUse, Policy, PolicyChanges,
-    QuotaSpec,
+    self, Change, Counting, LimitSpec, Plan, PlanChanges, PlanFields, PlanUse, Policy,
+    PolicyChanges, QuotaSpec,
 };
 use crate::store::Pool;
 use serde_json::{json, Map, Value};
 
 /// What a plan body may set.
-pub const FIELDS: &[&str] = &["name", "limits", "quota"];
+pub const FIELDS: &[&str] = &["name", "limits", "quota", "counting"];
 
 pub fn plan_json(p: &Plan, used: PlanUse) -> Value {
     json!({
@@ -23,6 +23,7 @@ pub fn plan_json(p: &Plan, used: PlanUse) -> Value {
         "name": p.name,
         "limits": limits_json(&p.limits),
         "quota": p.quota.as_ref().map(QuotaSpec::to_json),
+        "counting": p.counting.map(Counting::as_str),
         "keys": used.keys,
         "users": used.users,
         "createdAt": ts(p.created_at),
@@ -48,6 +49,21 @@ fn limits(v: &Value) -> Result<Vec<LimitSpec>> {
 
 fn quota(v: &Value) -> Result<QuotaSpec> {
     QuotaSpec::from_json(v, "quota")
+}
+
+/// `counting`: `"exact"` or `"lease"` (docs/limits.md#leases).
+pub fn counting(v: &Value) -> Result<Counting> {
+    v.as_str()
+        .and_then(Counting::parse)
+        .ok_or_else(|| Error::field("counting", "must be \"exact\" or \"lease\""))
+}
+
+/// A key's or plan's `counting` as created: absent or null is none of its own.
+pub fn own_counting(body: &Map<String, Value>) -> Result<Option<Counting>> {
+    match body.get("counting") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => counting(v).map(Some),
+    }
 }
 
 fn plan_id(body: &Map<String, Value>) -> Result<i64> {
@@ -106,6 +122,7 @@ pub fn read_new(body: &Map<String, Value>) -> Result<PlanFields> {
             None | Some(Value::Null) => None,
             Some(v) => Some(quota(v)?),
         },
+        counting: own_counting(body)?,
     })
 }
 
@@ -135,6 +152,7 @@ pub fn update(pool: &Pool, cache: &Plans, id: i64, body: &Map<String, Value>) ->
             Change::Set(l) => Some(l),
         },
         quota: change(body, "quota", quota)?,
+        counting: change(body, "counting", counting)?,
     };
     if body.get("name") == Some(&Value::Null) {
         return Err(Error::field(
