@@ -86,7 +86,10 @@ fn unused_units_are_given_back_once_the_key_goes_quiet() {
 
 #[test]
 fn a_replica_stopped_by_sigterm_gives_its_unused_units_back_on_the_way_out() {
-    let (mut gw, _up, user) = gateway_with_api_route(LEASE_ENV);
+    // No drain: during one, the idle lease would be given back by the keeper before the
+    // shutdown path this test is about.
+    let env = [LEASE_ENV, &[("TOLLGATE_SHUTDOWN_DRAIN_MS", "0")]].concat();
+    let (mut gw, _up, user) = gateway_with_api_route(&env);
     let plan = plan(&gw, limits_and_quota("leased", Value::Null));
     let (key, key_id) = gw.create_key(user, json!({"planId": plan}));
     let (ok, _) = burst(&gw, &key, 8, 12);

@@ -185,7 +185,9 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         ["users" | "api-keys" | "plans" | "routes"] => "GET, HEAD, POST",
         ["users" | "api-keys" | "plans", _] => "GET, HEAD, PATCH, DELETE",
         ["routes", _] => "GET, HEAD, PATCH, PUT, DELETE",
-        ["users", _, "limits" | "api-keys"] | ["api-keys", _, "limits"] => "GET, HEAD",
+        ["users", _, "limits" | "api-keys"]
+        | ["api-keys", _, "limits"]
+        | ["routes", _, "health"] => "GET, HEAD",
         ["users" | "api-keys", _, "quota", "reset"] | ["api-keys", _, "rotate"] => "POST",
         ["stats" | "audit"] => "GET, HEAD",
         _ => return None,
