@@ -362,7 +362,8 @@ pub fn forward(
         Body::Stream {
             reader: Box::new(Guarded {
                 inner: upstream_body.into_reader(),
-                _permit: permit,
+                left: len,
+                permit: Some(permit),
             }),
             len,
         }
@@ -460,15 +461,28 @@ fn with_timeouts<S: ureq::AsSendBody>(
     cfg.build()
 }
 
-/// The upstream's body; holds the upstream slot until the response has been relayed.
+/// The upstream's body; holds the upstream slot until the upstream's answer has been read
+/// whole (or the reply is dropped). Freed on the read that completes a declared length,
+/// before those bytes are relayed: freed only when the reply was dropped, after the client
+/// had its answer, a keep-alive client's next request could find its own previous slot
+/// still taken and get 503 `upstream_busy` at 32 connections under a cap of 48.
 struct Guarded {
     inner: ureq::BodyReader<'static>,
-    _permit: breaker::Permit,
+    /// Bytes of a declared `Content-Length` not read yet.
+    left: Option<u64>,
+    permit: Option<breaker::Permit>,
 }
 
 impl Read for Guarded {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
+        let n = self.inner.read(buf)?;
+        if let Some(left) = &mut self.left {
+            *left = left.saturating_sub(n as u64);
+        }
+        if n == 0 || self.left == Some(0) {
+            self.permit = None;
+        }
+        Ok(n)
     }
 }
 
