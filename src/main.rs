@@ -21,11 +21,35 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// env_logger, minus what tiny_http logs once its accept thread was stopped on purpose at
+/// shutdown (`http::server::accept_stopped`): an ERROR line on every clean stop would
+/// teach operators to ignore errors.
+struct Diagnostics(env_logger::Logger);
+
+impl log::Log for Diagnostics {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        self.0.enabled(m)
+    }
+
+    fn log(&self, r: &log::Record) {
+        if r.target().starts_with("tiny_http") && http::server::accept_stopped() {
+            return;
+        }
+        self.0.log(r);
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(
+    let logger = env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or(config::DEFAULT_LOG_FILTER),
     )
-    .init();
+    .build();
+    log::set_max_level(logger.filter());
+    let _ = log::set_boxed_logger(Box::new(Diagnostics(logger)));
     let cmd = std::env::args().nth(1).unwrap_or_else(|| "serve".into());
     // Hidden: the counting round's prepared statements, for `make bench-cluster`'s
     // pgbench; needs no config.

@@ -200,11 +200,21 @@ fn shutdown<H: Handler>(
     handler.on_shutdown(deadline.max(Instant::now() + config::SHUTDOWN_LOG_FLUSH_MIN));
 }
 
+/// Set when `stop_accepting` has run: the error tiny_http's accept thread then logs once
+/// ("Error accepting new client: Invalid argument") is expected, not a fault
+/// (`main`'s logger leaves it out).
+static ACCEPT_STOPPED: AtomicBool = AtomicBool::new(false);
+
+pub fn accept_stopped() -> bool {
+    ACCEPT_STOPPED.load(Ordering::Relaxed)
+}
+
 /// Shuts the listening socket for reading: on Linux the kernel then refuses new
 /// connections and wakes tiny_http's accept thread with an error, so it stops accepting,
 /// while the requests it already queued stay for the workers to answer. (Dropping the
 /// `Server`, tiny_http's own way, would drop that queue with them.)
 fn stop_accepting(listening: &TcpListener) {
+    ACCEPT_STOPPED.store(true, Ordering::SeqCst);
     if let Err(e) = socket2::SockRef::from(listening).shutdown(std::net::Shutdown::Read) {
         log::error!("cannot stop accepting connections: {e}");
     }
