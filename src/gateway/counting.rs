@@ -15,7 +15,7 @@
 
 use super::policy::Check;
 use crate::config::LEASE_SHARE;
-use crate::store::counters::{Row, Subject};
+use crate::store::counters::{Row, Subject, QUOTA_RESET_STEP};
 use crate::store::plans::Period;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, Utc};
 use std::collections::HashMap;
@@ -305,17 +305,18 @@ fn eval(c: &Check, row: Option<&Row>, now: f64) -> Eval {
         Some(period) => {
             let (start, end) = period_bounds(period, c.anchor, now);
             let start_secs = start.timestamp();
-            let cur = if row.quota_start == start_secs {
-                row.quota_used
-            } else {
-                0
-            };
+            // This period's count, under however many admin resets it has had: the stored
+            // value (with its resets) is kept, so units leased before a reset no longer
+            // match it.
+            let stored = row.quota_start;
+            let this_period = stored >= 0 && stored % QUOTA_RESET_STEP == start_secs;
+            let cur = if this_period { row.quota_used } else { 0 };
             Eval {
                 room: c.limit - cur,
                 cur,
                 prev: 0,
                 weighted: 0.0,
-                bucket: start_secs,
+                bucket: if this_period { stored } else { start_secs },
                 starts: start_secs as f64,
                 ends: end.timestamp() as f64,
             }
@@ -606,23 +607,28 @@ mod tests {
         assert_eq!(user.counts, [10]);
     }
 
-    #[test]
-    fn a_quota_keeps_its_count_within_the_period_and_restarts_in_the_next() {
+    /// `count` requests of key 7 (user 1), whose one check is a daily quota of `limit`.
+    fn day_quota_on_key_7(limit: i64, count: i32) -> Entries {
         let quota = Check {
             name: "quota".into(),
             slot: "quota".into(),
             window_secs: 0,
-            limit: 6,
+            limit,
             period: Some(Period::Day),
             anchor: None,
         };
-        let e = Entries {
+        Entries {
             keys: vec![7],
             users: vec![1],
-            counts: vec![5],
+            counts: vec![count],
             key_checks: vec![vec![quota].into()],
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_quota_keeps_its_count_within_the_period_and_restarts_in_the_next() {
+        let e = day_quota_on_key_7(6, 5);
         let mut r = row(Subject::Key, 7, &[]);
         r.quota_start = 86_400;
         r.quota_used = 4;
@@ -729,5 +735,40 @@ mod tests {
             (vec![6, 1], vec![2, 3])
         );
         assert_eq!(changed[0].quota_used, 6);
+    }
+
+    #[test]
+    fn units_leased_before_an_admin_reset_are_not_given_back_into_the_new_count() {
+        let e = day_quota_on_key_7(100, 3);
+        // 40 used in the day starting at 86 400 (a lease's units among them), then an
+        // admin reset (store::counters::reset_quota): the count is 0 under a new mark.
+        let mut r = row(Subject::Key, 7, &[]);
+        r.quota_start = 86_400 + QUOTA_RESET_STEP;
+        r.quota_used = 0;
+        let (answers, changed) = e.allocate(vec![r], 86_400.0 * 1.5);
+        assert_eq!(answers[0][0].admitted, 3);
+        assert_eq!(answers[0][0].bucket, 86_400 + QUOTA_RESET_STEP);
+        let after = changed[0].clone();
+        assert_eq!(
+            (after.quota_start, after.quota_used),
+            (86_400 + QUOTA_RESET_STEP, 3)
+        );
+        // The lease granted before the reset gives 10 back: not into the new count.
+        let back = Entries {
+            counts: vec![0],
+            returns: vec![(
+                Held {
+                    subject: Subject::Key,
+                    owner: 7,
+                    slot: "quota".into(),
+                    quota: true,
+                    bucket: 86_400,
+                },
+                10,
+            )],
+            ..e
+        };
+        let (_, changed) = back.allocate(vec![after], 86_400.0 * 1.6);
+        assert!(changed.iter().all(|r| r.quota_used == 3), "{changed:?}");
     }
 }

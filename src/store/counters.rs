@@ -259,16 +259,21 @@ impl std::fmt::Display for Literal {
     }
 }
 
+/// A quota's stored period start (`quota_start`, Unix seconds) carries, in multiples of
+/// this, how many times an admin reset the count within the period. A lease's units name
+/// the value they were counted under (`gateway::counting::give_back` matches it exactly),
+/// so units leased before a reset are never given back into the count after it.
+pub const QUOTA_RESET_STEP: i64 = 1 << 40;
+
 /// Zeroes the quota period of a key (`'k'`) or user (`'u'`): the count starts again now,
-/// the period's boundaries stay (they are computed, not stored). The stored period start
-/// is cleared too, so units a lease counted before the reset are never given back into
-/// the new count (`gateway::counting::give_back` matches the period start). False if the
-/// subject does not exist.
+/// the period's boundaries stay (they are computed, not stored), and the stored period
+/// start moves on by one [`QUOTA_RESET_STEP`]. False if the subject does not exist.
 pub fn reset_quota(pool: &Pool, kind: Subject, id: i64) -> Result<bool> {
     let n = pool.get()?.execute(
-        "UPDATE limit_counters SET quota_used = 0, quota_start = -1
+        "UPDATE limit_counters SET quota_used = 0,
+                quota_start = CASE WHEN quota_start >= 0 THEN quota_start + $3 ELSE -1 END
           WHERE kind = $1 AND owner_id = $2",
-        &[&kind.code(), &id],
+        &[&kind.code(), &id, &QUOTA_RESET_STEP],
     )?;
     Ok(n > 0)
 }
