@@ -86,7 +86,7 @@ fn traffic(
         "/analytics/top-routes" => top_routes(pool, ctx, &scope, pools)?,
         "/analytics/top-keys" => top_keys(pool, ctx, &scope)?,
         "/analytics/recent" => {
-            let (rows, next) = recent(pool, ctx, &scope)?;
+            let (rows, next) = recent(pool, ctx, &scope, pools.is_some())?;
             next_cursor = next;
             rows
         }
@@ -364,7 +364,9 @@ fn status_range(v: &str) -> Option<(i32, i32)> {
 /// Newest rows first. `?before=<id>` continues after a row of an earlier page;
 /// `X-Next-Cursor` carries the value for the next page. `statusCode` repeats `status` for
 /// the reference gateway's dashboard, which reads that name.
-fn recent(pool: &Pool, ctx: &Ctx, s: &Scope) -> Result<(Value, Option<i64>)> {
+/// `admin`: the rows also say which target answered and after how many attempts (internal
+/// addresses, which a key holder is not shown, as in `top_routes`).
+fn recent(pool: &Pool, ctx: &Ctx, s: &Scope, admin: bool) -> Result<(Value, Option<i64>)> {
     let limit = limit(ctx, RECENT_DEFAULT)?;
     let status = match input::query_param(ctx, "status")? {
         None => None,
@@ -382,7 +384,7 @@ fn recent(pool: &Pool, ctx: &Ctx, s: &Scope) -> Result<(Value, Option<i64>)> {
         .iter()
         .map(|e| {
             let r = &e.row;
-            json!({
+            let mut row = json!({
                 "id": e.id,
                 "requestId": r.request_id,
                 "apiKeyId": r.api_key_id,
@@ -398,10 +400,13 @@ fn recent(pool: &Pool, ctx: &Ctx, s: &Scope) -> Result<(Value, Option<i64>)> {
                 "bytesOut": r.bytes_out,
                 "clientIp": r.client_ip,
                 "userAgent": r.user_agent,
-                "upstream": r.upstream,
-                "attempts": r.attempts,
                 "createdAt": ts(r.created_at.into()),
-            })
+            });
+            if admin {
+                row["upstream"] = json!(r.upstream);
+                row["attempts"] = json!(r.attempts);
+            }
+            row
         })
         .collect();
     Ok((Value::Array(rows), next))
