@@ -114,7 +114,13 @@ pub fn spawn(gateway: Arc<Gateway>) {
     let started = std::thread::Builder::new()
         .name("health".into())
         .spawn(move || loop {
-            let next = round(&gateway, &agent);
+            // A panic in one round must not end probing for good: marks would freeze.
+            let next =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| round(&gateway, &agent)))
+                    .unwrap_or_else(|_| {
+                        log::error!("health check round panicked; probing goes on");
+                        Instant::now() + HEALTH_TICK_MAX
+                    });
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
         });
     if let Err(e) = started {
