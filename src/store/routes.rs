@@ -220,6 +220,18 @@ fn targets_to_json(targets: &[Target]) -> Value {
         .collect()
 }
 
+/// A pool of one whose target is not `target_url` was saved by a binary from before pools
+/// (sql/013), during a rolling upgrade: it changed `target_url` only, which then wins. (This
+/// binary always saves `target_url` as the pool's first target.)
+fn pool_as_saved(target_url: String, mut targets: Vec<Target>) -> Vec<Target> {
+    if let [only] = targets.as_mut_slice() {
+        if only.url != target_url {
+            only.url = target_url;
+        }
+    }
+    targets
+}
+
 /// Reads what [`targets_to_json`] wrote; an entry without a URL is skipped.
 fn targets_from_json(v: &Value) -> Vec<Target> {
     v.as_array()
@@ -283,7 +295,7 @@ impl Route {
                 .get::<_, Option<Value>>(17)
                 .as_ref()
                 .map(CorsPolicy::from_json),
-            targets: targets_from_json(&r.get::<_, Value>(18)),
+            targets: pool_as_saved(r.get(3), targets_from_json(&r.get::<_, Value>(18))),
             balance: Balance::parse(r.get(19)).unwrap_or_default(),
             health_check: r
                 .get::<_, Option<Value>>(20)
@@ -500,4 +512,25 @@ pub fn prefixes(pool: &Pool, ids: &[i64]) -> Result<Vec<(i64, String)>> {
         .get()?
         .query("SELECT id, prefix FROM routes WHERE id = ANY($1)", &[&ids])?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_url_changed_by_a_binary_from_before_pools_wins_over_its_stale_pool_of_one() {
+        let t = |url: &str, weight| Target {
+            url: url.into(),
+            weight,
+        };
+        let stale = vec![t("http://old:1", 3)];
+        assert_eq!(
+            pool_as_saved("http://new:2".into(), stale),
+            [t("http://new:2", 3)]
+        );
+        // A pool of several is this binary's own: `target_url` is its first target.
+        let pool = vec![t("http://a:1", 1), t("http://b:1", 2)];
+        assert_eq!(pool_as_saved("http://a:1".into(), pool.clone()), pool);
+    }
 }
