@@ -149,8 +149,10 @@ impl Handler for App {
 
     /// Gives back unused lease units, and writes every queued log row by `deadline`.
     fn on_shutdown(&self, deadline: Instant) {
-        self.gateway.limiter.counters.give_back_leases(&self.health);
+        // The log first: its flush has the deadline; a give-back round after it costs the
+        // others nothing but some under-admission if it cannot be made.
         let lost = self.logger.shutdown(deadline);
+        self.gateway.limiter.counters.give_back_leases(&self.health);
         if lost > 0 {
             log::error!("shutdown: {lost} log rows could not be written in time");
         } else {
