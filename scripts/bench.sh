@@ -114,7 +114,9 @@ tg_pid=${TG_PID[m]}
 [[ " $CASES " == *t\ * ]] && start_tollgate t "$BIN" "$GWT" "$DB" tcp-url
 if [[ " $CASES " == *" g "* || " $CASES " == *" gt "* ]]; then
     # (g)'s instances log in as a role of their own, refused logins once they are warm.
-    scripts/pg.sh psql -qtAXc "DROP ROLE IF EXISTS $G_ROLE; CREATE ROLE $G_ROLE SUPERUSER LOGIN"
+    # Its password is the cluster's own (TCP asks for one; `pg.sh tcp-url` carries it).
+    pw=$(scripts/pg.sh tcp-url | grep -o 'password=[^ ]*' | cut -d= -f2)
+    scripts/pg.sh psql -qtAXc "DROP ROLE IF EXISTS $G_ROLE; CREATE ROLE $G_ROLE SUPERUSER LOGIN PASSWORD '$pw'"
     extra_roles+=("$G_ROLE")
     [[ " $CASES " == *" g "* ]] && start_tollgate g "$BIN" "$GWG" "$DB" url "$G_ROLE"
     [[ " $CASES " == *" gt "* ]] && start_tollgate gt "$BIN" "$GWGT" "$DB" tcp-url "$G_ROLE"

@@ -10,7 +10,8 @@
 # The unix socket is what tests and `make run` use. It also listens on 127.0.0.1 (what a
 # database on another host costs: `make bench` measures both), on a port derived from the
 # same key (20000-29999, below the kernel's ephemeral range), so the clusters of different
-# clones do not clash on it; start refuses a port something else holds. Trust auth. Every
+# clones do not clash on it; start refuses a port something else holds. Trust auth on the
+# socket; over TCP the password in .data/pg_password (mode 600, `tcp-url` includes it). Every
 # command is idempotent. It never touches the system-wide cluster or another clone's: it
 # only ever passes -D <its own data directory> to pg_ctl.
 set -euo pipefail
@@ -24,6 +25,8 @@ CLUSTER=$BASE/$KEY
 PGDATA=$CLUSTER/pg
 RUN=$CLUSTER/run
 LOG=$CLUSTER/pg.log
+# Connections over TCP need this password (scram-sha-256); the unix socket stays trust.
+PASSFILE=$DATA/pg_password
 PORT=$((20000 + 0x${KEY:0:4} % 10000))
 # Where clusters lived before they moved out of the clone (see `clean`).
 LEGACY=$DATA/pg
@@ -49,6 +52,12 @@ start() {
     check_owner
     if [[ -d $PGDATA ]] && running; then
         wait_ready
+        # A cluster started by an older pg.sh: its TCP listener gets the password too.
+        if [[ ! -s $PASSFILE ]] || grep -q '^host.*trust' "$PGDATA/pg_hba.conf"; then
+            write_hba
+            as_pg "$PGBIN/pg_ctl" -D "$PGDATA" reload >/dev/null
+            set_password
+        fi
         echo "pg.sh: already running ($RUN, port $PORT)"
         return 0
     fi
@@ -82,10 +91,27 @@ unix_socket_directories = '$RUN'
 max_connections = 200
 shared_buffers = 256MB
 EOF
+    write_hba
     as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$LOG" -w -t 60 start >/dev/null \
         || { echo "pg.sh: start failed; tail of $LOG:" >&2; tail -n 20 "$LOG" >&2; exit 1; }
     wait_ready
+    set_password
     echo "pg.sh: started ($RUN, port $PORT)"
+}
+
+# The socket (root and postgres reach its directory) keeps trust; 127.0.0.1 asks for a
+# password, so the TCP listener does not open the cluster to every local program.
+write_hba() {
+    printf 'local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n' \
+        | as_pg tee "$PGDATA/pg_hba.conf" >/dev/null
+}
+
+set_password() {
+    if [[ ! -s $PASSFILE ]]; then
+        (umask 077 && head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$PASSFILE")
+    fi
+    "$PGBIN/psql" -h "$RUN" -p "$PORT" -U postgres -d postgres -qtAX \
+        -c "ALTER ROLE postgres PASSWORD '$(cat "$PASSFILE")'" >/dev/null
 }
 
 wait_ready() {
@@ -117,7 +143,7 @@ clean() {
 }
 
 url() { echo "host=$RUN port=$PORT user=postgres${1:+ dbname=$1}"; }
-tcp_url() { echo "host=127.0.0.1 port=$PORT user=postgres${1:+ dbname=$1}"; }
+tcp_url() { echo "host=127.0.0.1 port=$PORT user=postgres password=$(cat "$PASSFILE")${1:+ dbname=$1}"; }
 
 need_running() {
     if [[ -d $PGDATA ]] && running; then return 0; fi
