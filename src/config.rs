@@ -30,10 +30,14 @@ pub const DEFAULT_COALESCE_WINDOW_US: u64 = 0;
 /// How much of a key's recent traffic a lease reserves ahead of need (see
 /// `gateway::leases`): the lease is the key's request rate over this long, so it is
 /// refilled about twice a horizon on a hot key and a cold key (less than a request a
-/// horizon) is never leased. 100 ms keeps refills to ~20 rounds a second per hot key while
-/// the units a replica holds, and so what it may keep from others near the limit, stay a
-/// tenth of a second of its traffic. 0 turns leases off: every request is counted exactly.
-pub const DEFAULT_LEASE_HORIZON_MS: u64 = 100;
+/// horizon) is never leased. 1 s: a key seeing a request a second or more is leased, which
+/// is what takes `make bench`'s 1000 keys at ~15 requests a second each off the counting
+/// rounds ((c) 0.51 → 0.86 × the database-unreachable ceiling, docs/performance.md); at
+/// 100 ms only hot keys were. The cost is what a replica may hold from others: up to a
+/// second of a key's traffic, never over a quarter of the room left, and none below
+/// `TOLLGATE_LEASE_MIN_ROOM` of room, so near a limit counting stays exact. 0 turns leases
+/// off: every request is counted exactly.
+pub const DEFAULT_LEASE_HORIZON_MS: u64 = 1_000;
 /// Leases are granted only while at least this much room is left under every limit and
 /// quota of the key (and its user) after the round's own requests: below it, requests are
 /// counted one by one as without leases, so near the limit nothing is held back from other
