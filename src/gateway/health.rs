@@ -35,10 +35,11 @@ pub struct TargetHealth {
     next_due: Instant,
 }
 
-/// Probe state by (route id, target URL).
+/// Probe state by route id, then target URL: nested so that the request path looks a
+/// target up by `&str`, without building a key.
 #[derive(Default)]
 pub struct Health {
-    map: RwLock<HashMap<(i64, String), TargetHealth>>,
+    map: RwLock<HashMap<i64, HashMap<String, TargetHealth>>>,
 }
 
 impl Health {
@@ -47,7 +48,8 @@ impl Health {
         self.map
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(route_id, url.to_string()))
+            .get(&route_id)
+            .and_then(|targets| targets.get(url))
             .is_some_and(|h| !h.healthy)
     }
 
@@ -56,7 +58,8 @@ impl Health {
         self.map
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(route_id, url.to_string()))
+            .get(&route_id)
+            .and_then(|targets| targets.get(url))
             .cloned()
     }
 
@@ -65,7 +68,9 @@ impl Health {
     fn record(&self, route_id: i64, url: &str, check: &HealthCheck, probe: Probe) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         let h = map
-            .entry((route_id, url.to_string()))
+            .entry(route_id)
+            .or_default()
+            .entry(url.to_string())
             .or_insert(TargetHealth {
                 healthy: true,
                 last: None,
@@ -96,10 +101,11 @@ impl Health {
 
     /// Forgets targets that are gone or no longer checked.
     fn retain(&self, checked: &HashSet<(i64, String)>) {
-        self.map
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| checked.contains(k));
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.retain(|&id, targets| {
+            targets.retain(|url, _| checked.contains(&(id, url.clone())));
+            !targets.is_empty()
+        });
     }
 
     /// When the target is due for a probe (now, if never probed).
