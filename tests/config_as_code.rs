@@ -227,13 +227,7 @@ fn a_dry_run_prints_the_changes_and_makes_none() {
     file["plans"][0]["quota"] = Value::Null;
     file["users"].as_array_mut().unwrap().pop();
     file["routes"].as_array_mut().unwrap().pop();
-    let audit_rows = |gw: &Gateway| -> i64 {
-        gw.db()
-            .query_one("SELECT count(*) FROM audit_log", &[])
-            .unwrap()
-            .get(0)
-    };
-    let audited = audit_rows(&gw);
+    let audited = gw.audit_rows();
     let r = apply_ok(&gw.db, &file, &["--dry-run", "--prune"]);
     assert_eq!(
         r.changes(),
@@ -252,7 +246,7 @@ fn a_dry_run_prints_the_changes_and_makes_none() {
         r.stdout
     );
     assert_eq!(export(&gw.db), before);
-    assert_eq!(audit_rows(&gw), audited);
+    assert_eq!(gw.audit_rows(), audited);
 }
 
 #[test]
@@ -304,13 +298,7 @@ fn prune_deletes_what_the_file_does_not_hold_and_without_it_they_are_kept() {
 fn a_bad_file_exits_1_naming_the_object_and_field_and_changes_nothing() {
     let (gw, _) = populated();
     let good = export(&gw.db);
-    let audit_rows = || -> i64 {
-        gw.db()
-            .query_one("SELECT count(*) FROM audit_log", &[])
-            .unwrap()
-            .get(0)
-    };
-    let audited = audit_rows();
+    let audited = gw.audit_rows();
     let edit = |f: &dyn Fn(&mut Value)| {
         let mut v = good.clone();
         // A valid change first: nothing of it may be applied either.
@@ -362,7 +350,11 @@ fn a_bad_file_exits_1_naming_the_object_and_field_and_changes_nothing() {
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("plan pro"), "{}", r.stderr);
     assert_eq!(export(&gw.db), good);
-    assert_eq!(audit_rows(), audited + 1, "only the key's PATCH is audited");
+    assert_eq!(
+        gw.audit_rows(),
+        audited + 1,
+        "only the key's PATCH is audited"
+    );
 }
 
 #[test]

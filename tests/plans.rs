@@ -608,13 +608,7 @@ fn unknown_body_fields_are_refused_naming_them_and_change_nothing() {
     }
     assert!(every.len() >= 17, "{every:?}");
     let (raw_key, _) = gw.create_key(user, json!({"name": "own"}));
-    let audit_rows = || -> i64 {
-        gw.db()
-            .query_one("SELECT count(*) FROM audit_log", &[])
-            .unwrap()
-            .get(0)
-    };
-    let audited = audit_rows();
+    let audited = gw.audit_rows();
     for (method, path) in &every {
         let body = json!({"stripprefix": true});
         let r = if path == "/me/rotate" {
@@ -653,7 +647,7 @@ fn unknown_body_fields_are_refused_naming_them_and_change_nothing() {
         (1, 2, 1, 1)
     );
     // Nothing refused was recorded as done, the own key's rotation included.
-    assert_eq!(audit_rows(), audited);
+    assert_eq!(gw.audit_rows(), audited);
     assert!(
         gw.request("GET", "/me", &[("x-api-key", &raw_key)], None)
             .status

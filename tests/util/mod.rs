@@ -739,6 +739,14 @@ impl Gateway {
         self.wait_for_log_rows_within(n, Duration::from_secs(10))
     }
 
+    /// Rows in `audit_log`.
+    pub fn audit_rows(&self) -> i64 {
+        self.db()
+            .query_one("SELECT count(*) FROM audit_log", &[])
+            .unwrap()
+            .get(0)
+    }
+
     /// Waits (at most `within`) until `request_logs` holds at least `n` rows; returns the
     /// count seen last.
     pub fn wait_for_log_rows_within(&self, n: i64, within: Duration) -> i64 {
