@@ -290,7 +290,8 @@ fn killing_a_target_under_load_loses_no_idempotent_request() {
     let kill_at = Duration::from_millis(800);
     let results = Mutex::new(Vec::new());
     std::thread::scope(|s| {
-        for t in 0..8 {
+        // `make bench`'s concurrency: 32 clients at once.
+        for t in 0..32 {
             let (gw, key, results) = (&gw, &key, &results);
             s.spawn(move || {
                 let mut i = 0;
