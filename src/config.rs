@@ -115,17 +115,22 @@ pub const DEFAULT_BREAKER_COOLDOWN_MS: u64 = 10_000;
 /// How often tollgate nudges tiny_http's connection pool (see `http::server`):
 /// the longest a new connection can sit queued behind open keep-alive connections.
 pub const POOL_NUDGE: Duration = Duration::from_millis(50);
-/// A nudge the pool has not closed within this long counts as queued behind other new
-/// connections, so the nudger sends another at once (each one that starts a fresh pool
-/// thread frees one of them). The signal is a heuristic: when every pool thread is busy a
-/// nudge gets a thread of its own and closes as soon as that thread is scheduled, which on
-/// a saturated machine (exactly when connections queue) takes longer than this; 2 ms is the
-/// value that worked (docs/performance.md, "A burst of new connections waits one tick"),
-/// and it may also fire for nudges that were not queued, hence the cap below.
+/// A nudge the pool has not taken within this long counts as queued behind other new
+/// connections, so the nudger sends another at once (a nudge taken by a fresh pool thread
+/// counts the same, see `http::server`). On a saturated machine a nudge can take longer to
+/// be scheduled even when nothing is queued, hence the cap below.
 pub const POOL_NUDGE_QUEUED: Duration = Duration::from_millis(2);
 /// Most nudges in one tick (each a connection and, at worst, a short-lived pool thread):
 /// twice the 32 new connections the bench opens at once.
 pub const POOL_NUDGE_MAX_BURST: u32 = 64;
+/// Pool threads kept idle for a burst of new connections (see `http::server`): the
+/// default worker count, so a burst as large as the workers can serve at once is never
+/// queued. Threads cost little while idle.
+pub const POOL_WARM: usize = 64;
+/// How often the idle pool threads are renewed: under tiny_http's 5 s idle exit.
+pub const POOL_WARM_EVERY: Duration = Duration::from_secs(4);
+/// How long the renewing connections are held, for the pool to give each a thread.
+pub const POOL_WARM_HOLD: Duration = Duration::from_millis(20);
 /// How long SIGTERM/SIGINT lets in-flight requests finish and queued log rows reach the
 /// database before the process exits anyway: under Kubernetes' default 30 s termination
 /// grace, so tollgate exits on its own terms before the SIGKILL.

@@ -221,14 +221,24 @@ fn stop_accepting(listening: &TcpListener) {
 }
 
 /// tiny_http 0.12 runs each connection on a pool thread for the connection's whole life,
-/// and its pool can queue a burst of new connections behind a single waking thread; while
-/// the other connections stay open (keep-alive) a queued one is then never read. A short
-/// self-connection either starts a fresh pool thread (which, done with it at once, takes
-/// the next queued connection) or wakes a waiting one. Every `config::POOL_NUDGE` the
-/// nudger connects and half-closes; while that nudge is not closed by the pool within
-/// `config::POOL_NUDGE_QUEUED` it is itself queued behind new connections, so the nudger
-/// sends another, each freeing one, until the first is served: a queued connection waits
-/// about one tick, not until some other connection closes.
+/// and its pool can queue a burst of new connections with no thread to take them: its
+/// `spawn` queues a connection instead of starting a thread while its count of idle threads
+/// still includes threads already woken for the connections before. While the other
+/// connections stay open (keep-alive) a queued one is then never read. Measured: after a
+/// burst of 32 new connections, the last of them waited 1.3 s (docs/performance.md, "A
+/// burst of new connections: the pool kept warm").
+///
+/// Two remedies, both through short self-connections (a "nudge": connect, half-close):
+/// - Every `config::POOL_NUDGE` the nudger sends one. Taken by an idle thread, it shows that
+///   nothing is queued (a thread waits only on an empty queue). Taken by a fresh thread (the
+///   process' thread count grew) or not taken within `config::POOL_NUDGE_QUEUED`, it shows
+///   the pool had no idle thread, so connections may be queued: the fresh thread, done with
+///   the nudge, takes the next queued connection, and the nudger sends another at once, up
+///   to `config::POOL_NUDGE_MAX_BURST`. A queued connection waits at most about one tick.
+/// - Every `config::POOL_WARM_EVERY` it holds `config::POOL_WARM` nudges open at once for a
+///   moment, so that many pool threads exist and, closed together, wait idle: a burst up to
+///   that size meets idle threads and is never queued. (Idle pool threads beyond 4 exit
+///   after 5 s; the period is shorter.)
 fn spawn_pool_nudger(addr: std::net::SocketAddr) {
     let mut target = addr;
     if target.ip().is_unspecified() {
@@ -238,40 +248,74 @@ fn spawn_pool_nudger(addr: std::net::SocketAddr) {
             std::net::Ipv6Addr::LOCALHOST.into()
         });
     }
+    let connect = move || std::net::TcpStream::connect_timeout(&target, config::POOL_NUDGE).ok();
     let nudge = move || {
-        let stream = std::net::TcpStream::connect_timeout(&target, config::POOL_NUDGE).ok()?;
+        let stream = connect()?;
         let _ = stream.shutdown(std::net::Shutdown::Write);
         Some(stream)
     };
     let spawned = std::thread::Builder::new()
         .name("pool-nudge".into())
-        .spawn(move || loop {
-            std::thread::sleep(config::POOL_NUDGE);
-            let Some(mut first) = nudge() else { continue };
-            if first
-                .set_read_timeout(Some(config::POOL_NUDGE_QUEUED))
-                .is_err()
-            {
-                continue;
-            }
-            for _ in 0..config::POOL_NUDGE_MAX_BURST {
-                match io::Read::read(&mut first, &mut [0u8; 1]) {
-                    // Still queued: free one queued connection with another nudge.
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        nudge();
+        .spawn(move || {
+            let mut warmed: Option<Instant> = None;
+            loop {
+                std::thread::sleep(config::POOL_NUDGE);
+                if warmed.is_none_or(|w| w.elapsed() >= config::POOL_WARM_EVERY) {
+                    warmed = Some(Instant::now());
+                    keep_warm(&connect);
+                }
+                for _ in 0..config::POOL_NUDGE_MAX_BURST {
+                    if !nudge_found_queue(&nudge) {
+                        break;
                     }
-                    _ => break,
                 }
             }
         });
     if let Err(e) = spawned {
         log::error!("cannot start the pool nudger: {e}");
     }
+}
+
+/// Sends one nudge and tells whether connections may be queued behind it: it was taken by
+/// a fresh pool thread, or by none within `config::POOL_NUDGE_QUEUED`.
+fn nudge_found_queue(nudge: &impl Fn() -> Option<std::net::TcpStream>) -> bool {
+    let before = process_threads();
+    let Some(mut stream) = nudge() else {
+        return false;
+    };
+    if stream
+        .set_read_timeout(Some(config::POOL_NUDGE_QUEUED))
+        .is_err()
+    {
+        return false;
+    }
+    match io::Read::read(&mut stream, &mut [0u8; 1]) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            true
+        }
+        _ => matches!((before, process_threads()), (Some(b), Some(a)) if a > b),
+    }
+}
+
+/// Holds `config::POOL_WARM` connections open (each keeps a pool thread waiting for its
+/// request) for `config::POOL_WARM_HOLD`, then closes them together.
+fn keep_warm(connect: &impl Fn() -> Option<std::net::TcpStream>) {
+    let held: Vec<_> = (0..config::POOL_WARM).filter_map(|_| connect()).collect();
+    std::thread::sleep(config::POOL_WARM_HOLD);
+    drop(held);
+}
+
+/// The process' thread count (Linux: `/proc/self/stat`'s 20th field), None elsewhere.
+fn process_threads() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(17)?.parse().ok()
 }
 
 /// Takes requests until the shutdown has closed the listening socket and none has arrived
@@ -381,4 +425,19 @@ pub fn spawn_single_thread(
             }
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::process_threads;
+
+    #[test]
+    fn the_thread_count_is_read_and_follows_a_new_thread() {
+        let before = process_threads().expect("Linux has /proc/self/stat");
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || rx.recv());
+        assert!(process_threads().unwrap() > before);
+        drop(tx);
+        t.join().unwrap().ok();
+    }
 }
