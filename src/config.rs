@@ -188,8 +188,9 @@ pub const CORS_MAX_LIST: usize = 64;
 /// How long a request waits for a bcrypt slot before answering 503 `auth_busy`.
 pub const BCRYPT_WAIT: Duration = Duration::from_secs(2);
 /// After a database outage is noticed, requests skip it (cached keys fail open or closed at
-/// once, unknown keys get 503 at once) and only one probe per this interval tries it,
-/// instead of every request waiting `db_wait` for a connection that will not come.
+/// once, unknown keys get 503 at once) and a background prober tries it once per this
+/// interval, instead of every request waiting `db_wait` for a connection that will not
+/// come: the outage is over for requests at most this long after the database is back.
 pub const DB_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest admin secret accepted: 16 characters keeps brute force out of reach.
 pub const MIN_ADMIN_SECRET_LEN: usize = 16;

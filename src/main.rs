@@ -200,6 +200,11 @@ fn serve(cfg: config::Config) -> Result<(), String> {
     logs::retention::spawn(app.pool.clone(), cfg);
     gateway::sync::spawn(cfg, app.pool.clone(), app.gateway.clone());
     gateway::health::spawn(app.gateway.clone());
+    let prober = app.clone();
+    std::thread::Builder::new()
+        .name("db-probe".into())
+        .spawn(move || prober.health.watch(&prober.pool))
+        .map_err(|e| format!("starting the database prober: {e}"))?;
     if !cfg.lease_horizon.is_zero() {
         let keeper = app.clone();
         std::thread::Builder::new()

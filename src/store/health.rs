@@ -5,72 +5,59 @@
 use crate::config::DB_PROBE_INTERVAL;
 use crate::error::{Error, Result};
 use std::fmt::Display;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Whether the database answered lately. Once a request finds it unreachable, others skip
-/// it without waiting `db_wait` for a connection, and one probe per
-/// `config::DB_PROBE_INTERVAL` tries again; the first success marks it up.
+/// Whether the database answered lately. Once a call finds it unreachable, every call
+/// fails at once without waiting `db_wait` for a connection, and only the prober
+/// (`watch`, its own thread) tries it again, every `config::DB_PROBE_INTERVAL`: a request
+/// never waits on a probe (when requests probed, the few counted in the probing round each
+/// waited `db_wait`, 2 s, once a second: docs/performance.md, "During an outage no request
+/// waits"). A success anywhere, or `/readyz` reaching it, marks it up.
+#[derive(Default)]
 pub struct DbHealth {
-    epoch: Instant,
-    /// Milliseconds since `epoch` before which nobody tries; 0 while the database is up.
-    next_try_ms: AtomicU64,
-}
-
-impl Default for DbHealth {
-    fn default() -> DbHealth {
-        DbHealth {
-            epoch: Instant::now(),
-            next_try_ms: AtomicU64::new(0),
-        }
-    }
+    down: AtomicBool,
 }
 
 impl DbHealth {
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
     pub fn is_up(&self) -> bool {
-        self.next_try_ms.load(Ordering::Relaxed) == 0
+        !self.down.load(Ordering::Relaxed)
     }
 
-    /// Runs `f` unless the database is known down and this is not the moment to probe it,
-    /// in which case `Err(DatabaseUnavailable)` at once. `f`'s outcome updates the state.
+    /// Runs `f` unless the database is known down, in which case
+    /// `Err(DatabaseUnavailable)` at once. `f`'s outcome updates the state.
     pub fn call<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let next = self.next_try_ms.load(Ordering::Relaxed);
-        if next != 0 {
-            let now = self.now_ms();
-            let probe = now.max(1) + DB_PROBE_INTERVAL.as_millis() as u64;
-            // Exactly one caller wins the right to probe; the rest fail fast.
-            if now < next
-                || self
-                    .next_try_ms
-                    .compare_exchange(next, probe, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_err()
-            {
-                return Err(Error::DatabaseUnavailable);
-            }
+        if !self.is_up() {
+            return Err(Error::DatabaseUnavailable);
         }
         let result = f();
         match &result {
             Err(Error::DatabaseUnavailable) => self.mark_down(),
-            Ok(_) => self.next_try_ms.store(0, Ordering::Relaxed),
+            Ok(_) => self.mark_up(),
             Err(_) => {}
         }
         result
     }
 
     pub fn mark_up(&self) {
-        self.next_try_ms.store(0, Ordering::Relaxed);
+        self.down.store(false, Ordering::Relaxed);
     }
 
-    /// Notes a failure: nobody tries again for `config::DB_PROBE_INTERVAL` from now (also
-    /// after a failed probe, which may itself have waited `db_wait`).
     pub fn mark_down(&self) {
-        let probe = self.now_ms().max(1) + DB_PROBE_INTERVAL.as_millis() as u64;
-        self.next_try_ms.store(probe, Ordering::Relaxed);
+        self.down.store(true, Ordering::Relaxed);
+    }
+
+    /// The prober's loop: while the database is known down, tries it every
+    /// `config::DB_PROBE_INTERVAL` (waiting up to `db_wait` for a connection) and marks it
+    /// up once it answers.
+    pub fn watch(&self, pool: &super::Pool) -> ! {
+        loop {
+            std::thread::sleep(DB_PROBE_INTERVAL);
+            if !self.is_up() && super::ping(pool) {
+                self.mark_up();
+            }
+        }
     }
 }
 
@@ -145,25 +132,25 @@ impl OutageLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
-    fn after_an_outage_is_noticed_callers_skip_the_database_until_the_next_probe() {
+    fn after_an_outage_is_noticed_callers_skip_the_database_until_the_prober_reaches_it() {
         let h = DbHealth::default();
         assert!(h.call(|| Ok(())).is_ok());
         assert!(h.is_up());
         let failed: Result<()> = h.call(|| Err(Error::DatabaseUnavailable));
         assert!(failed.is_err() && !h.is_up());
+        // However long the outage lasts, no caller tries the database: only the prober.
+        std::thread::sleep(DB_PROBE_INTERVAL + Duration::from_millis(50));
         let mut ran = false;
         let skipped: Result<()> = h.call(|| {
             ran = true;
             Ok(())
         });
         assert!(matches!(skipped, Err(Error::DatabaseUnavailable)));
-        assert!(!ran, "the database was tried during a known outage");
-        // A probe is due one interval after the failure; its success ends the outage.
-        h.next_try_ms.store(1, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(5));
+        assert!(!ran, "a caller tried the database during a known outage");
+        // The prober (or /readyz) reaching it ends the outage for everyone.
+        h.mark_up();
         assert!(h.call(|| Ok(())).is_ok());
         assert!(h.is_up());
     }
