@@ -228,6 +228,15 @@ fn a_lock_poisoned_by_a_panic_takes_nothing_down() {
 }
 
 /// Status counts of what the clients got.
+/// Sets its flag when dropped, also while unwinding from a failed assertion.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     gateway_answers: i64,
@@ -240,7 +249,12 @@ struct Tally {
 fn a_thirty_second_database_outage_under_load_serves_cached_keys_loses_no_log_rows_and_logs_two_lines(
 ) {
     let pg = PrivatePg::start();
-    let gw = Gateway::start_on(TestDb::create_in(&pg.base()), &[]);
+    // A long wait for a connection, so that a request that waited for one stands out.
+    let db_wait = Duration::from_secs(5);
+    let gw = Gateway::start_on(
+        TestDb::create_in(&pg.base()),
+        &[("TOLLGATE_DB_WAIT_MS", "5000")],
+    );
     let up = Upstream::start();
     let user = gw.create_user("outage@example.com");
     gw.create_route(user, "/api", &up.addr);
@@ -253,6 +267,8 @@ fn a_thirty_second_database_outage_under_load_serves_cached_keys_loses_no_log_ro
         ..Tally::default()
     });
     let stop = AtomicBool::new(false);
+    // When each load request was sent and how long it took.
+    let timings = Mutex::new(Vec::<(Instant, Duration)>::new());
     let base = gw.direct_addr.clone();
     let record = |t: &Mutex<Tally>, status: u16, degraded: bool, body: String| {
         let mut t = t.lock().unwrap();
@@ -268,13 +284,19 @@ fn a_thirty_second_database_outage_under_load_serves_cached_keys_loses_no_log_ro
         }
     };
     std::thread::scope(|s| {
+        // A failed check below stops the load too, so the scope ends and the test fails
+        // instead of waiting on the load for ever.
+        let _stop_on_exit = StopOnDrop(&stop);
         for _ in 0..4 {
             let (base, cached, tally, stop) = (&base, &cached, &tally, &stop);
+            let timings = &timings;
             s.spawn(move || {
                 let agent = agent();
                 while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
                     let (status, _, degraded, body) =
                         get(&agent, &format!("{base}/api/load"), cached);
+                    timings.lock().unwrap().push((sent, sent.elapsed()));
                     record(tally, status, degraded, body);
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -311,6 +333,17 @@ fn a_thirty_second_database_outage_under_load_serves_cached_keys_loses_no_log_ro
         std::thread::sleep(Duration::from_secs(30).saturating_sub(killed.elapsed()));
         pg.start_again();
         let back = Instant::now();
+        // Once the outage was noticed, no request waited for a connection: only the
+        // background prober tries the database (once a second, waiting `db_wait`).
+        let slowest = timings
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(sent, _)| *sent > killed + Duration::from_secs(1) && *sent < back)
+            .map(|(_, took)| *took)
+            .max()
+            .unwrap();
+        assert!(slowest < db_wait / 2, "a request waited {slowest:?}");
         let deadline = back + Duration::from_secs(30);
         while gw.direct("GET", "/readyz", &[], None).status != 200 {
             assert!(Instant::now() < deadline, "/readyz never recovered");
