@@ -53,6 +53,14 @@ pub const LEASE_BY_DEFAULT: bool = true;
 /// The largest share of the room left that one lease may take, so that a replica leaves
 /// most of what remains to the others.
 pub const LEASE_SHARE: f64 = 0.25;
+/// A key new to a replica gets its rate measured once it has sent this many requests
+/// spanning at least 1/[`LEASE_FIRST_SPAN`] of the horizon, instead of after a whole
+/// horizon: in `make bench`, whose keys start each round cold, a whole horizon counted
+/// ~7 % of a round's requests one round at a time (docs/performance.md, "A key's first
+/// lease"). Three requests (two intervals) keep a single pair of requests from sizing a lease.
+pub const LEASE_FIRST_HITS: u32 = 3;
+/// See [`LEASE_FIRST_HITS`]: with the 1 s horizon, at least 100 ms of a key's traffic.
+pub const LEASE_FIRST_SPAN: u32 = 10;
 /// A lease not used for this long is given back (its units uncounted), so a key that went
 /// quiet on a replica does not keep room from the others.
 pub const LEASE_IDLE: Duration = Duration::from_millis(500);

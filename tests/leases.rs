@@ -113,6 +113,33 @@ fn a_replica_stopped_by_sigterm_gives_its_unused_units_back_on_the_way_out() {
     );
 }
 
+/// A key new to the replica is leased once its first three requests span a tenth of the
+/// horizon, not after a whole horizon: here a 10 s horizon, and requests 400 ms apart.
+#[test]
+fn a_new_keys_first_lease_comes_after_three_requests_not_a_whole_horizon() {
+    let env = [
+        ("TOLLGATE_LEASE_MIN_ROOM", "4"),
+        ("TOLLGATE_LEASE_HORIZON_MS", "10000"),
+    ];
+    let (gw, _up, user) = gateway_with_api_route(&env);
+    let (key, _) = gw.create_key(user, json!({"rateLimit": 1_000_000}));
+    let started = Instant::now();
+    for _ in 0..6 {
+        assert_eq!(gw.with_key("GET", "/api", &key).status, 200);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "too slow to tell"
+    );
+    // The 4th request (1.2 s in) measured the rate and its round granted the lease; the
+    // 5th and 6th were admitted from it.
+    assert!(
+        gw.lease_admitted() >= 1,
+        "no lease within the first horizon"
+    );
+}
+
 #[test]
 fn exact_counting_on_a_plan_or_a_key_counts_every_request_in_a_round() {
     let (gw, up, user) = gateway_with_api_route(LEASE_ENV);

@@ -28,7 +28,7 @@
 
 use super::counting::{Held, Taken};
 use super::policy::{Check, Limits};
-use crate::config::{LEASE_IDLE, LEASE_KEYS_MAX, LEASE_SWEEP};
+use crate::config::{LEASE_FIRST_HITS, LEASE_FIRST_SPAN, LEASE_IDLE, LEASE_KEYS_MAX, LEASE_SWEEP};
 use crate::store::counters::Subject;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
@@ -82,7 +82,8 @@ struct Local {
     lease: Option<Lease>,
     /// Unused units to give back with the key's next round.
     owed: Vec<(Held, i64)>,
-    /// Requests since `since`, and the rate measured over the last full horizon.
+    /// Requests since `since`, and the rate measured over the last full horizon (or, for
+    /// the first, over the key's first `LEASE_FIRST_HITS` requests).
     hits: u32,
     since: Instant,
     rate: f64,
@@ -177,6 +178,15 @@ impl Leases {
             local.rate = f64::from(local.hits) / elapsed.as_secs_f64();
             local.hits = 0;
             local.since = now;
+        } else if local.rate == 0.0
+            && local.hits >= LEASE_FIRST_HITS
+            && elapsed >= self.horizon / LEASE_FIRST_SPAN
+        {
+            // A key new to this replica (or forgotten while idle) is measured early, from
+            // the intervals between its first requests, so that a busy key is not counted
+            // one round at a time for a whole horizon first. Its next full horizon
+            // measures it as any other.
+            local.rate = f64::from(local.hits - 1) / elapsed.as_secs_f64();
         }
         if !local.same_checks(limits) {
             // The key's limits changed: what was leased under the old ones goes back.
