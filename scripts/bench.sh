@@ -22,6 +22,11 @@
 # (issue 6), plus the CPU each request cost tollgate, Postgres and the whole machine (read
 # from /proc around every run: the profile that says where a request's time goes). The logger and analytics
 # rows come from scripts/bench-analytics.sh when that script exists.
+# Each measured run follows BENCH_WARMUP seconds (2; 0: none) of the same load, unmeasured,
+# on new connections: the cases are interleaved, so without it every round of a case
+# starts cold (its keys' leases given back and rates forgotten a minute earlier), which
+# measures a replica's first second of traffic rather than its steady state
+# (docs/performance.md, "A key's first lease").
 # Env: BENCH_SECS (10), BENCH_CONNS (32: wrk connections), BENCH_KEYS (1000), BENCH_ROUNDS (3),
 # BENCH_F_USERS (10), BENCH_CASES ("a b c d e f g h": which cases to run), BENCH_BIN (the tollgate
 # binary to measure, default target/release/tollgate), BENCH_BASE_BIN (an older build to
@@ -34,6 +39,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO"
 
 SECS=${BENCH_SECS:-10}
+WARMUP=${BENCH_WARMUP:-2}
 CONNS=${BENCH_CONNS:-32}
 NKEYS=${BENCH_KEYS:-1000}
 ROUNDS=${BENCH_ROUNDS:-3}
@@ -261,6 +267,10 @@ for r in $(seq 1 "$ROUNDS"); do
         out=$TMP/wrk-$c-$r.txt
         pgp=$(pg_pids)
         tgp=${TG_PID[${INST[$c]:-m}]}
+        if [[ $WARMUP != 0 ]]; then
+            BENCH_KEYS_FILE=$TMP/${KEYS[${c%t}]} wrk -t1 -c"$CONNS" -d"${WARMUP}s" \
+                -s scripts/conf/rotate.lua "${URL[$c]}" >/dev/null
+        fi
         t0=$(ticks "$tgp") p0=$(ticks $pgp) m0=$(machine_ticks)
         BENCH_KEYS_FILE=$TMP/${KEYS[${c%t}]} wrk -t1 -c"$CONNS" -d"${SECS}s" --latency \
             -s scripts/conf/rotate.lua "${URL[$c]}" >"$out"
@@ -311,7 +321,7 @@ an() { echo "${AN[$1]:-not run}"; }
 ms() { awk -v u="$1" 'BEGIN {printf "%.2f", u/1000}'; }
 ratio() { awk -v x="$1" -v b="$(median b rps)" 'BEGIN {printf "%.2f", x / b}'; }
 echo
-echo "wrk -t1 -c$CONNS -d${SECS}s, median of $ROUNDS rounds; $(nproc) cores shared by wrk, nginx," \
+echo "wrk -t1 -c$CONNS -d${SECS}s after ${WARMUP} s of warm-up, median of $ROUNDS rounds; $(nproc) cores shared by wrk, nginx," \
      "tollgate and Postgres (load average before: $load0, after: $(cut -d' ' -f1-3 /proc/loadavg))"
 fmt='%-44s %9s %8s %8s %9s %9s %9s %9s %s\n'
 printf "$fmt" case req/s "p50 ms" "p99 ms" "÷ proxy" "tg µs/rq" "pg µs/rq" "all µs/rq" target

@@ -53,11 +53,13 @@ pub const LEASE_BY_DEFAULT: bool = true;
 /// The largest share of the room left that one lease may take, so that a replica leaves
 /// most of what remains to the others.
 pub const LEASE_SHARE: f64 = 0.25;
-/// A key new to a replica gets its rate measured once it has sent this many requests
-/// spanning at least 1/[`LEASE_FIRST_SPAN`] of the horizon, instead of after a whole
-/// horizon: in `make bench`, whose keys start each round cold, a whole horizon counted
-/// ~7 % of a round's requests one round at a time (docs/performance.md, "A key's first
-/// lease"). Three requests (two intervals) keep a single pair of requests from sizing a lease.
+/// A key new to a replica, or back after idling a whole horizon, gets its rate measured
+/// once it has sent this many requests spanning at least 1/[`LEASE_FIRST_SPAN`] of the
+/// horizon, instead of after a whole horizon (with leases no larger than the requests it
+/// has sent until a full horizon measures it): in `make bench` without its warm-up, whose
+/// keys start each round cold, a whole horizon counted ~7 % of a round's requests one round
+/// at a time (docs/performance.md, "A key's first lease"). Three requests (two intervals)
+/// keep a single pair of requests from sizing a lease.
 pub const LEASE_FIRST_HITS: u32 = 3;
 /// See [`LEASE_FIRST_HITS`]: with the 1 s horizon, at least 100 ms of a key's traffic.
 pub const LEASE_FIRST_SPAN: u32 = 10;
@@ -198,7 +200,8 @@ pub const BCRYPT_WAIT: Duration = Duration::from_secs(2);
 /// After a database outage is noticed, requests skip it (cached keys fail open or closed at
 /// once, unknown keys get 503 at once) and a background prober tries it once per this
 /// interval, instead of every request waiting `db_wait` for a connection that will not
-/// come: the outage is over for requests at most this long after the database is back.
+/// come: the outage is over for requests about this long (plus a reconnect) after the
+/// database is back.
 pub const DB_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest admin secret accepted: 16 characters keeps brute force out of reach.
 pub const MIN_ADMIN_SECRET_LEN: usize = 16;

@@ -203,7 +203,10 @@ fn serve(cfg: config::Config) -> Result<(), String> {
     let prober = app.clone();
     std::thread::Builder::new()
         .name("db-probe".into())
-        .spawn(move || prober.health.watch(&prober.pool))
+        .spawn(move || {
+            let counters = prober.gateway.limiter.counters.pool();
+            prober.health.watch(&[counters, &prober.pool])
+        })
         .map_err(|e| format!("starting the database prober: {e}"))?;
     if !cfg.lease_horizon.is_zero() {
         let keeper = app.clone();

@@ -227,7 +227,6 @@ fn a_lock_poisoned_by_a_panic_takes_nothing_down() {
     assert_eq!(gw.direct("GET", "/healthz", &[], None).status, 200);
 }
 
-/// Status counts of what the clients got.
 /// Sets its flag when dropped, also while unwinding from a failed assertion.
 struct StopOnDrop<'a>(&'a AtomicBool);
 
@@ -237,6 +236,7 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+/// Status counts of what the clients got.
 #[derive(Default)]
 struct Tally {
     gateway_answers: i64,

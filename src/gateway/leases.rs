@@ -87,6 +87,8 @@ struct Local {
     hits: u32,
     since: Instant,
     rate: f64,
+    /// Whether `rate` is the early measure of the first requests, not a full horizon's.
+    first: bool,
     last_used: Instant,
     /// Rounds in flight that may grant this key a lease.
     granting: u32,
@@ -167,10 +169,18 @@ impl Leases {
             hits: 0,
             since: now,
             rate: 0.0,
+            first: false,
             last_used: now,
             granting: 0,
             refilling: false,
         });
+        if now.duration_since(local.last_used) >= self.horizon {
+            // Idle a whole horizon: whatever rate it had says nothing now; measured afresh.
+            local.hits = 0;
+            local.since = now;
+            local.rate = 0.0;
+            local.first = false;
+        }
         local.hits += 1;
         local.last_used = now;
         let elapsed = now.duration_since(local.since);
@@ -178,15 +188,17 @@ impl Leases {
             local.rate = f64::from(local.hits) / elapsed.as_secs_f64();
             local.hits = 0;
             local.since = now;
+            local.first = false;
         } else if local.rate == 0.0
             && local.hits >= LEASE_FIRST_HITS
             && elapsed >= self.horizon / LEASE_FIRST_SPAN
         {
-            // A key new to this replica (or forgotten while idle) is measured early, from
-            // the intervals between its first requests, so that a busy key is not counted
-            // one round at a time for a whole horizon first. Its next full horizon
-            // measures it as any other.
+            // A key new to this replica, or back from idling, is measured early, from the
+            // intervals between its first requests, so that a busy key is not counted one
+            // round at a time for a whole horizon first; until a full horizon measures it,
+            // its leases are capped by the requests it has sent (`want`).
             local.rate = f64::from(local.hits - 1) / elapsed.as_secs_f64();
+            local.first = true;
         }
         if !local.same_checks(limits) {
             // The key's limits changed: what was leased under the old ones goes back.
@@ -241,7 +253,13 @@ impl Leases {
     fn want(&self, local: &Local) -> i64 {
         // Rounded down: a key seeing less than a request a horizon is not leased (a
         // lease of one unit would only add the round that gives it back).
-        (local.rate * self.horizon.as_secs_f64()).floor() as i64
+        let want = (local.rate * self.horizon.as_secs_f64()).floor() as i64;
+        // Measured early, a burst would look like a high rate: no more than it has sent.
+        if local.first {
+            want.min(i64::from(local.hits))
+        } else {
+            want
+        }
     }
 
     /// Notes rounds in flight that may grant these keys a lease.

@@ -148,6 +148,11 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// The counter pool, for the database prober (`DbHealth::watch`).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// `linger` is how long a batch's leader waits for more members before running it.
     pub fn new(
         pool: Pool,

@@ -48,13 +48,15 @@ impl DbHealth {
         self.down.store(true, Ordering::Relaxed);
     }
 
-    /// The prober's loop: while the database is known down, tries it every
-    /// `config::DB_PROBE_INTERVAL` (waiting up to `db_wait` for a connection) and marks it
-    /// up once it answers.
-    pub fn watch(&self, pool: &super::Pool) -> ! {
+    /// The prober's loop: while the database is known down, tries it through each of
+    /// `pools` every `config::DB_PROBE_INTERVAL` (waiting up to `db_wait` for a connection)
+    /// and marks it up once one answers. Any one will do: a pool exhausted by busy
+    /// connections times out like an outage, and must not keep the others' callers from
+    /// the database.
+    pub fn watch(&self, pools: &[&super::Pool]) -> ! {
         loop {
             std::thread::sleep(DB_PROBE_INTERVAL);
-            if !self.is_up() && super::ping(pool) {
+            if !self.is_up() && pools.iter().any(|p| super::ping(p)) {
                 self.mark_up();
             }
         }
