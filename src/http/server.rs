@@ -235,10 +235,12 @@ fn stop_accepting(listening: &TcpListener) {
 ///   the pool had no idle thread, so connections may be queued: the fresh thread, done with
 ///   the nudge, takes the next queued connection, and the nudger sends another at once, up
 ///   to `config::POOL_NUDGE_MAX_BURST`. A queued connection waits at most about one tick.
-/// - Every `config::POOL_WARM_EVERY` it holds `config::POOL_WARM` nudges open at once for a
-///   moment, so that many pool threads exist and, closed together, wait idle: a burst up to
-///   that size meets idle threads and is never queued. (Idle pool threads beyond 4 exit
-///   after 5 s; the period is shorter.)
+/// - Every `config::POOL_WARM_EVERY` it holds `config::POOL_WARM` connections open at once
+///   for a moment (not half-closed: each keeps a pool thread waiting for a request), so
+///   that many pool threads exist and, closed together, wait idle: a burst up to that size
+///   meets idle threads and is not queued. (Idle pool threads beyond 4 exit after 5 s; the
+///   period is shorter. The held connections can meet the same race, so a renewal may
+///   leave fewer; the next one tops them up.)
 fn spawn_pool_nudger(addr: std::net::SocketAddr) {
     let mut target = addr;
     if target.ip().is_unspecified() {
