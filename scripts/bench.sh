@@ -262,18 +262,18 @@ declare -A NAME=(
 name() { # a case's name; <case>t is <case> over TCP
     if [[ $1 == ?t ]]; then echo "(${1}) ${NAME[${1%t}]#(?) }, TCP"; else echo "${NAME[$1]}"; fi
 }
+load() { # load <case> <seconds> [wrk options]: the case's traffic, wrk's report on stdout
+    BENCH_KEYS_FILE=$TMP/${KEYS[${1%t}]} wrk -t1 -c"$CONNS" -d"$2s" "${@:3}" \
+        -s scripts/conf/rotate.lua "${URL[$1]}"
+}
 for r in $(seq 1 "$ROUNDS"); do
     for c in $CASES; do
         out=$TMP/wrk-$c-$r.txt
         pgp=$(pg_pids)
         tgp=${TG_PID[${INST[$c]:-m}]}
-        if [[ $WARMUP != 0 ]]; then
-            BENCH_KEYS_FILE=$TMP/${KEYS[${c%t}]} wrk -t1 -c"$CONNS" -d"${WARMUP}s" \
-                -s scripts/conf/rotate.lua "${URL[$c]}" >/dev/null
-        fi
+        [[ $WARMUP == 0 ]] || load "$c" "$WARMUP" >/dev/null
         t0=$(ticks "$tgp") p0=$(ticks $pgp) m0=$(machine_ticks)
-        BENCH_KEYS_FILE=$TMP/${KEYS[${c%t}]} wrk -t1 -c"$CONNS" -d"${SECS}s" --latency \
-            -s scripts/conf/rotate.lua "${URL[$c]}" >"$out"
+        load "$c" "$SECS" --latency >"$out"
         t1=$(ticks "$tgp") p1=$(ticks $pgp) m1=$(machine_ticks)
         # Upstream connections that are not reused pile up in TIME-WAIT (60 s each): count
         # the closed connections to the upstream's port.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// (`watch`, its own thread) tries it again, every `config::DB_PROBE_INTERVAL`: a request
 /// never waits on a probe (when requests probed, the few counted in the probing round each
 /// waited `db_wait`, 2 s, once a second: docs/performance.md, "During an outage no request
-/// waits"). A success anywhere, or `/readyz` reaching it, marks it up.
+/// waits"). The prober, or `/readyz` reaching it, marks it up.
 #[derive(Default)]
 pub struct DbHealth {
     down: AtomicBool,
@@ -26,16 +26,16 @@ impl DbHealth {
     }
 
     /// Runs `f` unless the database is known down, in which case
-    /// `Err(DatabaseUnavailable)` at once. `f`'s outcome updates the state.
+    /// `Err(DatabaseUnavailable)` at once. `f` finding it unreachable marks it down.
     pub fn call<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         if !self.is_up() {
             return Err(Error::DatabaseUnavailable);
         }
         let result = f();
-        match &result {
-            Err(Error::DatabaseUnavailable) => self.mark_down(),
-            Ok(_) => self.mark_up(),
-            Err(_) => {}
+        // Only a failure changes the state here: it was up, and a success keeps it so
+        // without every round writing the flag all workers read.
+        if let Err(Error::DatabaseUnavailable) = &result {
+            self.mark_down();
         }
         result
     }
