@@ -213,7 +213,7 @@ restart_replica b "$GB" "$pid_b"
 kill -0 "$load" 2>/dev/null \
     || echo "bench-cluster: the traffic ended before the restarts did; raise BENCH_ROLL_SECS" >&2
 wait "$load"
-sleep 2 # the replicas' log flush (TOLLGATE_LOG_FLUSH_MS)
+sleep 3 # the replicas' log flush (TOLLGATE_LOG_FLUSH_MS, 2 s)
 read -r roll_sent roll_failed < <(python3 -c 'import json, sys
 t = json.load(open(sys.argv[1]))
 print(sum(t.values()), sum(n for k, n in t.items() if not k.endswith(" 200")))' "$TMP/roll.json")

@@ -375,6 +375,13 @@ echo "TIME-WAIT connections to the upstream (:18081, :18085) right after each ca
         | grep -o 'timewait=[0-9]*' | cut -d= -f2 | sort -n | tail -n1)  "; done)"
 echo "tollgate /admin/stats: $stats"
 echo "tollgate responses by status (request_logs): $statuses"
+# (g)'s rows never reach request_logs: what it answered other than 2xx, from its /metrics.
+for u in ${TG_PID[mg]:+$GWG} ${TG_PID[mgt]:+$GWGT}; do
+    echo "tollgate at $u (database unreachable), /metrics other than 2xx:" \
+        "$(curl -s "http://$u/metrics" -H "x-admin-secret: $ADMIN_SECRET" \
+            | grep -E '^tollgate_(requests_total|upstream_errors_total|rate_limited_total)' \
+            | grep -v -e 'class="2xx"' -e ' 0$' | tr '\n' ' ')"
+done
 if [[ -s $TMP/analytics.table ]]; then
     echo
     echo "scripts/bench-analytics.sh:"

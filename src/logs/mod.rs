@@ -9,7 +9,7 @@ pub mod client_ip;
 pub mod devload;
 pub mod retention;
 
-use crate::config::{LOG_DRAIN_TICK, LOG_RETRY_BACKOFF};
+use crate::config::{LOG_BATCH_MAX as BATCH_MAX, LOG_DRAIN_TICK, LOG_RETRY_BACKOFF};
 use crate::store::logs::{write_batch, LogRow};
 use crate::store::{Pool, OUTAGE_LOG};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -19,11 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// Rows per COPY: a whole flush interval at ~20 k req/s (the rollups cost per distinct key
-/// in a batch, so longer batches cost less per row), small enough that one batch never
-/// holds the rollup rows' locks for long (~0.1-0.2 s).
-pub const BATCH_MAX: usize = 20_000;
 
 #[derive(Default)]
 pub struct Counters {
