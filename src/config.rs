@@ -106,8 +106,8 @@ pub const LOG_DRAIN_TICK: Duration = Duration::from_millis(10);
 /// grain seen in the batch (~17 µs of database CPU each, for the 76 histogram columns), so
 /// over many keys the database's cost per request falls with the batch's length: 1 s -> 2 s
 /// took 2.5-3.5 µs of Postgres CPU off each request over 1000 keys (docs/performance.md,
-/// "Longer log batches, again"). The dashboard refreshes every 5 s. What a crash (not a
-/// SIGTERM, which writes everything) can lose grows with it too: at most this long of rows.
+/// "Where the log write's database time goes"). The dashboard refreshes every 5 s. A crash
+/// (not a SIGTERM, which writes everything) can lose up to this long of log rows.
 pub const DEFAULT_LOG_FLUSH_MS: u64 = 2_000;
 /// Rows per COPY: a whole flush interval at the highest rate a replica serves (~25 k req/s
 /// on 2 cores) times two, so the flush interval, not this cap, sets a batch's length (the
