@@ -109,9 +109,9 @@ pub const LOG_DRAIN_TICK: Duration = Duration::from_millis(10);
 /// "Where the log write's database time goes"). The dashboard refreshes every 5 s. A crash
 /// (not a SIGTERM, which writes everything) can lose up to this long of log rows.
 pub const DEFAULT_LOG_FLUSH_MS: u64 = 2_000;
-/// Rows per COPY: a whole flush interval at the highest rate a replica serves (~25 k req/s
-/// on 2 cores) times two, so the flush interval, not this cap, sets a batch's length (the
-/// rollups cost per distinct key in a batch). ~250 bytes a row: ~15 MiB at most.
+/// Rows per COPY: more than a whole 2 s flush at the highest rate a replica served here
+/// (~25 k req/s on 2 cores: 50 000 rows), so the flush interval, not this cap, sets a
+/// batch's length (the rollups cost per distinct key in a batch). ~250 bytes a row: ~15 MiB.
 pub const LOG_BATCH_MAX: usize = 60_000;
 /// Rows buffered by the logger while the database refuses writes; beyond this the oldest
 /// are dropped and counted, so an outage cannot exhaust memory.

@@ -4,7 +4,7 @@
 //! transaction), and reports the rows per second it sustained. Used by `make bench-analytics`
 //! and by tests that need many varied latencies; never by `serve`.
 
-use super::BATCH_MAX;
+use crate::config::LOG_BATCH_MAX;
 use crate::store::logs::{write_batch, LogRow};
 use crate::store::Pool;
 use std::time::{Duration, Instant, SystemTime};
@@ -70,18 +70,18 @@ fn row(rng: &mut Rng, i: u64, at: SystemTime) -> LogRow {
     }
 }
 
-/// Writes the rows in `BATCH_MAX` batches, oldest first (as the logger would see them).
+/// Writes the rows in `LOG_BATCH_MAX` batches, oldest first (as the logger would see them).
 pub fn load(pool: &Pool, n: u64, span: Duration) -> Result<(), String> {
     let mut rng = Rng(n ^ span.as_secs());
     let start = SystemTime::now() - span;
     let step = span.as_secs_f64() / n.max(1) as f64;
     let began = Instant::now();
     let mut written = 0u64;
-    let mut batch = Vec::with_capacity(BATCH_MAX);
+    let mut batch = Vec::with_capacity(LOG_BATCH_MAX);
     let mut last_report = Instant::now();
     while written < n {
         batch.clear();
-        let end = (written + BATCH_MAX as u64).min(n);
+        let end = (written + LOG_BATCH_MAX as u64).min(n);
         for i in written..end {
             let at = start + Duration::from_secs_f64(step * i as f64);
             batch.push(row(&mut rng, i, at));

@@ -9,7 +9,7 @@ pub mod client_ip;
 pub mod devload;
 pub mod retention;
 
-use crate::config::{LOG_BATCH_MAX as BATCH_MAX, LOG_DRAIN_TICK, LOG_RETRY_BACKOFF};
+use crate::config::{LOG_BATCH_MAX, LOG_DRAIN_TICK, LOG_RETRY_BACKOFF};
 use crate::store::logs::{write_batch, LogRow};
 use crate::store::{Pool, OUTAGE_LOG};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -153,11 +153,11 @@ fn run(
         disconnected |= take_queued(rx, pending, counters, buffer_max);
         // Closing: everything queued is taken; write it and stop.
         disconnected |= closing && rx.is_empty();
-        let due = last_flush.elapsed() >= flush || pending.len() >= BATCH_MAX;
+        let due = last_flush.elapsed() >= flush || pending.len() >= LOG_BATCH_MAX;
         if (due || disconnected) && !pending.is_empty() && Instant::now() >= retry_at {
             last_flush = Instant::now();
             while !pending.is_empty() {
-                let n = pending.len().min(BATCH_MAX);
+                let n = pending.len().min(LOG_BATCH_MAX);
                 let batch: Vec<&LogRow> = pending.range(..n).collect();
                 match write_batch(pool, &batch) {
                     Ok(()) => {

@@ -89,6 +89,15 @@ impl TestDb {
     pub fn client(&self) -> postgres::Client {
         postgres::Client::connect(&self.url(), postgres::NoTls).unwrap()
     }
+
+    /// The same database, not dropped with the returned handle.
+    fn alias(&self) -> TestDb {
+        TestDb {
+            name: self.name.clone(),
+            owned: false,
+            base: self.base.clone(),
+        }
+    }
 }
 
 impl Drop for TestDb {
@@ -427,10 +436,30 @@ impl Gateway {
 
     /// A gateway on a database made by the caller (e.g. on a `PrivatePg`).
     pub fn start_on(db: TestDb, env: &[(&str, &str)]) -> Gateway {
-        Gateway::start_on_port(db, free_port(), env)
+        Gateway::start_on_port(db, None, env)
     }
 
-    fn start_on_port(db: TestDb, port: u16, env: &[(&str, &str)]) -> Gateway {
+    /// Starts the binary on `port`, or on a free one. A free port is only free when looked
+    /// at: another test's gateway may take it first, so this one's bind fails and the
+    /// other answers `/healthz`. Only our own process saying it listens counts, and a lost
+    /// race is retried on another port.
+    fn start_on_port(mut db: TestDb, port: Option<u16>, env: &[(&str, &str)]) -> Gateway {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut gw = Gateway::spawn(db, port.unwrap_or_else(free_port), env);
+            match gw.wait_ready() {
+                Ok(()) => return gw,
+                Err(out) if port.is_none() && attempts < 3 && out.contains("in use") => {
+                    let alias = gw.db.alias();
+                    db = std::mem::replace(&mut gw.db, alias);
+                }
+                Err(out) => panic!("{out}"),
+            }
+        }
+    }
+
+    fn spawn(db: TestDb, port: u16, env: &[(&str, &str)]) -> Gateway {
         let dir = std::env::temp_dir().join(unique("tollgate-test"));
         std::fs::create_dir_all(&dir).unwrap();
         let log_path = dir.join("stderr.log");
@@ -465,7 +494,7 @@ impl Gateway {
             .build()
             .into();
         let direct_addr = format!("http://127.0.0.1:{port}");
-        let mut gw = Gateway {
+        Gateway {
             addr: direct_addr.clone(),
             direct_addr,
             db,
@@ -473,28 +502,38 @@ impl Gateway {
             child,
             log_path,
             agent,
-        };
+        }
+    }
+
+    /// Waits until this process listens and answers, then puts the edge in front in an
+    /// edge run; Err with what went wrong otherwise.
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let listening = format!(
+            "listening on {} ",
+            self.direct_addr.trim_start_matches("http://")
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(Some(status)) = gw.child.try_wait() {
-                panic!("tollgate exited early ({status}): {}", gw.output());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "tollgate exited early ({status}): {}",
+                    self.output()
+                ));
             }
-            if gw.get("/healthz", &[]).status == 200 {
+            if self.output().contains(&listening) && self.get("/healthz", &[]).status == 200 {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "tollgate did not come up: {}",
-                gw.output()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!("tollgate did not come up: {}", self.output()));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         if BEHIND_EDGE {
-            let edge = Edge::start(&gw.direct_addr);
-            gw.addr = edge.addr.clone();
-            gw.edge = Some(edge);
+            let edge = Edge::start(&self.direct_addr);
+            self.addr = edge.addr.clone();
+            self.edge = Some(edge);
         }
-        gw
+        Ok(())
     }
 
     /// Everything the binary wrote to stderr so far.
@@ -791,12 +830,7 @@ impl Gateway {
     /// `start_beside` listening on `port`: a replica restarted where a load balancer's
     /// fixed server list expects it.
     pub fn start_beside_on(&self, port: u16, env: &[(&str, &str)]) -> Gateway {
-        let db = TestDb {
-            name: self.db.name.clone(),
-            owned: false,
-            base: self.db.base.clone(),
-        };
-        Gateway::start_on_port(db, port, env)
+        Gateway::start_on_port(self.db.alias(), Some(port), env)
     }
 
     /// The port the gateway itself listens on.
