@@ -86,9 +86,12 @@ pub fn serve<H: Handler>(cfg: &Config, handler: Arc<H>) -> io::Result<()> {
     if let Some(addr) = server.server_addr().to_ip() {
         spawn_pool_nudger(addr);
     }
+    // The address bound, not the one asked for: with port 0 the system picks the port, and
+    // this line is where a caller (the tests) learns it.
+    let bound = listening.local_addr().map(|a| a.to_string());
     log::info!(
         "listening on {} with {} workers",
-        cfg.listen_addr,
+        bound.as_deref().unwrap_or(&cfg.listen_addr),
         cfg.workers
     );
     let limits = Arc::new(Limits {

@@ -439,24 +439,16 @@ impl Gateway {
         Gateway::start_on_port(db, None, env)
     }
 
-    /// Starts the binary on `port`, or on a free one. A free port is only free when looked
-    /// at: another test's gateway may take it first, so this one's bind fails and the
-    /// other answers `/healthz`. Only our own process saying it listens counts, and a lost
-    /// race is retried on another port.
-    fn start_on_port(mut db: TestDb, port: Option<u16>, env: &[(&str, &str)]) -> Gateway {
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let mut gw = Gateway::spawn(db, port.unwrap_or_else(free_port), env);
-            match gw.wait_ready() {
-                Ok(()) => return gw,
-                Err(out) if port.is_none() && attempts < 3 && out.contains("in use") => {
-                    let alias = gw.db.alias();
-                    db = std::mem::replace(&mut gw.db, alias);
-                }
-                Err(out) => panic!("{out}"),
-            }
+    /// Starts the binary on `port`, or on port 0, the system picking a free one that the
+    /// gateway's own "listening on" line reports: a port looked up beforehand and then
+    /// bound could be taken by another test's gateway in between, which then answered this
+    /// test's requests.
+    fn start_on_port(db: TestDb, port: Option<u16>, env: &[(&str, &str)]) -> Gateway {
+        let mut gw = Gateway::spawn(db, port.unwrap_or(0), env);
+        if let Err(e) = gw.wait_ready() {
+            panic!("{e}");
         }
+        gw
     }
 
     fn spawn(db: TestDb, port: u16, env: &[(&str, &str)]) -> Gateway {
@@ -505,13 +497,9 @@ impl Gateway {
         }
     }
 
-    /// Waits until this process listens and answers, then puts the edge in front in an
-    /// edge run; Err with what went wrong otherwise.
+    /// Waits until this process says where it listens and answers there, then puts the
+    /// edge in front in an edge run; Err with what went wrong otherwise.
     fn wait_ready(&mut self) -> Result<(), String> {
-        let listening = format!(
-            "listening on {} ",
-            self.direct_addr.trim_start_matches("http://")
-        );
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -520,8 +508,17 @@ impl Gateway {
                     self.output()
                 ));
             }
-            if self.output().contains(&listening) && self.get("/healthz", &[]).status == 200 {
-                break;
+            let output = self.output();
+            let bound = output
+                .split("listening on ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next());
+            if let Some(bound) = bound {
+                self.direct_addr = format!("http://{bound}");
+                self.addr = self.direct_addr.clone();
+                if self.get("/healthz", &[]).status == 200 {
+                    break;
+                }
             }
             if Instant::now() >= deadline {
                 return Err(format!("tollgate did not come up: {}", self.output()));
@@ -824,7 +821,7 @@ impl Gateway {
 impl Gateway {
     /// A second instance on this gateway's database (the database stays owned by `self`).
     pub fn start_beside(&self, env: &[(&str, &str)]) -> Gateway {
-        self.start_beside_on(free_port(), env)
+        Gateway::start_on_port(self.db.alias(), None, env)
     }
 
     /// `start_beside` listening on `port`: a replica restarted where a load balancer's
