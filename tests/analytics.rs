@@ -179,90 +179,110 @@ fn timeseries_top_routes_and_recent_reflect_the_traffic() {
 /// Bucket start, user, key, route, status class, count, 4xx, 5xx, 429, bytes in, bytes out.
 type Dims = (i64, i64, i64, i64, i16, i64, i64, i64, i64, i64, i64);
 
-#[test]
-fn rollups_equal_the_raw_rows_for_every_dimension_and_grain() {
-    let gw = Gateway::start();
-    let up = Upstream::start();
-    mixed_traffic(&gw, &up);
-    let mut db = gw.db();
-    for grain in [60i32, 3_600, 86_400] {
-        let rollups: Vec<Dims> = db
-            .query(
-                "SELECT extract(epoch FROM bucket_start)::int8, user_id, api_key_id, route_id,
-                        status_class, sum(count)::int8, sum(errors_4xx)::int8,
-                        sum(errors_5xx)::int8, sum(rate_limited)::int8, sum(bytes_in)::int8,
-                        sum(bytes_out)::int8
-                   FROM request_rollups WHERE grain_secs = $1 AND user_id <> -1
-                  GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
-                &[&grain],
-            )
-            .unwrap()
-            .iter()
-            .map(dims)
-            .collect();
-        let raw: Vec<Dims> = db
-            .query(
-                "SELECT (floor(extract(epoch FROM created_at)::float8 / $1::float8) * $1::float8)::int8,
+/// Where rollup compaction stands (sql/015), Unix seconds.
+fn compacted_to(db: &mut postgres::Client) -> i64 {
+    db.query_one(
+        "SELECT extract(epoch FROM compacted_to)::int8 FROM rollup_compaction",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// The rollups of `grain` against the raw rows, per dimension and bucket, and each
+/// bucket's whole-traffic row against the sum of its dimensions. Hour and day buckets are
+/// compared where compaction has built them (ending by `compacted_to`); minutes all.
+fn assert_grain_matches_raw(db: &mut postgres::Client, grain: i32) {
+    let upto = if grain == 60 {
+        i64::MAX / 2
+    } else {
+        compacted_to(db)
+    };
+    let rollups: Vec<Dims> = db
+        .query(
+            "SELECT extract(epoch FROM bucket_start)::int8, user_id, api_key_id, route_id,
+                    status_class, sum(count)::int8, sum(errors_4xx)::int8,
+                    sum(errors_5xx)::int8, sum(rate_limited)::int8, sum(bytes_in)::int8,
+                    sum(bytes_out)::int8
+               FROM request_rollups WHERE grain_secs = $1 AND user_id <> -1
+                AND extract(epoch FROM bucket_start)::int8 + $1 <= $2
+              GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
+            &[&grain, &upto],
+        )
+        .unwrap()
+        .iter()
+        .map(dims)
+        .collect();
+    let raw: Vec<Dims> = db
+        .query(
+            "SELECT * FROM (
+                SELECT (floor(extract(epoch FROM created_at)::float8 / $1::float8) * $1::float8)::int8 AS b,
                         coalesce(user_id, 0), coalesce(api_key_id, 0), coalesce(route_id, 0),
                         (status / 100)::int2, count(*),
                         count(*) FILTER (WHERE status BETWEEN 400 AND 499),
                         count(*) FILTER (WHERE status >= 500),
                         count(*) FILTER (WHERE status = 429),
                         sum(bytes_in)::int8, sum(bytes_out)::int8
-                   FROM request_logs GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
-                &[&f64::from(grain)],
-            )
-            .unwrap()
-            .iter()
-            .map(dims)
-            .collect();
-        assert_eq!(rollups, raw, "grain {grain}");
-        // Each bucket's whole-traffic row (ids -1) sums its per-dimension rows.
-        let whole: Vec<Dims> = db
-            .query(
-                "SELECT extract(epoch FROM bucket_start)::int8, -1::int8, -1::int8, -1::int8,
-                        0::int2, count, errors_4xx, errors_5xx, rate_limited, bytes_in,
-                        bytes_out
-                   FROM request_rollups WHERE grain_secs = $1 AND user_id = -1 ORDER BY 1",
-                &[&grain],
-            )
-            .unwrap()
-            .iter()
-            .map(dims)
-            .collect();
-        let mut summed: Vec<Dims> = Vec::new();
-        for r in &raw {
-            match summed.last_mut() {
-                Some(w) if w.0 == r.0 => {
-                    (w.5, w.6, w.7, w.8, w.9, w.10) = (
-                        w.5 + r.5,
-                        w.6 + r.6,
-                        w.7 + r.7,
-                        w.8 + r.8,
-                        w.9 + r.9,
-                        w.10 + r.10,
-                    )
-                }
-                _ => summed.push((r.0, -1, -1, -1, 0, r.5, r.6, r.7, r.8, r.9, r.10)),
+                   FROM request_logs GROUP BY 1, 2, 3, 4, 5) r
+              WHERE b + $2 <= $3 ORDER BY 1, 2, 3, 4, 5",
+            &[&f64::from(grain), &i64::from(grain), &upto],
+        )
+        .unwrap()
+        .iter()
+        .map(dims)
+        .collect();
+    assert!(!raw.is_empty(), "grain {grain}: nothing to compare");
+    assert_eq!(rollups, raw, "grain {grain}");
+    // Each bucket's whole-traffic row (ids -1) sums its per-dimension rows.
+    let whole: Vec<Dims> = db
+        .query(
+            "SELECT extract(epoch FROM bucket_start)::int8, -1::int8, -1::int8, -1::int8,
+                    0::int2, count, errors_4xx, errors_5xx, rate_limited, bytes_in,
+                    bytes_out
+               FROM request_rollups WHERE grain_secs = $1 AND user_id = -1
+                AND extract(epoch FROM bucket_start)::int8 + $1 <= $2 ORDER BY 1",
+            &[&grain, &upto],
+        )
+        .unwrap()
+        .iter()
+        .map(dims)
+        .collect();
+    let mut summed: Vec<Dims> = Vec::new();
+    for r in &raw {
+        match summed.last_mut() {
+            Some(w) if w.0 == r.0 => {
+                (w.5, w.6, w.7, w.8, w.9, w.10) = (
+                    w.5 + r.5,
+                    w.6 + r.6,
+                    w.7 + r.7,
+                    w.8 + r.8,
+                    w.9 + r.9,
+                    w.10 + r.10,
+                )
             }
+            _ => summed.push((r.0, -1, -1, -1, 0, r.5, r.6, r.7, r.8, r.9, r.10)),
         }
-        assert_eq!(whole, summed, "grain {grain} whole-traffic rows");
-        let hist_sum = (0..BUCKETS)
-            .map(|i| format!("h{i}"))
-            .collect::<Vec<_>>()
-            .join(" + ");
-        let bad: i64 = db
-            .query_one(
-                &format!(
-                    "SELECT count(*) FROM request_rollups
-                      WHERE grain_secs = $1 AND count <> {hist_sum}"
-                ),
-                &[&grain],
-            )
-            .unwrap()
-            .get(0);
-        assert_eq!(bad, 0, "every row's histogram holds its count");
     }
+    assert_eq!(whole, summed, "grain {grain} whole-traffic rows");
+    let hist_sum = (0..BUCKETS)
+        .map(|i| format!("h{i}"))
+        .collect::<Vec<_>>()
+        .join(" + ");
+    let bad: i64 = db
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM request_rollups
+                  WHERE grain_secs = $1 AND count <> {hist_sum}"
+            ),
+            &[&grain],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(bad, 0, "every row's histogram holds its count");
+}
+
+/// The overview of `window` against the raw rows, and the hourly and daily series' sums.
+fn assert_answers_match_raw(gw: &Gateway, db: &mut postgres::Client, window: &str) {
     let raw = db
         .query_one(
             "SELECT count(*), count(*) FILTER (WHERE status BETWEEN 400 AND 499),
@@ -272,8 +292,10 @@ fn rollups_equal_the_raw_rows_for_every_dimension_and_grain() {
             &[],
         )
         .unwrap();
-    let o = gw.admin_get("/analytics/overview").json();
-    assert_eq!(o["totalRequests"], raw.get::<_, i64>(0));
+    let o = gw
+        .admin_get(&format!("/analytics/overview?window={window}"))
+        .json();
+    assert_eq!(o["totalRequests"], raw.get::<_, i64>(0), "{window}: {o}");
     assert_eq!(o["clientErrors"], raw.get::<_, i64>(1));
     assert_eq!(o["serverErrors"], raw.get::<_, i64>(2));
     assert_eq!(o["rateLimited"], raw.get::<_, i64>(3));
@@ -286,7 +308,79 @@ fn rollups_equal_the_raw_rows_for_every_dimension_and_grain() {
         (o["avgLatencyMs"].as_f64().unwrap() - avg).abs() <= 0.011,
         "{o}"
     );
-    assert_eq!(o["window"], "24h");
+    assert_eq!(o["window"], window);
+    for bucket in ["hour", "day"] {
+        let ts = gw
+            .admin_get(&format!(
+                "/analytics/timeseries?window={window}&bucket={bucket}"
+            ))
+            .json();
+        let total: i64 = arr(&ts).iter().map(|p| p["count"].as_i64().unwrap()).sum();
+        assert_eq!(total, raw.get::<_, i64>(0), "{window} by {bucket}");
+    }
+}
+
+/// Minute rollups are written with the raw rows; hour and day rows are folded from them
+/// once the hour has ended (the retention job's compaction), and a row later than that is
+/// added to them by the logger. At every stage the rollups equal the raw rows and the
+/// answers read folded and unfolded rows without counting anything twice.
+#[test]
+fn rollups_equal_the_raw_rows_for_every_dimension_and_grain() {
+    let gw = Gateway::start_with(&[("TOLLGATE_RETENTION_INTERVAL_MS", "200")]);
+    let up = Upstream::start();
+    let (_, _, ak, _, _, _) = mixed_traffic(&gw, &up);
+    let mut db = gw.db();
+    // Nothing is folded yet: the answers come from the minute rows.
+    assert_grain_matches_raw(&mut db, 60);
+    assert_answers_match_raw(&gw, &mut db, "24h");
+    // Move the traffic two days back and compaction to before it: the job folds its hours
+    // and its day, and the answers then read those.
+    db.batch_execute(
+        "UPDATE request_logs SET created_at = created_at - interval '50 hours';
+         UPDATE request_rollups SET bucket_start = bucket_start - interval '50 hours'
+          WHERE grain_secs = 60;
+         UPDATE rollup_compaction SET compacted_to =
+                to_timestamp(floor((extract(epoch FROM now()) - 52 * 3600) / 86400) * 86400);",
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let caught_up = |db: &mut postgres::Client| -> bool {
+        db.query_one(
+            "SELECT compacted_to + interval '1 hour' > now() - interval '60 seconds'
+               FROM rollup_compaction",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    while !caught_up(&mut db) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "compaction did not catch up: {}",
+            gw.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for grain in [60, 3_600, 86_400] {
+        assert_grain_matches_raw(&mut db, grain);
+    }
+    assert_answers_match_raw(&gw, &mut db, "7d");
+    // A request whose hour is already folded (as after an outage) is added to the hour and
+    // day rows by the logger itself.
+    db.batch_execute(
+        "UPDATE rollup_compaction SET compacted_to = compacted_to + interval '2 days'",
+    )
+    .unwrap();
+    let before: i64 = db
+        .query_one("SELECT count(*) FROM request_logs", &[])
+        .unwrap()
+        .get(0);
+    gw.with_key("GET", "/a/ok/late", &ak);
+    assert_eq!(gw.wait_for_log_rows(before + 1), before + 1);
+    for grain in [60, 3_600, 86_400] {
+        assert_grain_matches_raw(&mut db, grain);
+    }
+    assert_answers_match_raw(&gw, &mut db, "7d");
 }
 
 fn dims(r: &postgres::Row) -> Dims {
@@ -830,20 +924,18 @@ fn a_batch_whose_rollups_fail_is_retried_whole_and_raw_rows_never_run_ahead() {
     db.batch_execute("ALTER TABLE request_rollups DROP CONSTRAINT refuse_all")
         .unwrap();
     assert_eq!(gw.wait_for_log_rows(5), 5);
-    for grain in [60i32, 3_600, 86_400] {
-        let (whole, detail): (i64, i64) = {
-            let r = db
-                .query_one(
-                    "SELECT coalesce(sum(count) FILTER (WHERE user_id = -1), 0)::int8,
-                            coalesce(sum(count) FILTER (WHERE user_id <> -1), 0)::int8
-                       FROM request_rollups WHERE grain_secs = $1",
-                    &[&grain],
-                )
-                .unwrap();
-            (r.get(0), r.get(1))
-        };
-        assert_eq!((whole, detail), (5, 5), "grain {grain}: counted once each");
-    }
+    // The minute rows; hour and day rows are folded from them once the hour has ended
+    // (`rollups_equal_the_raw_rows_for_every_dimension_and_grain`).
+    let r = db
+        .query_one(
+            "SELECT coalesce(sum(count) FILTER (WHERE user_id = -1), 0)::int8,
+                    coalesce(sum(count) FILTER (WHERE user_id <> -1), 0)::int8
+               FROM request_rollups WHERE grain_secs = 60",
+            &[],
+        )
+        .unwrap();
+    let (whole, detail): (i64, i64) = (r.get(0), r.get(1));
+    assert_eq!((whole, detail), (5, 5), "counted once each");
     assert_eq!(count(&gw.admin_get("/analytics/overview").json()), 5);
 }
 

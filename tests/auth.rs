@@ -121,8 +121,11 @@ fn a_wrong_secret_does_not_evict_or_replace_the_cached_key() {
 #[test]
 fn a_cached_key_expires_by_the_clock_without_any_admin_call() {
     let (gw, _up, user) = setup(&[]);
-    let expires = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
-    let stamp = expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let stamp = (chrono::Utc::now() + chrono::Duration::milliseconds(1500))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    // The expiry as stored: the stamp drops sub-millisecond digits, so it may be up to 1 ms
+    // earlier than the time it was made from (comparing against that time once failed).
+    let expires = chrono::DateTime::parse_from_rfc3339(&stamp).unwrap();
     let (key, _) = gw.create_key(user, json!({"expiresAt": stamp}));
     assert_eq!(
         gw.with_key("GET", "/api", &key).status,

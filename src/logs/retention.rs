@@ -1,24 +1,31 @@
-//! The retention job: a background thread that deletes raw `request_logs` older than
-//! `log_retention`, and rollups, usage and audit rows older than `rollup_retention` (minute and hour
-//! rollups at most `FINE_ROLLUP_MAX_AGE`), a few thousand rows per statement with a pause
-//! between, so it never holds locks or floods the WAL for long.
+//! The retention job: a background thread that first folds ended hours and days into their
+//! rollups (`rollups::compact`, `ROLLUP_COMPACT_LAG` after they end), then deletes raw
+//! `request_logs` older than `log_retention`, and rollups, usage and audit rows older than
+//! `rollup_retention` (minute and hour rollups at most `FINE_ROLLUP_MAX_AGE`, and never
+//! before they are folded), a few thousand rows per statement with a pause between, so it
+//! never holds locks or floods the WAL for long.
 //! Batched deletes rather than partitions: see docs/api.md ("Retention"). The statements
 //! are in `store/logs.rs`, `store/rollups.rs`, `store/usage.rs` and `store/audit.rs`.
 
-use crate::config::{Config, FINE_ROLLUP_MAX_AGE, RETENTION_PAUSE};
+use crate::config::{Config, FINE_ROLLUP_MAX_AGE, RETENTION_PAUSE, ROLLUP_COMPACT_LAG};
 use crate::error::Result;
 use crate::store::rollups::{self, GRAINS};
 use crate::store::{audit, logs, usage, Pool};
 use std::time::Duration;
 
 pub fn spawn(pool: Pool, cfg: &Config) {
-    let (logs, rollups) = (cfg.log_retention, cfg.rollup_retention);
+    let (logs, keep_rollups) = (cfg.log_retention, cfg.rollup_retention);
     let (every, batch) = (cfg.retention_interval, cfg.retention_batch);
     let spawned = std::thread::Builder::new()
         .name("retention".into())
         .spawn(move || loop {
             std::thread::sleep(every);
-            match run_once(&pool, logs, rollups, batch) {
+            match rollups::compact(&pool, ROLLUP_COMPACT_LAG.as_secs() as i64) {
+                Ok(0) => {}
+                Ok(n) => log::info!("rollups: folded {n} ended hours into hour and day rows"),
+                Err(e) => log::warn!("rollup compaction failed: {e}"),
+            }
+            match run_once(&pool, logs, keep_rollups, batch) {
                 Ok((0, 0)) => {}
                 Ok((l, r)) => {
                     log::info!("retention: deleted {l} log rows and {r} rollup and usage rows")

@@ -24,19 +24,23 @@ pub enum Group {
     Whole,
     Route,
     Key,
-    /// One group per rollup bucket (a series), keyed by its start in Unix seconds.
-    BucketStart,
+    /// One group per bucket of this many seconds (a series), keyed by its start in Unix
+    /// seconds; finer rows count in the bucket that holds them.
+    Bucket(i32),
 }
 
 impl Group {
     /// The SQL grouped on, and whether it is a user, key or route column (otherwise an
     /// unfiltered question is answered from the whole-traffic rows).
-    fn sql(self) -> (&'static str, bool) {
+    fn sql(self) -> (String, bool) {
         match self {
-            Group::Whole => ("0::int8", false),
-            Group::Route => ("route_id", true),
-            Group::Key => ("api_key_id", true),
-            Group::BucketStart => ("extract(epoch FROM bucket_start)::int8", false),
+            Group::Whole => ("0::int8".into(), false),
+            Group::Route => ("route_id".into(), true),
+            Group::Key => ("api_key_id".into(), true),
+            Group::Bucket(g) => (
+                format!("(floor(extract(epoch FROM bucket_start) / {g}) * {g})::int8"),
+                false,
+            ),
         }
     }
 }
@@ -84,12 +88,45 @@ const FILTER: &str = "($1::int8 IS NULL OR user_id = $1)
     AND ($3::int8 IS NULL OR route_id = $3)
     AND (user_id = -1) = $4::bool";
 
+/// Where rollup compaction stands (sql/015): hour rows before it are complete, and so are day
+/// rows before the start of its day; later traffic is only in finer rows. Read inside each
+/// statement, so an answer and a compaction never see each other half done.
+const FOLDED_HOURS: &str = "(SELECT compacted_to FROM rollup_compaction)";
+const FOLDED_DAYS: &str =
+    "(SELECT to_timestamp(floor(extract(epoch FROM compacted_to) / 86400) * 86400)
+    FROM rollup_compaction)";
+
 /// The window as whole days, whole hours and the ragged minutes at its start: `$5` start,
-/// `$6` first whole hour, `$7` first whole day. The current hour's and day's rows hold what
-/// has happened so far in them, so the window's end needs no minute rows.
-const WINDOW: &str = "((grain_secs = 60 AND bucket_start >= $5 AND bucket_start < $6)
-    OR (grain_secs = 3600 AND bucket_start >= $6 AND bucket_start < $7)
-    OR (grain_secs = 86400 AND bucket_start >= $7))";
+/// `$6` first whole hour, `$7` first whole day; of those, what compaction has not folded
+/// yet (the current day's newer hours, the latest hour or so) comes from the finer rows.
+fn window_sql() -> String {
+    format!(
+        "((grain_secs = 60 AND ((bucket_start >= $5 AND bucket_start < $6)
+                                OR bucket_start >= greatest($6, {FOLDED_HOURS})))
+          OR (grain_secs = 3600 AND ((bucket_start >= $6 AND bucket_start < least($7, {FOLDED_HOURS}))
+                                     OR (bucket_start >= greatest($7, {FOLDED_DAYS})
+                                         AND bucket_start < {FOLDED_HOURS})))
+          OR (grain_secs = 86400 AND bucket_start >= $7 AND bucket_start < {FOLDED_DAYS}))"
+    )
+}
+
+/// A series of `grain` buckets from `$5`: that grain's rows as far as compaction has built
+/// them, and the finer rows after (summed into their bucket by `Group::Bucket`).
+fn series_sql(grain: i32) -> String {
+    match grain {
+        3600 => format!(
+            "((grain_secs = 3600 AND bucket_start >= $5 AND bucket_start < {FOLDED_HOURS})
+              OR (grain_secs = 60 AND bucket_start >= greatest($5, {FOLDED_HOURS})))"
+        ),
+        86400 => format!(
+            "((grain_secs = 86400 AND bucket_start >= $5 AND bucket_start < {FOLDED_DAYS})
+              OR (grain_secs = 3600 AND bucket_start >= greatest($5, {FOLDED_DAYS})
+                  AND bucket_start < {FOLDED_HOURS})
+              OR (grain_secs = 60 AND bucket_start >= greatest($5, {FOLDED_HOURS})))"
+        ),
+        _ => "(grain_secs = 60 AND bucket_start >= $5)".into(),
+    }
+}
 
 /// Sums the rollup rows matching the filters and `rows_sql` (which uses `$5..`, bound from
 /// `extra`) per value of `group_sql`; with `hist`, also the latency histogram (76 more sums
@@ -146,8 +183,10 @@ pub fn window_sums(
     group: Group,
     hist: bool,
 ) -> Result<Vec<Totals>> {
+    static WINDOW: OnceLock<String> = OnceLock::new();
     let [start, hour, day] = bounds;
-    sums(pool, f, group, WINDOW, &[&start, &hour, &day], hist)
+    let window = WINDOW.get_or_init(window_sql);
+    sums(pool, f, group, window, &[&start, &hour, &day], hist)
 }
 
 /// Sums per bucket of `grain` seconds from `first` on, with the histogram.
@@ -160,9 +199,9 @@ pub fn series_sums(
     sums(
         pool,
         f,
-        Group::BucketStart,
-        "grain_secs = $5 AND bucket_start >= $6",
-        &[&grain, &first],
+        Group::Bucket(grain),
+        &series_sql(grain),
+        &[&first],
         true,
     )
 }

@@ -45,6 +45,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../sql/013_upstream_pools.sql"),
     ),
     ("014_counting", include_str!("../../sql/014_counting.sql")),
+    (
+        "015_rollup_compaction",
+        include_str!("../../sql/015_rollup_compaction.sql"),
+    ),
 ];
 
 /// Applies pending migrations, retrying the first connection for up to `wait` so that a

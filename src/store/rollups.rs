@@ -1,6 +1,7 @@
 //! Per-minute, per-hour and per-day traffic aggregates (`request_rollups`, sql/003): the
 //! latency histogram's bucket bounds, folding a batch of log rows into aggregates in memory,
-//! and the one upsert the logger runs in the transaction that copies the raw rows. The
+//! the one upsert the logger runs in the transaction that copies the raw rows, and the
+//! compaction that folds ended hours and days from the rows below them (sql/015). The
 //! analytics endpoints read these instead of scanning `request_logs`.
 
 use super::logs::LogRow;
@@ -122,9 +123,12 @@ impl Agg {
     }
 }
 
-/// Folds rows into one aggregate per grain and dimensions. A `BTreeMap` so the upsert
-/// touches rows in one fixed order: two replicas' loggers then never deadlock.
-fn aggregate(rows: &[&LogRow]) -> BTreeMap<Key, Agg> {
+/// Folds rows into one aggregate per grain and dimensions. A row is counted in the minute
+/// grain always, and in an hour or day only once compaction has folded it (its end is at
+/// or before `compacted_to`, Unix seconds): until then the compactor builds it from the
+/// minutes. A `BTreeMap` so the upsert touches rows in one fixed order: two replicas'
+/// loggers then never deadlock.
+fn aggregate(rows: &[&LogRow], compacted_to: i64) -> BTreeMap<Key, Agg> {
     let mut out = BTreeMap::new();
     for r in rows {
         let secs = r
@@ -133,6 +137,9 @@ fn aggregate(rows: &[&LogRow]) -> BTreeMap<Key, Agg> {
             .map_or(0, |d| d.as_secs() as i64);
         for grain in GRAINS {
             let start = secs - secs.rem_euclid(i64::from(grain));
+            if grain > GRAINS[0] && start + i64::from(grain) > compacted_to {
+                continue;
+            }
             let key = Key {
                 grain,
                 start,
@@ -195,11 +202,18 @@ fn upsert_sql() -> String {
     )
 }
 
+/// Where compaction stands, Unix seconds; the share lock holds it there until the
+/// caller's transaction ends, so a compaction cannot fold an hour under a batch that
+/// decided not to write it.
+const COMPACTED_TO_SQL: &str =
+    "SELECT extract(epoch FROM compacted_to)::int8 FROM rollup_compaction FOR SHARE";
+
 /// Adds the rows to the rollups in one statement, inside the caller's transaction (the one
 /// that copies the raw rows), so rollups and raw rows commit or fail together.
 pub fn upsert(tx: &mut Transaction, rows: &[&LogRow]) -> Result<(), postgres::Error> {
     static SQL: OnceLock<String> = OnceLock::new();
-    let aggs = aggregate(rows);
+    let compacted_to: i64 = tx.query_one(COMPACTED_TO_SQL, &[])?.get(0);
+    let aggs = aggregate(rows, compacted_to);
     if aggs.is_empty() {
         return Ok(());
     }
@@ -245,22 +259,102 @@ pub fn upsert(tx: &mut Transaction, rows: &[&LogRow]) -> Result<(), postgres::Er
     Ok(())
 }
 
-/// One grain at a time, so the primary key (grain, bucket start, ...) finds the rows.
+/// Builds the rows of one bucket of grain `$1` starting at `$3` from the rows of grain `$2`
+/// inside it (`$3` to `$4`, Unix seconds), once `CLEAR_SQL` has emptied it: replaced, not
+/// added to, as whatever a pre-compaction replica wrote into the bucket meanwhile is in its
+/// minutes too.
+fn fold_sql() -> String {
+    format!(
+        "INSERT INTO request_rollups (grain_secs, bucket_start, user_id, api_key_id, route_id,
+            status_class, count, errors_4xx, errors_5xx, rate_limited, latency_sum, bytes_in,
+            bytes_out, {cols})
+        SELECT $1, to_timestamp($3::int8), user_id, api_key_id, route_id, status_class,
+               sum(count), sum(errors_4xx), sum(errors_5xx), sum(rate_limited),
+               sum(latency_sum), sum(bytes_in), sum(bytes_out), {sums}
+          FROM request_rollups
+         WHERE grain_secs = $2 AND bucket_start >= to_timestamp($3::int8)
+           AND bucket_start < to_timestamp($4::int8)
+         GROUP BY user_id, api_key_id, route_id, status_class",
+        cols = hist_columns("{h}", ", "),
+        sums = hist_columns("sum({h})", ", "),
+    )
+}
+
+const CLEAR_SQL: &str =
+    "DELETE FROM request_rollups WHERE grain_secs = $1 AND bucket_start = to_timestamp($2::int8)";
+
+/// Folds every hour that ended at least `lag_secs` ago (by the database's clock) and is not
+/// folded yet into its hour rows, and a day into its day rows once its last hour is, one
+/// hour a transaction; returns the hours folded. Replicas may all run it: the update lock
+/// on `rollup_compaction` lets one fold an hour, and the others then find it done.
+pub fn compact(pool: &Pool, lag_secs: i64) -> crate::error::Result<u32> {
+    static FOLD: OnceLock<String> = OnceLock::new();
+    let fold = FOLD.get_or_init(fold_sql).as_str();
+    let (hour, day) = (i64::from(GRAINS[1]), i64::from(GRAINS[2]));
+    let mut conn = pool.get()?;
+    let mut folded = 0;
+    loop {
+        let mut tx = conn.transaction()?;
+        let row = tx.query_one(
+            "SELECT extract(epoch FROM compacted_to)::int8,
+                    floor(extract(epoch FROM now()))::int8 - $1
+               FROM rollup_compaction FOR UPDATE",
+            &[&lag_secs],
+        )?;
+        let (from, until): (i64, i64) = (row.get(0), row.get(1));
+        if from + hour > until {
+            tx.commit()?;
+            return Ok(folded);
+        }
+        let to = from + hour;
+        let mut fold_into = |grain: i32, finer: i32, start: i64| {
+            tx.execute(CLEAR_SQL, &[&grain, &start])?;
+            tx.execute(fold, &[&grain, &finer, &start, &to])
+        };
+        fold_into(GRAINS[1], GRAINS[0], from)?;
+        if to % day == 0 {
+            fold_into(GRAINS[2], GRAINS[1], to - day)?;
+        }
+        tx.execute(
+            "UPDATE rollup_compaction SET compacted_to = to_timestamp($1::int8)",
+            &[&to],
+        )?;
+        tx.commit()?;
+        folded += 1;
+    }
+}
+
+/// One grain at a time, so the primary key (grain, bucket start, ...) finds the rows. Minute
+/// rows are kept until their hour is folded, hour rows until their day is: `$4` is that
+/// bound, Unix seconds (NULL for days).
 const DELETE_SQL: &str = "DELETE FROM request_rollups WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM request_rollups
      WHERE grain_secs = $3 AND bucket_start < now() - make_interval(secs => $1)
+       AND ($4::int8 IS NULL OR bucket_start < to_timestamp($4::int8))
      LIMIT $2))";
 
+/// The bucket starts below which rows of each grain are no longer needed to fold a coarser
+/// one: minutes below `compacted_to`, hours below the start of its day, days any.
+const KEEP_FOR_FOLDING_SQL: &str = "SELECT extract(epoch FROM compacted_to)::int8,
+        floor(extract(epoch FROM compacted_to) / 86400)::int8 * 86400
+   FROM rollup_compaction";
+
 /// Deletes up to `batch` rollups of `grain` older than `older_than_secs`; returns how many.
+/// Rows a later compaction still folds from are kept, however old.
 pub fn delete_expired(
     pool: &Pool,
     grain: i32,
     older_than_secs: f64,
     batch: i64,
 ) -> crate::error::Result<u64> {
-    Ok(pool
-        .get()?
-        .execute(DELETE_SQL, &[&older_than_secs, &batch, &grain])?)
+    let mut conn = pool.get()?;
+    let row = conn.query_one(KEEP_FOR_FOLDING_SQL, &[])?;
+    let bound: Option<i64> = match grain {
+        g if g == GRAINS[0] => row.get(0),
+        g if g == GRAINS[1] => row.get(1),
+        _ => None,
+    };
+    Ok(conn.execute(DELETE_SQL, &[&older_than_secs, &batch, &grain, &bound])?)
 }
 
 #[cfg(test)]
