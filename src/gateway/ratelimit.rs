@@ -344,8 +344,9 @@ impl Counters {
     /// The lease keeper's loop (its own thread): refills the leases requests asked for
     /// and gives back the idle and expired ones, each pass as one round.
     pub fn keep_leases(&self, health: &DbHealth) -> ! {
+        let mut next_sweep = Instant::now();
         loop {
-            let jobs = self.leases.due();
+            let jobs = self.leases.due(&mut next_sweep);
             if jobs.is_empty() {
                 continue;
             }
