@@ -230,12 +230,12 @@ pub const DEFAULT_ROLLUP_RETENTION: &str = "400d";
 /// kept at most this long (even when `TOLLGATE_ROLLUP_RETENTION` is longer): minute rows are
 /// the bulk of the table, and the day rows carry the long history.
 pub const FINE_ROLLUP_MAX_AGE: Duration = Duration::from_secs(32 * 86_400);
-/// An hour is folded into its hour rollups (and its day's, after the day's last hour) once
-/// it ended this long ago, by the retention job's next pass: log batches still in flight
-/// for it land first. A row later than that is added to the folded rows by the logger.
+/// A minute is folded into its hour and day rollups once it ended this long ago, by the
+/// retention job's next pass: log batches still in flight for it land first. A row later
+/// than that is added to its hour and day rows by the logger itself.
 pub const ROLLUP_COMPACT_LAG: Duration = Duration::from_secs(60);
-/// How often the retention job looks for expired rows. Each pass deletes what expired since
-/// the last, so passes stay short.
+/// How often the retention job looks for expired rows (and folds minutes into hour and day
+/// rollups first). Each pass deletes what expired since the last, so passes stay short.
 pub const DEFAULT_RETENTION_INTERVAL_MS: u64 = 60_000;
 /// Rows per retention DELETE: each statement holds its locks and WAL for a moment only, so
 /// the logger's writes and analytics reads never queue behind a long delete.

@@ -1,9 +1,9 @@
-//! The retention job: a background thread that first folds ended hours and days into their
-//! rollups (`rollups::compact`, `ROLLUP_COMPACT_LAG` after they end), then deletes raw
-//! `request_logs` older than `log_retention`, and rollups, usage and audit rows older than
-//! `rollup_retention` (minute and hour rollups at most `FINE_ROLLUP_MAX_AGE`, and never
-//! before they are folded), a few thousand rows per statement with a pause between, so it
-//! never holds locks or floods the WAL for long.
+//! The retention job: a background thread that first folds ended minutes into their hour
+//! and day rollups (`rollups::compact`, `ROLLUP_COMPACT_LAG` after they end), then deletes
+//! raw `request_logs` older than `log_retention`, and rollups, usage and audit rows older
+//! than `rollup_retention` (minute and hour rollups at most `FINE_ROLLUP_MAX_AGE`, and never
+//! before the hour or day they make up is rebuilt), a few thousand rows per statement with
+//! a pause between, so it never holds locks or floods the WAL for long.
 //! Batched deletes rather than partitions: see docs/api.md ("Retention"). The statements
 //! are in `store/logs.rs`, `store/rollups.rs`, `store/usage.rs` and `store/audit.rs`.
 
@@ -22,7 +22,7 @@ pub fn spawn(pool: Pool, cfg: &Config) {
             std::thread::sleep(every);
             match rollups::compact(&pool, ROLLUP_COMPACT_LAG.as_secs() as i64) {
                 Ok(0) => {}
-                Ok(n) => log::info!("rollups: folded {n} ended hours into hour and day rows"),
+                Ok(n) => log::debug!("rollups: folded {n} minutes into hour and day rows"),
                 Err(e) => log::warn!("rollup compaction failed: {e}"),
             }
             match run_once(&pool, logs, keep_rollups, batch) {

@@ -3,11 +3,12 @@
 //! Parameters are parsed and answers shaped in `operator/analytics.rs`.
 
 use super::logs::LogRow;
-use super::rollups::{hist_columns, percentile};
+use super::rollups::{folded_to, hist_columns, percentile};
 use super::Pool;
 use crate::error::Result;
 use chrono::{DateTime, Utc};
 use postgres::types::ToSql;
+use postgres::IsolationLevel;
 use std::sync::OnceLock;
 
 /// Whose traffic: any of user, key and route, or everyone's.
@@ -88,48 +89,22 @@ const FILTER: &str = "($1::int8 IS NULL OR user_id = $1)
     AND ($3::int8 IS NULL OR route_id = $3)
     AND (user_id = -1) = $4::bool";
 
-/// Where rollup compaction stands (sql/015): hour rows before it are complete, and so are day
-/// rows before the start of its day; later traffic is only in finer rows. Read inside each
-/// statement, so an answer and a compaction never see each other half done.
-const FOLDED_HOURS: &str = "(SELECT compacted_to FROM rollup_compaction)";
-const FOLDED_DAYS: &str =
-    "(SELECT to_timestamp(floor(extract(epoch FROM compacted_to) / 86400) * 86400)
-    FROM rollup_compaction)";
+/// The window as whole days, whole hours and the ragged minutes at its start: `$6` start,
+/// `$7` first whole hour, `$8` first whole day. Hour and day rows hold their minutes up to
+/// where compaction stands (`$5`); the last minute or two after it come from minute rows.
+const WINDOW: &str = "((grain_secs = 60 AND ((bucket_start >= $6 AND bucket_start < $7)
+                          OR bucket_start >= greatest($7, $5)))
+    OR (grain_secs = 3600 AND bucket_start >= $7 AND bucket_start < $8)
+    OR (grain_secs = 86400 AND bucket_start >= $8))";
 
-/// The window as whole days, whole hours and the ragged minutes at its start: `$5` start,
-/// `$6` first whole hour, `$7` first whole day; of those, what compaction has not folded
-/// yet (the current day's newer hours, the latest hour or so) comes from the finer rows.
-fn window_sql() -> String {
-    format!(
-        "((grain_secs = 60 AND ((bucket_start >= $5 AND bucket_start < $6)
-                                OR bucket_start >= greatest($6, {FOLDED_HOURS})))
-          OR (grain_secs = 3600 AND ((bucket_start >= $6 AND bucket_start < least($7, {FOLDED_HOURS}))
-                                     OR (bucket_start >= greatest($7, {FOLDED_DAYS})
-                                         AND bucket_start < {FOLDED_HOURS})))
-          OR (grain_secs = 86400 AND bucket_start >= $7 AND bucket_start < {FOLDED_DAYS}))"
-    )
-}
+/// A series of `$7`-second buckets from `$6`: that grain's rows, and the minutes not folded
+/// into them yet (from `$5`, summed into their bucket by `Group::Bucket`).
+const SERIES: &str = "((grain_secs = $7 AND bucket_start >= $6)
+    OR ($7 > 60 AND grain_secs = 60 AND bucket_start >= greatest($6, $5)))";
 
-/// A series of `grain` buckets from `$5`: that grain's rows as far as compaction has built
-/// them, and the finer rows after (summed into their bucket by `Group::Bucket`).
-fn series_sql(grain: i32) -> String {
-    match grain {
-        3600 => format!(
-            "((grain_secs = 3600 AND bucket_start >= $5 AND bucket_start < {FOLDED_HOURS})
-              OR (grain_secs = 60 AND bucket_start >= greatest($5, {FOLDED_HOURS})))"
-        ),
-        86400 => format!(
-            "((grain_secs = 86400 AND bucket_start >= $5 AND bucket_start < {FOLDED_DAYS})
-              OR (grain_secs = 3600 AND bucket_start >= greatest($5, {FOLDED_DAYS})
-                  AND bucket_start < {FOLDED_HOURS})
-              OR (grain_secs = 60 AND bucket_start >= greatest($5, {FOLDED_HOURS})))"
-        ),
-        _ => "(grain_secs = 60 AND bucket_start >= $5)".into(),
-    }
-}
-
-/// Sums the rollup rows matching the filters and `rows_sql` (which uses `$5..`, bound from
-/// `extra`) per value of `group_sql`; with `hist`, also the latency histogram (76 more sums
+/// Sums the rollup rows matching the filters and `rows_sql` (which uses `$5`, where
+/// compaction stands, see `rollups::folded_to`, and `$6..` bound from `extra`) per value of
+/// `group_sql`; with `hist`, also the latency histogram (76 more sums
 /// per row read, so skipped where unused). `by_dimension` says `group_sql` is a user, key or
 /// route column; otherwise an unfiltered question is answered from the whole-traffic rows.
 fn sums(
@@ -154,9 +129,23 @@ fn sums(
            FROM request_rollups WHERE {FILTER} AND {rows_sql} GROUP BY 1"
     );
     let whole = !by_dimension && f.user_id.is_none() && f.key_id.is_none() && f.route_id.is_none();
+    // One snapshot for where compaction stands and the rows, so a fold committing in between
+    // cannot make the answer count minutes twice or not at all. Read first and passed as a
+    // parameter, so the planner sees its value: as a subquery inside the statement it was
+    // estimated blind and far more rows were read (docs/performance.md, "Hour and day
+    // rollups").
+    let mut conn = pool.get()?;
+    let mut tx = conn
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()?;
+    let folded = DateTime::<Utc>::from_timestamp(folded_to(&mut tx)?, 0).unwrap_or_default();
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&f.user_id, &f.key_id, &f.route_id, &whole];
+    params.push(&folded);
     params.extend_from_slice(extra);
-    let rows = pool.get()?.query(sql.as_str(), &params)?;
+    let rows = tx.query(sql.as_str(), &params)?;
+    tx.commit()?;
     Ok(rows
         .iter()
         .map(|r| Totals {
@@ -183,10 +172,8 @@ pub fn window_sums(
     group: Group,
     hist: bool,
 ) -> Result<Vec<Totals>> {
-    static WINDOW: OnceLock<String> = OnceLock::new();
     let [start, hour, day] = bounds;
-    let window = WINDOW.get_or_init(window_sql);
-    sums(pool, f, group, window, &[&start, &hour, &day], hist)
+    sums(pool, f, group, WINDOW, &[&start, &hour, &day], hist)
 }
 
 /// Sums per bucket of `grain` seconds from `first` on, with the histogram.
@@ -200,8 +187,8 @@ pub fn series_sums(
         pool,
         f,
         Group::Bucket(grain),
-        &series_sql(grain),
-        &[&first],
+        SERIES,
+        &[&first, &grain],
         true,
     )
 }

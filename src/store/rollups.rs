@@ -7,7 +7,7 @@
 use super::logs::LogRow;
 use super::Pool;
 use postgres::types::ToSql;
-use postgres::Transaction;
+use postgres::{GenericClient, Transaction};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::UNIX_EPOCH;
@@ -124,10 +124,10 @@ impl Agg {
 }
 
 /// Folds rows into one aggregate per grain and dimensions. A row is counted in the minute
-/// grain always, and in an hour or day only once compaction has folded it (its end is at
-/// or before `compacted_to`, Unix seconds): until then the compactor builds it from the
-/// minutes. A `BTreeMap` so the upsert touches rows in one fixed order: two replicas'
-/// loggers then never deadlock.
+/// grain always, and in its hour and day only when compaction has already folded its minute
+/// (before `compacted_to`, Unix seconds), as for a row held back by an outage: otherwise
+/// compaction adds the minute to them. A `BTreeMap` so the upsert touches rows in one fixed
+/// order: two replicas' loggers then never deadlock.
 fn aggregate(rows: &[&LogRow], compacted_to: i64) -> BTreeMap<Key, Agg> {
     let mut out = BTreeMap::new();
     for r in rows {
@@ -137,7 +137,7 @@ fn aggregate(rows: &[&LogRow], compacted_to: i64) -> BTreeMap<Key, Agg> {
             .map_or(0, |d| d.as_secs() as i64);
         for grain in GRAINS {
             let start = secs - secs.rem_euclid(i64::from(grain));
-            if grain > GRAINS[0] && start + i64::from(grain) > compacted_to {
+            if grain > GRAINS[0] && secs - secs.rem_euclid(60) >= compacted_to {
                 continue;
             }
             let key = Key {
@@ -172,22 +172,14 @@ pub fn hist_columns(fmt: &str, sep: &str) -> String {
         .join(sep)
 }
 
-/// One multi-row upsert: `$1..$13` the dimensions and sums, `$14..` one array per histogram
-/// bucket, all zipped by `unnest`.
-fn upsert_sql() -> String {
-    let hist_params = (0..LATENCY_BUCKETS)
-        .map(|i| format!("${}::int8[]", i + 14))
-        .collect::<Vec<_>>()
-        .join(", ");
+/// Inserts the rows `select` yields (every column of a rollup row, in table order), adding
+/// each to the row already there for its grain, bucket and dimensions.
+fn adding_to_rollups(select: &str) -> String {
     format!(
         "INSERT INTO request_rollups AS r (grain_secs, bucket_start, user_id, api_key_id,
             route_id, status_class, count, errors_4xx, errors_5xx, rate_limited, latency_sum,
             bytes_in, bytes_out, {cols})
-        SELECT g, to_timestamp(s), u, k, rt, c, n, e4, e5, rl, ls, bi, bo, {cols}
-          FROM unnest($1::int4[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int2[],
-                      $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::float8[],
-                      $12::int8[], $13::int8[], {hist_params})
-            AS v(g, s, u, k, rt, c, n, e4, e5, rl, ls, bi, bo, {cols})
+        {select}
         ON CONFLICT (grain_secs, bucket_start, user_id, api_key_id, route_id, status_class)
         DO UPDATE SET count = r.count + excluded.count,
             errors_4xx = r.errors_4xx + excluded.errors_4xx,
@@ -202,9 +194,26 @@ fn upsert_sql() -> String {
     )
 }
 
+/// One multi-row upsert: `$1..$13` the dimensions and sums, `$14..` one array per histogram
+/// bucket, all zipped by `unnest`.
+fn upsert_sql() -> String {
+    let hist_params = (0..LATENCY_BUCKETS)
+        .map(|i| format!("${}::int8[]", i + 14))
+        .collect::<Vec<_>>()
+        .join(", ");
+    adding_to_rollups(&format!(
+        "SELECT g, to_timestamp(s), u, k, rt, c, n, e4, e5, rl, ls, bi, bo, {cols}
+          FROM unnest($1::int4[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int2[],
+                      $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::float8[],
+                      $12::int8[], $13::int8[], {hist_params})
+            AS v(g, s, u, k, rt, c, n, e4, e5, rl, ls, bi, bo, {cols})",
+        cols = hist_columns("{h}", ", "),
+    ))
+}
+
 /// Where compaction stands, Unix seconds; the share lock holds it there until the
-/// caller's transaction ends, so a compaction cannot fold an hour under a batch that
-/// decided not to write it.
+/// caller's transaction ends, so a compaction cannot fold minutes under a batch that
+/// decided not to write their hour and day.
 const COMPACTED_TO_SQL: &str =
     "SELECT extract(epoch FROM compacted_to)::int8 FROM rollup_compaction FOR SHARE";
 
@@ -259,38 +268,35 @@ pub fn upsert(tx: &mut Transaction, rows: &[&LogRow]) -> Result<(), postgres::Er
     Ok(())
 }
 
-/// Builds the rows of one bucket of grain `$1` starting at `$3` from the rows of grain `$2`
-/// inside it (`$3` to `$4`, Unix seconds), once `CLEAR_SQL` has emptied it: replaced, not
-/// added to, as whatever a pre-compaction replica wrote into the bucket meanwhile is in its
-/// minutes too.
+/// Sums the rows of grain `$2` from `$3` to `$4` (Unix seconds) per dimensions into the
+/// bucket of grain `$1` starting at `$5`: added to what the bucket holds, or, after
+/// `CLEAR_SQL`, rebuilding it.
 fn fold_sql() -> String {
-    format!(
-        "INSERT INTO request_rollups (grain_secs, bucket_start, user_id, api_key_id, route_id,
-            status_class, count, errors_4xx, errors_5xx, rate_limited, latency_sum, bytes_in,
-            bytes_out, {cols})
-        SELECT $1, to_timestamp($3::int8), user_id, api_key_id, route_id, status_class,
+    adding_to_rollups(&format!(
+        "SELECT $1, to_timestamp($5::int8), user_id, api_key_id, route_id, status_class,
                sum(count), sum(errors_4xx), sum(errors_5xx), sum(rate_limited),
                sum(latency_sum), sum(bytes_in), sum(bytes_out), {sums}
           FROM request_rollups
          WHERE grain_secs = $2 AND bucket_start >= to_timestamp($3::int8)
            AND bucket_start < to_timestamp($4::int8)
          GROUP BY user_id, api_key_id, route_id, status_class",
-        cols = hist_columns("{h}", ", "),
         sums = hist_columns("sum({h})", ", "),
-    )
+    ))
 }
 
 const CLEAR_SQL: &str =
     "DELETE FROM request_rollups WHERE grain_secs = $1 AND bucket_start = to_timestamp($2::int8)";
 
-/// Folds every hour that ended at least `lag_secs` ago (by the database's clock) and is not
-/// folded yet into its hour rows, and a day into its day rows once its last hour is, one
-/// hour a transaction; returns the hours folded. Replicas may all run it: the update lock
-/// on `rollup_compaction` lets one fold an hour, and the others then find it done.
-pub fn compact(pool: &Pool, lag_secs: i64) -> crate::error::Result<u32> {
+/// Folds the minutes that ended at least `lag_secs` ago (by the database's clock) and are
+/// not folded yet into their hour and day rows, one transaction per hour at most; an hour
+/// that has ended is then rebuilt from its minutes, and a day from its hours. Rebuilt, not
+/// only added to: a replica of a version before compaction writes hour and day rows
+/// itself, and its minutes too. Returns the minutes folded. Replicas may all run it: the
+/// update lock on `rollup_compaction` lets one fold a stretch, the others find it done.
+pub fn compact(pool: &Pool, lag_secs: i64) -> crate::error::Result<i64> {
     static FOLD: OnceLock<String> = OnceLock::new();
     let fold = FOLD.get_or_init(fold_sql).as_str();
-    let (hour, day) = (i64::from(GRAINS[1]), i64::from(GRAINS[2]));
+    let [minute, hour, day] = GRAINS.map(i64::from);
     let mut conn = pool.get()?;
     let mut folded = 0;
     loop {
@@ -301,31 +307,43 @@ pub fn compact(pool: &Pool, lag_secs: i64) -> crate::error::Result<u32> {
                FROM rollup_compaction FOR UPDATE",
             &[&lag_secs],
         )?;
-        let (from, until): (i64, i64) = (row.get(0), row.get(1));
-        if from + hour > until {
+        let (from, now): (i64, i64) = (row.get(0), row.get(1));
+        let hour_start = from - from.rem_euclid(hour);
+        let to = (now - now.rem_euclid(minute)).min(hour_start + hour);
+        if to <= from {
             tx.commit()?;
             return Ok(folded);
         }
-        let to = from + hour;
-        let mut fold_into = |grain: i32, finer: i32, start: i64| {
-            tx.execute(CLEAR_SQL, &[&grain, &start])?;
-            tx.execute(fold, &[&grain, &finer, &start, &to])
+        let day_start = from - from.rem_euclid(day);
+        // Into the bucket `at` of `grain`, the rows of `finer` from `lo` to `to`; `rebuild`
+        // empties the bucket first.
+        let mut fold_into = |grain: i32, finer: i32, lo: i64, at: i64, rebuild: bool| {
+            if rebuild {
+                tx.execute(CLEAR_SQL, &[&grain, &at])?;
+            }
+            tx.execute(fold, &[&grain, &finer, &lo, &to, &at])
         };
-        fold_into(GRAINS[1], GRAINS[0], from)?;
+        if to % hour == 0 {
+            fold_into(GRAINS[1], GRAINS[0], hour_start, hour_start, true)?;
+        } else {
+            fold_into(GRAINS[1], GRAINS[0], from, hour_start, false)?;
+        }
         if to % day == 0 {
-            fold_into(GRAINS[2], GRAINS[1], to - day)?;
+            fold_into(GRAINS[2], GRAINS[1], day_start, day_start, true)?;
+        } else {
+            fold_into(GRAINS[2], GRAINS[0], from, day_start, false)?;
         }
         tx.execute(
             "UPDATE rollup_compaction SET compacted_to = to_timestamp($1::int8)",
             &[&to],
         )?;
         tx.commit()?;
-        folded += 1;
+        folded += (to - from) / minute;
     }
 }
 
 /// One grain at a time, so the primary key (grain, bucket start, ...) finds the rows. Minute
-/// rows are kept until their hour is folded, hour rows until their day is: `$4` is that
+/// rows are kept until their hour is rebuilt, hour rows until their day is: `$4` is that
 /// bound, Unix seconds (NULL for days).
 const DELETE_SQL: &str = "DELETE FROM request_rollups WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM request_rollups
@@ -333,14 +351,18 @@ const DELETE_SQL: &str = "DELETE FROM request_rollups WHERE ctid = ANY(ARRAY(
        AND ($4::int8 IS NULL OR bucket_start < to_timestamp($4::int8))
      LIMIT $2))";
 
-/// The bucket starts below which rows of each grain are no longer needed to fold a coarser
-/// one: minutes below `compacted_to`, hours below the start of its day, days any.
-const KEEP_FOR_FOLDING_SQL: &str = "SELECT extract(epoch FROM compacted_to)::int8,
-        floor(extract(epoch FROM compacted_to) / 86400)::int8 * 86400
-   FROM rollup_compaction";
+/// Where compaction stands (`compacted_to`, Unix seconds): every hour and day row holds
+/// its minutes before it, and only minute rows hold those after.
+pub fn folded_to(db: &mut impl GenericClient) -> Result<i64, postgres::Error> {
+    db.query_one(
+        "SELECT extract(epoch FROM compacted_to)::int8 FROM rollup_compaction",
+        &[],
+    )
+    .map(|r| r.get(0))
+}
 
 /// Deletes up to `batch` rollups of `grain` older than `older_than_secs`; returns how many.
-/// Rows a later compaction still folds from are kept, however old.
+/// Rows a later compaction still rebuilds from are kept, however old.
 pub fn delete_expired(
     pool: &Pool,
     grain: i32,
@@ -348,10 +370,10 @@ pub fn delete_expired(
     batch: i64,
 ) -> crate::error::Result<u64> {
     let mut conn = pool.get()?;
-    let row = conn.query_one(KEEP_FOR_FOLDING_SQL, &[])?;
-    let bound: Option<i64> = match grain {
-        g if g == GRAINS[0] => row.get(0),
-        g if g == GRAINS[1] => row.get(1),
+    let to = folded_to(&mut **conn)?;
+    let bound = match grain {
+        g if g == GRAINS[0] => Some(to - to.rem_euclid(i64::from(GRAINS[1]))),
+        g if g == GRAINS[1] => Some(to - to.rem_euclid(i64::from(GRAINS[2]))),
         _ => None,
     };
     Ok(conn.execute(DELETE_SQL, &[&older_than_secs, &batch, &grain, &bound])?)
