@@ -66,7 +66,8 @@ pub const LEASE_FIRST_SPAN: u32 = 10;
 /// A lease not used for this long is given back (its units uncounted), so a key that went
 /// quiet on a replica does not keep room from the others.
 pub const LEASE_IDLE: Duration = Duration::from_millis(500);
-/// How often the lease keeper looks for leases to give back when no refill wakes it.
+/// How often the lease keeper looks through every key for leases to give back (a refill
+/// wakes it for its own key only).
 pub const LEASE_SWEEP: Duration = Duration::from_millis(100);
 /// Keys a replica keeps lease state for (rate, lease): ~200 bytes each. From half of it on,
 /// the keeper forgets idle ones; a new key finding it full is counted exactly.

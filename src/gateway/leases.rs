@@ -340,9 +340,9 @@ impl Leases {
     /// Keys whose refill was asked for by a request, waiting until `next_sweep` for the
     /// first; and once `next_sweep` has come (it then moves `LEASE_SWEEP` on), every lease
     /// idle for `LEASE_IDLE` or past its expiry given back, with whatever any key owes. The
-    /// keeper runs each as a round. A refill looks up its own key only: sweeping every key
-    /// for each refill was, at 1000 busy keys, ~1000 full scans a second under the lock
-    /// every request takes.
+    /// keeper runs each as a round. A refill looks up its own key only: a sweep of every key
+    /// for each refill held the lock every request takes for as long as the map is big
+    /// (docs/performance.md).
     pub fn due(&self, next_sweep: &mut Instant) -> Vec<Job> {
         let wait = next_sweep.saturating_duration_since(Instant::now());
         let mut asked: Vec<i64> = self.refills.1.recv_timeout(wait).into_iter().collect();

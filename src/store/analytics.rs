@@ -3,9 +3,9 @@
 //! Parameters are parsed and answers shaped in `operator/analytics.rs`.
 
 use super::logs::LogRow;
-use super::rollups::{folded_to, hist_columns, percentile};
+use super::rollups::{compacted_to, hist_columns, percentile};
 use super::Pool;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use postgres::types::ToSql;
 use postgres::IsolationLevel;
@@ -91,7 +91,7 @@ const FILTER: &str = "($1::int8 IS NULL OR user_id = $1)
 
 /// The window as whole days, whole hours and the ragged minutes at its start: `$6` start,
 /// `$7` first whole hour, `$8` first whole day. Hour and day rows hold their minutes up to
-/// where compaction stands (`$5`); the last minute or two after it come from minute rows.
+/// where compaction stands (`$5`); the minutes after it come from minute rows.
 const WINDOW: &str = "((grain_secs = 60 AND ((bucket_start >= $6 AND bucket_start < $7)
                           OR bucket_start >= greatest($7, $5)))
     OR (grain_secs = 3600 AND bucket_start >= $7 AND bucket_start < $8)
@@ -103,7 +103,7 @@ const SERIES: &str = "((grain_secs = $7 AND bucket_start >= $6)
     OR ($7 > 60 AND grain_secs = 60 AND bucket_start >= greatest($6, $5)))";
 
 /// Sums the rollup rows matching the filters and `rows_sql` (which uses `$5`, where
-/// compaction stands, see `rollups::folded_to`, and `$6..` bound from `extra`) per value of
+/// compaction stands, see `rollups::compacted_to`, and `$6..` bound from `extra`) per value of
 /// `group_sql`; with `hist`, also the latency histogram (76 more sums
 /// per row read, so skipped where unused). `by_dimension` says `group_sql` is a user, key or
 /// route column; otherwise an unfiltered question is answered from the whole-traffic rows.
@@ -140,7 +140,9 @@ fn sums(
         .isolation_level(IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()?;
-    let folded = DateTime::<Utc>::from_timestamp(folded_to(&mut tx)?, 0).unwrap_or_default();
+    let secs = compacted_to(&mut tx)?;
+    let folded = DateTime::<Utc>::from_timestamp(secs, 0)
+        .ok_or_else(|| Error::Internal(format!("rollup_compaction holds {secs} s")))?;
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&f.user_id, &f.key_id, &f.route_id, &whole];
     params.push(&folded);
     params.extend_from_slice(extra);

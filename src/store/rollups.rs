@@ -1,7 +1,7 @@
 //! Per-minute, per-hour and per-day traffic aggregates (`request_rollups`, sql/003): the
 //! latency histogram's bucket bounds, folding a batch of log rows into aggregates in memory,
 //! the one upsert the logger runs in the transaction that copies the raw rows, and the
-//! compaction that folds ended hours and days from the rows below them (sql/015). The
+//! compaction that folds ended minutes into their hours and days (sql/015). The
 //! analytics endpoints read these instead of scanning `request_logs`.
 
 use super::logs::LogRow;
@@ -21,8 +21,9 @@ const LATENCY_MIN_MS: f64 = 0.1;
 /// last bounded one ends at ~72 s, beyond the default 30 s upstream timeout.
 const LATENCY_RATIO: f64 = 1.2;
 
-/// Aggregation grains in seconds: every row is counted once in each, so that a window is
-/// answered from whole days, whole hours and the minutes at its ragged start.
+/// Aggregation grains in seconds: every row is counted once in each (in the hour and day
+/// ones once compaction has folded its minute), so that a window is answered from whole
+/// days, whole hours and the minutes at its ragged start.
 pub const GRAINS: [i32; 3] = [60, 3_600, 86_400];
 
 /// Bucket of a latency: 0 holds [0, 0.1 ms); bucket i in 1..75 holds
@@ -211,18 +212,23 @@ fn upsert_sql() -> String {
     ))
 }
 
-/// Where compaction stands, Unix seconds; the share lock holds it there until the
-/// caller's transaction ends, so a compaction cannot fold minutes under a batch that
-/// decided not to write their hour and day.
-const COMPACTED_TO_SQL: &str =
-    "SELECT extract(epoch FROM compacted_to)::int8 FROM rollup_compaction FOR SHARE";
+/// The transaction-scoped advisory lock that orders log batches (shared) and compaction
+/// (exclusive): a batch reads where compaction stands and writes its rows before a
+/// compaction can move it, so no minute is folded under a batch that did not add it to its
+/// hour and day. An advisory lock rather than a row lock on `rollup_compaction`, because
+/// its queue is first come, first served: overlapping batches of several replicas could
+/// keep a row's share lock held and the compaction waiting indefinitely.
+const COMPACTION_LOCK: i64 = 7_316_002_873;
 
 /// Adds the rows to the rollups in one statement, inside the caller's transaction (the one
 /// that copies the raw rows), so rollups and raw rows commit or fail together.
 pub fn upsert(tx: &mut Transaction, rows: &[&LogRow]) -> Result<(), postgres::Error> {
     static SQL: OnceLock<String> = OnceLock::new();
-    let compacted_to: i64 = tx.query_one(COMPACTED_TO_SQL, &[])?.get(0);
-    let aggs = aggregate(rows, compacted_to);
+    tx.execute(
+        "SELECT pg_advisory_xact_lock_shared($1)",
+        &[&COMPACTION_LOCK],
+    )?;
+    let aggs = aggregate(rows, compacted_to(tx)?);
     if aggs.is_empty() {
         return Ok(());
     }
@@ -291,8 +297,8 @@ const CLEAR_SQL: &str =
 /// not folded yet into their hour and day rows, one transaction per hour at most; an hour
 /// that has ended is then rebuilt from its minutes, and a day from its hours. Rebuilt, not
 /// only added to: a replica of a version before compaction writes hour and day rows
-/// itself, and its minutes too. Returns the minutes folded. Replicas may all run it: the
-/// update lock on `rollup_compaction` lets one fold a stretch, the others find it done.
+/// itself, and its minutes too. Returns the minutes folded. Replicas may all run it:
+/// `COMPACTION_LOCK` lets one fold a stretch, and the others then find it done.
 pub fn compact(pool: &Pool, lag_secs: i64) -> crate::error::Result<i64> {
     static FOLD: OnceLock<String> = OnceLock::new();
     let fold = FOLD.get_or_init(fold_sql).as_str();
@@ -301,13 +307,14 @@ pub fn compact(pool: &Pool, lag_secs: i64) -> crate::error::Result<i64> {
     let mut folded = 0;
     loop {
         let mut tx = conn.transaction()?;
-        let row = tx.query_one(
-            "SELECT extract(epoch FROM compacted_to)::int8,
-                    floor(extract(epoch FROM now()))::int8 - $1
-               FROM rollup_compaction FOR UPDATE",
-            &[&lag_secs],
-        )?;
-        let (from, now): (i64, i64) = (row.get(0), row.get(1));
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMPACTION_LOCK])?;
+        let from = compacted_to(&mut tx)?;
+        let now: i64 = tx
+            .query_one(
+                "SELECT floor(extract(epoch FROM now()))::int8 - $1",
+                &[&lag_secs],
+            )?
+            .get(0);
         let hour_start = from - from.rem_euclid(hour);
         let to = (now - now.rem_euclid(minute)).min(hour_start + hour);
         if to <= from {
@@ -353,7 +360,7 @@ const DELETE_SQL: &str = "DELETE FROM request_rollups WHERE ctid = ANY(ARRAY(
 
 /// Where compaction stands (`compacted_to`, Unix seconds): every hour and day row holds
 /// its minutes before it, and only minute rows hold those after.
-pub fn folded_to(db: &mut impl GenericClient) -> Result<i64, postgres::Error> {
+pub fn compacted_to(db: &mut impl GenericClient) -> Result<i64, postgres::Error> {
     db.query_one(
         "SELECT extract(epoch FROM compacted_to)::int8 FROM rollup_compaction",
         &[],
@@ -370,7 +377,7 @@ pub fn delete_expired(
     batch: i64,
 ) -> crate::error::Result<u64> {
     let mut conn = pool.get()?;
-    let to = folded_to(&mut **conn)?;
+    let to = compacted_to(&mut **conn)?;
     let bound = match grain {
         g if g == GRAINS[0] => Some(to - to.rem_euclid(i64::from(GRAINS[1]))),
         g if g == GRAINS[1] => Some(to - to.rem_euclid(i64::from(GRAINS[2]))),
