@@ -13,8 +13,8 @@
 -- An ended hour is rebuilt from its minutes, and an ended day from its hours, so what a
 -- replica of the previous version (which writes hour and day rows itself) adds during a
 -- rolling upgrade is counted once by the end of that hour (and, in day rows, of that day).
--- Starts at the next minute: the
--- hour and day rows written so far, by every batch, hold everything before it.
+-- Starts at the next minute: the hour and day rows written so far, by every batch, hold
+-- everything before it.
 CREATE TABLE rollup_compaction (
     only_row      boolean PRIMARY KEY DEFAULT true CHECK (only_row),
     compacted_to  timestamptz NOT NULL

@@ -103,12 +103,11 @@ pub const DEFAULT_LOG_QUEUE: usize = 65_536;
 /// the channel (`TOLLGATE_LOG_QUEUE`) far from full at any rate the gateway can serve.
 pub const LOG_DRAIN_TICK: Duration = Duration::from_millis(10);
 /// The logger writes at least this often, so analytics lag traffic by at most this much
-/// (plus the write). Two seconds: each write also upserts one rollup row per key, route and
-/// grain seen in the batch (~17 µs of database CPU each, for the 76 histogram columns), so
-/// over many keys the database's cost per request falls with the batch's length: 1 s -> 2 s
-/// took 2.5-3.5 µs of Postgres CPU off each request over 1000 keys (docs/performance.md,
-/// "Where the log write's database time goes"). The dashboard refreshes every 5 s. A crash
-/// (not a SIGTERM, which writes everything) can lose up to this long of log rows.
+/// (plus the write). Two seconds: each write also upserts one minute rollup row per key,
+/// route and status class seen in the batch, whatever the batch's length, so over many keys
+/// the database's cost per request falls as batches grow (docs/performance.md, "Where the
+/// log write's database time goes"). The dashboard refreshes every 5 s. A crash (not a
+/// SIGTERM, which writes everything) can lose up to this long of log rows.
 pub const DEFAULT_LOG_FLUSH_MS: u64 = 2_000;
 /// Rows per COPY: more than a whole 2 s flush at the highest rate a replica served here
 /// (~25 k req/s on 2 cores: 50 000 rows), so the flush interval, not this cap, sets a

@@ -44,6 +44,7 @@ fn run_once(pool: &Pool, logs: Duration, rollups: Duration, batch: i64) -> Resul
     let logs_secs = logs.as_secs_f64();
     let deleted_logs = in_batches(batch, || logs::delete_expired(pool, logs_secs, batch))?;
     let mut deleted_rollups = 0;
+    let compacted_to = rollups::compacted_to(&mut **pool.get()?)?;
     for grain in GRAINS {
         let keep = if grain < 86_400 {
             rollups.min(FINE_ROLLUP_MAX_AGE)
@@ -52,7 +53,7 @@ fn run_once(pool: &Pool, logs: Duration, rollups: Duration, batch: i64) -> Resul
         };
         let rollup_secs = keep.as_secs_f64();
         deleted_rollups += in_batches(batch, || {
-            rollups::delete_expired(pool, grain, rollup_secs, batch)
+            rollups::delete_expired(pool, grain, rollup_secs, batch, compacted_to)
         })?;
     }
     // Usage is billed from day rows: kept as long as the day rollups.

@@ -138,7 +138,8 @@ fn aggregate(rows: &[&LogRow], compacted_to: i64) -> BTreeMap<Key, Agg> {
             .map_or(0, |d| d.as_secs() as i64);
         for grain in GRAINS {
             let start = secs - secs.rem_euclid(i64::from(grain));
-            if grain > GRAINS[0] && secs - secs.rem_euclid(60) >= compacted_to {
+            let minute = secs - secs.rem_euclid(i64::from(GRAINS[0]));
+            if grain > GRAINS[0] && minute >= compacted_to {
                 continue;
             }
             let key = Key {
@@ -369,21 +370,25 @@ pub fn compacted_to(db: &mut impl GenericClient) -> Result<i64, postgres::Error>
 }
 
 /// Deletes up to `batch` rollups of `grain` older than `older_than_secs`; returns how many.
-/// Rows a later compaction still rebuilds from are kept, however old.
+/// Rows a later compaction still rebuilds from are kept, however old: minutes of the hour
+/// `compacted_to` (see [`compacted_to`], read once a pass by the caller) is in, hours of
+/// its day.
 pub fn delete_expired(
     pool: &Pool,
     grain: i32,
     older_than_secs: f64,
     batch: i64,
+    compacted_to: i64,
 ) -> crate::error::Result<u64> {
-    let mut conn = pool.get()?;
-    let to = compacted_to(&mut **conn)?;
+    let keep_from = |coarser: i32| Some(compacted_to - compacted_to.rem_euclid(coarser.into()));
     let bound = match grain {
-        g if g == GRAINS[0] => Some(to - to.rem_euclid(i64::from(GRAINS[1]))),
-        g if g == GRAINS[1] => Some(to - to.rem_euclid(i64::from(GRAINS[2]))),
+        g if g == GRAINS[0] => keep_from(GRAINS[1]),
+        g if g == GRAINS[1] => keep_from(GRAINS[2]),
         _ => None,
     };
-    Ok(conn.execute(DELETE_SQL, &[&older_than_secs, &batch, &grain, &bound])?)
+    Ok(pool
+        .get()?
+        .execute(DELETE_SQL, &[&older_than_secs, &batch, &grain, &bound])?)
 }
 
 #[cfg(test)]
