@@ -18,8 +18,8 @@
 # and over TCP on 127.0.0.1 (what a database on another host pays at least): (ct), (dt),
 # ... in the same table. BENCH_DB ("socket tcp") picks which.
 # wrk -t1 -c32 --latency, ROUNDS rounds with the cases interleaved (so drift hits all of
-# them alike), medians reported in ONE table with each case's ratio to (b) and its target
-# (issue 6), plus the CPU each request cost tollgate, Postgres and the whole machine (read
+# them alike; each compared pair side by side, see RUN_ORDER), medians reported in ONE
+# table with each case's ratio to (b) and its target (issue 6), plus the CPU each request cost tollgate, Postgres and the whole machine (read
 # from /proc around every run: the profile that says where a request's time goes). The logger and analytics
 # rows come from scripts/bench-analytics.sh when that script exists.
 # Each measured run follows BENCH_WARMUP seconds (2; 0: none) of the same load, unmeasured,
@@ -266,8 +266,31 @@ load() { # load <case> <seconds> [wrk options]: the case's traffic, wrk's report
     BENCH_KEYS_FILE=$TMP/${KEYS[${1%t}]} wrk -t1 -c"$CONNS" -d"$2s" "${@:3}" \
         -s scripts/conf/rotate.lua "${URL[$1]}"
 }
+settle() { # until Postgres is quiet (under 5 % of a core over 0.5 s), 10 s at most;
+    # prints how many half-seconds it waited
+    local i pids p0
+    for i in $(seq 20); do
+        pids=$(pg_pids)
+        p0=$(ticks $pids)
+        sleep 0.5
+        if ((($(ticks $pids) - p0) * 40 < $(getconf CLK_TCK))); then
+            echo "$i"
+            return 0
+        fi
+    done
+    echo "$i"
+}
+# Within a round each case that is compared with another runs next to it: (c) and (d) on
+# either side of their ceiling (g), a baseline beside its own case. This host's speed
+# drifts by 10-30 % within a minute, and two runs side by side see the most alike host.
+RUN_ORDER=$(for c in a b e c0 c g d d0 f h ct gt dt ft ht; do
+    if [[ " $CASES " == *" $c "* ]]; then echo -n "$c "; fi
+done)
 for r in $(seq 1 "$ROUNDS"); do
-    for c in $CASES; do
+    for c in $RUN_ORDER; do
+        # The last case's final log batch, its fold and any autovacuum it set off are its
+        # own cost: let them finish rather than land in this case's run.
+        quiet=$(settle)
         out=$TMP/wrk-$c-$r.txt
         pgp=$(pg_pids)
         tgp=${TG_PID[${INST[$c]:-m}]}
@@ -283,7 +306,7 @@ for r in $(seq 1 "$ROUNDS"); do
         hz=$(getconf CLK_TCK)
         cpu=$(awk -v t=$((t1 - t0)) -v p=$((p1 - p0)) -v m=$((m1 - m0)) -v n="$n" -v hz="$hz" \
             'BEGIN {printf "tg_cpu_us=%.1f pg_cpu_us=%.1f all_cpu_us=%.1f", t*1e6/hz/n, p*1e6/hz/n, m*1e6/hz/n}')
-        cpu="$cpu timewait=$tw"
+        cpu="$cpu timewait=$tw settle_s=$(awk -v n="$quiet" 'BEGIN {print n / 2}')"
         echo "round $r/$ROUNDS $(name "$c"): ${line#BENCH } $cpu"
         echo "$c ${line#BENCH } $cpu" >>"$TMP/results.txt"
     done
