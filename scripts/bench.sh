@@ -18,7 +18,7 @@
 # and over TCP on 127.0.0.1 (what a database on another host pays at least): (ct), (dt),
 # ... in the same table. BENCH_DB ("socket tcp") picks which.
 # wrk -t1 -c32 --latency, ROUNDS rounds with the cases interleaved (so drift hits all of
-# them alike; each compared pair side by side, see RUN_ORDER), medians reported in ONE
+# them alike; (c), (g), (d) side by side, see RUN_ORDER), medians reported in ONE
 # table with each case's ratio to (b) and its target (issue 6), plus the CPU each request cost tollgate, Postgres and the whole machine (read
 # from /proc around every run: the profile that says where a request's time goes). The logger and analytics
 # rows come from scripts/bench-analytics.sh when that script exists.
@@ -280,9 +280,9 @@ settle() { # until Postgres is quiet (under 5 % of a core over 0.5 s), 10 s at m
     done
     echo "$i"
 }
-# Within a round each case that is compared with another runs next to it: (c) and (d) on
-# either side of their ceiling (g), a baseline beside its own case. This host's speed
-# drifts by 10-30 % within a minute, and two runs side by side see the most alike host.
+# Within a round (c) and (d) run on either side of their ceiling (g), and a baseline beside
+# its own case ((f) and (h) follow (d)). This host's speed drifts by 10-30 % within a
+# minute, and two runs side by side see the most alike host.
 RUN_ORDER=$(for c in a b e c0 c g d d0 f h ct gt dt ft ht; do
     if [[ " $CASES " == *" $c "* ]]; then echo -n "$c "; fi
 done)
