@@ -19,9 +19,10 @@
 # ... in the same table. BENCH_DB ("socket tcp") picks which.
 # wrk -t1 -c32 --latency, ROUNDS rounds with the cases interleaved (so drift hits all of
 # them alike; (c), (g), (d) side by side, see RUN_ORDER), medians reported in ONE
-# table with each case's ratio to (b) and its target (issue 6), plus the CPU each request cost tollgate, Postgres and the whole machine (read
-# from /proc around every run: the profile that says where a request's time goes). The logger and analytics
-# rows come from scripts/bench-analytics.sh when that script exists.
+# table with each case's ratio to (b) and its target (issue 6), plus the CPU each request
+# cost tollgate, Postgres and the whole machine (read from /proc around every run: the
+# profile that says where a request's time goes). The logger and analytics rows come from
+# scripts/bench-analytics.sh when that script exists.
 # Each measured run follows BENCH_WARMUP seconds (2; 0: none) of the same load, unmeasured,
 # on new connections: the cases are interleaved, so without it every round of a case
 # starts cold (its keys' leases given back and rates forgotten a minute earlier), which
@@ -62,6 +63,15 @@ fi
 if [[ " $VIA " != *" socket "* ]]; then
     CASES=$(for c in $CASES; do [[ $c == [cdfgh] ]] || echo -n "$c "; done)
 fi
+# Within a round (c) and (d) run on either side of their ceiling (g), and a baseline beside
+# its own case ((f) and (h) follow (d)). This host's speed drifts by 10-30 % within a
+# minute, and two runs side by side see the most alike host.
+RUN_ORDER=$(for c in a b e c0 c g d d0 f h ct gt dt ft ht; do
+    if [[ " $CASES " == *" $c "* ]]; then echo -n "$c "; fi
+done)
+for c in $CASES; do
+    [[ " $RUN_ORDER " == *" $c "* ]] || { echo "bench: unknown case '$c' in BENCH_CASES" >&2; exit 1; }
+done
 G_ROLE=tollgate_bench_g
 
 scripts/deps.sh pg bench cargo
@@ -280,12 +290,6 @@ settle() { # until Postgres is quiet (under 5 % of a core over 0.5 s), 10 s at m
     done
     echo "$i"
 }
-# Within a round (c) and (d) run on either side of their ceiling (g), and a baseline beside
-# its own case ((f) and (h) follow (d)). This host's speed drifts by 10-30 % within a
-# minute, and two runs side by side see the most alike host.
-RUN_ORDER=$(for c in a b e c0 c g d d0 f h ct gt dt ft ht; do
-    if [[ " $CASES " == *" $c "* ]]; then echo -n "$c "; fi
-done)
 for r in $(seq 1 "$ROUNDS"); do
     for c in $RUN_ORDER; do
         # The last case's final log batch, its fold and any autovacuum it set off are its
