@@ -136,12 +136,14 @@ fn aggregate(rows: &[&LogRow], compacted_to: i64) -> BTreeMap<Key, Agg> {
             .created_at
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        for grain in GRAINS {
+        // `compacted_to` is minute-aligned: a row at or after it is in an unfolded minute.
+        let grains = if secs >= compacted_to {
+            &GRAINS[..1]
+        } else {
+            &GRAINS[..]
+        };
+        for &grain in grains {
             let start = secs - secs.rem_euclid(i64::from(grain));
-            let minute = secs - secs.rem_euclid(i64::from(GRAINS[0]));
-            if grain > GRAINS[0] && minute >= compacted_to {
-                continue;
-            }
             let key = Key {
                 grain,
                 start,
@@ -218,13 +220,16 @@ fn upsert_sql() -> String {
 /// compaction can move it, so no minute is folded under a batch that did not add it to its
 /// hour and day. An advisory lock rather than a row lock on `rollup_compaction`, because
 /// its queue is first come, first served: overlapping batches of several replicas could
-/// keep a row's share lock held and the compaction waiting indefinitely.
+/// keep a row's share lock held and the compaction waiting indefinitely. tests/analytics.rs
+/// takes it by this number too.
 const COMPACTION_LOCK: i64 = 7_316_002_873;
 
 /// Adds the rows to the rollups in one statement, inside the caller's transaction (the one
 /// that copies the raw rows), so rollups and raw rows commit or fail together.
 pub fn upsert(tx: &mut Transaction, rows: &[&LogRow]) -> Result<(), postgres::Error> {
     static SQL: OnceLock<String> = OnceLock::new();
+    // Two statements: the read's snapshot must be taken after the lock is granted, or it
+    // could miss the fold that held the lock.
     tx.execute(
         "SELECT pg_advisory_xact_lock_shared($1)",
         &[&COMPACTION_LOCK],
