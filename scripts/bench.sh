@@ -356,6 +356,11 @@ of() { # of <x> <y>: median rps of case x ÷ that of case y
     awk -v x="$(median "$1" rps)" -v y="$(median "$2" rps)" \
         'BEGIN {if (y > 0) printf "%.2f", x / y; else print "-"}'
 }
+rounds_of() { # rounds_of <x> <y>: each round's rps of case x ÷ that of case y, side by side
+    paste <(grep "^$1 " "$TMP/results.txt" | grep -o ' rps=[0-9.]*' | cut -d= -f2) \
+        <(grep "^$2 " "$TMP/results.txt" | grep -o ' rps=[0-9.]*' | cut -d= -f2) \
+        | awk '$2 > 0 {printf "%s%.2f", (NR > 1 ? " / " : ""), $1 / $2}'
+}
 for c in $CASES; do
     target=""
     [[ $c == c ]] && target="≥ 0.35"
@@ -365,7 +370,8 @@ for c in $CASES; do
         gc=g
         [[ $c == ?t ]] && gc=gt
         if [[ " $CASES " == *" $gc "* ]]; then
-            target="${target:+$target, }≥ 0.85 × ($gc): $(of "$c" "$gc")"
+            # Each round's pair too: ran side by side, they show how far one run can swing.
+            target="${target:+$target, }≥ 0.85 × ($gc): $(of "$c" "$gc") (rounds $(rounds_of "$c" "$gc"))"
         fi
     fi
     [[ $c == [cd]0 ]] && target="($c) ÷ this: $(awk -v x="$(median "${c%0}" rps)" -v b="$(median "$c" rps)" \
