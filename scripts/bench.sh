@@ -277,18 +277,20 @@ load() { # load <case> <seconds> [wrk options]: the case's traffic, wrk's report
         -s scripts/conf/rotate.lua "${URL[$1]}"
 }
 settle() { # until Postgres is quiet (under 5 % of a core over 0.5 s), 10 s at most;
-    # prints how many half-seconds it waited
-    local i pids p0
+    # prints the seconds it waited, or "10-not-quiet"
+    local i d pids p0
     for i in $(seq 20); do
         pids=$(pg_pids)
         p0=$(ticks $pids)
         sleep 0.5
-        if ((($(ticks $pids) - p0) * 40 < $(getconf CLK_TCK))); then
-            echo "$i"
+        # A backend that exited meanwhile drops out of the sum: not a quiet half-second.
+        d=$(($(ticks $pids) - p0))
+        if ((d >= 0 && d * 40 < $(getconf CLK_TCK))); then
+            awk -v n="$i" 'BEGIN {print n / 2}'
             return 0
         fi
     done
-    echo "$i"
+    echo 10-not-quiet
 }
 for r in $(seq 1 "$ROUNDS"); do
     for c in $RUN_ORDER; do
@@ -310,7 +312,7 @@ for r in $(seq 1 "$ROUNDS"); do
         hz=$(getconf CLK_TCK)
         cpu=$(awk -v t=$((t1 - t0)) -v p=$((p1 - p0)) -v m=$((m1 - m0)) -v n="$n" -v hz="$hz" \
             'BEGIN {printf "tg_cpu_us=%.1f pg_cpu_us=%.1f all_cpu_us=%.1f", t*1e6/hz/n, p*1e6/hz/n, m*1e6/hz/n}')
-        cpu="$cpu timewait=$tw settle_s=$(awk -v n="$quiet" 'BEGIN {print n / 2}')"
+        cpu="$cpu timewait=$tw settle_s=$quiet"
         echo "round $r/$ROUNDS $(name "$c"): ${line#BENCH } $cpu"
         echo "$c ${line#BENCH } $cpu" >>"$TMP/results.txt"
     done

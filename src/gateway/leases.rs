@@ -487,11 +487,11 @@ mod tests {
         }
     }
 
-    /// What a round answers for key 7 granting `leased` units, 7 counted before, its
+    /// What a round answers for `key` granting `leased` units, 7 counted before, its
     /// bucket ending `left` seconds after the round read the clock.
-    fn grant(l: &Limits, leased: i64, left: f64) -> Grant {
+    fn grant(l: &Limits, key: i64, leased: i64, left: f64) -> Grant {
         Grant {
-            key: 7,
+            key,
             user: 1,
             key_checks: l.key.clone(),
             user_checks: l.user.clone(),
@@ -518,7 +518,7 @@ mod tests {
         let (leases, l) = (Leases::new(Duration::from_millis(100), 4), limits());
         assert!(leases.admit(7, 1, &l).is_err(), "no lease yet");
         leases.granting(&[7]);
-        leases.granted(Instant::now(), vec![grant(&l, 4, 30.0)], &[7]);
+        leases.granted(Instant::now(), vec![grant(&l, 7, 4, 30.0)], &[7]);
         // 7 before, the round's own request, then 4 leased: this replica's next is 9th.
         let used: Vec<i64> = (0..4)
             .map(|_| leases.admit(7, 1, &l).unwrap()[0].before + 1)
@@ -535,7 +535,7 @@ mod tests {
         let (leases, l) = (Leases::new(Duration::from_millis(100), 4), limits());
         assert!(leases.admit(7, 1, &l).is_err());
         // The bucket ended as the round read the clock: the lease is born expired.
-        leases.granted(Instant::now(), vec![grant(&l, 5, 0.0)], &[]);
+        leases.granted(Instant::now(), vec![grant(&l, 7, 5, 0.0)], &[]);
         let demand = leases.admit(7, 1, &l).unwrap_err();
         let held = Held {
             subject: Subject::Key,
@@ -552,7 +552,7 @@ mod tests {
     fn changed_limits_give_the_lease_back_and_an_exact_key_never_touches_it() {
         let (leases, l) = (Leases::new(Duration::from_millis(100), 4), limits());
         assert!(leases.admit(7, 1, &l).is_err());
-        leases.granted(Instant::now(), vec![grant(&l, 5, 30.0)], &[]);
+        leases.granted(Instant::now(), vec![grant(&l, 7, 5, 30.0)], &[]);
         let exact = Limits {
             lease: false,
             ..l.clone()
@@ -565,5 +565,58 @@ mod tests {
         let demand = leases.admit(7, 1, &lowered).unwrap_err();
         assert_eq!(demand.returns.len(), 1);
         assert_eq!(demand.returns[0].1, 5);
+    }
+
+    /// Before `next_sweep` only the keys that asked for a refill get a round; once it has
+    /// come, an idle key's lease goes back, and a key that just asked keeps its own.
+    #[test]
+    fn a_refill_runs_for_its_own_key_and_idle_leases_go_back_only_when_the_sweep_is_due() {
+        let (leases, l) = (Leases::new(Duration::from_millis(100), 4), limits());
+        for key in [7, 8] {
+            assert!(leases.admit(key, 1, &l).is_err(), "no lease yet");
+            leases.granted(Instant::now(), vec![grant(&l, key, 4, 30.0)], &[]);
+        }
+        let long_ago = Instant::now().checked_sub(LEASE_IDLE * 2).unwrap();
+        {
+            let mut map = leases.lock();
+            map.get_mut(&7).unwrap().rate = 100.0; // a refill of 10 units a horizon
+            map.get_mut(&8).unwrap().last_used = long_ago;
+        }
+        // Key 7 down to half its lease: it asks for a refill.
+        for _ in 0..2 {
+            leases.admit(7, 1, &l).unwrap();
+        }
+        let mut next_sweep = Instant::now() + Duration::from_secs(3600);
+        let jobs = leases.due(&mut next_sweep);
+        let keys: Vec<i64> = jobs.iter().map(|j| j.key).collect();
+        assert_eq!(keys, [7]);
+        assert_eq!(jobs[0].demand.want, 10);
+        assert!(
+            leases.lock()[&8].lease.is_some(),
+            "no sweep before it is due"
+        );
+
+        // Due, with key 7 idle too but asking again: 8's 4 units go back, 7 is skipped.
+        {
+            let mut map = leases.lock();
+            let seven = map.get_mut(&7).unwrap();
+            seven.last_used = long_ago;
+            seven.refilling = true;
+        }
+        leases.refills.0.send(7).unwrap();
+        next_sweep = Instant::now();
+        let jobs = leases.due(&mut next_sweep);
+        let keys: Vec<(i64, i64, usize)> = jobs
+            .iter()
+            .map(|j| (j.key, j.demand.want, j.demand.returns.len()))
+            .collect();
+        assert_eq!(keys, [(7, 10, 0), (8, 0, 1)]);
+        assert_eq!(jobs[1].demand.returns[0].1, 4);
+        let map = leases.lock();
+        assert!(map[&7].lease.is_some() && map[&8].lease.is_none());
+        assert!(
+            next_sweep > Instant::now(),
+            "the next sweep is LEASE_SWEEP on"
+        );
     }
 }

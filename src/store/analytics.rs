@@ -8,7 +8,6 @@ use super::Pool;
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use postgres::types::ToSql;
-use postgres::IsolationLevel;
 use std::sync::OnceLock;
 
 /// Whose traffic: any of user, key and route, or everyone's.
@@ -135,11 +134,7 @@ fn sums(
     // estimated blind and far more rows were read (docs/performance.md, "Hour and day
     // rollups").
     let mut conn = pool.get()?;
-    let mut tx = conn
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()?;
+    let mut tx = super::snapshot(&mut conn)?;
     let secs = compacted_to(&mut tx)?;
     let folded = DateTime::<Utc>::from_timestamp(secs, 0)
         .ok_or_else(|| Error::Internal(format!("rollup_compaction holds {secs} s")))?;

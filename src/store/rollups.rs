@@ -312,21 +312,21 @@ pub fn compact(pool: &Pool, lag_secs: i64) -> crate::error::Result<i64> {
     let mut conn = pool.get()?;
     let mut folded = 0;
     loop {
+        // Looked at without the lock first: another replica has usually folded this
+        // stretch already, and waiting for the lock would hold every logger's next batch
+        // behind it for nothing.
+        let (from, to) = stretch(&mut **conn, lag_secs)?;
+        if to <= from {
+            return Ok(folded);
+        }
         let mut tx = conn.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMPACTION_LOCK])?;
-        let from = compacted_to(&mut tx)?;
-        let now: i64 = tx
-            .query_one(
-                "SELECT floor(extract(epoch FROM now()))::int8 - $1",
-                &[&lag_secs],
-            )?
-            .get(0);
-        let hour_start = from - from.rem_euclid(hour);
-        let to = (now - now.rem_euclid(minute)).min(hour_start + hour);
+        let (from, to) = stretch(&mut tx, lag_secs)?;
         if to <= from {
             tx.commit()?;
             return Ok(folded);
         }
+        let hour_start = from - from.rem_euclid(hour);
         let day_start = from - from.rem_euclid(day);
         // Into the bucket `at` of `grain`, the rows of `finer` from `lo` to `to`; `rebuild`
         // empties the bucket first.
@@ -353,6 +353,21 @@ pub fn compact(pool: &Pool, lag_secs: i64) -> crate::error::Result<i64> {
         tx.commit()?;
         folded += (to - from) / minute;
     }
+}
+
+/// Where compaction stands and how far it may fold now (Unix seconds): to the last whole
+/// minute that ended `lag_secs` ago by the database's clock, within the hour it stands in.
+fn stretch(db: &mut impl GenericClient, lag_secs: i64) -> Result<(i64, i64), postgres::Error> {
+    let r = db.query_one(
+        "SELECT extract(epoch FROM compacted_to)::int8,
+                floor(extract(epoch FROM now()))::int8 - $1
+           FROM rollup_compaction",
+        &[&lag_secs],
+    )?;
+    let (from, now): (i64, i64) = (r.get(0), r.get(1));
+    let [minute, hour, _] = GRAINS.map(i64::from);
+    let to = (now - now.rem_euclid(minute)).min(from - from.rem_euclid(hour) + hour);
+    Ok((from, to))
 }
 
 /// One grain at a time, so the primary key (grain, bucket start, ...) finds the rows. Minute
