@@ -276,6 +276,7 @@ load() { # load <case> <seconds> [wrk options]: the case's traffic, wrk's report
     BENCH_KEYS_FILE=$TMP/${KEYS[${1%t}]} wrk -t1 -c"$CONNS" -d"$2s" "${@:3}" \
         -s scripts/conf/rotate.lua "${URL[$1]}"
 }
+HZ=$(getconf CLK_TCK) # ticks a second, for the CPU figures
 settle() { # until Postgres is quiet (under 5 % of a core over 0.5 s), 10 s at most;
     # prints the seconds it waited, or "10-not-quiet"
     local i d pids p0
@@ -285,7 +286,7 @@ settle() { # until Postgres is quiet (under 5 % of a core over 0.5 s), 10 s at m
         sleep 0.5
         # A backend that exited meanwhile drops out of the sum: not a quiet half-second.
         d=$(($(ticks $pids) - p0))
-        if ((d >= 0 && d * 40 < $(getconf CLK_TCK))); then
+        if ((d >= 0 && d * 40 < HZ)); then
             awk -v n="$i" 'BEGIN {print n / 2}'
             return 0
         fi
@@ -309,8 +310,7 @@ for r in $(seq 1 "$ROUNDS"); do
         tw=$(ss -Htan state time-wait '( dport = :18081 or sport = :18081 or dport = :18085 or sport = :18085 )' | wc -l)
         line=$(grep '^BENCH ' "$out") || { cat "$out" >&2; exit 1; }
         n=$(grep -o 'requests=[0-9]*' <<<"$line" | cut -d= -f2)
-        hz=$(getconf CLK_TCK)
-        cpu=$(awk -v t=$((t1 - t0)) -v p=$((p1 - p0)) -v m=$((m1 - m0)) -v n="$n" -v hz="$hz" \
+        cpu=$(awk -v t=$((t1 - t0)) -v p=$((p1 - p0)) -v m=$((m1 - m0)) -v n="$n" -v hz="$HZ" \
             'BEGIN {printf "tg_cpu_us=%.1f pg_cpu_us=%.1f all_cpu_us=%.1f", t*1e6/hz/n, p*1e6/hz/n, m*1e6/hz/n}')
         cpu="$cpu timewait=$tw settle_s=$quiet"
         echo "round $r/$ROUNDS $(name "$c"): ${line#BENCH } $cpu"

@@ -5,7 +5,7 @@
 use super::logs::LogRow;
 use super::rollups::{compacted_to, hist_columns, percentile};
 use super::Pool;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use chrono::{DateTime, Utc};
 use postgres::types::ToSql;
 use std::sync::OnceLock;
@@ -90,16 +90,16 @@ const FILTER: &str = "($1::int8 IS NULL OR user_id = $1)
 
 /// The window as whole days, whole hours and the ragged minutes at its start: `$6` start,
 /// `$7` first whole hour, `$8` first whole day. Hour and day rows hold their minutes up to
-/// where compaction stands (`$5`); the minutes after it come from minute rows.
+/// where compaction stands (`$5`, Unix seconds); the minutes after it come from minute rows.
 const WINDOW: &str = "((grain_secs = 60 AND ((bucket_start >= $6 AND bucket_start < $7)
-                          OR bucket_start >= greatest($7, $5)))
+                          OR bucket_start >= greatest($7, to_timestamp($5::int8))))
     OR (grain_secs = 3600 AND bucket_start >= $7 AND bucket_start < $8)
     OR (grain_secs = 86400 AND bucket_start >= $8))";
 
 /// A series of `$7`-second buckets from `$6`: that grain's rows, and the minutes not folded
 /// into them yet (from `$5`, summed into their bucket by `Group::Bucket`).
 const SERIES: &str = "((grain_secs = $7 AND bucket_start >= $6)
-    OR ($7 > 60 AND grain_secs = 60 AND bucket_start >= greatest($6, $5)))";
+    OR ($7 > 60 AND grain_secs = 60 AND bucket_start >= greatest($6, to_timestamp($5::int8))))";
 
 /// Sums the rollup rows matching the filters and `rows_sql` (which uses `$5`, where
 /// compaction stands, see `rollups::compacted_to`, and `$6..` bound from `extra`) per value of
@@ -130,14 +130,12 @@ fn sums(
     let whole = !by_dimension && f.user_id.is_none() && f.key_id.is_none() && f.route_id.is_none();
     // One snapshot for where compaction stands and the rows, so a fold committing in between
     // cannot make the answer count minutes twice or not at all. Read first and passed as a
-    // parameter, so the planner sees its value: as a subquery inside the statement it was
-    // estimated blind and far more rows were read (docs/performance.md, "Hour and day
-    // rollups").
+    // parameter, so the planner sees its value (`to_timestamp` is immutable and folded): as
+    // a subquery inside the statement it was estimated blind and far more rows were read
+    // (docs/performance.md, "Hour and day rollups").
     let mut conn = pool.get()?;
     let mut tx = super::snapshot(&mut conn)?;
-    let secs = compacted_to(&mut tx)?;
-    let folded = DateTime::<Utc>::from_timestamp(secs, 0)
-        .ok_or_else(|| Error::Internal(format!("rollup_compaction holds {secs} s")))?;
+    let folded = compacted_to(&mut tx)?;
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&f.user_id, &f.key_id, &f.route_id, &whole];
     params.push(&folded);
     params.extend_from_slice(extra);
